@@ -1,0 +1,191 @@
+"""The ``fusion`` command line: one parser, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from fusion import __version__
+from fusion.greedy import greedy_decode
+from fusion.manifest import ManifestError, atomic_write, iter_jsonl, read_manifest
+from fusion.metrics import CorpusScore, score_corpus
+from fusion.posteriors import KINDS, Posteriors, PosteriorsError, PosteriorsReader
+from fusion.simulate import SimulationConfig, simulate_posteriors
+from fusion.tokens import TokenTable, TokenTableError, character_table
+
+DECODERS = ("greedy",)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fusion",
+        description="Model-fusion decoding engine for CTC speech recognition.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("decode", help="decode posteriors into hypotheses (JSONL)")
+    p.add_argument("posteriors", type=Path, help="posteriors .npz (many utterances)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="hypotheses JSONL to write")
+    p.add_argument("--tokens", type=Path,
+                   help="token table JSON (default: the table stored in the posteriors file)")
+    p.add_argument("--kind", choices=KINDS,
+                   help="what a plain .npz holds (files written by asrfuse say it themselves)")
+    p.add_argument("--frame-shift", type=float, help="seconds per frame, for a plain .npz")
+    p.add_argument("--decoder", choices=DECODERS, default="greedy", help="search (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="utterances per batch (default: %(default)s)")
+    p.add_argument("--errors", type=Path,
+                   help="where failed utterances are recorded (default: OUTPUT with .errors.jsonl)")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("score", help="WER and CER of hypotheses against a reference manifest")
+    p.add_argument("--ref", type=Path, required=True, help="manifest JSONL with 'id' and 'text'")
+    p.add_argument("--hyp", type=Path, required=True, help="hypotheses JSONL with 'id' and 'text'")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="score the texts as they are (default: normalise both sides)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "demo",
+        help="decode a manifest end to end and print WER/CER",
+        description="Until an acoustic model is embedded, the demo decodes simulated "
+        "posteriors of the manifest's transcripts (a stand-in model with confusions).",
+    )
+    p.add_argument("--manifest", type=Path, required=True, help="manifest JSONL with 'text'")
+    p.add_argument("--confusion", type=float, default=0.06,
+                   help="simulated model's unit confusion rate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--show", type=int, default=5, help="transcripts to print (default: %(default)s)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ManifestError, PosteriorsError, TokenTableError, FileNotFoundError) as exc:
+        print(f"fusion {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+# -- decode -----------------------------------------------------------------------------
+def _batches(reader: PosteriorsReader, size: int, failures: list[dict]) -> Iterator[list[Posteriors]]:
+    """Read utterances in batches; unreadable or invalid ones go to ``failures``."""
+    batch: list[Posteriors] = []
+    for utt_id in reader.ids:
+        try:
+            batch.append(reader[utt_id])
+        except PosteriorsError as exc:
+            failures.append({"id": utt_id, "error": str(exc)})
+            continue
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise SystemExit("fusion decode: error: --batch-size must be at least 1")
+    table = TokenTable.load(args.tokens) if args.tokens else None
+    reader = PosteriorsReader(args.posteriors, kind=args.kind, frame_shift=args.frame_shift,
+                              token_table=table)
+    table = reader.token_table
+    if table is None:
+        raise TokenTableError(f"{args.posteriors} carries no token table: pass --tokens")
+    failures: list[dict] = []
+    errors_path = args.errors or args.output.with_suffix(".errors.jsonl")
+    done = 0
+    with reader, atomic_write(args.output) as out, tqdm(
+        total=len(reader), unit="utt", desc="decode", disable=None
+    ) as bar:
+        for batch in _batches(reader, args.batch_size, failures):
+            for result in greedy_decode(batch, table):
+                out.write(json.dumps(result.to_dict(table), ensure_ascii=False) + "\n")
+            done += len(batch)
+            bar.update(len(batch))
+    if failures:
+        with atomic_write(errors_path) as fh:
+            for f in failures:
+                fh.write(json.dumps(f, ensure_ascii=False) + "\n")
+        print(f"fusion decode: {len(failures)} of {len(reader)} utterances failed; "
+              f"see {errors_path}", file=sys.stderr)
+    print(f"decoded {done} utterances -> {args.output}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+# -- score ------------------------------------------------------------------------------
+def _read_hypotheses(path: Path) -> dict[str, str]:
+    hyps: dict[str, str] = {}
+    for lineno, obj in iter_jsonl(path):
+        utt_id, text = obj.get("id"), obj.get("text")
+        if not isinstance(utt_id, str) or not isinstance(text, str):
+            raise ManifestError(f"{path}:{lineno}: a hypothesis needs string 'id' and 'text'")
+        if utt_id in hyps:
+            raise ManifestError(f"{path}:{lineno}: duplicate hypothesis for {utt_id!r}")
+        hyps[utt_id] = text
+    return hyps
+
+
+def format_score(score: CorpusScore) -> str:
+    w, c = score.words, score.chars
+    lines = [
+        f"utterances {len(score.utterances)}",
+        f"WER {100 * score.wer:6.2f}%  ({w.substitutions} sub, {w.deletions} del, "
+        f"{w.insertions} ins of {w.ref_len} words)",
+        f"CER {100 * score.cer:6.2f}%  ({c.substitutions} sub, {c.deletions} del, "
+        f"{c.insertions} ins of {c.ref_len} characters)",
+    ]
+    if score.missing:
+        lines.append(f"missing hypotheses (scored as empty): {len(score.missing)}")
+    if score.extra:
+        lines.append(f"hypotheses without reference (ignored): {len(score.extra)}")
+    return "\n".join(lines)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    refs = {u.id: u.text for u in read_manifest(args.ref, require=("text",))}
+    hyps = _read_hypotheses(args.hyp)
+    result = score_corpus(refs, hyps, normalize=not args.no_normalize)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+    else:
+        print(format_score(result))
+    return 0
+
+
+# -- demo -------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    table = character_table()
+    utterances = read_manifest(args.manifest, require=("text",))
+    rng = np.random.default_rng(args.seed)
+    config = SimulationConfig(confusion=args.confusion)
+    from fusion.text import normalize_text
+
+    refs = {u.id: normalize_text(u.text or "") for u in utterances}
+    posteriors = [simulate_posteriors(u, refs[u], table, rng, config)[0]
+                  for u in tqdm(refs, desc="simulate", unit="utt", disable=None)]
+    results = greedy_decode(posteriors, table)
+    hyps = {r.utt_id: r.best.text for r in results}
+    print(f"{len(utterances)} utterances from {args.manifest}")
+    print("posteriors: simulated CTC model (confusion "
+          f"{args.confusion}); decoder: greedy\n")
+    for r in results[: args.show]:
+        print(f"{r.utt_id}\n  ref: {refs[r.utt_id]}\n  hyp: {r.best.text}")
+    print()
+    print(format_score(score_corpus(refs, hyps)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

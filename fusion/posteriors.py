@@ -1,0 +1,378 @@
+"""Frame posteriors: the T x V natural-log probabilities a CTC model emits for one utterance.
+
+The caller states what an array holds (``log_probs``, ``probs`` or ``logits``); nothing
+is guessed. :meth:`Posteriors.from_array` converts to log-probabilities and validates,
+with errors that name the utterance and the problem.
+
+Files are ``.npz`` archives holding many utterances, written one utterance at a time by
+:class:`PosteriorsWriter` (nothing has to sit in memory) and read lazily by
+:class:`PosteriorsReader`. Utterance ids are kept exactly (any string), the token table
+and frame shifts travel with the arrays. An ``.npz`` written by another pipeline, one
+array per utterance keyed by its id, reads too when the caller states ``kind`` and
+``frame_shift``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from fusion.manifest import atomic_write
+from fusion.tokens import TokenTable
+
+__all__ = [
+    "KINDS",
+    "Kind",
+    "Posteriors",
+    "PosteriorsError",
+    "PosteriorsReader",
+    "PosteriorsWriter",
+    "to_log_probs",
+]
+
+Kind = Literal["log_probs", "probs", "logits"]
+KINDS: tuple[Kind, ...] = ("log_probs", "probs", "logits")
+FORMAT = "asrfuse-posteriors"
+_META_KEY = "__asrfuse_meta__"
+DEFAULT_TOLERANCE = 1e-3
+
+
+class PosteriorsError(ValueError):
+    """Posteriors that are malformed; the message names the utterance and the problem."""
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def _row_logsumexp(x: np.ndarray) -> np.ndarray:
+    m = np.max(x, axis=1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return (m + np.log(np.sum(np.exp(x - m), axis=1, keepdims=True)))[:, 0]
+
+
+def to_log_probs(
+    array: np.ndarray,
+    kind: Kind,
+    *,
+    utt_id: str = "<utterance>",
+    num_tokens: int | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> np.ndarray:
+    """Validate a T x V array of the stated ``kind`` and return float32 log-probabilities.
+
+    Checks, each failing with :class:`PosteriorsError` naming ``utt_id``: rank 2; ``V``
+    equal to ``num_tokens`` when given; no NaN and no ``+inf`` (``-inf`` is a zero
+    probability and allowed in ``log_probs`` and ``logits``); rows that are
+    distributions within ``tolerance`` (for ``log_probs``: logsumexp of each row is 0;
+    for ``probs``: values in [0, 1] summing to 1). ``logits`` are log-softmaxed.
+    """
+    _check_kind(kind)
+    arr = np.asarray(array)
+    if arr.ndim != 2:
+        raise PosteriorsError(
+            f"utterance {utt_id!r}: posteriors must be a 2-D array (frames x tokens), "
+            f"got shape {arr.shape}"
+        )
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise PosteriorsError(
+            f"utterance {utt_id!r}: posteriors must be floating point, got dtype {arr.dtype}"
+        )
+    n_frames, vocab = arr.shape
+    if num_tokens is not None and vocab != num_tokens:
+        raise PosteriorsError(
+            f"utterance {utt_id!r}: posteriors have {vocab} columns but the token table "
+            f"has {num_tokens} tokens"
+        )
+    if vocab == 0:
+        raise PosteriorsError(f"utterance {utt_id!r}: posteriors have no token columns")
+    x = arr.astype(np.float64, copy=False)
+    if np.isnan(x).any():
+        t = int(np.argwhere(np.isnan(x))[0, 0])
+        raise PosteriorsError(f"utterance {utt_id!r}: NaN in posteriors (first at frame {t})")
+    if np.isposinf(x).any():
+        t = int(np.argwhere(np.isposinf(x))[0, 0])
+        raise PosteriorsError(f"utterance {utt_id!r}: +inf in posteriors (first at frame {t})")
+    if n_frames == 0:
+        return np.zeros((0, vocab), dtype=np.float32)
+
+    if kind == "probs":
+        if np.isneginf(x).any() or (x < -tolerance).any() or (x > 1 + tolerance).any():
+            t = int(np.argwhere(np.isneginf(x) | (x < -tolerance) | (x > 1 + tolerance))[0, 0])
+            raise PosteriorsError(
+                f"utterance {utt_id!r}: frame {t} has values outside [0, 1], so these are "
+                "not probabilities (state kind='log_probs' or 'logits' if that is what they are)"
+            )
+        sums = x.sum(axis=1)
+        bad = np.abs(sums - 1.0) > tolerance
+        if bad.any():
+            t = int(np.argmax(bad))
+            raise PosteriorsError(
+                f"utterance {utt_id!r}: probabilities of frame {t} sum to {sums[t]:.6g}, "
+                f"not 1 (tolerance {tolerance}); state kind='logits' for unnormalised scores"
+            )
+        with np.errstate(divide="ignore"):
+            out = np.log(np.clip(x, 0.0, None) / sums[:, None])
+    elif kind == "log_probs":
+        lse = _row_logsumexp(x)
+        bad = ~(np.abs(lse) <= tolerance)
+        if bad.any():
+            t = int(np.argmax(bad))
+            raise PosteriorsError(
+                f"utterance {utt_id!r}: frame {t} is not a log-probability distribution "
+                f"(logsumexp {lse[t]:.6g}, expected 0 within {tolerance}); state "
+                "kind='logits' for unnormalised scores or kind='probs' for probabilities"
+            )
+        out = x - lse[:, None]
+    else:  # logits
+        lse = _row_logsumexp(x)
+        if np.isneginf(lse).any():
+            t = int(np.argmax(np.isneginf(lse)))
+            raise PosteriorsError(f"utterance {utt_id!r}: every logit of frame {t} is -inf")
+        out = x - lse[:, None]
+    return out.astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class Posteriors:
+    """Log-probabilities of one utterance.
+
+    Attributes:
+        utt_id: utterance id.
+        log_probs: float32 array, frames x tokens, natural-log probabilities.
+        frame_shift: seconds between frames (e.g. 0.04 for 4x subsampled 10 ms frames).
+    """
+
+    utt_id: str
+    log_probs: np.ndarray
+    frame_shift: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.utt_id, str) or not self.utt_id:
+            raise PosteriorsError(f"utterance id must be a non-empty string, got {self.utt_id!r}")
+        if not (isinstance(self.frame_shift, (int, float)) and math.isfinite(self.frame_shift)
+                and self.frame_shift > 0):
+            raise PosteriorsError(
+                f"utterance {self.utt_id!r}: frame_shift must be a positive number of seconds, "
+                f"got {self.frame_shift!r}"
+            )
+        arr = np.asarray(self.log_probs)
+        if arr.ndim != 2:
+            raise PosteriorsError(
+                f"utterance {self.utt_id!r}: posteriors must be a 2-D array (frames x tokens), "
+                f"got shape {arr.shape}"
+            )
+        arr = arr.astype(np.float32, copy=False)
+        arr.flags.writeable = False
+        object.__setattr__(self, "log_probs", arr)
+        object.__setattr__(self, "frame_shift", float(self.frame_shift))
+
+    @classmethod
+    def from_array(
+        cls,
+        utt_id: str,
+        array: np.ndarray,
+        *,
+        kind: Kind,
+        frame_shift: float,
+        token_table: TokenTable | None = None,
+        tolerance: float = DEFAULT_TOLERANCE,
+    ) -> Posteriors:
+        """Validate ``array`` of the stated ``kind`` and wrap it (see :func:`to_log_probs`)."""
+        num_tokens = len(token_table) if token_table is not None else None
+        log_probs = to_log_probs(
+            array, kind, utt_id=utt_id, num_tokens=num_tokens, tolerance=tolerance
+        )
+        return cls(utt_id=utt_id, log_probs=log_probs, frame_shift=frame_shift)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.log_probs.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.log_probs.shape[1])
+
+    @property
+    def duration(self) -> float:
+        """Seconds covered by the frames."""
+        return self.num_frames * self.frame_shift
+
+
+class PosteriorsWriter:
+    """Write utterances into an ``.npz`` one at a time; the file appears whole on close.
+
+    Example::
+
+        with PosteriorsWriter("dev.npz", token_table=table) as writer:
+            for p in posteriors:
+                writer.write(p)
+
+    The archive is written to a temporary file renamed over ``path`` on a clean close,
+    so an interrupted run never leaves a partial ``path``.
+    """
+
+    def __init__(self, path: str | Path, *, token_table: TokenTable | None = None,
+                 compress: bool = False) -> None:
+        self.path = Path(path)
+        self.token_table = token_table
+        self._compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+        self._entries: list[dict] = []
+        self._ids: set[str] = set()
+        self._ctx = atomic_write(self.path, "wb")
+        self._zip = zipfile.ZipFile(self._ctx.__enter__(), "w", self._compression, allowZip64=True)
+
+    def write(self, posteriors: Posteriors) -> None:
+        if posteriors.utt_id in self._ids:
+            raise PosteriorsError(f"utterance {posteriors.utt_id!r} written twice to {self.path}")
+        if self.token_table is not None and posteriors.num_tokens != len(self.token_table):
+            raise PosteriorsError(
+                f"utterance {posteriors.utt_id!r}: posteriors have {posteriors.num_tokens} "
+                f"columns but the token table has {len(self.token_table)} tokens"
+            )
+        key = f"u{len(self._entries)}"
+        with self._zip.open(f"{key}.npy", "w", force_zip64=True) as fh:
+            np.lib.format.write_array(fh, np.ascontiguousarray(posteriors.log_probs))
+        self._entries.append(
+            {"id": posteriors.utt_id, "key": key, "frame_shift": posteriors.frame_shift}
+        )
+        self._ids.add(posteriors.utt_id)
+
+    def close(self) -> None:
+        meta = {
+            "format": FORMAT,
+            "version": 1,
+            "kind": "log_probs",
+            "token_table": self.token_table.to_dict() if self.token_table else None,
+            "utterances": self._entries,
+        }
+        with self._zip.open(f"{_META_KEY}.npy", "w") as fh:
+            np.lib.format.write_array(fh, np.array(json.dumps(meta, ensure_ascii=False)))
+        self._zip.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        """Discard everything written; ``path`` is left as it was."""
+        self._zip.close()
+        try:
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+        except RuntimeError:
+            pass
+
+    def __enter__(self) -> PosteriorsWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class PosteriorsReader:
+    """Lazy reader of a posteriors ``.npz``: arrays load one utterance at a time.
+
+    Files written by :class:`PosteriorsWriter` carry their kind, frame shifts and token
+    table. For a plain ``.npz`` (one array per utterance, keyed by id) pass ``kind`` and
+    ``frame_shift``. Every array is validated when read (:func:`to_log_probs`).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        kind: Kind | None = None,
+        frame_shift: float | None = None,
+        token_table: TokenTable | None = None,
+        tolerance: float = DEFAULT_TOLERANCE,
+    ) -> None:
+        self.path = Path(path)
+        try:
+            self._npz = np.load(self.path, allow_pickle=False)
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise PosteriorsError(f"{self.path}: not a readable .npz file ({exc})") from None
+        self.tolerance = tolerance
+        keys = list(self._npz.files)
+        if _META_KEY in keys:
+            try:
+                meta = json.loads(str(self._npz[_META_KEY]))
+            except (ValueError, json.JSONDecodeError) as exc:
+                raise PosteriorsError(f"{self.path}: corrupt metadata ({exc})") from None
+            if meta.get("format") != FORMAT:
+                raise PosteriorsError(f"{self.path}: unknown format {meta.get('format')!r}")
+            stored_table = (
+                TokenTable.from_dict(meta["token_table"], source=f"{self.path} token table")
+                if meta.get("token_table") else None
+            )
+            if token_table is not None and stored_table is not None and token_table != stored_table:
+                raise PosteriorsError(
+                    f"{self.path}: the file's token table differs from the one given"
+                )
+            if kind is not None and kind != meta["kind"]:
+                raise PosteriorsError(
+                    f"{self.path}: file holds {meta['kind']!r}, but kind={kind!r} was stated"
+                )
+            self.kind: Kind = meta["kind"]
+            self.token_table = token_table or stored_table
+            self._entries = [(e["id"], e["key"], float(e["frame_shift"])) for e in meta["utterances"]]
+        else:
+            if kind is None or frame_shift is None:
+                raise PosteriorsError(
+                    f"{self.path}: a plain .npz (no asrfuse metadata) needs kind= and "
+                    "frame_shift= stated by the caller"
+                )
+            _check_kind(kind)
+            self.kind = kind
+            self.token_table = token_table
+            self._entries = [(k, k, float(frame_shift)) for k in keys]
+        self._by_id = {utt_id: i for i, (utt_id, _, _) in enumerate(self._entries)}
+
+    @property
+    def ids(self) -> list[str]:
+        return [e[0] for e in self._entries]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, utt_id: object) -> bool:
+        return utt_id in self._by_id
+
+    def _load(self, index: int) -> Posteriors:
+        utt_id, key, shift = self._entries[index]
+        try:
+            array = self._npz[key]
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
+            raise PosteriorsError(f"{self.path}: utterance {utt_id!r} cannot be read ({exc})") from None
+        return Posteriors.from_array(
+            utt_id, array, kind=self.kind, frame_shift=shift,
+            token_table=self.token_table, tolerance=self.tolerance,
+        )
+
+    def __getitem__(self, utt_id: str) -> Posteriors:
+        try:
+            index = self._by_id[utt_id]
+        except KeyError:
+            raise KeyError(f"{self.path}: no utterance {utt_id!r}") from None
+        return self._load(index)
+
+    def __iter__(self) -> Iterator[Posteriors]:
+        for i in range(len(self._entries)):
+            yield self._load(i)
+
+    def close(self) -> None:
+        self._npz.close()
+
+    def __enter__(self) -> PosteriorsReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,125 @@
+"""Result types shared by every decoder: hypotheses with their scores and timings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from fusion.tokens import TokenTable
+
+__all__ = ["DecodeResult", "Hypothesis", "TokenSpan", "WordSpan", "spans_to_words"]
+
+
+@dataclass(frozen=True)
+class TokenSpan:
+    """One emitted unit and the frames it covers: ``[start_frame, end_frame)``."""
+
+    token_id: int
+    start_frame: int
+    end_frame: int
+
+
+@dataclass(frozen=True)
+class WordSpan:
+    """One word and its time span in seconds; ``confidence`` in [0, 1] when known."""
+
+    word: str
+    start: float
+    end: float
+    confidence: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"word": self.word, "start": round(self.start, 4),
+                               "end": round(self.end, 4)}
+        if self.confidence is not None:
+            out["confidence"] = round(self.confidence, 4)
+        return out
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One decoding hypothesis.
+
+    Attributes:
+        text: the words joined by single spaces.
+        score: the total (weighted) score the search ranked by, natural log.
+        scores: each scorer's own score, unweighted (e.g. ``{"acoustic": -3.2}``).
+        tokens: the emitted units with their frame spans, blanks removed.
+        words: word spans in seconds.
+    """
+
+    text: str
+    score: float
+    scores: Mapping[str, float]
+    tokens: tuple[TokenSpan, ...] = ()
+    words: tuple[WordSpan, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scores", MappingProxyType(dict(self.scores)))
+        object.__setattr__(self, "tokens", tuple(self.tokens))
+        object.__setattr__(self, "words", tuple(self.words))
+
+    @property
+    def token_ids(self) -> tuple[int, ...]:
+        return tuple(t.token_id for t in self.tokens)
+
+    def to_dict(self, table: TokenTable, frame_shift: float) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "score": self.score,
+            "scores": dict(self.scores),
+            "words": [w.to_dict() for w in self.words],
+            "tokens": [
+                {"token": table.tokens[t.token_id],
+                 "start": round(t.start_frame * frame_shift, 4),
+                 "end": round(t.end_frame * frame_shift, 4)}
+                for t in self.tokens
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """The N-best list of one utterance, best first."""
+
+    utt_id: str
+    nbest: tuple[Hypothesis, ...]
+    frame_shift: float
+    duration: float = field(default=0.0)
+
+    @property
+    def best(self) -> Hypothesis:
+        return self.nbest[0]
+
+    def to_dict(self, table: TokenTable) -> dict[str, Any]:
+        best = self.best.to_dict(table, self.frame_shift)
+        out: dict[str, Any] = {"id": self.utt_id, **best}
+        if len(self.nbest) > 1:
+            out["nbest"] = [h.to_dict(table, self.frame_shift) for h in self.nbest]
+        return out
+
+
+def spans_to_words(
+    table: TokenTable, spans: Sequence[TokenSpan], frame_shift: float
+) -> tuple[WordSpan, ...]:
+    """Group emitted unit spans into words with start/end times in seconds.
+
+    A word starts at its first unit's first frame and ends at its last unit's last frame.
+    """
+    groups = table.words_from_ids([s.token_id for s in spans])
+    words: list[WordSpan] = []
+    i = 0
+    boundary_id = table.boundary_id
+    for group in groups:
+        while spans[i].token_id == boundary_id:
+            i += 1
+        first, last = spans[i], spans[i + len(group) - 1]
+        words.append(WordSpan(
+            word=table.word_text(group),
+            start=first.start_frame * frame_shift,
+            end=last.end_frame * frame_shift,
+        ))
+        i += len(group)
+    return tuple(words)

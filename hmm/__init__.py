@@ -1,0 +1,1 @@
+"""The HMM alignment layer: hybrid scaled likelihoods, topologies, forced alignment."""

@@ -1,0 +1,1 @@
+"""Language models for fusion: n-gram (KenLM) and neural, behind one scoring interface."""

@@ -1,0 +1,70 @@
+import json
+
+import numpy as np
+import pytest
+
+from fusion.cli import main
+from fusion.posteriors import Posteriors, PosteriorsWriter
+from fusion.simulate import simulate_posteriors
+
+from conftest import REAL_SPEECH
+
+
+@pytest.fixture
+def corpus(tmp_path, table, rng):
+    texts = {"u1": "hello world", "u2": "the cat sat", "u3": "good morning"}
+    with PosteriorsWriter(tmp_path / "post.npz", token_table=table) as w:
+        for utt_id, text in texts.items():
+            w.write(simulate_posteriors(utt_id, text, table, rng)[0])
+    (tmp_path / "ref.jsonl").write_text(
+        "".join(json.dumps({"id": u, "text": t.upper() + "."}) + "\n" for u, t in texts.items()))
+    return tmp_path
+
+
+def test_decode_then_score(corpus, capsys):
+    assert main(["decode", str(corpus / "post.npz"), "-o", str(corpus / "hyp.jsonl")]) == 0
+    rows = [json.loads(line) for line in (corpus / "hyp.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["u1", "u2", "u3"]
+    assert rows[0]["text"] == "hello world" and [w["word"] for w in rows[0]["words"]] == [
+        "hello", "world"]
+    assert main(["score", "--ref", str(corpus / "ref.jsonl"), "--hyp",
+                 str(corpus / "hyp.jsonl"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["wer"] == 0.0 and result["utterances"] == 3
+
+
+def test_bad_utterance_is_recorded_and_the_rest_decoded(tmp_path, table, rng):
+    good = simulate_posteriors("good", "yes", table, rng)[0]
+    bad = Posteriors("bad", np.full((3, 29), np.nan, dtype=np.float32), 0.04)
+    with PosteriorsWriter(tmp_path / "p.npz", token_table=table) as w:
+        w.write(bad)
+        w.write(good)
+    assert main(["decode", str(tmp_path / "p.npz"), "-o", str(tmp_path / "h.jsonl")]) == 1
+    assert [json.loads(x)["id"] for x in (tmp_path / "h.jsonl").read_text().splitlines()] == [
+        "good"]
+    (err,) = [json.loads(x) for x in (tmp_path / "h.errors.jsonl").read_text().splitlines()]
+    assert err["id"] == "bad" and "NaN" in err["error"]
+
+
+def test_plain_npz_needs_tokens_and_kind(tmp_path, table, capsys):
+    np.savez(tmp_path / "plain.npz", a=np.full((4, 29), 1 / 29))
+    assert main(["decode", str(tmp_path / "plain.npz"), "-o", str(tmp_path / "h.jsonl")]) == 2
+    assert "kind= and frame_shift=" in capsys.readouterr().err
+    table.save(tmp_path / "tokens.json")
+    assert main(["decode", str(tmp_path / "plain.npz"), "-o", str(tmp_path / "h.jsonl"),
+                 "--kind", "probs", "--frame-shift", "0.02",
+                 "--tokens", str(tmp_path / "tokens.json")]) == 0
+
+
+def test_missing_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["score", "--ref", str(tmp_path / "nope.jsonl"), "--hyp", "x"]) == 2
+    assert "nope.jsonl: cannot open" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["decode", "p.npz", "-o", "h.jsonl", "--decoder", "magic"])
+
+
+@pytest.mark.skipif(not (REAL_SPEECH / "manifest.jsonl").exists(), reason="no shared data")
+def test_demo_runs_on_the_real_speech_manifest(capsys):
+    assert main(["demo", "--manifest", str(REAL_SPEECH / "manifest.jsonl"), "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "utterances 75" in out and "WER" in out
