@@ -11,8 +11,12 @@ TORCH   := $(VENV)/.stamp-torch
 DEPS    := $(VENV)/.stamp-deps
 APT     := $(VENV)/.stamp-apt
 
-# Debian packages the project needs (speech synthesis, KenLM's builder, headless browser).
-APT_PACKAGES :=
+KENLM   := $(VENV)/bin/lmplz
+KENLM_VERSION := 0.3.0
+
+# Debian packages the project needs: KenLM's estimator (boost, compression libraries).
+APT_PACKAGES := cmake libboost-program-options-dev libboost-system-dev libboost-thread-dev \
+	libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev
 
 .PHONY: install demo test lint clean
 
@@ -39,9 +43,22 @@ $(TORCH): | $(PY)
 	$(PIP) install --no-deps torchaudio==2.11.0
 	touch $@
 
-$(DEPS): setup.cfg pyproject.toml $(TORCH) $(APT)
+$(DEPS): setup.cfg pyproject.toml $(TORCH) $(KENLM) | $(APT)
 	$(PIP) install -e '.[dev,bench]'
 	touch $@
+
+# KenLM's lmplz (modified Kneser-Ney estimation) and build_binary, compiled from the same
+# sdist on PyPI that the kenlm Python module comes from.
+$(KENLM): | $(PY) $(APT)
+	rm -rf $(VENV)/src/kenlm-$(KENLM_VERSION) $(VENV)/src/kenlm-build
+	$(PIP) download --no-deps --no-binary kenlm --no-build-isolation \
+		kenlm==$(KENLM_VERSION) -d $(VENV)/src
+	tar xzf $(VENV)/src/kenlm-$(KENLM_VERSION).tar.gz -C $(VENV)/src
+	cmake -S $(VENV)/src/kenlm-$(KENLM_VERSION) -B $(VENV)/src/kenlm-build \
+		-DKENLM_MAX_ORDER=6 -DCMAKE_BUILD_TYPE=Release > $(VENV)/src/kenlm-cmake.log 2>&1
+	$(MAKE) -s -C $(VENV)/src/kenlm-build -j2 lmplz build_binary > $(VENV)/src/kenlm-make.log 2>&1
+	cp $(VENV)/src/kenlm-build/bin/build_binary $(VENV)/bin/
+	cp $(VENV)/src/kenlm-build/bin/lmplz $@
 
 REAL_SPEECH ?= ../shared/data/real-speech
 

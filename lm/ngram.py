@@ -1,0 +1,211 @@
+"""KenLM n-gram models behind the common interface, and building them with KenLM's tools.
+
+:class:`KenLM` loads an ARPA (plain or gzipped) or a KenLM binary and scores with state.
+Scores come out as natural logs (KenLM's log10 times ln 10, converted here and nowhere
+else). Models are built by KenLM's ``lmplz`` (modified Kneser-Ney, with pruning) and
+converted by ``build_binary``; ``make install`` compiles both from the kenlm sdist into
+``.venv/bin``.
+
+A character- or piece-level n-gram is the same machinery over text whose "words" are the
+units: :func:`units_text` writes such text, and :class:`KenLM` with ``level="token"``
+scores units instead of words.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import kenlm
+
+from lm.arpa import LN10, read_arpa
+from lm.base import LanguageModel, Level, LMError
+
+__all__ = ["KenLM", "build_arpa", "build_binary", "find_tool", "units_text"]
+
+#: The unit that stands for the space between words in character-level LM text.
+WORD_BOUNDARY = "|"
+
+
+class KenLM(LanguageModel):
+    """A KenLM model (ARPA or binary).
+
+    States are ``kenlm.State`` values, hashable and compared by content. The wrapper
+    never writes to a state it has handed out: each call fills a fresh one. A word
+    outside the vocabulary scores as KenLM's ``<unk>``.
+
+    Args:
+        path: ARPA (``.arpa``, ``.arpa.gz``) or KenLM binary file.
+        level: ``"word"`` for word models, ``"token"`` for character/piece models.
+    """
+
+    def __init__(self, path: str | Path, *, level: Level = "word") -> None:
+        self.path = Path(path)
+        if level not in ("word", "token"):
+            raise ValueError(f"level must be 'word' or 'token', got {level!r}")
+        self.level = level
+        if not self.path.is_file():
+            raise LMError(f"{self.path}: no such LM file")
+        try:
+            self._model = kenlm.Model(str(self.path))
+        except (OSError, RuntimeError) as exc:
+            # KenLM says little about where an ARPA file is broken: our reader does.
+            if _looks_like_arpa(self.path):
+                read_arpa(self.path)
+            raise LMError(f"{self.path}: KenLM cannot load it: {exc}") from None
+        self.order = self._model.order
+
+    def __reduce__(self):  # picklable for worker processes: each reloads from the path
+        return (_load_kenlm, (str(self.path), self.level))
+
+    def contains(self, unit: str) -> bool:
+        return unit in self._model and unit not in ("<s>", "</s>", "<unk>")
+
+    def start(self) -> kenlm.State:
+        state = kenlm.State()
+        self._model.BeginSentenceWrite(state)
+        return state
+
+    def null_state(self) -> kenlm.State:
+        """A state with no context (no ``<s>``), for scoring fragments."""
+        state = kenlm.State()
+        self._model.NullContextWrite(state)
+        return state
+
+    def score(self, state: kenlm.State, unit: str) -> tuple[kenlm.State, float]:
+        out = kenlm.State()
+        return out, self._model.BaseScore(state, unit, out) * LN10
+
+    def finish(self, state: kenlm.State) -> float:
+        return self._model.BaseScore(state, "</s>", kenlm.State()) * LN10
+
+    def score_sentence(self, units: Iterable[str], *, eos: bool = True) -> float:
+        return self._model.score(" ".join(units), bos=True, eos=eos) * LN10
+
+
+def _load_kenlm(path: str, level: Level) -> KenLM:
+    return KenLM(path, level=level)
+
+
+def _looks_like_arpa(path: Path) -> bool:
+    """Anything but a KenLM binary (whose files start with ``mmap lm``)."""
+    with path.open("rb") as fh:
+        return not fh.read(8).startswith(b"mmap lm ")
+
+
+def find_tool(name: str) -> Path:
+    """Locate a KenLM tool (``lmplz``, ``build_binary``).
+
+    Looked for in ``$ASRFUSE_KENLM_BIN``, beside the running Python (the venv's ``bin``),
+    then on ``PATH``.
+    """
+    candidates = []
+    if os.environ.get("ASRFUSE_KENLM_BIN"):
+        candidates.append(Path(os.environ["ASRFUSE_KENLM_BIN"]) / name)
+    candidates.append(Path(sys.executable).parent / name)
+    which = shutil.which(name)
+    if which:
+        candidates.append(Path(which))
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return c
+    raise LMError(
+        f"KenLM's {name} was not found (looked in $ASRFUSE_KENLM_BIN, {candidates[0].parent} "
+        "and PATH): run `make install`, which builds it from the kenlm sdist"
+    )
+
+
+def build_arpa(
+    text: str | Path,
+    output: str | Path,
+    *,
+    order: int,
+    prune: Sequence[int] = (),
+    memory: str = "20%",
+    discount_fallback: bool = True,
+    temp_dir: str | Path | None = None,
+) -> Path:
+    """Estimate a modified Kneser-Ney ARPA model from text with KenLM's ``lmplz``.
+
+    Args:
+        text: one sentence per line, units separated by spaces.
+        output: the ARPA file to write (``.gz`` compresses); written atomically.
+        order: 2 to 6.
+        prune: count thresholds per order (``lmplz --prune``), e.g. ``(0, 0, 1)`` drops
+            singleton trigrams; empty for no pruning.
+        memory: ``lmplz -S`` memory budget.
+        discount_fallback: let ``lmplz`` fall back to fixed discounts when the counts of
+            counts of a small corpus cannot estimate them.
+    """
+    text, output = Path(text), Path(output)
+    if not 2 <= order <= 6:
+        raise ValueError(f"order must be between 2 and 6, got {order}")
+    if prune and (len(prune) > order or any(p < 0 for p in prune) or list(prune) != sorted(prune)):
+        raise ValueError(f"prune thresholds must be non-decreasing, >= 0, at most {order} of them")
+    if not text.is_file():
+        raise LMError(f"{text}: no such text file")
+    if not _has_content(text):
+        raise LMError(f"{text}: the training text is empty")
+    cmd = [str(find_tool("lmplz")), "-o", str(order), "-S", memory,
+           "-T", str(temp_dir or tempfile.gettempdir())]
+    if prune:
+        cmd += ["--prune", *map(str, prune)]
+    if discount_fallback:
+        cmd.append("--discount_fallback")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        opener = gzip.open if output.suffix == ".gz" else open
+        with text.open("rb") as src, tempfile.TemporaryFile() as log, subprocess.Popen(
+            cmd, stdin=src, stdout=subprocess.PIPE, stderr=log
+        ) as proc, opener(tmp, "wb") as dst:
+            shutil.copyfileobj(proc.stdout, dst)  # type: ignore[arg-type]
+            if proc.wait() != 0:
+                log.seek(0)
+                stderr = log.read().decode(errors="replace")
+                raise LMError(f"lmplz failed on {text}:\n{stderr.strip()[-2000:]}")
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output
+
+
+def build_binary(arpa: str | Path, output: str | Path, *, data_structure: str = "trie") -> Path:
+    """Convert an ARPA file to KenLM's binary format (``probing`` or ``trie``), atomically."""
+    if data_structure not in ("probing", "trie"):
+        raise ValueError(f"data_structure must be 'probing' or 'trie', got {data_structure!r}")
+    arpa, output = Path(arpa), Path(output)
+    tmp = output.with_name(f".{output.name}.tmp")
+    cmd = [str(find_tool("build_binary")), data_structure, str(arpa), str(tmp)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            if _looks_like_arpa(arpa):
+                read_arpa(arpa)
+            raise LMError(f"build_binary failed on {arpa}:\n{proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output
+
+
+def _has_content(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return any(line.strip() for line in fh)
+
+
+def units_text(sentences: Iterable[str], output: str | Path) -> Path:
+    """Write sentences as character-level LM text: ``"hi yo"`` -> ``"h i | y o"``."""
+    output = Path(output)
+    with output.open("w", encoding="utf-8") as fh:
+        for sentence in sentences:
+            words = sentence.split()
+            if words:
+                fh.write(f" {WORD_BOUNDARY} ".join(" ".join(w) for w in words) + "\n")
+    return output
