@@ -18,6 +18,7 @@ from fusion.metrics import CorpusScore, score_corpus
 from fusion.posteriors import KINDS, Posteriors, PosteriorsError, PosteriorsReader
 from fusion.simulate import SimulationConfig, simulate_posteriors
 from fusion.tokens import TokenTable, TokenTableError, character_table
+from lm.base import LMError
 
 DECODERS = ("greedy",)
 
@@ -64,6 +65,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--show", type=int, default=5, help="transcripts to print (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
+
+    from lm import cli as lm_cli
+
+    lm_cli.add_parser(sub)
     return parser
 
 
@@ -72,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ManifestError, PosteriorsError, TokenTableError, FileNotFoundError) as exc:
+    except (ManifestError, PosteriorsError, TokenTableError, LMError, FileNotFoundError) as exc:
         print(f"fusion {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -74,14 +74,34 @@ class LanguageModel(ABC):
         return [self.score_sentence(s, eos=eos) for s in sentences]
 
 
-def perplexity(lm: LanguageModel, sentences: Iterable[Sequence[str]]) -> tuple[float, int]:
+def perplexity(
+    lm: LanguageModel, sentences: Iterable[Sequence[str]], *, oov: str = "score"
+) -> tuple[float, int]:
     """Perplexity over sentences (``</s>`` counted as a predicted unit, as SRILM/KenLM do).
+
+    Args:
+        oov: ``"score"``: units outside the vocabulary count with the model's unknown-unit
+            score (KenLM's convention); ``"skip"``: they are neither scored nor counted,
+            though they stay in the context (SRILM's convention, fair to closed-vocabulary
+            models whose ``<unk>`` is a placeholder).
 
     Returns ``(perplexity, number of predicted units)``.
     """
+    if oov not in ("score", "skip"):
+        raise ValueError(f"oov must be 'score' or 'skip', got {oov!r}")
     batch = [list(s) for s in sentences]
-    total = sum(lm.score_sentences(batch))
-    count = sum(len(s) + 1 for s in batch)
+    if oov == "score":
+        total = sum(lm.score_sentences(batch))
+        count = sum(len(s) + 1 for s in batch)
+    else:
+        total, count = 0.0, 0
+        for units in batch:
+            state = lm.start()
+            for unit in units:
+                state, lp = lm.score(state, unit)
+                if lm.contains(unit):
+                    total, count = total + lp, count + 1
+            total, count = total + lm.finish(state), count + 1
     if count == 0:
         raise LMError("perplexity of an empty text is undefined")
     return math.exp(-total / count), count

@@ -210,3 +210,17 @@ def test_build_errors(tmp_path):
     with pytest.raises(LMError, match="no such LM file"):
         KenLM(tmp_path / "absent.arpa")
     assert not (tmp_path / "x.arpa").exists()
+
+
+def test_perplexity_can_skip_oov(small_arpa):
+    lm = ArpaLM(small_arpa)
+    # "a zebra": skip mode counts p(a|<s>) and p(</s>|a zebra) only, zebra stays in context
+    state, lp_a = lm.score(lm.start(), "a")
+    state, _ = lm.score(state, "zebra")
+    expected = math.exp(-(lp_a + lm.finish(state)) / 2)
+    assert perplexity(lm, [["a", "zebra"]], oov="skip") == (pytest.approx(expected), 2)
+    assert perplexity(lm, [["a", "zebra"]])[1] == 3
+    with pytest.raises(ValueError, match="oov"):
+        perplexity(lm, [["a"]], oov="ignore")
+    with pytest.raises(LMError, match="empty"):
+        perplexity(lm, [])
