@@ -14,9 +14,12 @@ APT     := $(VENV)/.stamp-apt
 KENLM   := $(VENV)/bin/lmplz
 KENLM_VERSION := 0.3.0
 
-# Debian packages the project needs: KenLM's estimator (boost, compression libraries).
+# Debian packages the project needs: KenLM's estimator (boost, compression libraries);
+# TTS voices and English texts for the speech and LM corpora.
 APT_PACKAGES := cmake libboost-program-options-dev libboost-system-dev libboost-thread-dev \
-	libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev
+	libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev \
+	espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
+	r-cran-janeaustenr bible-kjv sword-text-web diatheke wordnet-base
 
 .PHONY: install demo test lint clean
 
@@ -31,7 +34,7 @@ ifneq ($(strip $(APT_PACKAGES)),)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 endif
 	touch $@
@@ -44,7 +47,7 @@ $(TORCH): | $(PY)
 	touch $@
 
 $(DEPS): setup.cfg pyproject.toml $(TORCH) $(KENLM) | $(APT)
-	$(PIP) install -e '.[dev,bench]'
+	$(PIP) install -e '.[dev,bench,corpus]'
 	touch $@
 
 # KenLM's lmplz (modified Kneser-Ney estimation) and build_binary, compiled from the same

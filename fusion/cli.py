@@ -66,8 +66,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=5, help="transcripts to print (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
 
+    from fusion.corpus import cli as corpus_cli
     from lm import cli as lm_cli
 
+    corpus_cli.add_parser(sub).set_defaults(func=corpus_cli.run)
     lm_cli.add_parser(sub)
     return parser
 

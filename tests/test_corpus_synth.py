@@ -1,0 +1,111 @@
+"""Voices and synthesis: catalogue, engine commands, audio I/O, each installed engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from fusion.corpus.synth import (
+    PEAK,
+    SAMPLE_RATE,
+    audio_ok,
+    load_audio,
+    synthesize,
+    to_sample_rate,
+    tts_command,
+    write_audio,
+)
+from fusion.corpus.voices import (
+    HELDOUT_VOICES,
+    Prosody,
+    Voice,
+    catalogue,
+    engine_available,
+    is_heldout,
+    select_voices,
+    voice_available,
+)
+
+
+def _voice(name: str) -> Voice:
+    [voice] = select_voices([name])
+    return voice
+
+
+def test_catalogue_names_are_unique_and_stable() -> None:
+    voices = catalogue()
+    names = [v.name for v in voices]
+    assert len(names) == len(set(names))
+    assert {"espeak-en-gb-x-rp+f2", "flite-slt", "festival-kal", "piper-joe"} <= set(names)
+    assert len(select_voices(["espeak-*"])) == 8 * 13
+    assert all(v.weight > 0 for v in voices)
+
+
+def test_at_least_two_whole_non_espeak_voices_are_held_out() -> None:
+    held = [v for v in catalogue() if is_heldout(v)]
+    assert len({v.engine for v in held} - {"espeak-ng"}) >= 2
+    assert any(not is_heldout(v) for v in catalogue())
+    assert is_heldout("espeak-en-029+m3", HELDOUT_VOICES)
+    assert not is_heldout("espeak-en-us+m3", HELDOUT_VOICES)
+
+
+def test_engine_commands_carry_prosody(tmp_path: Path) -> None:
+    txt, wav, prosody = tmp_path / "t.txt", tmp_path / "o.wav", Prosody(rate=1.25, pitch=0.8)
+    espeak = tts_command(_voice("espeak-en-us+f2"), txt, wav, prosody)
+    assert espeak[:3] == ["espeak-ng", "-v", "en-us+f2"] and "219" in espeak and "40" in espeak
+    flite = " ".join(tts_command(_voice("flite-slt"), txt, wav, prosody))
+    assert "duration_stretch=0.800" in flite and "f0_shift=0.800" in flite
+    kal = " ".join(tts_command(_voice("festival-kal"), txt, wav, prosody))
+    assert "(voice_kal_diphone)" in kal and "Duration_Stretch 0.800" in kal and "84.0" in kal
+    hts = " ".join(tts_command(_voice("festival-slt-hts"), txt, wav, prosody))
+    assert '"-r" 1.250' in hts
+    with pytest.raises(ValueError, match="does not run as a program"):
+        tts_command(_voice("piper-joe"), txt, wav, prosody)
+
+
+def test_write_audio_round_trip(tmp_path: Path) -> None:
+    samples = 0.5 * torch.sin(torch.arange(8000) / 10.0)
+    for suffix in ("flac", "wav"):
+        path = tmp_path / f"a.{suffix}"
+        write_audio(path, samples)
+        assert audio_ok(path) == pytest.approx(0.5)
+        data, rate = load_audio(path)
+        assert rate == SAMPLE_RATE and np.abs(data - samples.numpy()).max() < 1e-4
+    assert not list(tmp_path.glob(".*"))  # no temporary file left
+    with pytest.raises(ValueError, match="must be .flac or .wav"):
+        write_audio(tmp_path / "a.mp3", samples)
+    (tmp_path / "bad.flac").write_bytes(b"garbage")
+    assert audio_ok(tmp_path / "bad.flac") is None
+    assert audio_ok(tmp_path / "missing.flac") is None
+
+
+def test_load_audio_downmixes_and_resamples(tmp_path: Path) -> None:
+    stereo = np.stack([np.full(22050, 0.2), np.full(22050, 0.4)], axis=1)
+    sf.write(tmp_path / "s.wav", stereo, 22050)
+    mono, rate = load_audio(tmp_path / "s.wav")
+    assert mono.shape == (22050,) and rate == 22050
+    assert mono[100] == pytest.approx(0.3, abs=1e-3)
+    assert to_sample_rate(mono, rate).numel() == SAMPLE_RATE
+
+
+_ONE_PER_ENGINE = ["espeak-en-gb-x-rp+m3", "flite-kal16", "flite-slt", "festival-kal", "piper-joe"]
+
+
+@pytest.mark.parametrize("name", _ONE_PER_ENGINE)
+def test_each_installed_engine_speaks_deterministically(name: str) -> None:
+    voice = _voice(name)
+    if not engine_available(voice.engine) or not voice_available(voice):
+        pytest.skip(f"{voice.engine} voice {voice.model} not installed")
+    text = "the quick brown fox jumps over the lazy dog"
+    audio = synthesize(text, voice, prosody=Prosody(rate=1.1, pitch=1.05), seed=3)
+    assert audio.dtype == torch.float32 and audio.dim() == 1
+    assert 1.0 < audio.numel() / SAMPLE_RATE < 6.0
+    assert float(audio.abs().max()) == pytest.approx(PEAK, abs=1e-4)
+    again = synthesize(text, voice, prosody=Prosody(rate=1.1, pitch=1.05), seed=3)
+    assert torch.equal(audio, again)
+    slower = synthesize(text, voice, prosody=Prosody(rate=0.8, pitch=1.05), seed=3)
+    assert slower.numel() > 1.15 * audio.numel()
