@@ -12,15 +12,18 @@ import numpy as np
 from tqdm import tqdm
 
 from fusion import __version__
+from fusion.decoder import BeamSearchDecoder, SearchOptions
 from fusion.greedy import greedy_decode
 from fusion.manifest import ManifestError, atomic_write, iter_jsonl, read_manifest
 from fusion.metrics import CorpusScore, score_corpus
 from fusion.posteriors import KINDS, Posteriors, PosteriorsError, PosteriorsReader
+from fusion.scorers import LexiconScorer, LMScorer, WordBonus, WordScorer
 from fusion.simulate import SimulationConfig, simulate_posteriors
 from fusion.tokens import TokenTable, TokenTableError, character_table
 from lm.base import LMError
+from lm.ngram import KenLM, read_unigrams
 
-DECODERS = ("greedy",)
+DECODERS = ("greedy", "beam")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -41,6 +44,16 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-shift", type=float, help="seconds per frame, for a plain .npz")
     p.add_argument("--decoder", choices=DECODERS, default="greedy", help="search (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="utterances per batch (default: %(default)s)")
+    beam = p.add_argument_group("beam search (--decoder beam)")
+    beam.add_argument("--beam-size", type=int, default=32)
+    beam.add_argument("--nbest", type=int, default=1, help="hypotheses per utterance")
+    beam.add_argument("--lm", type=Path, help="word n-gram: ARPA, ARPA.gz or KenLM binary")
+    beam.add_argument("--lm-vocab", type=Path,
+                      help="the LM's words (ARPA or word list) for partial-word scoring "
+                      "(default: the LM itself when it is an ARPA)")
+    beam.add_argument("--lm-weight", type=float, default=0.5)
+    beam.add_argument("--word-bonus", type=float, default=1.0)
+    beam.add_argument("--lexicon", type=Path, help="word list: only its words are produced")
     p.add_argument("--errors", type=Path,
                    help="where failed utterances are recorded (default: OUTPUT with .errors.jsonl)")
     p.set_defaults(func=cmd_decode)
@@ -79,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ManifestError, PosteriorsError, TokenTableError, LMError, FileNotFoundError) as exc:
+    except (ManifestError, PosteriorsError, TokenTableError, LMError, FileNotFoundError,
+            ValueError) as exc:
         print(f"fusion {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -110,6 +124,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     table = reader.token_table
     if table is None:
         raise TokenTableError(f"{args.posteriors} carries no token table: pass --tokens")
+    decode = (lambda batch: greedy_decode(batch, table)) if args.decoder == "greedy" else \
+        _beam_decoder(args, table).decode_batch
     failures: list[dict] = []
     errors_path = args.errors or args.output.with_suffix(".errors.jsonl")
     done = 0
@@ -117,7 +133,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         total=len(reader), unit="utt", desc="decode", disable=None
     ) as bar:
         for batch in _batches(reader, args.batch_size, failures):
-            for result in greedy_decode(batch, table):
+            for result in decode(batch):
                 out.write(json.dumps(result.to_dict(table), ensure_ascii=False) + "\n")
             done += len(batch)
             bar.update(len(batch))
@@ -129,6 +145,22 @@ def cmd_decode(args: argparse.Namespace) -> int:
               f"see {errors_path}", file=sys.stderr)
     print(f"decoded {done} utterances -> {args.output}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _beam_decoder(args: argparse.Namespace, table: TokenTable) -> BeamSearchDecoder:
+    scorers: list[WordScorer] = []
+    weights: dict[str, float] = {}
+    if args.lm:
+        vocab = args.lm_vocab or (args.lm if KenLM.is_arpa(args.lm) else None)
+        scorers.append(LMScorer(KenLM(args.lm), unigrams=read_unigrams(vocab) if vocab else None))
+        weights["lm"] = args.lm_weight
+        scorers.append(WordBonus())
+        weights["word_bonus"] = args.word_bonus
+    if args.lexicon:
+        scorers.append(LexiconScorer.from_file(args.lexicon, constraint=True))
+        weights["lexicon"] = 1.0
+    options = SearchOptions(beam_size=args.beam_size, nbest=args.nbest)
+    return BeamSearchDecoder(table, scorers, weights, options)
 
 
 # -- score ------------------------------------------------------------------------------

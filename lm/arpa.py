@@ -164,7 +164,7 @@ class ArpaLM(LanguageModel):
         return (unit,) in self.model.ngrams[0] and unit not in (BOS, EOS, UNK)
 
     def start(self) -> tuple[str, ...]:
-        return (BOS,)
+        return self._state((BOS,))
 
     def _log_prob(self, history: tuple[str, ...], word: str) -> float:
         ngrams = self.model.ngrams

@@ -27,7 +27,7 @@ import kenlm
 from lm.arpa import LN10, read_arpa
 from lm.base import LanguageModel, Level, LMError
 
-__all__ = ["KenLM", "build_arpa", "build_binary", "find_tool", "units_text"]
+__all__ = ["KenLM", "build_arpa", "build_binary", "find_tool", "read_unigrams", "units_text"]
 
 #: The unit that stands for the space between words in character-level LM text.
 WORD_BOUNDARY = "|"
@@ -60,6 +60,11 @@ class KenLM(LanguageModel):
                 read_arpa(self.path)
             raise LMError(f"{self.path}: KenLM cannot load it: {exc}") from None
         self.order = self._model.order
+
+    @staticmethod
+    def is_arpa(path: str | Path) -> bool:
+        """Whether ``path`` holds an ARPA file (anything but a KenLM binary)."""
+        return _looks_like_arpa(Path(path))
 
     def __reduce__(self):  # picklable for worker processes: each reloads from the path
         return (_load_kenlm, (str(self.path), self.level))
@@ -209,3 +214,26 @@ def units_text(sentences: Iterable[str], output: str | Path) -> Path:
             if words:
                 fh.write(f" {WORD_BOUNDARY} ".join(" ".join(w) for w in words) + "\n")
     return output
+
+
+def read_unigrams(path: str | Path) -> list[str]:
+    """The words of an LM: the ``\\1-grams:`` of an ARPA file (plain or gzipped), or the
+    first field of each line of a word list. ``<s>``, ``</s>`` and ``<unk>`` are left out."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    words: list[str] = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        first = fh.readline()
+        if first.strip() != "\\data\\":  # a word list
+            words = [line.split()[0] for line in [first, *fh] if line.strip()]
+        else:
+            for line in fh:
+                if line.startswith("\\1-grams:"):
+                    break
+            for line in fh:
+                if line.startswith("\\"):
+                    break
+                fields = line.split()
+                if len(fields) >= 2:
+                    words.append(fields[1])
+    return [w for w in words if w not in ("<s>", "</s>", "<unk>")]

@@ -68,3 +68,18 @@ def test_demo_runs_on_the_real_speech_manifest(capsys):
     assert main(["demo", "--manifest", str(REAL_SPEECH / "manifest.jsonl"), "--show", "1"]) == 0
     out = capsys.readouterr().out
     assert "utterances 75" in out and "WER" in out
+
+
+def test_beam_decode_with_an_lm(corpus, tmp_path):
+    text = "hello world\nthe cat sat\ngood morning\n" * 5
+    (tmp_path / "t.txt").write_text(text)
+    assert main(["lm", "build", str(tmp_path / "t.txt"), "-o", str(tmp_path / "lm.arpa"),
+                 "--order", "2"]) == 0
+    out = tmp_path / "beam.jsonl"
+    assert main(["decode", str(corpus / "post.npz"), "-o", str(out), "--decoder", "beam",
+                 "--lm", str(tmp_path / "lm.arpa"), "--nbest", "2", "--beam-size", "4"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["hello world", "the cat sat", "good morning"]
+    assert set(rows[0]["scores"]) == {"acoustic", "lm", "word_bonus"} and len(rows[0]["nbest"]) == 2
+    assert main(["decode", str(corpus / "post.npz"), "-o", str(out), "--decoder", "beam",
+                 "--nbest", "9", "--beam-size", "4"]) == 2

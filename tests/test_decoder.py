@@ -1,0 +1,157 @@
+"""The CTC prefix beam search with weighted scorers."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.greedy import greedy_decode
+from fusion.posteriors import Posteriors
+from fusion.scorers import LexiconScorer, LMScorer, WordBonus
+from fusion.simulate import SimulationConfig, simulate_posteriors
+from lm.arpa import ArpaLM
+
+from conftest import peaky
+
+# A unigram LM that strongly prefers "bat" to "cat" (log10 probabilities).
+BIASED_ARPA = """\\data\\
+ngram 1=6
+
+\\1-grams:
+-2.0\t<unk>
+-99\t<s>
+-0.5\t</s>
+-0.5\tbat
+-3.0\tcat
+-1.0\tsat
+
+\\end\\
+"""
+
+
+@pytest.fixture(scope="module")
+def biased_lm(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lm") / "biased.arpa"
+    path.write_text(BIASED_ARPA)
+    return ArpaLM(path)
+
+
+def _ambiguous(table):
+    """'?at sat' where the first letter is 55% c, 45% b: acoustics say cat, LM says bat."""
+    frames = ["-", "c", "a", "t", "-", "|", "s", "a", "t", "-"]
+    lp = peaky(table, frames, peak=12.0)
+    row = np.full(len(table), 1e-6)
+    row[table.id_of("c")], row[table.id_of("b")] = 0.55, 0.45
+    lp[1] = np.log(row / row.sum())
+    return Posteriors("amb", lp, 0.04)
+
+
+def test_acoustic_only_equals_greedy_on_peaky_posteriors(table, rng):
+    for i, text in enumerate(["the cat sat on the mat", "a", "", "hello  world's end"]):
+        p, _ = simulate_posteriors(f"u{i}", text, table, rng, SimulationConfig(peak=10, noise=0.3))
+        beam = BeamSearchDecoder(table).decode(p).best
+        greedy = greedy_decode([p], table)[0].best
+        assert beam.text == greedy.text == " ".join(text.split())
+        assert beam.scores["acoustic"] >= greedy.score - 1e-6  # prefix prob >= best path
+
+
+def test_zero_weight_lm_equals_no_lm(table, rng, biased_lm):
+    plain = BeamSearchDecoder(table, options=SearchOptions(beam_size=8, nbest=4))
+    zero = BeamSearchDecoder(table, [LMScorer(biased_lm), WordBonus()],
+                             {"lm": 0.0, "word_bonus": 0.0}, SearchOptions(beam_size=8, nbest=4))
+    for i in range(5):
+        p, _ = simulate_posteriors(f"u{i}", "bat sat cat", table, rng,
+                                   SimulationConfig(confusion=0.3, noise=1.0, peak=5))
+        a, b = plain.decode(p), zero.decode(p)
+        assert [h.text for h in a.nbest] == [h.text for h in b.nbest]
+        assert [h.score for h in a.nbest] == pytest.approx([h.score for h in b.nbest])
+        assert all(set(h.scores) == {"acoustic", "lm", "word_bonus"} for h in b.nbest)
+
+
+def test_lm_flips_an_ambiguous_word(table, biased_lm):
+    p = _ambiguous(table)
+    assert BeamSearchDecoder(table).decode(p).best.text == "cat sat"
+    fused = BeamSearchDecoder(table, [LMScorer(biased_lm)], {"lm": 0.5}).decode(p).best
+    assert fused.text == "bat sat"
+    # the kept scores are unweighted and add up to the total with the weights
+    assert fused.scores["lm"] == pytest.approx(biased_lm.score_sentence(["bat", "sat"]))
+    assert fused.score == pytest.approx(fused.scores["acoustic"] + 0.5 * fused.scores["lm"])
+
+
+def test_lexicon_constraint_excludes_oov_words(table):
+    p = _ambiguous(table)
+    lexicon = LexiconScorer(["bat", "sat"], constraint=True)
+    best = BeamSearchDecoder(table, [lexicon], {"lexicon": 1.0}).decode(p).best
+    assert best.text == "bat sat" and best.scores["lexicon"] == 0.0
+    soft = LexiconScorer(["bat", "sat"])
+    assert BeamSearchDecoder(table, [soft], {"lexicon": 0.01}).decode(p).best.text == "cat sat"
+    assert BeamSearchDecoder(table, [soft], {"lexicon": 5.0}).decode(p).best.text == "bat sat"
+
+
+def test_partial_words_pay_the_unknown_word_score(table, biased_lm):
+    scorer = LMScorer(biased_lm, unigrams=["bat", "cat", "sat"])
+    assert scorer.partial_score("ba") == 0.0
+    assert scorer.partial_score("bx") == pytest.approx(-2.0 * math.log(10))
+
+
+def test_word_times_follow_the_frames(table, rng):
+    p, alignment = simulate_posteriors("u", "the cat sat", table, rng,
+                                       SimulationConfig(peak=12, noise=0.2))
+    hyp = BeamSearchDecoder(table).decode(p).best
+    starts = [t for t in range(len(alignment))
+              if alignment[t] not in (0, 1) and (t == 0 or alignment[t] != alignment[t - 1])]
+    word_starts = [starts[0], starts[3], starts[6]]  # first letters of the, cat, sat
+    assert [round(w.start / 0.04) for w in hyp.words] == word_starts
+    assert all(w.end > w.start for w in hyp.words)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"beam_size": 0}, "beam_size"),
+        ({"nbest": 5, "beam_size": 4}, "cannot exceed"),
+        ({"beam_threshold": 0}, "beam_threshold"),
+        ({"token_min_logprob": 1.0}, "token_min_logprob"),
+        ({"blank_skip": 1.5}, "blank_skip"),
+        ({"token_top_k": True}, "token_top_k"),
+    ],
+)
+def test_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SearchOptions(**kwargs)
+
+
+def test_weights_must_name_the_scorers(table, biased_lm):
+    with pytest.raises(ValueError, match="no weight for scorer"):
+        BeamSearchDecoder(table, [LMScorer(biased_lm)], {})
+    with pytest.raises(ValueError, match="unknown scorer"):
+        BeamSearchDecoder(table, [LMScorer(biased_lm)], {"lm": 1.0, "lmm": 1.0})
+    with pytest.raises(ValueError, match="unique"):
+        BeamSearchDecoder(table, [LMScorer(biased_lm), LMScorer(biased_lm)], {"lm": 1.0})
+    with pytest.raises(ValueError, match="finite"):
+        BeamSearchDecoder(table, [LMScorer(biased_lm)], {"lm": math.nan})
+    with pytest.raises(ValueError, match="29 columns|columns"):
+        BeamSearchDecoder(table).decode(Posteriors("u", np.zeros((3, 5)), 0.04))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 30), st.integers(2, 29), st.integers(0, 2**32 - 1), st.integers(1, 6))
+def test_random_posteriors_never_break_the_search(table, biased_lm, frames, vocab_used, seed, nbest):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, size=(frames, len(table)))
+    logits[:, vocab_used:] -= 20  # sometimes only a few units are plausible
+    p = Posteriors.from_array("u", logits, kind="logits", frame_shift=0.02)
+    decoder = BeamSearchDecoder(table, [LMScorer(biased_lm), WordBonus()],
+                                {"lm": 0.7, "word_bonus": 1.0},
+                                SearchOptions(beam_size=8, nbest=nbest))
+    result = decoder.decode(p)
+    scores = [h.score for h in result.nbest]
+    assert 1 <= len(scores) <= nbest and scores == sorted(scores, reverse=True)
+    assert len({h.text for h in result.nbest}) == len(scores)
+    for h in result.nbest:
+        assert all(math.isfinite(v) for v in (h.score, *h.scores.values()))
+        times = [t for w in h.words for t in (w.start, w.end)]
+        assert times == sorted(times) and all(0 <= t <= p.duration for t in times)
