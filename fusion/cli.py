@@ -17,8 +17,9 @@ from fusion.greedy import greedy_decode
 from fusion.manifest import ManifestError, atomic_write, iter_jsonl, read_manifest
 from fusion.metrics import CorpusScore, score_corpus
 from fusion.posteriors import KINDS, Posteriors, PosteriorsError, PosteriorsReader
-from fusion.scorers import LexiconScorer, LMScorer, WordBonus, WordScorer
+from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
 from fusion.simulate import SimulationConfig, simulate_posteriors
+from fusion.text import normalize_text
 from fusion.tokens import TokenTable, TokenTableError, character_table
 from lm.base import LMError
 from lm.ngram import KenLM, read_unigrams
@@ -54,6 +55,9 @@ def get_parser() -> argparse.ArgumentParser:
     beam.add_argument("--lm-weight", type=float, default=0.5)
     beam.add_argument("--word-bonus", type=float, default=1.0)
     beam.add_argument("--lexicon", type=Path, help="word list: only its words are produced")
+    beam.add_argument("--hotwords", type=Path,
+                      help="phrases to bias towards, one a line, optionally TAB and a weight")
+    beam.add_argument("--hotword-weight", type=float, default=2.0)
     p.add_argument("--errors", type=Path,
                    help="where failed utterances are recorded (default: OUTPUT with .errors.jsonl)")
     p.set_defaults(func=cmd_decode)
@@ -159,8 +163,26 @@ def _beam_decoder(args: argparse.Namespace, table: TokenTable) -> BeamSearchDeco
     if args.lexicon:
         scorers.append(LexiconScorer.from_file(args.lexicon, constraint=True))
         weights["lexicon"] = 1.0
+    if args.hotwords:
+        scorers.append(HotwordScorer(read_hotwords(args.hotwords)))
+        weights["hotwords"] = args.hotword_weight
     options = SearchOptions(beam_size=args.beam_size, nbest=args.nbest)
     return BeamSearchDecoder(table, scorers, weights, options)
+
+
+def read_hotwords(path: Path) -> dict[str, float]:
+    """Phrases from a file: one a line, ``phrase`` or ``phrase<TAB>weight``; normalised."""
+    phrases: dict[str, float] = {}
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            phrase, _, weight = line.rstrip("\n").partition("\t")
+            try:
+                phrases[normalize_text(phrase)] = float(weight) if weight.strip() else 1.0
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: weight {weight!r} is not a number") from None
+    return phrases
 
 
 # -- score ------------------------------------------------------------------------------
@@ -209,8 +231,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     utterances = read_manifest(args.manifest, require=("text",))
     rng = np.random.default_rng(args.seed)
     config = SimulationConfig(confusion=args.confusion)
-    from fusion.text import normalize_text
-
     refs = {u.id: normalize_text(u.text or "") for u in utterances}
     posteriors = [simulate_posteriors(u, refs[u], table, rng, config)[0]
                   for u in tqdm(refs, desc="simulate", unit="utt", disable=None)]

@@ -148,7 +148,7 @@ class BeamSearchDecoder:
         self.options = options
         self._w = tuple(self.weights[s.name] for s in self.scorers)
         self._constraints = tuple(s for s in self.scorers if s.constraint)
-        self._partial = tuple((self.weights[s.name], s) for s in self.scorers
+        self._partial = tuple((i, self.weights[s.name], s) for i, s in enumerate(self.scorers)
                               if type(s).partial_score is not WordScorer.partial_score)
 
     # -- word completion ----------------------------------------------------------------
@@ -197,7 +197,7 @@ class BeamSearchDecoder:
         lp_rows = lp.tolist()
         w_ac = self.weights[ACOUSTIC]
         cache: dict = {}  # (scorer, state, word) -> (state, score), for this utterance
-        partials: dict[str, float] = {"": 0.0}
+        partials: dict = {}  # (scorer states, partial word) -> weighted partial-word estimate
 
         root = _Beam((), -1, "", tuple(s.start() for s in self.scorers),
                      (0.0,) * len(self.scorers), 0.0)
@@ -246,17 +246,21 @@ class BeamSearchDecoder:
             beams = self._prune(list(nxt.values()), w_ac, partials)
         return self._finish(beams, cache, w_ac)
 
-    def _partial_term(self, partial: str, partials: dict[str, float]) -> float:
-        term = partials.get(partial)
+    def _partial_term(self, beam: _Beam, partials: dict) -> float:
+        if not beam.partial:
+            return 0.0
+        key = (beam.states, beam.partial)
+        term = partials.get(key)
         if term is None:
-            term = partials[partial] = sum(w * s.partial_score(partial) for w, s in self._partial)
+            term = partials[key] = sum(w * s.partial_score(beam.states[i], beam.partial)
+                                       for i, w, s in self._partial)
         return term
 
-    def _prune(self, beams: list[_Beam], w_ac: float, partials: dict[str, float]) -> list[_Beam]:
+    def _prune(self, beams: list[_Beam], w_ac: float, partials: dict) -> list[_Beam]:
         opts = self.options
         if self._partial:
-            scored = [(w_ac * _lae(b.p_b, b.p_nb) + b.fused + self._partial_term(b.partial, partials),
-                       b) for b in beams]
+            scored = [(w_ac * _lae(b.p_b, b.p_nb) + b.fused + self._partial_term(b, partials), b)
+                      for b in beams]
         else:
             scored = [(w_ac * _lae(b.p_b, b.p_nb) + b.fused, b) for b in beams]
         scored.sort(key=lambda x: x[0], reverse=True)

@@ -10,6 +10,9 @@ the search completes one; their state is an immutable, hashable value passed in 
     any word-level :class:`lm.base.LanguageModel` (KenLM n-gram, neural LM).
 :class:`WordBonus`
     +1 per word (a word-insertion bonus once weighted).
+:class:`HotwordScorer`
+    context biasing: a bonus for each word that continues a listed phrase, taken back
+    if the phrase is not finished (an Aho-Corasick automaton over words).
 :class:`LexiconScorer`
     -1 per word outside a word list (with a large weight: a lexicon constraint; with a
     moderate one: an OOV penalty); it also says which partial words can still become a
@@ -24,7 +27,7 @@ from typing import Any
 
 from lm.base import LanguageModel
 
-__all__ = ["LMScorer", "LexiconScorer", "WordBonus", "WordScorer"]
+__all__ = ["HotwordScorer", "LMScorer", "LexiconScorer", "WordBonus", "WordScorer"]
 
 
 class WordScorer(ABC):
@@ -50,8 +53,9 @@ class WordScorer(ABC):
         """Whether ``word`` is allowed (only consulted for constraints)."""
         return True
 
-    def partial_score(self, partial: str) -> float:
-        """An estimate of what the word in progress will score (used for pruning only)."""
+    def partial_score(self, state: Hashable, partial: str) -> float:
+        """An estimate of what the word in progress will score after ``state`` (used for
+        pruning only, never added to a hypothesis's score)."""
         return 0.0
 
     def viable_prefix(self, partial: str) -> bool:
@@ -82,7 +86,7 @@ class LMScorer(WordScorer):
             self.prefixes = frozenset(w[:i] for w in unigrams for i in range(1, len(w) + 1))
             self.unk_score = lm.score(lm.start(), "<unk>")[1]
 
-    def partial_score(self, partial: str) -> float:
+    def partial_score(self, state: Hashable, partial: str) -> float:
         if self.prefixes is None or partial in self.prefixes:
             return 0.0
         return self.unk_score
@@ -144,3 +148,96 @@ class LexiconScorer(WordScorer):
 
     def viable_prefix(self, partial: str) -> bool:
         return partial in self.prefixes
+
+
+class HotwordScorer(WordScorer):
+    """Context biasing towards listed phrases (hotwords), with per-phrase weights.
+
+    Phrases form an Aho-Corasick automaton over words, so thousands of phrases cost one
+    dictionary step per word. A word that extends a match scores the phrase's weight; when
+    a partial match breaks, its bonus is taken back (as icefall's context graph does), so
+    only completed phrases keep their bonus. A word in progress that begins the next word
+    of a match earns that word's bonus for pruning, which keeps a hotword alive in the
+    beam before it is complete.
+
+    Args:
+        phrases: ``{phrase: weight}`` or an iterable of phrases (weight 1). Phrases are
+            normalised text; each word of a phrase scores ``weight``.
+    """
+
+    def __init__(self, phrases: Iterable[str] | dict[str, float], name: str = "hotwords") -> None:
+        items = phrases.items() if isinstance(phrases, dict) else ((p, 1.0) for p in phrases)
+        self.name = name
+        # node 0 is the root; goto[node][word] -> node; depth and bonus per node
+        self._goto: list[dict[str, int]] = [{}]
+        self._bonus: list[float] = [0.0]  # total bonus granted on reaching the node
+        self._final: list[bool] = [False]
+        for phrase, weight in items:
+            words = phrase.split()
+            if not words:
+                raise ValueError(f"scorer {name!r}: empty hotword phrase")
+            if not (weight > 0):
+                raise ValueError(f"scorer {name!r}: phrase {phrase!r} needs a weight > 0, got {weight}")
+            node = 0
+            for word in words:
+                nxt = self._goto[node].get(word)
+                if nxt is None:
+                    nxt = len(self._goto)
+                    self._goto[node][word] = nxt
+                    self._goto.append({})
+                    self._bonus.append(self._bonus[node] + weight)
+                    self._final.append(False)
+                node = nxt
+            self._final[node] = True
+        if len(self._goto) == 1:
+            raise ValueError(f"scorer {name!r}: no phrases")
+        self._fail = self._failure_links()
+        self._prefix_index: dict[int, dict[str, float]] = {}
+
+    def _failure_links(self) -> list[int]:
+        fail = [0] * len(self._goto)
+        queue = list(self._goto[0].values())
+        for node in queue:  # breadth first: a node's failure link is set before its children's
+            for word, child in self._goto[node].items():
+                f = fail[node]
+                while f and word not in self._goto[f]:
+                    f = fail[f]
+                target = self._goto[f].get(word, 0)
+                fail[child] = target if target != child else 0
+                queue.append(child)
+        return fail
+
+    def start(self) -> int:
+        return 0
+
+    def score_word(self, state: Hashable, word: str) -> tuple[Hashable, float]:
+        node = int(state)  # type: ignore[arg-type]
+        nxt = node
+        while nxt and word not in self._goto[nxt]:
+            nxt = self._fail[nxt]
+        nxt = self._goto[nxt].get(word, 0)
+        score = self._bonus[nxt] - self._bonus[node]  # > 0 on a match, < 0 takes back
+        # a completed phrase keeps its bonus: matching starts afresh after it
+        return (0 if self._final[nxt] else nxt), score
+
+    def finish(self, state: Hashable) -> float:
+        return -self._bonus[int(state)]  # type: ignore[arg-type]  # an unfinished phrase
+
+    def _prefixes(self, node: int) -> dict[str, float]:
+        """Every prefix of the words that continue ``node``, with the best such word's bonus."""
+        index = self._prefix_index.get(node)
+        if index is None:
+            index = {}
+            for word, child in self._goto[node].items():
+                for i in range(1, len(word) + 1):
+                    index[word[:i]] = max(index.get(word[:i], 0.0), self._bonus[child])
+            self._prefix_index[node] = index
+        return index
+
+    def partial_score(self, state: Hashable, partial: str) -> float:
+        node = int(state)  # type: ignore[arg-type]
+        continued = self._prefixes(node).get(partial)
+        if continued is not None:
+            return continued - self._bonus[node]
+        restarted = self._prefixes(0).get(partial, 0.0) if node else 0.0
+        return restarted - self._bonus[node]  # a word that breaks the match takes it back

@@ -83,3 +83,15 @@ def test_beam_decode_with_an_lm(corpus, tmp_path):
     assert set(rows[0]["scores"]) == {"acoustic", "lm", "word_bonus"} and len(rows[0]["nbest"]) == 2
     assert main(["decode", str(corpus / "post.npz"), "-o", str(out), "--decoder", "beam",
                  "--nbest", "9", "--beam-size", "4"]) == 2
+
+
+def test_hotwords_file(corpus, tmp_path):
+    (tmp_path / "hot.txt").write_text("Hello World\t3\ngood morning\n\n")
+    out = tmp_path / "h.jsonl"
+    assert main(["decode", str(corpus / "post.npz"), "-o", str(out), "--decoder", "beam",
+                 "--hotwords", str(tmp_path / "hot.txt")]) == 0
+    first = json.loads(out.read_text().splitlines()[0])
+    assert first["text"] == "hello world" and first["scores"]["hotwords"] == 6.0
+    (tmp_path / "bad.txt").write_text("x\tlots\n")
+    assert main(["decode", str(corpus / "post.npz"), "-o", str(out), "--decoder", "beam",
+                 "--hotwords", str(tmp_path / "bad.txt")]) == 2

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from fusion.decoder import BeamSearchDecoder, SearchOptions
 from fusion.greedy import greedy_decode
 from fusion.posteriors import Posteriors
-from fusion.scorers import LexiconScorer, LMScorer, WordBonus
+from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus
 from fusion.simulate import SimulationConfig, simulate_posteriors
 from lm.arpa import ArpaLM
 
@@ -93,8 +93,9 @@ def test_lexicon_constraint_excludes_oov_words(table):
 
 def test_partial_words_pay_the_unknown_word_score(table, biased_lm):
     scorer = LMScorer(biased_lm, unigrams=["bat", "cat", "sat"])
-    assert scorer.partial_score("ba") == 0.0
-    assert scorer.partial_score("bx") == pytest.approx(-2.0 * math.log(10))
+    state = scorer.start()
+    assert scorer.partial_score(state, "ba") == 0.0
+    assert scorer.partial_score(state, "bx") == pytest.approx(-2.0 * math.log(10))
 
 
 def test_word_times_follow_the_frames(table, rng):
@@ -155,3 +156,43 @@ def test_random_posteriors_never_break_the_search(table, biased_lm, frames, voca
         assert all(math.isfinite(v) for v in (h.score, *h.scores.values()))
         times = [t for w in h.words for t in (w.start, w.end)]
         assert times == sorted(times) and all(0 <= t <= p.duration for t in times)
+
+
+def _walk(scorer, words):
+    state, total = scorer.start(), 0.0
+    for w in words:
+        state, s = scorer.score_word(state, w)
+        total += s
+    return total + scorer.finish(state)
+
+
+def test_hotword_automaton_keeps_only_finished_phrases():
+    hot = HotwordScorer({"new york": 2.0, "a b c": 1.0, "b d": 1.0})
+    assert _walk(hot, ["in", "new", "york", "today"]) == 4.0
+    assert _walk(hot, ["new", "jersey"]) == 0.0
+    assert _walk(hot, ["we", "like", "new"]) == 0.0  # unfinished at the end: taken back
+    # "a b" breaks on "d" but "b d" completes through the failure link: 2 kept
+    assert _walk(hot, ["a", "b", "d"]) == 2.0
+    assert _walk(hot, ["a", "b", "c", "new", "york"]) == 3.0 + 4.0
+    state = hot.score_word(hot.start(), "new")[0]
+    assert hot.partial_score(state, "yo") == 2.0 and hot.partial_score(state, "x") == -2.0
+    assert hot.partial_score(hot.start(), "ne") == 2.0
+    with pytest.raises(ValueError, match="weight > 0"):
+        HotwordScorer({"x": 0.0})
+
+
+def test_hotword_forces_its_phrase(table):
+    p = _ambiguous(table)
+    assert BeamSearchDecoder(table).decode(p).best.text == "cat sat"
+    hot = HotwordScorer(["bat sat"])
+    best = BeamSearchDecoder(table, [hot], {"hotwords": 1.0}).decode(p).best
+    assert best.text == "bat sat" and best.scores["hotwords"] == 2.0
+
+
+def test_thousands_of_hotwords_are_cheap(table, rng):
+    words = ["".join(rng.choice(list("abcdefghij"), size=5)) for _ in range(6000)]
+    phrases = {f"{a} {b}": 1.0 for a, b in zip(words[::2], words[1::2])}
+    hot = HotwordScorer(phrases)
+    p, _ = simulate_posteriors("u", "the cat sat on the mat", table, rng)
+    best = BeamSearchDecoder(table, [hot], {"hotwords": 2.0}).decode(p).best
+    assert best.text == "the cat sat on the mat" and best.scores["hotwords"] == 0.0
