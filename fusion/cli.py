@@ -17,6 +17,7 @@ from fusion.greedy import greedy_decode
 from fusion.manifest import ManifestError, atomic_write, iter_jsonl, read_manifest
 from fusion.metrics import CorpusScore, score_corpus
 from fusion.posteriors import KINDS, Posteriors, PosteriorsError, PosteriorsReader
+from fusion.pyctc import FusionLanguageModel, PyctcdecodeBackend
 from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
 from fusion.simulate import SimulationConfig, simulate_posteriors
 from fusion.text import normalize_text
@@ -24,7 +25,7 @@ from fusion.tokens import TokenTable, TokenTableError, character_table
 from lm.base import LMError
 from lm.ngram import KenLM, read_unigrams
 
-DECODERS = ("greedy", "beam")
+DECODERS = ("greedy", "beam", "pyctcdecode")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -45,7 +46,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-shift", type=float, help="seconds per frame, for a plain .npz")
     p.add_argument("--decoder", choices=DECODERS, default="greedy", help="search (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="utterances per batch (default: %(default)s)")
-    beam = p.add_argument_group("beam search (--decoder beam)")
+    beam = p.add_argument_group("beam search (--decoder beam or pyctcdecode)")
     beam.add_argument("--beam-size", type=int, default=32)
     beam.add_argument("--nbest", type=int, default=1, help="hypotheses per utterance")
     beam.add_argument("--lm", type=Path, help="word n-gram: ARPA, ARPA.gz or KenLM binary")
@@ -151,7 +152,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _beam_decoder(args: argparse.Namespace, table: TokenTable) -> BeamSearchDecoder:
+def _beam_decoder(args: argparse.Namespace, table: TokenTable
+                  ) -> BeamSearchDecoder | PyctcdecodeBackend:
     scorers: list[WordScorer] = []
     weights: dict[str, float] = {}
     if args.lm:
@@ -167,6 +169,9 @@ def _beam_decoder(args: argparse.Namespace, table: TokenTable) -> BeamSearchDeco
         scorers.append(HotwordScorer(read_hotwords(args.hotwords)))
         weights["hotwords"] = args.hotword_weight
     options = SearchOptions(beam_size=args.beam_size, nbest=args.nbest)
+    if args.decoder == "pyctcdecode":
+        return PyctcdecodeBackend(table, FusionLanguageModel(scorers, weights) if scorers else None,
+                                  beam_size=options.beam_size, nbest=options.nbest)
     return BeamSearchDecoder(table, scorers, weights, options)
 
 

@@ -81,6 +81,10 @@ def test_beam_decode_with_an_lm(corpus, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["text"] for r in rows] == ["hello world", "the cat sat", "good morning"]
     assert set(rows[0]["scores"]) == {"acoustic", "lm", "word_bonus"} and len(rows[0]["nbest"]) == 2
+    assert main(["decode", str(corpus / "post.npz"), "-o", str(out), "--decoder", "pyctcdecode",
+                 "--lm", str(tmp_path / "lm.arpa")]) == 0
+    assert [json.loads(line)["text"] for line in out.read_text().splitlines()] == [
+        "hello world", "the cat sat", "good morning"]
     assert main(["decode", str(corpus / "post.npz"), "-o", str(out), "--decoder", "beam",
                  "--nbest", "9", "--beam-size", "4"]) == 2
 
