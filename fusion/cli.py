@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from fusion import __version__
 from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.parallel import decode_parallel
 from fusion.greedy import greedy_decode
 from fusion.manifest import ManifestError, atomic_write, iter_jsonl, read_manifest
 from fusion.metrics import CorpusScore, score_corpus
@@ -22,6 +23,7 @@ from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, Wo
 from fusion.simulate import SimulationConfig, simulate_posteriors
 from fusion.text import normalize_text
 from fusion.tokens import TokenTable, TokenTableError, character_table
+from fusion.types import DecodeResult
 from lm.base import LMError
 from lm.ngram import KenLM, read_unigrams
 
@@ -45,7 +47,10 @@ def get_parser() -> argparse.ArgumentParser:
                    help="what a plain .npz holds (files written by asrfuse say it themselves)")
     p.add_argument("--frame-shift", type=float, help="seconds per frame, for a plain .npz")
     p.add_argument("--decoder", choices=DECODERS, default="greedy", help="search (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="utterances per batch (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="utterances per greedy batch (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes for beam search (default: %(default)s)")
     beam = p.add_argument_group("beam search (--decoder beam or pyctcdecode)")
     beam.add_argument("--beam-size", type=int, default=32)
     beam.add_argument("--nbest", type=int, default=1, help="hypotheses per utterance")
@@ -104,15 +109,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # -- decode -----------------------------------------------------------------------------
-def _batches(reader: PosteriorsReader, size: int, failures: list[dict]) -> Iterator[list[Posteriors]]:
-    """Read utterances in batches; unreadable or invalid ones go to ``failures``."""
-    batch: list[Posteriors] = []
+def _readable(reader: PosteriorsReader, failures: list[dict]) -> Iterator[Posteriors]:
+    """Utterances one at a time; unreadable or invalid ones go to ``failures``."""
     for utt_id in reader.ids:
         try:
-            batch.append(reader[utt_id])
+            yield reader[utt_id]
         except PosteriorsError as exc:
             failures.append({"id": utt_id, "error": str(exc)})
-            continue
+
+
+def _batches(items: Iterator[Posteriors], size: int) -> Iterator[list[Posteriors]]:
+    batch: list[Posteriors] = []
+    for item in items:
+        batch.append(item)
         if len(batch) == size:
             yield batch
             batch = []
@@ -121,27 +130,30 @@ def _batches(reader: PosteriorsReader, size: int, failures: list[dict]) -> Itera
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise SystemExit("fusion decode: error: --batch-size must be at least 1")
+    if args.batch_size < 1 or args.workers < 1:
+        raise SystemExit("fusion decode: error: --batch-size and --workers must be at least 1")
     table = TokenTable.load(args.tokens) if args.tokens else None
     reader = PosteriorsReader(args.posteriors, kind=args.kind, frame_shift=args.frame_shift,
                               token_table=table)
     table = reader.token_table
     if table is None:
         raise TokenTableError(f"{args.posteriors} carries no token table: pass --tokens")
-    decode = (lambda batch: greedy_decode(batch, table)) if args.decoder == "greedy" else \
-        _beam_decoder(args, table).decode_batch
     failures: list[dict] = []
+    stream = _readable(reader, failures)
+    if args.decoder == "greedy":
+        results: Iterator[DecodeResult] = (
+            r for batch in _batches(stream, args.batch_size) for r in greedy_decode(batch, table))
+    else:
+        results = decode_parallel(_beam_decoder(args, table), stream, workers=args.workers)
     errors_path = args.errors or args.output.with_suffix(".errors.jsonl")
     done = 0
     with reader, atomic_write(args.output) as out, tqdm(
         total=len(reader), unit="utt", desc="decode", disable=None
     ) as bar:
-        for batch in _batches(reader, args.batch_size, failures):
-            for result in decode(batch):
-                out.write(json.dumps(result.to_dict(table), ensure_ascii=False) + "\n")
-            done += len(batch)
-            bar.update(len(batch))
+        for result in results:
+            out.write(json.dumps(result.to_dict(table), ensure_ascii=False) + "\n")
+            done += 1
+            bar.update(1)
     if failures:
         with atomic_write(errors_path) as fh:
             for f in failures:

@@ -61,6 +61,14 @@ class Hypothesis:
         object.__setattr__(self, "tokens", tuple(self.tokens))
         object.__setattr__(self, "words", tuple(self.words))
 
+    def __getstate__(self) -> dict[str, Any]:  # a mappingproxy does not pickle
+        return {**self.__dict__, "scores": dict(self.scores)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "scores", MappingProxyType(state["scores"]))
+
     @property
     def token_ids(self) -> tuple[int, ...]:
         return tuple(t.token_id for t in self.tokens)

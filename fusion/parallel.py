@@ -1,0 +1,61 @@
+"""Decoding many utterances over worker processes the caller asks for.
+
+Workers are started with ``spawn`` (safe with threads, CUDA and macOS), each receives the
+decoder once (pickled; a KenLM model reloads itself from its path) and then only
+posteriors. Results come back in input order. Nothing here is global in the parent.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import Protocol
+
+from fusion.posteriors import Posteriors
+from fusion.types import DecodeResult
+
+__all__ = ["Decoder", "decode_parallel"]
+
+
+class Decoder(Protocol):
+    def decode(self, posteriors: Posteriors) -> DecodeResult: ...
+
+
+_worker_decoder: Decoder | None = None  # set once in each worker process by _init
+
+
+def _init(decoder: Decoder, threads: int) -> None:
+    global _worker_decoder
+    import torch
+
+    torch.set_num_threads(threads)
+    _worker_decoder = decoder
+
+
+def _decode(posteriors: Posteriors) -> DecodeResult:
+    assert _worker_decoder is not None  # set by the pool initializer
+    return _worker_decoder.decode(posteriors)
+
+
+def decode_parallel(
+    decoder: Decoder,
+    posteriors: Iterable[Posteriors],
+    *,
+    workers: int,
+    chunksize: int = 4,
+    threads_per_worker: int = 1,
+) -> Iterator[DecodeResult]:
+    """Decode ``posteriors`` with ``workers`` processes (1: in this process), in order.
+
+    The input is consumed lazily, so a large corpus is never all in memory.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers == 1:
+        yield from (decoder.decode(p) for p in posteriors)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
+                             initargs=(decoder, threads_per_worker)) as pool:
+        yield from pool.map(_decode, posteriors, chunksize=chunksize)
