@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import numpy as np
 from tqdm import tqdm
 
 from fusion import __version__
-from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.config import DecodeConfig
+from fusion.decoder import BeamSearchDecoder
 from fusion.parallel import decode_parallel
 from fusion.greedy import greedy_decode
 from fusion.manifest import ManifestError, atomic_write, iter_jsonl, read_manifest
@@ -28,6 +30,7 @@ from lm.base import LMError
 from lm.ngram import KenLM, read_unigrams
 
 DECODERS = ("greedy", "beam", "pyctcdecode")
+DEFAULT_WEIGHTS = {"lexicon": 1.0, "lm": 0.5, "word_bonus": 1.0, "hotwords": 2.0}
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -51,21 +54,26 @@ def get_parser() -> argparse.ArgumentParser:
                    help="utterances per greedy batch (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1,
                    help="processes for beam search (default: %(default)s)")
-    beam = p.add_argument_group("beam search (--decoder beam or pyctcdecode)")
-    beam.add_argument("--beam-size", type=int, default=32)
-    beam.add_argument("--nbest", type=int, default=1, help="hypotheses per utterance")
+    p.add_argument("--ctm", type=Path, help="also write the best hypotheses' words as CTM")
+    p.add_argument("--errors", type=Path,
+                   help="where failed utterances are recorded (default: OUTPUT with .errors.jsonl)")
+    beam = p.add_argument_group(
+        "beam search (--decoder beam or pyctcdecode)",
+        "Settings come from --config (TOML/JSON, see fusion.config), then these flags. "
+        f"Default weights: {DEFAULT_WEIGHTS}.")
+    beam.add_argument("--config", type=Path, help="decoding config file (TOML or JSON)")
+    beam.add_argument("--beam-size", type=int)
+    beam.add_argument("--nbest", type=int, help="hypotheses per utterance")
     beam.add_argument("--lm", type=Path, help="word n-gram: ARPA, ARPA.gz or KenLM binary")
     beam.add_argument("--lm-vocab", type=Path,
                       help="the LM's words (ARPA or word list) for partial-word scoring "
                       "(default: the LM itself when it is an ARPA)")
-    beam.add_argument("--lm-weight", type=float, default=0.5)
-    beam.add_argument("--word-bonus", type=float, default=1.0)
+    beam.add_argument("--lm-weight", type=float)
+    beam.add_argument("--word-bonus", type=float)
     beam.add_argument("--lexicon", type=Path, help="word list: only its words are produced")
     beam.add_argument("--hotwords", type=Path,
                       help="phrases to bias towards, one a line, optionally TAB and a weight")
-    beam.add_argument("--hotword-weight", type=float, default=2.0)
-    p.add_argument("--errors", type=Path,
-                   help="where failed utterances are recorded (default: OUTPUT with .errors.jsonl)")
+    beam.add_argument("--hotword-weight", type=float)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("score", help="WER and CER of hypotheses against a reference manifest")
@@ -147,11 +155,15 @@ def cmd_decode(args: argparse.Namespace) -> int:
         results = decode_parallel(_beam_decoder(args, table), stream, workers=args.workers)
     errors_path = args.errors or args.output.with_suffix(".errors.jsonl")
     done = 0
-    with reader, atomic_write(args.output) as out, tqdm(
-        total=len(reader), unit="utt", desc="decode", disable=None
-    ) as bar:
+    with ExitStack() as stack:
+        stack.enter_context(reader)
+        out = stack.enter_context(atomic_write(args.output))
+        ctm = stack.enter_context(atomic_write(args.ctm)) if args.ctm else None
+        bar = stack.enter_context(tqdm(total=len(reader), unit="utt", desc="decode", disable=None))
         for result in results:
             out.write(json.dumps(result.to_dict(table), ensure_ascii=False) + "\n")
+            if ctm:
+                ctm.writelines(ctm_lines(result))
             done += 1
             bar.update(1)
     if failures:
@@ -164,27 +176,42 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def decode_config(args: argparse.Namespace) -> DecodeConfig:
+    """The config file (if any) with the command line's flags on top."""
+    config = DecodeConfig.load(args.config) if args.config else DecodeConfig()
+    return config.with_overrides(
+        search={"beam_size": args.beam_size, "nbest": args.nbest},
+        weights={"lm": args.lm_weight, "word_bonus": args.word_bonus,
+                 "hotwords": args.hotword_weight},
+        lm=args.lm, lm_vocab=args.lm_vocab, hotwords=args.hotwords, lexicon=args.lexicon)
+
+
 def _beam_decoder(args: argparse.Namespace, table: TokenTable
                   ) -> BeamSearchDecoder | PyctcdecodeBackend:
+    config = decode_config(args)
     scorers: list[WordScorer] = []
-    weights: dict[str, float] = {}
-    if args.lm:
-        vocab = args.lm_vocab or (args.lm if KenLM.is_arpa(args.lm) else None)
-        scorers.append(LMScorer(KenLM(args.lm), unigrams=read_unigrams(vocab) if vocab else None))
-        weights["lm"] = args.lm_weight
-        scorers.append(WordBonus())
-        weights["word_bonus"] = args.word_bonus
-    if args.lexicon:
-        scorers.append(LexiconScorer.from_file(args.lexicon, constraint=True))
-        weights["lexicon"] = 1.0
-    if args.hotwords:
-        scorers.append(HotwordScorer(read_hotwords(args.hotwords)))
-        weights["hotwords"] = args.hotword_weight
-    options = SearchOptions(beam_size=args.beam_size, nbest=args.nbest)
+    if config.lm:
+        vocab = config.lm_vocab or (config.lm if KenLM.is_arpa(config.lm) else None)
+        scorers += [LMScorer(KenLM(config.lm), unigrams=read_unigrams(vocab) if vocab else None),
+                    WordBonus()]
+    if config.lexicon:
+        scorers.append(LexiconScorer.from_file(config.lexicon, constraint=True))
+    if config.hotwords:
+        scorers.append(HotwordScorer(read_hotwords(config.hotwords)))
+    names = {s.name for s in scorers}
+    weights = {**{k: v for k, v in DEFAULT_WEIGHTS.items() if k in names}, **config.weights}
     if args.decoder == "pyctcdecode":
+        weights.pop("acoustic", None)
         return PyctcdecodeBackend(table, FusionLanguageModel(scorers, weights) if scorers else None,
-                                  beam_size=options.beam_size, nbest=options.nbest)
-    return BeamSearchDecoder(table, scorers, weights, options)
+                                  beam_size=config.search.beam_size, nbest=config.search.nbest)
+    return BeamSearchDecoder(table, scorers, weights, config.search)
+
+
+def ctm_lines(result: DecodeResult) -> Iterator[str]:
+    """NIST CTM lines of the best hypothesis: ``utterance 1 start duration word [conf]``."""
+    for w in result.best.words:
+        conf = "" if w.confidence is None else f" {w.confidence:.3f}"
+        yield f"{result.utt_id} 1 {w.start:.3f} {w.end - w.start:.3f} {w.word}{conf}\n"
 
 
 def read_hotwords(path: Path) -> dict[str, float]:

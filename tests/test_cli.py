@@ -99,3 +99,37 @@ def test_hotwords_file(corpus, tmp_path):
     (tmp_path / "bad.txt").write_text("x\tlots\n")
     assert main(["decode", str(corpus / "post.npz"), "-o", str(out), "--decoder", "beam",
                  "--hotwords", str(tmp_path / "bad.txt")]) == 2
+
+
+def test_config_file_and_ctm(corpus, tmp_path):
+    (tmp_path / "t.txt").write_text("hello world\nthe cat sat\ngood morning\n" * 5)
+    main(["lm", "build", str(tmp_path / "t.txt"), "-o", str(tmp_path / "lm.arpa"), "--order", "2"])
+    (tmp_path / "dec.toml").write_text(
+        '[search]\nbeam_size = 4\nnbest = 2\n[weights]\nlm = 0.3\n[lm]\npath = "lm.arpa"\n')
+    out = tmp_path / "h.jsonl"
+    assert main(["decode", str(corpus / "post.npz"), "-o", str(out), "--decoder", "beam",
+                 "--config", str(tmp_path / "dec.toml"), "--ctm", str(tmp_path / "h.ctm"),
+                 "--word-bonus", "0.5"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows[0]["nbest"]) == 2 and set(rows[0]["scores"]) == {"acoustic", "lm", "word_bonus"}
+    first = rows[0]
+    total = first["scores"]["acoustic"] + 0.3 * first["scores"]["lm"] + 0.5 * first["scores"]["word_bonus"]
+    assert first["score"] == pytest.approx(total)
+    ctm = (tmp_path / "h.ctm").read_text().splitlines()
+    assert [line.split()[4] for line in ctm[:2]] == ["hello", "world"]
+    assert ctm[0].split()[:2] == ["u1", "1"] and float(ctm[0].split()[3]) > 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[serch]\nbeam_size = 4\n", "unknown table"),
+    ("[search]\nbeam = 4\n", "unknown key"),
+    ("[search]\nbeam_size = 0\n", "beam_size"),
+    ("[weights]\nlm = 'high'\n", "must be a number"),
+    ("[lm]\npath = 3\n", "path string"),
+    ("[search\n", "cannot read config"),
+])
+def test_bad_config_files(corpus, tmp_path, capsys, text, message):
+    (tmp_path / "bad.toml").write_text(text)
+    assert main(["decode", str(corpus / "post.npz"), "-o", str(tmp_path / "h.jsonl"),
+                 "--decoder", "beam", "--config", str(tmp_path / "bad.toml")]) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,124 @@
+"""Decoding configuration as data: TOML or JSON files, never executed.
+
+A file has up to four tables; every key is optional and unknown keys are errors::
+
+    [search]                 # fusion.decoder.SearchOptions
+    beam_size = 32
+    nbest = 1
+    beam_threshold = 25.0
+    token_top_k = 16
+    token_min_logprob = -12.0
+    blank_skip = 0.999       # or false to disable
+
+    [weights]                # one per scorer in use; acoustic defaults to 1
+    lm = 0.5
+    word_bonus = 1.0
+    hotwords = 2.0
+
+    [lm]
+    path = "lm/word-4gram.bin"
+    vocab = "lm/word-4gram.arpa"   # words for partial-word scoring (optional)
+
+    [hotwords]
+    path = "hotwords.txt"
+
+    [lexicon]
+    path = "words.txt"
+
+Relative paths resolve against the file's folder. Command-line flags override the file.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from fusion.decoder import SearchOptions
+
+__all__ = ["ConfigError", "DecodeConfig"]
+
+_TABLES = {"search", "weights", "lm", "hotwords", "lexicon"}
+_PATH_KEYS = {"lm": {"path", "vocab"}, "hotwords": {"path"}, "lexicon": {"path"}}
+
+
+class ConfigError(ValueError):
+    """A configuration file that is unreadable or holds unknown or ill-typed keys."""
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    search: SearchOptions = SearchOptions()
+    weights: dict[str, float] = field(default_factory=dict)
+    lm: Path | None = None
+    lm_vocab: Path | None = None
+    hotwords: Path | None = None
+    lexicon: Path | None = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> DecodeConfig:
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+            data = tomllib.loads(raw.decode("utf-8")) if path.suffix == ".toml" else json.loads(raw)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc}") from None
+        return cls.from_dict(data, base=path.parent, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, base: Path = Path("."),
+                  source: str = "config") -> DecodeConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a table at the top level")
+        unknown = set(data) - _TABLES
+        if unknown:
+            raise ConfigError(f"{source}: unknown table(s) {sorted(unknown)}; "
+                              f"known: {sorted(_TABLES)}")
+        for name, table in data.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{source}: [{name}] must be a table")
+        search = data.get("search", {})
+        known = {f.name for f in fields(SearchOptions)}
+        bad = set(search) - known
+        if bad:
+            raise ConfigError(f"{source}: unknown key(s) {sorted(bad)} in [search]; "
+                              f"known: {sorted(known)}")
+        if search.get("blank_skip") is False:
+            search = {**search, "blank_skip": None}
+        try:
+            options = SearchOptions(**search)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: [search]: {exc}") from None
+        weights = data.get("weights", {})
+        for name, value in weights.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{source}: [weights] {name} must be a number, got {value!r}")
+        paths: dict[str, Path | None] = {}
+        for table, keys in _PATH_KEYS.items():
+            section = data.get(table, {})
+            bad = set(section) - keys
+            if bad:
+                raise ConfigError(f"{source}: unknown key(s) {sorted(bad)} in [{table}]")
+            for key in keys:
+                value = section.get(key)
+                if value is not None and not isinstance(value, str):
+                    raise ConfigError(f"{source}: [{table}] {key} must be a path string")
+                paths[f"{table}_{key}"] = (base / value) if value else None
+        return cls(search=options, weights={k: float(v) for k, v in weights.items()},
+                   lm=paths["lm_path"], lm_vocab=paths["lm_vocab"],
+                   hotwords=paths["hotwords_path"], lexicon=paths["lexicon_path"])
+
+    def with_overrides(self, *, search: dict[str, Any] | None = None,
+                       weights: dict[str, float] | None = None, **paths: Path | None
+                       ) -> DecodeConfig:
+        """A copy with the given (non-``None``) values replacing the file's."""
+        search = {k: v for k, v in (search or {}).items() if v is not None}
+        weights = {k: v for k, v in (weights or {}).items() if v is not None}
+        paths = {k: v for k, v in paths.items() if v is not None}
+        try:
+            options = replace(self.search, **search)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return replace(self, search=options, weights={**self.weights, **weights}, **paths)
