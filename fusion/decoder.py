@@ -55,7 +55,7 @@ class SearchOptions:
     beam_size: int = 32
     beam_threshold: float = 25.0
     token_top_k: int = 16
-    token_min_logprob: float = -12.0
+    token_min_logprob: float = -8.0
     blank_skip: float | None = 0.999
     nbest: int = 1
 
@@ -192,8 +192,16 @@ class BeamSearchDecoder:
         masked[:, blank] = NEG_INF
         cand = np.argpartition(-masked, k - 1, axis=1)[:, :k]  # (T, k) best non-blank units
         cand_lp = np.take_along_axis(lp, cand, axis=1)  # (T, k)
-        skip = (lp[:, blank] >= math.log(opts.blank_skip)) if opts.blank_skip else \
-            np.zeros(n_frames, dtype=bool)
+        keep = cand_lp >= opts.token_min_logprob  # (T, k)
+        # frames where no unit but blank can start: every prefix only stays (cheap path)
+        blank_only = ~keep.any(axis=1)
+        if opts.blank_skip:
+            blank_only |= lp[:, blank] >= math.log(opts.blank_skip)
+        units_at = {
+            int(t): [(u, v) for u, v, ok in zip(cand[t].tolist(), cand_lp[t].tolist(),
+                                                keep[t].tolist()) if ok]
+            for t in np.flatnonzero(~blank_only)
+        }
         lp_rows = lp.tolist()
         w_ac = self.weights[ACOUSTIC]
         cache: dict = {}  # (scorer, state, word) -> (state, score), for this utterance
@@ -206,14 +214,13 @@ class BeamSearchDecoder:
         for t in range(n_frames):
             row = lp_rows[t]
             lp_blank = row[blank]
-            if skip[t]:
+            units = units_at.get(t)
+            if units is None:
                 for b in beams:
                     total = _lae(b.p_b, b.p_nb)
                     b.p_nb = b.p_nb + row[b.last] if b.last >= 0 else NEG_INF
                     b.p_b = total + lp_blank
                 continue
-            units = [(int(c), float(v)) for c, v in zip(cand[t], cand_lp[t])
-                     if v >= opts.token_min_logprob]
             nxt: dict[tuple[int, ...], _Beam] = {}
             for b in beams:
                 total = _lae(b.p_b, b.p_nb)
@@ -249,11 +256,13 @@ class BeamSearchDecoder:
     def _partial_term(self, beam: _Beam, partials: dict) -> float:
         if not beam.partial:
             return 0.0
-        key = (beam.states, beam.partial)
-        term = partials.get(key)
-        if term is None:
-            term = partials[key] = sum(w * s.partial_score(beam.states[i], beam.partial)
-                                       for i, w, s in self._partial)
+        term = 0.0
+        for i, w, s in self._partial:
+            key = (i, beam.states[i] if s.partial_uses_state else None, beam.partial)
+            value = partials.get(key)
+            if value is None:
+                value = partials[key] = w * s.partial_score(beam.states[i], beam.partial)
+            term += value
         return term
 
     def _prune(self, beams: list[_Beam], w_ac: float, partials: dict) -> list[_Beam]:

@@ -36,6 +36,8 @@ class WordScorer(ABC):
     name: str
     #: a hard constraint: the search keeps only words this scorer :meth:`accepts`
     constraint: bool = False
+    #: whether :meth:`partial_score` depends on the state (else it is cached per spelling)
+    partial_uses_state: bool = True
 
     @abstractmethod
     def start(self) -> Hashable:
@@ -85,6 +87,8 @@ class LMScorer(WordScorer):
         if unigrams is not None:
             self.prefixes = frozenset(w[:i] for w in unigrams for i in range(1, len(w) + 1))
             self.unk_score = lm.score(lm.start(), "<unk>")[1]
+
+    partial_uses_state = False
 
     def partial_score(self, state: Hashable, partial: str) -> float:
         if self.prefixes is None or partial in self.prefixes:
