@@ -53,9 +53,9 @@ class SearchOptions:
     """
 
     beam_size: int = 32
-    beam_threshold: float = 25.0
+    beam_threshold: float = 15.0
     token_top_k: int = 16
-    token_min_logprob: float = -8.0
+    token_min_logprob: float = -5.0
     blank_skip: float | None = 0.999
     nbest: int = 1
 

@@ -1,0 +1,231 @@
+"""Decoder benchmark: ours against pyctcdecode and flashlight (torchaudio) side by side.
+
+On the posteriors of the test splits (``fusion posteriors``), with the same word n-gram
+and weights for ours and pyctcdecode: greedy; ours and pyctcdecode at beams 8/32/128;
+flashlight's ``ctc_decoder`` with a lexicon and the word LM, and lexicon-free with a
+character n-gram (its lexicon-free search queries the LM per token). Columns: WER, CER,
+throughput (audio seconds per wall second, decoding only, one process) and the peak
+memory growth of the process that decoded. Every decoder runs in a fresh process.
+
+    python benchmarks/bench_decoder.py --split test=POST.npz --split test-unseen-voices=POST.npz \\
+        --manifests CORPUS_DIR --lm WORD.arpa --char-lm CHAR.arpa [--cmusphinx]
+
+Writes benchmarks/results/decoder.json, decoder.md and decoder.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import header, in_child, table, write_results  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CMUSPHINX = REPO.parent / "shared" / "data" / "lm" / "cmusphinx-en-us.arpa.gz"
+BEAMS = (8, 32, 128)
+
+
+def _load(path: str):
+    from fusion.posteriors import PosteriorsReader
+
+    with PosteriorsReader(path) as reader:
+        return list(reader), reader.token_table
+
+
+def run_greedy(path: str) -> tuple[dict[str, str], float, float]:
+    from fusion.greedy import greedy_decode
+
+    posteriors, table = _load(path)
+    start = time.perf_counter()
+    hyps = {r.utt_id: r.best.text for i in range(0, len(posteriors), 32)
+            for r in greedy_decode(posteriors[i:i + 32], table)}
+    return hyps, time.perf_counter() - start, sum(p.duration for p in posteriors)
+
+
+def run_ours(path: str, beam: int, lm: str, vocab: str, alpha: float, beta: float):
+    from fusion.decoder import BeamSearchDecoder, SearchOptions
+    from fusion.scorers import LMScorer, WordBonus
+    from lm.ngram import KenLM, read_unigrams
+
+    posteriors, table = _load(path)
+    decoder = BeamSearchDecoder(
+        table, [LMScorer(KenLM(lm), unigrams=read_unigrams(vocab)), WordBonus()],
+        {"lm": alpha, "word_bonus": beta}, SearchOptions(beam_size=beam))
+    start = time.perf_counter()
+    hyps = {p.utt_id: decoder.decode(p).best.text for p in posteriors}
+    return hyps, time.perf_counter() - start, sum(p.duration for p in posteriors)
+
+
+def run_pyctcdecode(path: str, beam: int, lm: str, vocab: str, alpha: float, beta: float):
+    import kenlm
+    import numpy as np
+    from pyctcdecode import Alphabet, BeamSearchDecoderCTC, LanguageModel
+
+    from fusion.pyctc import pyctcdecode_labels
+    from lm.ngram import read_unigrams
+
+    posteriors, table = _load(path)
+    decoder = BeamSearchDecoderCTC(
+        Alphabet(pyctcdecode_labels(table), is_bpe=False),
+        LanguageModel(kenlm.Model(lm), unigrams=read_unigrams(vocab), alpha=alpha, beta=beta))
+    start = time.perf_counter()
+    hyps = {p.utt_id: " ".join(decoder.decode(np.asarray(p.log_probs), beam_width=beam).split())
+            for p in posteriors}
+    return hyps, time.perf_counter() - start, sum(p.duration for p in posteriors)
+
+
+def run_flashlight(path: str, beam: int, lm: str, lexicon: str | None, alpha: float, beta: float):
+    import torch
+    from torchaudio.models.decoder import ctc_decoder
+
+    posteriors, table = _load(path)
+    # flashlight adds lm_weight * (KenLM's log10 score): the same fusion as ours in nats
+    decoder = ctc_decoder(lexicon=lexicon, tokens=list(table.tokens), lm=lm, beam_size=beam,
+                          lm_weight=alpha * math.log(10), word_score=beta,
+                          blank_token=table.blank, sil_token=table.word_boundary,
+                          unk_word="<unk>", beam_threshold=25.0)
+    start = time.perf_counter()
+    hyps = {}
+    for p in posteriors:
+        emissions = torch.from_numpy(p.log_probs.copy()).unsqueeze(0)  # (1, T, V)
+        best = decoder(emissions)[0][0]
+        hyps[p.utt_id] = " ".join(w for w in best.words if w != "<unk>") if lexicon else \
+            " ".join("".join(table.tokens[i] for i in best.tokens.tolist()
+                             if i != table.blank_id).replace("|", " ").split())
+    return hyps, time.perf_counter() - start, sum(p.duration for p in posteriors)
+
+
+def write_lexicon(words: list[str], path: Path) -> Path:
+    with path.open("w") as fh:
+        for w in words:
+            if w and all(c.isascii() and (c.islower() or c == "'") for c in w):
+                fh.write(f"{w} {' '.join(w)} |\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fusion.manifest import read_manifest
+    from fusion.metrics import score_corpus
+    from lm.ngram import read_unigrams
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--split", action="append", required=True, metavar="NAME=POSTERIORS")
+    parser.add_argument("--manifests", type=Path, required=True, help="folder of NAME.jsonl")
+    parser.add_argument("--lm", type=Path, required=True, help="word n-gram ARPA")
+    parser.add_argument("--char-lm", type=Path, required=True, help="character n-gram ARPA")
+    parser.add_argument("--alpha", type=float, default=0.5, help="LM weight (nats)")
+    parser.add_argument("--beta", type=float, default=1.0, help="word bonus")
+    parser.add_argument("--cmusphinx", action="store_true", help="also the cmusphinx 3-gram")
+    parser.add_argument("--beams", type=int, nargs="+", default=list(BEAMS))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/asrfuse-bench"))
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    lms = {"ours-4gram": args.lm}
+    if args.cmusphinx:
+        lms["cmusphinx-3gram"] = CMUSPHINX
+    rows = []
+    for spec in args.split:
+        split, post = spec.split("=", 1)
+        refs = {u.id: u.text for u in read_manifest(args.manifests / f"{split}.jsonl")}
+
+        def measure(name: str, lm_name: str | None, beam: int | None, fn, *fargs) -> None:
+            (hyps, seconds, audio), mem, _ = in_child(fn, *fargs)
+            score = score_corpus({k: refs[k] for k in hyps}, hyps)
+            rows.append({"split": split, "decoder": name, "lm": lm_name, "beam": beam,
+                         "wer": 100 * score.wer, "cer": 100 * score.cer,
+                         "throughput": audio / seconds, "peak_mib": mem,
+                         "utterances": len(hyps)})
+            print(f"{split} {name} {lm_name} beam={beam}: WER {100 * score.wer:.2f} "
+                  f"x{audio / seconds:.0f}", file=sys.stderr)
+
+        measure("greedy", None, None, run_greedy, post)
+        for lm_name, lm_path in lms.items():
+            vocab = str(lm_path)
+            lexicon = write_lexicon(read_unigrams(lm_path), args.work / f"{lm_name}.lexicon")
+            for beam in args.beams:
+                measure("ours", lm_name, beam, run_ours, post, beam, str(lm_path), vocab,
+                        args.alpha, args.beta)
+                measure("pyctcdecode", lm_name, beam, run_pyctcdecode, post, beam, str(lm_path),
+                        vocab, args.alpha, args.beta)
+                measure("flashlight-lexicon", lm_name, beam, run_flashlight, post, beam,
+                        str(lm_path), str(lexicon), args.alpha, args.beta)
+        for beam in args.beams:
+            measure("flashlight-lexfree", "char-ngram", beam, run_flashlight, post, beam,
+                    str(args.char_lm), None, args.alpha, 0.0)
+
+    summary = summarise(rows)
+    data = {**header(), "alpha": args.alpha, "beta": args.beta, "rows": rows, "summary": summary}
+    cols = [("split", "split"), ("decoder", "decoder"), ("lm", "LM"), ("beam", "beam"),
+            ("wer", "WER %"), ("cer", "CER %"), ("throughput", "x real time"),
+            ("peak_mib", "peak MiB")]
+    md = (f"# Decoders\n\n{data['date']}, `{data['command']}`  \n"
+          f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores. "
+          f"LM weight {args.alpha} (nats), word bonus {args.beta}.\n\n"
+          + table(rows, cols) + "\n## Summary\n\n"
+          + "\n".join(f"- {k}: {v}" for k, v in summary.items()) + "\n")
+    plot(rows, write_results("decoder", data, md)[0].with_suffix(".png"))
+    return 0
+
+
+def summarise(rows: list[dict]) -> dict:
+    def find(split, decoder, lm, beam):
+        return next((r for r in rows if (r["split"], r["decoder"], r["lm"], r["beam"])
+                     == (split, decoder, lm, beam)), None)
+
+    split = "test" if any(r["split"] == "test" for r in rows) else rows[0]["split"]
+    beam = 32 if any(r["beam"] == 32 for r in rows) else max(r["beam"] or 0 for r in rows)
+    ours = find(split, "ours", "ours-4gram", beam)
+    peers = [r for r in (find(split, "pyctcdecode", "ours-4gram", beam),
+                         find(split, "flashlight-lexicon", "ours-4gram", beam)) if r]
+    best_peer = min(peers, key=lambda r: r["wer"])
+
+    def speedup(peer: str) -> float | None:
+        # the fastest of our rows with WER at most the peer's, over the peer's throughput
+        p = find(split, peer, "ours-4gram", beam)
+        ok = [r for r in rows if r["split"] == split and r["decoder"] == "ours"
+              and r["lm"] == "ours-4gram" and r["wer"] <= p["wer"]]
+        return max(r["throughput"] for r in ok) / p["throughput"] if ok else None
+
+    unseen = [r for r in rows if r["split"] == "test-unseen-voices"]
+    reduction = None
+    if unseen:
+        greedy = find("test-unseen-voices", "greedy", None, None)
+        fused = find("test-unseen-voices", "ours", "ours-4gram", beam)
+        reduction = 100 * (greedy["wer"] - fused["wer"]) / greedy["wer"]
+    return {"split": split, "beam": beam, "wer_ours": ours["wer"], "wer_best_peer": best_peer["wer"],
+            "best_peer": best_peer["decoder"],
+            "speedup_vs_pyctcdecode": speedup("pyctcdecode"),
+            "speedup_vs_flashlight": speedup("flashlight-lexicon"),
+            "fusion_relative_wer_reduction": reduction}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len({r["split"] for r in rows}), figsize=(12, 4.5), squeeze=False)
+    for ax, split in zip(axes[0], sorted({r["split"] for r in rows})):
+        for name in sorted({(r["decoder"], r["lm"]) for r in rows if r["split"] == split},
+                           key=str):
+            pts = sorted((r["throughput"], r["wer"]) for r in rows
+                         if r["split"] == split and (r["decoder"], r["lm"]) == name)
+            ax.plot(*zip(*pts), marker="o", label=" / ".join(n for n in name if n))
+        ax.set_xscale("log")
+        ax.set_xlabel("throughput (audio s per wall s)")
+        ax.set_ylabel("WER %")
+        ax.set_title(split)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
