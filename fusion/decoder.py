@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,8 +151,19 @@ class BeamSearchDecoder:
         self._constraints = tuple(s for s in self.scorers if s.constraint)
         self._partial = tuple((i, self.weights[s.name], s) for i, s in enumerate(self.scorers)
                               if type(s).partial_score is not WordScorer.partial_score)
+        self._batched = tuple((i, s) for i, s in enumerate(self.scorers) if s.batched)
+        ends_word = [u == table.boundary_id or table.starts_word(u) for u in range(len(table))]
+        self._ends_word = tuple(ends_word)
 
     # -- word completion ----------------------------------------------------------------
+    def _prefetch(self, beams: Sequence[_Beam], cache: dict) -> None:
+        """Score, in one call per batched scorer, every word these beams could complete."""
+        for i, scorer in self._batched:
+            pairs = list({(b.states[i], b.partial) for b in beams if b.partial
+                          and (i, b.states[i], b.partial) not in cache})
+            for (state, word), hit in zip(pairs, scorer.score_words(pairs)):
+                cache[(i, state, word)] = hit
+
     def _complete(self, beam: _Beam, cache: dict) -> tuple[tuple, tuple, float]:
         """States, scores and fused score after the beam's partial word completes."""
         word = beam.partial
@@ -221,6 +233,8 @@ class BeamSearchDecoder:
                     b.p_nb = b.p_nb + row[b.last] if b.last >= 0 else NEG_INF
                     b.p_b = total + lp_blank
                 continue
+            if self._batched and any(self._ends_word[u] for u, _ in units):
+                self._prefetch(beams, cache)
             nxt: dict[tuple[int, ...], _Beam] = {}
             for b in beams:
                 total = _lae(b.p_b, b.p_nb)
@@ -279,6 +293,8 @@ class BeamSearchDecoder:
     def _finish(self, beams: list[_Beam], cache: dict, w_ac: float) -> list[_Beam]:
         """Complete each beam's last word, add end-of-utterance scores, rank, dedupe."""
         finals: dict[tuple, tuple[float, _Beam]] = {}
+        if self._batched:
+            self._prefetch(beams, cache)
         for b in beams:
             if b.partial:
                 if any(not c.accepts(b.partial) for c in self._constraints):
@@ -334,7 +350,10 @@ class BeamSearchDecoder:
                 f"columns but the token table has {len(self.table)} tokens"
             )
         lp = np.asarray(posteriors.log_probs, dtype=np.float32)
-        beams = self._search(lp)
+        with ExitStack() as sessions:
+            for scorer in self.scorers:
+                sessions.enter_context(scorer.session())
+            beams = self._search(lp)
         nbest = tuple(self._hypothesis(b, lp, posteriors.frame_shift) for b in beams)
         return DecodeResult(posteriors.utt_id, nbest, posteriors.frame_shift, posteriors.duration)
 

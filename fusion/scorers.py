@@ -22,7 +22,8 @@ the search completes one; their state is an immutable, hashable value passed in 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from lm.base import LanguageModel
@@ -46,6 +47,18 @@ class WordScorer(ABC):
     @abstractmethod
     def score_word(self, state: Hashable, word: str) -> tuple[Hashable, float]:
         """``(next_state, score)`` for ``word`` after ``state`` (unweighted)."""
+
+    #: whether :meth:`score_words` is cheaper than one :meth:`score_word` per pair, so the
+    #: search should gather a frame's word completions and score them in one call
+    batched: bool = False
+
+    def score_words(self, pairs: Sequence[tuple[Hashable, str]]) -> list[tuple[Hashable, float]]:
+        """:meth:`score_word` of many ``(state, word)`` pairs at once."""
+        return [self.score_word(state, word) for state, word in pairs]
+
+    def session(self) -> AbstractContextManager[object]:
+        """A context the search enters for each utterance (e.g. a neural LM's KV caches)."""
+        return nullcontext()
 
     def finish(self, state: Hashable) -> float:
         """Score of ending the utterance in ``state`` (unweighted)."""
@@ -83,6 +96,8 @@ class LMScorer(WordScorer):
             raise ValueError(f"scorer {name!r}: needs a word-level LM, got level {lm.level!r}")
         self.lm = lm
         self.name = name
+        # a model that batches (a neural LM) gets a frame's word completions in one call
+        self.batched = type(lm).score_many is not LanguageModel.score_many
         self.prefixes: frozenset[str] | None = None
         if unigrams is not None:
             self.prefixes = frozenset(w[:i] for w in unigrams for i in range(1, len(w) + 1))
@@ -100,6 +115,13 @@ class LMScorer(WordScorer):
 
     def score_word(self, state: Hashable, word: str) -> tuple[Hashable, float]:
         return self.lm.score(state, word)
+
+    def score_words(self, pairs: Sequence[tuple[Hashable, str]]) -> list[tuple[Hashable, float]]:
+        return self.lm.score_many([s for s, _ in pairs], [w for _, w in pairs])
+
+    def session(self) -> AbstractContextManager[object]:
+        session = getattr(self.lm, "session", None)
+        return session() if callable(session) else nullcontext()
 
     def finish(self, state: Hashable) -> float:
         return self.lm.finish(state)

@@ -196,3 +196,40 @@ def test_thousands_of_hotwords_are_cheap(table, rng):
     p, _ = simulate_posteriors("u", "the cat sat on the mat", table, rng)
     best = BeamSearchDecoder(table, [hot], {"hotwords": 2.0}).decode(p).best
     assert best.text == "the cat sat on the mat" and best.scores["hotwords"] == 0.0
+
+
+class _BatchingLM(ArpaLM):
+    """An ArpaLM that says it batches: records each batch and each session."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.batches, self.sessions = [], 0
+
+    def score_many(self, states, units):
+        self.batches.append(len(units))
+        return [self.score(s, u) for s, u in zip(states, units)]
+
+    def session(self):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def opened():
+            self.sessions += 1
+            yield self
+
+        return opened()
+
+
+def test_batched_scorers_see_a_frames_words_at_once(table, rng, tmp_path):
+    (tmp_path / "b.arpa").write_text(BIASED_ARPA)
+    plain, batching = ArpaLM(tmp_path / "b.arpa"), _BatchingLM(tmp_path / "b.arpa")
+    options = SearchOptions(beam_size=16, nbest=3)
+    texts = ["bat sat cat", "cat sat", "sat bat bat"]
+    for i, text in enumerate(texts):
+        p, _ = simulate_posteriors(f"u{i}", text, table, rng,
+                                   SimulationConfig(confusion=0.2, noise=1.0, peak=5))
+        a = BeamSearchDecoder(table, [LMScorer(plain)], {"lm": 0.8}, options).decode(p)
+        b = BeamSearchDecoder(table, [LMScorer(batching)], {"lm": 0.8}, options).decode(p)
+        assert [(h.text, h.score) for h in a.nbest] == [(h.text, h.score) for h in b.nbest]
+    assert batching.sessions == len(texts)
+    assert batching.batches and max(batching.batches) > 1
