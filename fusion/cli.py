@@ -15,6 +15,7 @@ from tqdm import tqdm
 from fusion import __version__
 from fusion.config import DecodeConfig
 from fusion.decoder import BeamSearchDecoder
+from fusion.formats import ctm_lines, srt_cues, srt_text
 from fusion.parallel import decode_parallel
 from fusion.greedy import greedy_decode
 from fusion.manifest import ManifestError, atomic_write, iter_jsonl, read_manifest
@@ -97,6 +98,21 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=5, help="transcripts to print (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("align", help="force-align transcripts to posteriors: word times, confidences")
+    p.add_argument("posteriors", type=Path, help="posteriors .npz")
+    p.add_argument("--text", type=Path, required=True, help="manifest JSONL with 'id' and 'text'")
+    p.add_argument("-o", "--output", type=Path, required=True, help="alignments JSONL to write")
+    p.add_argument("--ctm", type=Path, help="also write CTM")
+    p.add_argument("--srt", type=Path, help="also write SRT subtitles (utterances in order)")
+    p.add_argument("--method", choices=("auto", "ctc", "hmm"), default="auto",
+                   help="ctc: torchaudio forced_align; hmm: HMM Viterbi (default: %(default)s)")
+    p.add_argument("--tokens", type=Path, help="token table JSON, for a plain .npz")
+    p.add_argument("--kind", choices=KINDS, help="what a plain .npz holds")
+    p.add_argument("--frame-shift", type=float, help="seconds per frame, for a plain .npz")
+    p.add_argument("--errors", type=Path,
+                   help="where failed utterances are recorded (default: OUTPUT with .errors.jsonl)")
+    p.set_defaults(func=cmd_align)
+
     from fusion.corpus import cli as corpus_cli
     from lm import cli as lm_cli
 
@@ -163,7 +179,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         for result in results:
             out.write(json.dumps(result.to_dict(table), ensure_ascii=False) + "\n")
             if ctm:
-                ctm.writelines(ctm_lines(result))
+                ctm.writelines(ctm_lines(result.utt_id, result.best.words))
             done += 1
             bar.update(1)
     if failures:
@@ -207,13 +223,6 @@ def _beam_decoder(args: argparse.Namespace, table: TokenTable
     return BeamSearchDecoder(table, scorers, weights, config.search)
 
 
-def ctm_lines(result: DecodeResult) -> Iterator[str]:
-    """NIST CTM lines of the best hypothesis: ``utterance 1 start duration word [conf]``."""
-    for w in result.best.words:
-        conf = "" if w.confidence is None else f" {w.confidence:.3f}"
-        yield f"{result.utt_id} 1 {w.start:.3f} {w.end - w.start:.3f} {w.word}{conf}\n"
-
-
 def read_hotwords(path: Path) -> dict[str, float]:
     """Phrases from a file: one a line, ``phrase`` or ``phrase<TAB>weight``; normalised."""
     phrases: dict[str, float] = {}
@@ -227,6 +236,59 @@ def read_hotwords(path: Path) -> dict[str, float]:
             except ValueError:
                 raise ValueError(f"{path}:{lineno}: weight {weight!r} is not a number") from None
     return phrases
+
+
+# -- align ------------------------------------------------------------------------------
+def cmd_align(args: argparse.Namespace) -> int:
+    from hmm.align import AlignerConfig, align
+    from hmm.topology import AlignmentError
+
+    table = TokenTable.load(args.tokens) if args.tokens else None
+    reader = PosteriorsReader(args.posteriors, kind=args.kind, frame_shift=args.frame_shift,
+                              token_table=table)
+    table = reader.token_table
+    if table is None:
+        raise TokenTableError(f"{args.posteriors} carries no token table: pass --tokens")
+    texts = {u.id: u.text for u in read_manifest(args.text, require=("text",))}
+    config = AlignerConfig(method=args.method)
+    failures: list[dict] = []
+    offset, cues = 0.0, []
+    with ExitStack() as stack:
+        stack.enter_context(reader)
+        out = stack.enter_context(atomic_write(args.output))
+        ctm = stack.enter_context(atomic_write(args.ctm)) if args.ctm else None
+        for utt_id in tqdm(list(texts), unit="utt", desc="align", disable=None):
+            try:
+                if utt_id not in reader:
+                    raise PosteriorsError(f"{args.posteriors}: no posteriors for {utt_id!r}")
+                post = reader[utt_id]
+                result = align(post, normalize_text(texts[utt_id]), table, config=config)
+            except (PosteriorsError, AlignmentError, TokenTableError) as exc:
+                failures.append({"id": utt_id, "error": str(exc)})
+                continue
+            out.write(json.dumps({
+                "id": utt_id, "method": result.method, "log_likelihood": result.log_likelihood,
+                "words": [w.to_dict() for w in result.words],
+                "tokens": [{"token": table.tokens[t.token_id],
+                            "start": round(t.start_frame * post.frame_shift, 4),
+                            "end": round(t.end_frame * post.frame_shift, 4),
+                            "confidence": round(c, 4)}
+                           for t, c in zip(result.tokens, result.token_confidences)],
+            }, ensure_ascii=False) + "\n")
+            if ctm:
+                ctm.writelines(ctm_lines(utt_id, result.words))
+            cues += [(a + offset, b + offset, text) for a, b, text in srt_cues(result.words)]
+            offset += post.duration
+    if args.srt:
+        with atomic_write(args.srt) as fh:
+            fh.write(srt_text(cues))
+    if failures:
+        errors_path = args.errors or args.output.with_suffix(".errors.jsonl")
+        with atomic_write(errors_path) as fh:
+            fh.writelines(json.dumps(f, ensure_ascii=False) + "\n" for f in failures)
+        print(f"fusion align: {len(failures)} of {len(texts)} utterances failed; see {errors_path}",
+              file=sys.stderr)
+    return 1 if failures else 0
 
 
 # -- score ------------------------------------------------------------------------------

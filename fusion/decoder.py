@@ -318,7 +318,7 @@ class BeamSearchDecoder:
     def _hypothesis(self, beam: _Beam, lp: np.ndarray, frame_shift: float) -> Hypothesis:
         acoustic = _lae(beam.p_b, beam.p_nb)
         spans = self._align(beam.prefix, lp)
-        words = spans_to_words(self.table, spans, frame_shift)
+        words = spans_to_words(self.table, spans, frame_shift, lp)
         scores = {ACOUSTIC: acoustic, **{s.name: v for s, v in zip(self.scorers, beam.scores)}}
         return Hypothesis(
             text=" ".join(w.word for w in words),

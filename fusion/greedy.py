@@ -67,7 +67,7 @@ def greedy_decode(
         padded[b, : p.num_frames] = torch.from_numpy(np.array(p.log_probs))
     results = []
     for p, (spans, score) in zip(posteriors, best_path(padded, lengths, table.blank_id)):
-        words = spans_to_words(table, spans, p.frame_shift)
+        words = spans_to_words(table, spans, p.frame_shift, p.log_probs)
         hyp = Hypothesis(
             text=" ".join(w.word for w in words),
             score=score,

@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+
 from fusion.tokens import TokenTable
 
-__all__ = ["DecodeResult", "Hypothesis", "TokenSpan", "WordSpan", "spans_to_words"]
+__all__ = ["DecodeResult", "Hypothesis", "TokenSpan", "WordSpan", "span_confidences",
+           "spans_to_words"]
 
 
 @dataclass(frozen=True)
@@ -109,13 +112,24 @@ class DecodeResult:
         return out
 
 
+def span_confidences(spans: Sequence[TokenSpan], log_probs: np.ndarray) -> list[float]:
+    """Each unit's confidence: the mean of its posterior over the frames it covers."""
+    return [float(np.exp(log_probs[s.start_frame:s.end_frame, s.token_id]).mean())
+            for s in spans]
+
+
 def spans_to_words(
-    table: TokenTable, spans: Sequence[TokenSpan], frame_shift: float
+    table: TokenTable, spans: Sequence[TokenSpan], frame_shift: float,
+    log_probs: np.ndarray | None = None,
 ) -> tuple[WordSpan, ...]:
     """Group emitted unit spans into words with start/end times in seconds.
 
     A word starts at its first unit's first frame and ends at its last unit's last frame.
+    Given the posteriors, each word gets a confidence: the lowest of its units' (one badly
+    matched letter makes the word doubtful), a unit's being the mean of its posterior
+    over its frames.
     """
+    conf = span_confidences(spans, log_probs) if log_probs is not None else None
     groups = table.words_from_ids([s.token_id for s in spans])
     words: list[WordSpan] = []
     i = 0
@@ -128,6 +142,7 @@ def spans_to_words(
             word=table.word_text(group),
             start=first.start_frame * frame_shift,
             end=last.end_frame * frame_shift,
+            confidence=min(conf[i:i + len(group)]) if conf is not None else None,
         ))
         i += len(group)
     return tuple(words)

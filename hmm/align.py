@@ -33,7 +33,7 @@ import torchaudio.functional as taf
 
 from fusion.posteriors import Posteriors
 from fusion.tokens import TokenTable
-from fusion.types import TokenSpan, WordSpan
+from fusion.types import TokenSpan, WordSpan, span_confidences, spans_to_words
 from hmm.emissions import ScaledLikelihoods
 from hmm.model import LOG_FLOOR, TiedDurationHMM, frames
 from hmm.topology import AlignmentError, TopologyConfig, build_graph, transcript_ids
@@ -107,21 +107,6 @@ def _spans_from_positions(positions: np.ndarray, ids: list[int]) -> list[TokenSp
         raise RuntimeError("the alignment path skipped or revisited a transcript unit")
     return [TokenSpan(token, int(frames_at[a]), int(frames_at[b - 1]) + 1)
             for token, a, b in zip(ids, starts, ends)]
-
-
-def _words(table: TokenTable, spans: list[TokenSpan], conf: list[float],
-           frame_shift: float) -> tuple[WordSpan, ...]:
-    groups = table.words_from_ids([s.token_id for s in spans])
-    boundary = table.boundary_id
-    words, i = [], 0
-    for group in groups:
-        while spans[i].token_id == boundary:
-            i += 1
-        first, last = spans[i], spans[i + len(group) - 1]
-        words.append(WordSpan(table.word_text(group), first.start_frame * frame_shift,
-                              last.end_frame * frame_shift, float(min(conf[i:i + len(group)]))))
-        i += len(group)
-    return tuple(words)
 
 
 def _ctc_positions(posteriors: Posteriors, ids: list[int], table: TokenTable,
@@ -228,13 +213,11 @@ def align(
         frame_tokens = graph.state_tokens[states]
 
     spans = _spans_from_positions(positions, ids)
-    probs = np.exp(posteriors.log_probs.astype(np.float64))
-    conf = [float(probs[s.start_frame:s.end_frame, s.token_id].mean()) for s in spans]
     return Alignment(
         utt_id=utt_id,
         tokens=tuple(spans),
-        words=_words(table, spans, conf, posteriors.frame_shift),
-        token_confidences=tuple(conf),
+        words=spans_to_words(table, spans, posteriors.frame_shift, posteriors.log_probs),
+        token_confidences=tuple(span_confidences(spans, posteriors.log_probs)),
         log_likelihood=float(log_likelihood),
         frame_tokens=np.asarray(frame_tokens, dtype=np.int64),
         method=method,

@@ -133,3 +133,25 @@ def test_bad_config_files(corpus, tmp_path, capsys, text, message):
     assert main(["decode", str(corpus / "post.npz"), "-o", str(tmp_path / "h.jsonl"),
                  "--decoder", "beam", "--config", str(tmp_path / "bad.toml")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_align_writes_json_ctm_srt_and_records_failures(corpus, tmp_path):
+    (tmp_path / "text.jsonl").write_text(
+        '{"id": "u1", "text": "Hello, world!"}\n{"id": "u2", "text": "the cat sat"}\n'
+        '{"id": "u3", "text": "%s"}\n{"id": "missing", "text": "x"}\n' % ("far too long " * 30))
+    out = tmp_path / "al.jsonl"
+    assert main(["align", str(corpus / "post.npz"), "--text", str(tmp_path / "text.jsonl"),
+                 "-o", str(out), "--ctm", str(tmp_path / "al.ctm"),
+                 "--srt", str(tmp_path / "al.srt")]) == 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["u1", "u2"]
+    words = rows[0]["words"]
+    assert [w["word"] for w in words] == ["hello", "world"]
+    assert words[0]["start"] < words[0]["end"] <= words[1]["start"] and 0 < words[0]["confidence"] <= 1
+    assert len((tmp_path / "al.ctm").read_text().splitlines()) == 5
+    srt = (tmp_path / "al.srt").read_text()
+    assert srt.startswith("1\n00:00:00,") and "hello world" in srt and "\n2\n" in srt
+    errors = {json.loads(x)["id"]: json.loads(x)["error"]
+              for x in (tmp_path / "al.errors.jsonl").read_text().splitlines()}
+    assert set(errors) == {"u3", "missing"} and "no posteriors" in errors["missing"]
+    assert "'u3'" in errors["u3"]

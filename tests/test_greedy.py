@@ -21,6 +21,7 @@ def test_repeats_blanks_and_word_boundary(table):
         ("a", 1, 3), ("a", 4, 5), ("|", 5, 7), ("b", 7, 9)]
     assert [(w.word, w.start, w.end) for w in hyp.words] == [
         ("aa", 0.1, 0.5), ("b", 0.7000000000000001, 0.9)]
+    assert all(0.99 < w.confidence <= 1.0 for w in hyp.words)  # peaky frames, sure words
     assert hyp.score == hyp.scores["acoustic"]
     np.testing.assert_allclose(hyp.score, p.log_probs.max(axis=1).sum(), rtol=1e-6)
 
