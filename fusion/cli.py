@@ -153,15 +153,20 @@ def _batches(items: Iterator[Posteriors], size: int) -> Iterator[list[Posteriors
         yield batch
 
 
-def cmd_decode(args: argparse.Namespace) -> int:
-    if args.batch_size < 1 or args.workers < 1:
-        raise SystemExit("fusion decode: error: --batch-size and --workers must be at least 1")
+def _open_posteriors(args: argparse.Namespace) -> tuple[PosteriorsReader, TokenTable]:
+    """The posteriors reader of ``args`` and its token table (from the file or --tokens)."""
     table = TokenTable.load(args.tokens) if args.tokens else None
     reader = PosteriorsReader(args.posteriors, kind=args.kind, frame_shift=args.frame_shift,
                               token_table=table)
-    table = reader.token_table
-    if table is None:
+    if reader.token_table is None:
         raise TokenTableError(f"{args.posteriors} carries no token table: pass --tokens")
+    return reader, reader.token_table
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    if args.batch_size < 1 or args.workers < 1:
+        raise SystemExit("fusion decode: error: --batch-size and --workers must be at least 1")
+    reader, table = _open_posteriors(args)
     failures: list[dict] = []
     stream = _readable(reader, failures)
     if args.decoder == "greedy":
@@ -243,12 +248,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     from hmm.align import AlignerConfig, align
     from hmm.topology import AlignmentError
 
-    table = TokenTable.load(args.tokens) if args.tokens else None
-    reader = PosteriorsReader(args.posteriors, kind=args.kind, frame_shift=args.frame_shift,
-                              token_table=table)
-    table = reader.token_table
-    if table is None:
-        raise TokenTableError(f"{args.posteriors} carries no token table: pass --tokens")
+    reader, table = _open_posteriors(args)
     texts = {u.id: u.text for u in read_manifest(args.text, require=("text",))}
     config = AlignerConfig(method=args.method)
     failures: list[dict] = []
