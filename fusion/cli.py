@@ -113,9 +113,11 @@ def get_parser() -> argparse.ArgumentParser:
                    help="where failed utterances are recorded (default: OUTPUT with .errors.jsonl)")
     p.set_defaults(func=cmd_align)
 
+    from fusion.am import cli as am_cli
     from fusion.corpus import cli as corpus_cli
     from lm import cli as lm_cli
 
+    am_cli.add_parsers(sub)
     corpus_cli.add_parser(sub).set_defaults(func=corpus_cli.run)
     lm_cli.add_parser(sub)
     return parser

@@ -1,0 +1,211 @@
+"""Command-line hooks of the acoustic model: ``train``, ``pretrain`` and ``posteriors``.
+
+:func:`add_parsers` registers the three subcommands on an ``argparse`` subparsers
+object; each sets ``func`` to its ``run_*`` function, which takes the parsed
+arguments and returns an exit code (0 success, 1 some utterances failed, 2 bad input,
+130 stopped by a signal with a checkpoint written).
+
+Configs are TOML files read as data (``tomllib``); ``--set section.key=VALUE`` (VALUE
+in TOML syntax) overrides single keys. Unknown sections and keys are errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fusion.am.config import (
+    ConfigError,
+    PretrainConfig,
+    TrainConfig,
+    load_config,
+    parse_overrides,
+)
+from fusion.am.features import UtteranceError
+from fusion.am.model import CheckpointError
+from fusion.manifest import ManifestError, atomic_write, read_manifest
+from fusion.posteriors import PosteriorsError
+from fusion.tokens import TokenTable, TokenTableError
+
+__all__ = [
+    "add_parsers",
+    "default_model_path",
+    "main",
+    "run_posteriors",
+    "run_pretrain",
+    "run_train",
+]
+
+
+def default_model_path() -> Path:
+    """``$ASRFUSE_HOME/am/run1/best.pt`` (``~/.cache/asrfuse`` by default)."""
+    home = Path(os.environ.get("ASRFUSE_HOME") or Path.home() / ".cache" / "asrfuse")
+    return home / "am" / "run1" / "best.pt"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True,
+                   help="run folder: checkpoints, log.jsonl, curves.png (an existing "
+                        "last.pt there is resumed)")
+    p.add_argument("--config", type=Path, help="TOML config (data only; unknown keys are errors)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one config key (TOML value), e.g. --set optim.lr=2e-3")
+    p.add_argument("--threads", type=int, help="torch threads (overrides run.num_threads)")
+    p.add_argument("--cache", type=Path, help="feature cache folder (default: OUT/cache)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``train``, ``pretrain`` and ``posteriors`` on ``subparsers``."""
+    p = subparsers.add_parser(
+        "train", help="train the Conformer CTC acoustic model (resumable)",
+        description="Train a Conformer CTC model on a manifest; rerun to resume.")
+    p.add_argument("--train", type=Path, required=True, help="training manifest (audio, text)")
+    p.add_argument("--dev", type=Path, help="dev manifest for greedy CER")
+    p.add_argument("--pretrained", type=Path, help="BEST-RQ (or CTC) checkpoint to start the encoder from")
+    _common(p)
+    p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser(
+        "pretrain", help="BEST-RQ self-supervised pretraining of the encoder (resumable)",
+        description="Masked prediction of random-projection codes; audio only.")
+    p.add_argument("--train", type=Path, required=True, help="manifest with audio")
+    p.add_argument("--dev", type=Path, help="dev manifest (masked-prediction loss)")
+    _common(p)
+    p.set_defaults(func=run_pretrain)
+
+    p = subparsers.add_parser(
+        "posteriors", help="run an acoustic model over a manifest -> posteriors .npz",
+        description="T x V log-probabilities per utterance. Bad audio is reported per "
+                    "utterance (see --errors); the rest are written.")
+    p.add_argument("manifest", type=Path, help="manifest JSONL with 'audio'")
+    p.add_argument("-o", "--output", type=Path, required=True, help="posteriors .npz to write")
+    p.add_argument("--model", type=Path,
+                   help=f"asrfuse checkpoint (default: {default_model_path()})")
+    p.add_argument("--hf-model", type=Path,
+                   help="a saved Hugging Face Wav2Vec2ForCTC folder instead of --model")
+    p.add_argument("--tokens", type=Path, help="token table JSON for --hf-model "
+                   "(default: the folder's vocab.json, blank <pad>, boundary |)")
+    p.add_argument("--chunk-seconds", type=float, default=30.0,
+                   help="longer audio is processed in chunks (default: %(default)s)")
+    p.add_argument("--overlap-seconds", type=float, default=4.0,
+                   help="overlap between chunks (default: %(default)s)")
+    p.add_argument("--batch-seconds", type=float, default=160.0,
+                   help="padded audio per batch (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    p.add_argument("--errors", type=Path,
+                   help="failed utterances JSONL (default: OUTPUT with .errors.jsonl)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_posteriors)
+
+
+def _fail(cmd: str, exc: Exception) -> int:
+    print(f"fusion {cmd}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from fusion.am.train import train_ctc
+
+    try:
+        overrides = parse_overrides(args.set)
+        if args.threads:
+            overrides.setdefault("run", {})["num_threads"] = args.threads
+        config = load_config(TrainConfig, args.config, overrides)
+        state = train_ctc(args.train, args.dev, args.out, config, pretrained=args.pretrained,
+                          cache_dir=args.cache, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        return 130
+    except (ConfigError, CheckpointError, ManifestError, TokenTableError, ValueError,
+            FileNotFoundError) as exc:
+        return _fail("train", exc)
+    print(f"trained {state.step} steps -> {args.out / 'model.pt'} "
+          f"(best dev CER {state.best_metric})", file=sys.stderr)
+    return 0
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from fusion.am.pretrain import pretrain_bestrq
+
+    try:
+        overrides = parse_overrides(args.set)
+        if args.threads:
+            overrides.setdefault("run", {})["num_threads"] = args.threads
+        config = load_config(PretrainConfig, args.config, overrides)
+        state = pretrain_bestrq(args.train, args.dev, args.out, config, cache_dir=args.cache,
+                                progress=not args.no_progress)
+    except KeyboardInterrupt:
+        return 130
+    except (ConfigError, CheckpointError, ManifestError, ValueError, FileNotFoundError) as exc:
+        return _fail("pretrain", exc)
+    print(f"pretrained {state.step} steps -> {args.out / 'last.pt'}", file=sys.stderr)
+    return 0
+
+
+def _hf_adapter(folder: Path, tokens: Path | None) -> Any:
+    from transformers import Wav2Vec2ForCTC
+
+    from fusion.am.infer import HFWav2Vec2Adapter, token_table_from_hf_vocab
+
+    if tokens is not None:
+        table = TokenTable.load(tokens)
+    else:
+        vocab_path = folder / "vocab.json"
+        if not vocab_path.is_file():
+            raise FileNotFoundError(f"{vocab_path}: no vocabulary; pass --tokens")
+        table = token_table_from_hf_vocab(json.loads(vocab_path.read_text(encoding="utf-8")))
+    model = Wav2Vec2ForCTC.from_pretrained(str(folder))
+    return HFWav2Vec2Adapter(model, table)
+
+
+def run_posteriors(args: argparse.Namespace) -> int:
+    from fusion.am.infer import CTCModelAdapter, write_posteriors
+    from fusion.am.model import load_model
+
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        utterances = read_manifest(args.manifest, require=("audio",))
+        if args.hf_model is not None:
+            adapter = _hf_adapter(args.hf_model, args.tokens)
+        else:
+            adapter = CTCModelAdapter(load_model(args.model or default_model_path()))
+        errors_path = args.errors or args.output.with_suffix(".errors.jsonl")
+
+        def report(err: UtteranceError) -> None:
+            print(f"fusion posteriors: {err}", file=sys.stderr)
+
+        written, errors = write_posteriors(
+            utterances, adapter, args.output, on_error=report,
+            max_batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds,
+            overlap_seconds=args.overlap_seconds, progress=not args.no_progress,
+        )
+    except (CheckpointError, ManifestError, TokenTableError, PosteriorsError, ValueError,
+            FileNotFoundError, OSError) as exc:
+        return _fail("posteriors", exc)
+    if errors:
+        with atomic_write(errors_path) as fh:
+            for e in errors:
+                fh.write(json.dumps({"id": e.utt_id, "error": e.reason,
+                                     "type": type(e).__name__}) + "\n")
+        print(f"fusion posteriors: {len(errors)} of {len(utterances)} utterances failed; "
+              f"see {errors_path}", file=sys.stderr)
+    print(f"wrote posteriors of {written} utterances -> {args.output}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fusion.am.cli {train,pretrain,posteriors} ...`` (same as ``fusion ...``)."""
+    parser = argparse.ArgumentParser(prog="python -m fusion.am.cli")
+    add_parsers(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

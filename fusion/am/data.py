@@ -1,0 +1,200 @@
+"""Training data: a manifest's features in memory, and duration-bucketed batches.
+
+:class:`FeatureSet` reads every utterance of a manifest once (``soundfile``), computes
+its log-mel features and keeps them as float16 in one flat tensor; with ``cache_dir``
+the result is stored on disk keyed by the manifest's content, so a resumed run starts
+in seconds. Utterances whose audio cannot be read are skipped and listed in
+``skipped`` with the reason.
+
+:func:`make_batches` cuts an epoch into batches of similar-length utterances with a
+cap on padded frames, deterministically from ``(seed, epoch)``: a resumed run rebuilds
+the same epoch and skips the batches it has done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from fusion.am.features import CMVN, AudioError, CMVNAccumulator, LogMel, load_audio
+from fusion.manifest import Utterance, atomic_write, read_manifest
+from fusion.tokens import TokenTable, TokenTableError
+
+__all__ = ["Batch", "FeatureSet", "collate", "make_batches"]
+
+CACHE_VERSION = 2
+
+
+@dataclass
+class Batch:
+    feats: torch.Tensor  # (B, T, F) float32, zero padded
+    lengths: torch.Tensor  # (B,) valid frames
+    indices: list[int]  # positions in the FeatureSet
+    targets: torch.Tensor | None = None  # (sum of target lengths,) concatenated ids
+    target_lengths: torch.Tensor | None = None  # (B,)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.lengths.sum())
+
+
+class FeatureSet:
+    """Features (and token ids) of a manifest's utterances, held in memory.
+
+    Attributes:
+        ids, texts: per kept utterance.
+        lengths: ``(N,)`` feature frames per utterance.
+        skipped: ``(utt_id, reason)`` of utterances left out.
+    """
+
+    def __init__(self, ids: list[str], texts: list[str | None], feats: torch.Tensor,
+                 offsets: torch.Tensor, skipped: list[tuple[str, str]] | None = None) -> None:
+        self.ids = ids
+        self.texts = texts
+        self.flat = feats  # (sum T, F) float16
+        self.offsets = offsets  # (N + 1,) int64
+        self.lengths = offsets[1:] - offsets[:-1]  # (N,)
+        self.skipped = skipped or []
+        self._targets: list[list[int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def total_seconds(self) -> float:
+        return float(self.lengths.sum()) / 100.0
+
+    def features(self, i: int) -> torch.Tensor:
+        return self.flat[int(self.offsets[i]): int(self.offsets[i + 1])].float()  # (T, F)
+
+    @classmethod
+    def from_manifest(cls, manifest: str | Path, *, require_text: bool = True,
+                      cache_dir: str | Path | None = None, progress: bool = True,
+                      max_utterances: int | None = None) -> FeatureSet:
+        manifest = Path(manifest)
+        utts = read_manifest(manifest, require=("audio", "text") if require_text else ("audio",))
+        if max_utterances is not None:
+            utts = utts[:max_utterances]
+        cache = None
+        if cache_dir is not None:
+            h = hashlib.sha1(manifest.read_bytes())
+            h.update(json.dumps([CACHE_VERSION, max_utterances, str(manifest.resolve())]).encode())
+            cache = Path(cache_dir) / f"feats-{manifest.stem}-{h.hexdigest()[:16]}.pt"
+            if cache.is_file():
+                data = torch.load(cache, map_location="cpu", weights_only=True)
+                return cls(data["ids"], data["texts"], data["feats"], data["offsets"],
+                           [tuple(s) for s in data["skipped"]])
+        fs = cls._compute(utts, progress=progress, desc=manifest.name)
+        if cache is not None:
+            with atomic_write(cache, "wb") as fh:
+                torch.save({"ids": fs.ids, "texts": fs.texts, "feats": fs.flat,
+                            "offsets": fs.offsets, "skipped": [list(s) for s in fs.skipped]}, fh)
+        return fs
+
+    @classmethod
+    def _compute(cls, utts: Sequence[Utterance], *, progress: bool, desc: str) -> FeatureSet:
+        logmel = LogMel()
+        ids: list[str] = []
+        texts: list[str | None] = []
+        chunks: list[torch.Tensor] = []
+        offsets = [0]
+        skipped: list[tuple[str, str]] = []
+        for utt in tqdm(utts, desc=f"features {desc}", disable=not progress, mininterval=5):
+            try:
+                wav = load_audio(utt.audio, utt_id=utt.id)  # type: ignore[arg-type]
+            except AudioError as exc:
+                skipped.append((utt.id, exc.reason))
+                continue
+            f = logmel(torch.from_numpy(wav)).half()  # (T, F)
+            ids.append(utt.id)
+            texts.append(utt.text)
+            chunks.append(f)
+            offsets.append(offsets[-1] + f.shape[0])
+        feats = torch.cat(chunks) if chunks else torch.zeros(0, logmel.n_mels, dtype=torch.float16)
+        return cls(ids, texts, feats, torch.tensor(offsets, dtype=torch.int64), skipped)
+
+    def cmvn(self) -> CMVN:
+        """Global mean/std over every frame of the set."""
+        acc = CMVNAccumulator(self.flat.shape[1])
+        step = 200_000
+        for start in range(0, self.flat.shape[0], step):
+            acc.add(self.flat[start: start + step])
+        return acc.finish()
+
+    def targets(self, table: TokenTable) -> list[list[int]]:
+        """Token ids of every transcript (cached); unknown characters raise."""
+        if self._targets is None:
+            out = []
+            for utt_id, text in zip(self.ids, self.texts):
+                try:
+                    out.append(table.ids_from_text(text or ""))
+                except TokenTableError as exc:
+                    raise TokenTableError(f"utterance {utt_id!r}: {exc}") from None
+            self._targets = out
+        return self._targets
+
+    def collate(self, indices: Sequence[int], table: TokenTable | None = None) -> Batch:
+        return collate(self, indices, table)
+
+
+def collate(fs: FeatureSet, indices: Sequence[int], table: TokenTable | None = None) -> Batch:
+    """Pad the features of ``indices`` into a batch (with targets when ``table`` is given)."""
+    lengths = fs.lengths[list(indices)]  # (B,)
+    feats = torch.zeros(len(indices), int(lengths.max()), fs.flat.shape[1])  # (B, T, F)
+    for b, i in enumerate(indices):
+        feats[b, : int(lengths[b])] = fs.features(i)
+    batch = Batch(feats, lengths.clone(), list(indices))
+    if table is not None:
+        targets = fs.targets(table)
+        tl = [len(targets[i]) for i in indices]
+        batch.targets = torch.tensor([t for i in indices for t in targets[i]], dtype=torch.long)
+        batch.target_lengths = torch.tensor(tl, dtype=torch.long)
+    return batch
+
+
+def make_batches(lengths: Sequence[int] | torch.Tensor, *, max_frames: int, max_utterances: int,
+                 seed: int, epoch: int, pool: int = 50, shuffle: bool = True) -> list[list[int]]:
+    """Batches of indices for one epoch, deterministic in ``(seed, epoch)``.
+
+    Utterances are shuffled, taken ``pool`` batches' worth at a time, sorted by length
+    within the pool and cut greedily so ``len(batch) * longest <= max_frames`` (a
+    single utterance longer than ``max_frames`` forms a batch of its own). Batch order
+    is shuffled again. With ``shuffle=False`` the utterances are simply sorted by length.
+    """
+    lengths = torch.as_tensor(lengths, dtype=torch.long)
+    n = len(lengths)
+    if n == 0:
+        return []
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if shuffle:
+        order = torch.randperm(n, generator=gen).tolist()
+        mean_len = max(1.0, float(lengths.float().mean()))
+        pool_size = max(1, int(pool * max(1, min(max_utterances, max_frames // mean_len))))
+    else:
+        order = list(range(n))
+        pool_size = n
+    batches: list[list[int]] = []
+    for start in range(0, n, pool_size):
+        chunk = sorted(order[start: start + pool_size], key=lambda i: (int(lengths[i]), i))
+        current: list[int] = []
+        longest = 0
+        for i in chunk:
+            li = int(lengths[i])
+            if current and (max(longest, li) * (len(current) + 1) > max_frames
+                            or len(current) >= max_utterances):
+                batches.append(current)
+                current, longest = [], 0
+            current.append(i)
+            longest = max(longest, li)
+        if current:
+            batches.append(current)
+    if shuffle:
+        perm = torch.randperm(len(batches), generator=gen).tolist()
+        batches = [batches[p] for p in perm]
+    return batches

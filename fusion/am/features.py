@@ -1,0 +1,220 @@
+"""Audio loading and acoustic features: 80-dim log-mel filterbanks at 16 kHz, 10 ms hop.
+
+* :func:`load_audio` reads any file ``soundfile`` can decode, downmixes to mono,
+  resamples to 16 kHz and raises :class:`AudioError` (naming the utterance and the
+  reason) for anything it cannot turn into samples.
+* :class:`LogMel` turns one waveform into ``(T, 80)`` log-mel frames,
+  ``T = num_samples // 160 + 1`` (centred 25 ms windows every 10 ms).
+* :class:`CMVN` holds global mean/variance statistics, accumulated over a training set
+  with :class:`CMVNAccumulator`; the model keeps them as buffers, so they travel in its
+  checkpoint.
+* :class:`SpecAugment` masks frequency bands and time spans (training only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+import torchaudio.transforms as AT
+from torch import nn
+
+__all__ = [
+    "CMVN",
+    "HOP_LENGTH",
+    "N_MELS",
+    "SAMPLE_RATE",
+    "WIN_LENGTH",
+    "AudioError",
+    "CMVNAccumulator",
+    "LogMel",
+    "SpecAugment",
+    "SpecAugmentConfig",
+    "UtteranceError",
+    "load_audio",
+    "num_feature_frames",
+    "prepare_waveform",
+]
+
+SAMPLE_RATE = 16_000
+N_MELS = 80
+HOP_LENGTH = 160  # 10 ms
+WIN_LENGTH = 400  # 25 ms
+N_FFT = 512
+LOG_FLOOR = 1e-6
+
+
+class UtteranceError(Exception):
+    """One utterance failed; ``utt_id`` and ``reason`` say which and why."""
+
+    def __init__(self, utt_id: str, reason: str, path: str | None = None) -> None:
+        self.utt_id = utt_id
+        self.reason = reason
+        self.path = path
+        where = f" ({path})" if path else ""
+        super().__init__(f"utterance {utt_id!r}{where}: {reason}")
+
+
+class AudioError(UtteranceError):
+    """One utterance's audio cannot be used (missing, corrupt, empty, NaN samples)."""
+
+
+def prepare_waveform(
+    samples: np.ndarray, sample_rate: int, *, utt_id: str = "<audio>",
+    target_rate: int = SAMPLE_RATE, path: str | None = None,
+) -> np.ndarray:
+    """Mono float32 samples at ``target_rate`` from ``(N,)`` or ``(N, channels)`` samples.
+
+    Channels are averaged; other sample rates are resampled (torchaudio's windowed sinc).
+    Raises :class:`AudioError` for empty audio or non-finite samples.
+    """
+    x = np.asarray(samples)
+    if x.ndim == 2:
+        x = x.mean(axis=1)  # (N, C) -> (N,)
+    elif x.ndim != 1:
+        raise AudioError(utt_id, f"expected 1-D or 2-D samples, got shape {x.shape}", path)
+    x = x.astype(np.float32, copy=False)
+    if x.size == 0:
+        raise AudioError(utt_id, "empty audio (0 samples)", path)
+    if not np.isfinite(x).all():
+        raise AudioError(utt_id, "audio contains NaN or infinite samples", path)
+    if sample_rate <= 0:
+        raise AudioError(utt_id, f"invalid sample rate {sample_rate}", path)
+    if sample_rate != target_rate:
+        x = AF.resample(torch.from_numpy(np.ascontiguousarray(x)), sample_rate, target_rate).numpy()
+        if x.size == 0:
+            raise AudioError(utt_id, "audio is empty after resampling", path)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def load_audio(
+    path: str | Path, *, utt_id: str | None = None, target_rate: int = SAMPLE_RATE
+) -> np.ndarray:
+    """Read an audio file as mono float32 samples at ``target_rate`` (16 kHz).
+
+    Raises:
+        AudioError: missing, unreadable or corrupt file, empty audio, NaN samples.
+    """
+    path = str(path)
+    utt_id = utt_id if utt_id is not None else path
+    if not Path(path).is_file():
+        raise AudioError(utt_id, "audio file not found", path)
+    try:
+        samples, rate = sf.read(path, dtype="float32", always_2d=True)  # (N, C)
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+        raise AudioError(utt_id, f"cannot decode audio: {exc}", path) from None
+    return prepare_waveform(samples, rate, utt_id=utt_id, target_rate=target_rate, path=path)
+
+
+def num_feature_frames(num_samples: int) -> int:
+    """Log-mel frames of a waveform of ``num_samples`` samples (centred windows)."""
+    return num_samples // HOP_LENGTH + 1
+
+
+class LogMel(nn.Module):
+    """``(N,)`` waveform at 16 kHz -> ``(T, 80)`` natural-log mel energies, T = N // 160 + 1."""
+
+    def __init__(self, n_mels: int = N_MELS) -> None:
+        super().__init__()
+        self.n_mels = n_mels
+        self.mel = AT.MelSpectrogram(
+            sample_rate=SAMPLE_RATE, n_fft=N_FFT, win_length=WIN_LENGTH,
+            hop_length=HOP_LENGTH, n_mels=n_mels, power=2.0, center=True, pad_mode="reflect",
+        )
+
+    @torch.no_grad()
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        if waveform.dim() != 1:
+            raise ValueError(f"LogMel expects a 1-D waveform, got shape {tuple(waveform.shape)}")
+        n = waveform.shape[0]
+        if n < N_FFT // 2 + 1:  # reflect padding needs more samples than half a window
+            waveform = nn.functional.pad(waveform, (0, N_FFT // 2 + 1 - n))
+        spec = self.mel(waveform.float())  # (n_mels, T')
+        spec = spec[:, : num_feature_frames(n)]  # (n_mels, T): frame count of the real length
+        return torch.log(spec + LOG_FLOOR).transpose(0, 1).contiguous()  # (T, n_mels)
+
+
+class CMVNAccumulator:
+    """Running float64 sums of features for global mean/variance normalisation."""
+
+    def __init__(self, dim: int = N_MELS) -> None:
+        self.sum = torch.zeros(dim, dtype=torch.float64)
+        self.sum_sq = torch.zeros(dim, dtype=torch.float64)
+        self.count = 0
+
+    def add(self, feats: torch.Tensor) -> None:
+        """Add ``(T, D)`` frames."""
+        f = feats.double()
+        self.sum += f.sum(0)
+        self.sum_sq += (f * f).sum(0)
+        self.count += f.shape[0]
+
+    def finish(self, floor: float = 1e-5) -> CMVN:
+        if self.count == 0:
+            raise ValueError("CMVN: no frames accumulated")
+        mean = self.sum / self.count
+        var = (self.sum_sq / self.count - mean * mean).clamp_min(floor)
+        return CMVN(mean.float(), var.sqrt().float())
+
+
+@dataclass(frozen=True, eq=False)
+class CMVN:
+    """Global per-dimension mean and standard deviation, ``(D,)`` float32 tensors."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def identity(cls, dim: int = N_MELS) -> CMVN:
+        return cls(torch.zeros(dim), torch.ones(dim))
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean.clone(), "std": self.std.clone()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CMVN:
+        return cls(torch.as_tensor(data["mean"]).float(), torch.as_tensor(data["std"]).float())
+
+
+@dataclass(frozen=True)
+class SpecAugmentConfig:
+    """SpecAugment (LD-style policy by default); ``enabled = false`` turns it off."""
+
+    enabled: bool = True
+    freq_masks: int = 2
+    freq_width: int = 27
+    time_masks: int = 5
+    time_width: int = 40
+    time_max_ratio: float = 0.05  # a time mask covers at most this fraction of the batch
+
+
+class SpecAugment(nn.Module):
+    """Frequency and time masks on normalised ``(B, T, D)`` features, in training mode only.
+
+    Masked values become 0 (the global mean after CMVN). Every utterance of a batch gets
+    its own masks. Randomness comes from torch's global generator (saved on checkpoints).
+    """
+
+    def __init__(self, config: SpecAugmentConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.freq = AT.FrequencyMasking(config.freq_width, iid_masks=True)
+        self.time = AT.TimeMasking(config.time_width, iid_masks=True, p=1.0)
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        cfg = self.config
+        if not (self.training and cfg.enabled):
+            return feats
+        x = feats.transpose(1, 2).unsqueeze(1)  # (B, T, D) -> (B, 1, D, T)
+        for _ in range(cfg.freq_masks):
+            x = self.freq(x)
+        if cfg.time_masks > 0 and x.shape[-1] > 1:
+            width = min(cfg.time_width, max(1, int(cfg.time_max_ratio * x.shape[-1])))
+            self.time.mask_param = width
+            for _ in range(cfg.time_masks):
+                x = self.time(x)
+        return x.squeeze(1).transpose(1, 2)  # (B, 1, D, T) -> (B, T, D)

@@ -1,0 +1,401 @@
+"""A Conformer CTC acoustic model over the character table.
+
+``feats (B, T, 80)`` -> global CMVN -> convolutional subsampling (``subsampling``x:
+2, 4, 6 or 8) -> ``n_layers`` Conformer blocks (macaron feed-forwards, multi-head
+self-attention with rotary position embeddings, depthwise convolution) -> linear CTC
+head -> log-softmax ``(B, T', V)``.
+
+Padding never changes a valid frame's output: the subsampling convolutions have no
+padding (an output frame only sees the input frames it covers), attention masks padded
+keys, the convolution module zeroes padded frames before its depthwise convolution and
+uses LayerNorm rather than BatchNorm. A batch therefore gives the same log-probs as each
+utterance on its own (to float rounding).
+
+Checkpoints are plain data (see :func:`model_checkpoint`) that load with
+``torch.load(path, weights_only=True)``; :func:`load_model` refuses anything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusion.am.features import CMVN, HOP_LENGTH, N_MELS, SAMPLE_RATE
+from fusion.manifest import atomic_write
+from fusion.tokens import TokenTable, character_table
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CTCModel",
+    "CheckpointError",
+    "ConformerEncoder",
+    "ModelConfig",
+    "load_checkpoint",
+    "load_model",
+    "model_checkpoint",
+    "model_from_checkpoint",
+    "save_checkpoint",
+    "subsampled_length",
+]
+
+CHECKPOINT_FORMAT = "asrfuse-am"
+CHECKPOINT_VERSION = 1
+_STRIDES = {1: (), 2: (2,), 4: (2, 2), 6: (2, 3), 8: (2, 2, 2)}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is not a plain-data asrfuse acoustic-model checkpoint."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the Conformer CTC model (frozen; saved as a dict in checkpoints)."""
+
+    n_mels: int = N_MELS
+    subsampling: int = 4  # output frame shift = subsampling * 10 ms
+    subsampling_channels: int = 128
+    d_model: int = 144
+    n_heads: int = 4
+    ff_mult: int = 4
+    n_layers: int = 6
+    conv_kernel: int = 15
+    dropout: float = 0.1
+    vocab_size: int = 29
+
+    def __post_init__(self) -> None:
+        if self.subsampling not in _STRIDES:
+            raise ValueError(f"subsampling must be one of {sorted(_STRIDES)}, got {self.subsampling}")
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError("d_model / n_heads must be an even integer (rotary embeddings)")
+        if self.conv_kernel % 2 == 0:
+            raise ValueError("conv_kernel must be odd")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+        for name in ("n_mels", "subsampling_channels", "d_model", "n_heads", "ff_mult",
+                     "n_layers", "vocab_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+    @property
+    def frame_shift(self) -> float:
+        """Seconds per output frame."""
+        return self.subsampling * HOP_LENGTH / SAMPLE_RATE
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise CheckpointError(f"model config: unknown key(s) {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def encoder_signature(self) -> dict[str, Any]:
+        """The fields that decide the encoder's parameter shapes (for loading pretrained)."""
+        d = self.to_dict()
+        d.pop("dropout")
+        d.pop("vocab_size")
+        return d
+
+
+def subsampled_length(lengths: torch.Tensor | int, subsampling: int) -> torch.Tensor | int:
+    """Frames after the subsampling convolutions (kernel 3, no padding, strides per factor).
+
+    ``T' = floor((T - 3) / s) + 1`` per convolution, so ``T' = ((T - 1) // 2 - 1) // 2``
+    for 4x. Shifting the input by ``subsampling * k`` frames shifts the output by ``k``.
+    """
+    out = lengths
+    for s in _STRIDES[subsampling]:
+        out = (out - 3) // s + 1
+    if isinstance(out, torch.Tensor):
+        return out.clamp_min(0)
+    return max(int(out), 0)
+
+
+def min_input_frames(subsampling: int) -> int:
+    """Fewest feature frames that give one output frame."""
+    t = 1
+    while subsampled_length(t, subsampling) < 1:
+        t += 1
+    return t
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """``(B,)`` lengths -> ``(B, max_len)`` bool, True on valid frames."""
+    return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+class ConvSubsampling(nn.Module):
+    """Stride-2/3 2-D convolutions over (time, mel), then a linear projection to d_model."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.subsampling = config.subsampling
+        layers: list[nn.Module] = []
+        channels_in, freq = 1, config.n_mels
+        for s in _STRIDES[config.subsampling]:
+            layers += [nn.Conv2d(channels_in, config.subsampling_channels, 3, stride=(s, 2)),
+                       nn.SiLU()]
+            channels_in = config.subsampling_channels
+            freq = (freq - 3) // 2 + 1
+        self.conv = nn.Sequential(*layers)
+        self.out = nn.Linear(channels_in * freq, config.d_model)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.unsqueeze(1)  # (B, T, F) -> (B, 1, T, F)
+        x = self.conv(x)  # (B, C, T', F')
+        b, c, t, f = x.shape
+        x = x.transpose(1, 2).reshape(b, t, c * f)  # (B, C, T', F') -> (B, T', C*F')
+        return self.out(x), subsampled_length(lengths, self.subsampling)  # (B, T', D)
+
+
+def rotary_tables(length: int, dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables ``(T, dim/2)`` for rotary position embeddings."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device).float() / dim))  # (dim/2,)
+    pos = torch.arange(length, device=device).float()  # (T,)
+    angles = torch.outer(pos, inv_freq)  # (T, dim/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs of channels of ``x (B, H, T, Dh)`` by position-dependent angles."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]  # (B, H, T, Dh/2) each
+    r1 = x1 * cos - x2 * sin
+    r2 = x1 * sin + x2 * cos
+    return torch.stack((r1, r2), dim=-1).flatten(-2)  # (B, H, T, Dh/2, 2) -> (B, H, T, Dh)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+                ) -> torch.Tensor:
+        b, t, d = x.shape
+        h = self.n_heads
+        qkv = self.qkv(self.norm(x))  # (B, T, 3D)
+        qkv = qkv.view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # (3, B, H, T, Dh)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, Dh) each
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        attn_mask = mask[:, None, None, :]  # (B, T) -> (B, 1, 1, T): which keys to attend
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, T, Dh)
+        out = out.transpose(1, 2).reshape(b, t, d)  # (B, H, T, Dh) -> (B, T, D)
+        return self.drop(self.proj(out))
+
+
+class ConvModule(nn.Module):
+    def __init__(self, d_model: int, kernel: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.pointwise_in = nn.Linear(d_model, 2 * d_model)
+        self.depthwise = nn.Conv1d(d_model, d_model, kernel, padding=kernel // 2, groups=d_model)
+        self.depth_norm = nn.LayerNorm(d_model)
+        self.pointwise_out = nn.Linear(d_model, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y = F.glu(self.pointwise_in(self.norm(x)), dim=-1)  # (B, T, 2D) -> (B, T, D)
+        y = y.masked_fill(~mask.unsqueeze(-1), 0.0)  # zero padded frames before the conv
+        y = self.depthwise(y.transpose(1, 2)).transpose(1, 2)  # (B, D, T) conv -> (B, T, D)
+        y = F.silu(self.depth_norm(y))
+        return self.drop(self.pointwise_out(y))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, mult: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(d_model), nn.Linear(d_model, mult * d_model), nn.SiLU(),
+            nn.Dropout(dropout), nn.Linear(mult * d_model, d_model), nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConformerBlock(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.ff1 = FeedForward(d, config.ff_mult, config.dropout)
+        self.attn = SelfAttention(d, config.n_heads, config.dropout)
+        self.conv = ConvModule(d, config.conv_kernel, config.dropout)
+        self.ff2 = FeedForward(d, config.ff_mult, config.dropout)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+                ) -> torch.Tensor:
+        x = x + 0.5 * self.ff1(x)
+        x = x + self.attn(x, mask, rope)
+        x = x + self.conv(x, mask)
+        x = x + 0.5 * self.ff2(x)
+        return self.norm(x)
+
+
+class ConformerEncoder(nn.Module):
+    """Normalised ``(B, T, n_mels)`` features -> ``(B, T', d_model)`` hidden states."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.subsample = ConvSubsampling(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(ConformerBlock(config) for _ in range(config.n_layers))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, lengths = self.subsample(x, lengths)  # (B, T', D), (B,)
+        mask = lengths_to_mask(lengths, x.shape[1])  # (B, T')
+        rope = rotary_tables(x.shape[1], self.config.d_model // self.config.n_heads, x.device)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, mask, rope)
+        return x, lengths
+
+
+class CTCModel(nn.Module):
+    """CMVN + Conformer encoder + linear CTC head over ``token_table``.
+
+    ``forward(feats (B, T, n_mels), lengths (B,))`` -> ``(log_probs (B, T', V), lengths')``.
+    """
+
+    def __init__(self, config: ModelConfig, token_table: TokenTable | None = None,
+                 cmvn: CMVN | None = None) -> None:
+        super().__init__()
+        token_table = token_table or character_table()
+        if len(token_table) != config.vocab_size:
+            raise ValueError(
+                f"vocab_size {config.vocab_size} differs from the token table's {len(token_table)}"
+            )
+        self.config = config
+        self.token_table = token_table
+        cmvn = cmvn or CMVN.identity(config.n_mels)
+        self.register_buffer("cmvn_mean", cmvn.mean.clone().float(), persistent=False)
+        self.register_buffer("cmvn_std", cmvn.std.clone().float(), persistent=False)
+        self.encoder = ConformerEncoder(config)
+        self.head = nn.Linear(config.d_model, config.vocab_size)
+
+    @property
+    def cmvn(self) -> CMVN:
+        return CMVN(self.cmvn_mean.clone(), self.cmvn_std.clone())
+
+    def set_cmvn(self, cmvn: CMVN) -> None:
+        self.cmvn_mean.copy_(cmvn.mean)
+        self.cmvn_std.copy_(cmvn.std)
+
+    @property
+    def frame_shift(self) -> float:
+        return self.config.frame_shift
+
+    def output_lengths(self, lengths: torch.Tensor | int) -> torch.Tensor | int:
+        return subsampled_length(lengths, self.config.subsampling)
+
+    def normalize(self, feats: torch.Tensor) -> torch.Tensor:
+        return (feats - self.cmvn_mean) / self.cmvn_std  # (B, T, F), stats broadcast over F
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor, *,
+                augment: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.normalize(feats)
+        if augment is not None:
+            x = augment(x, lengths)
+        h, out_lengths = self.encoder(x, lengths)  # (B, T', D)
+        return F.log_softmax(self.head(h), dim=-1), out_lengths  # (B, T', V)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# -- checkpoints ------------------------------------------------------------------------
+
+def model_checkpoint(model: CTCModel, **extra: Any) -> dict[str, Any]:
+    """The plain-data checkpoint of ``model``: tensors, numbers, strings, lists and dicts.
+
+    Keys: ``format`` ("asrfuse-am"), ``version``, ``kind`` ("ctc"), ``config`` (the
+    :class:`ModelConfig` as a dict), ``token_table`` (:meth:`TokenTable.to_dict`),
+    ``cmvn`` (``{"mean": (80,), "std": (80,)}`` tensors), ``model`` (the state dict);
+    ``extra`` keys (e.g. ``train_state``) are added as given.
+    """
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "kind": "ctc",
+        "config": model.config.to_dict(),
+        "token_table": model.token_table.to_dict(),
+        "cmvn": model.cmvn.to_dict(),
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        **extra,
+    }
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
+    """Write a checkpoint dict atomically (a crash never leaves a partial file)."""
+    with atomic_write(path, "wb") as fh:
+        torch.save(checkpoint, fh)
+
+
+def load_checkpoint(path: str | Path, *, kind: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` and check its format.
+
+    Raises:
+        CheckpointError: unreadable file, a pickle that needs code (refused by the
+            weights-only unpickler), or a dict that is not an asrfuse-am checkpoint.
+    """
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
+            AttributeError, TypeError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: not a plain-data checkpoint (refused by torch.load(weights_only=True): "
+            f"{msg})"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an {CHECKPOINT_FORMAT} checkpoint")
+    if data.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: unsupported checkpoint version {data.get('version')!r}")
+    if kind is not None and data.get("kind") != kind:
+        raise CheckpointError(f"{path}: a {data.get('kind')!r} checkpoint, expected {kind!r}")
+    return data
+
+
+def model_from_checkpoint(data: dict[str, Any], *, source: str = "checkpoint") -> CTCModel:
+    try:
+        config = ModelConfig.from_dict(dict(data["config"]))
+        table = TokenTable.from_dict(dict(data["token_table"]), source=f"{source} token table")
+        cmvn = CMVN.from_dict(data["cmvn"])
+        model = CTCModel(config, table, cmvn)
+        model.load_state_dict(data["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{source}: malformed model checkpoint: {exc}") from None
+    return model
+
+
+def load_model(path: str | Path) -> CTCModel:
+    """Load a CTC model (in eval mode) from a model or training checkpoint."""
+    data = load_checkpoint(path, kind="ctc")
+    model = model_from_checkpoint(data, source=str(path))
+    model.eval()
+    return model
+
+
+def parameter_count(config: ModelConfig) -> int:
+    return CTCModel(config).num_parameters()

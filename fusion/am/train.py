@@ -1,0 +1,228 @@
+"""CTC training of the Conformer acoustic model (optionally from a BEST-RQ encoder).
+
+:func:`train_ctc` reads the train and dev manifests into memory (features cached
+under ``out_dir/cache``), computes global CMVN statistics over the training set, and
+runs :class:`fusion.am.trainer.Trainer` with a :class:`CTCTask`: CTC loss
+(``torch.nn.functional.ctc_loss``, blank 0, ``zero_infinity``) per target token,
+SpecAugment on the training batches, greedy dev CER (``jiwer.cer``) every
+``run.eval_every_steps``.
+
+Files in ``out_dir``: ``last.pt`` (resumable training checkpoint), ``best.pt`` (model
+with the best dev CER so far), ``model.pt`` (the final model), ``log.jsonl`` (one line
+per step, plus evaluation lines), ``curves.png``. Running again with the same
+``out_dir`` resumes exactly where ``last.pt`` left off.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import torch
+import torch.nn.functional as F
+
+from fusion.am.config import TrainConfig
+from fusion.am.data import FeatureSet, collate, make_batches
+from fusion.am.features import CMVN, SpecAugment
+from fusion.am.model import (
+    CheckpointError,
+    CTCModel,
+    ModelConfig,
+    load_checkpoint,
+    model_checkpoint,
+    save_checkpoint,
+)
+from fusion.am.trainer import Trainer, TrainerState, seed_everything
+from fusion.greedy import best_path
+from fusion.tokens import TokenTable, character_table
+
+__all__ = ["CTCTask", "ctc_feasible", "greedy_texts", "load_pretrained_encoder", "train_ctc"]
+
+
+def ctc_feasible(target: list[int], num_frames: int) -> bool:
+    """Whether CTC can align ``target`` to ``num_frames`` frames (repeats need a blank)."""
+    repeats = sum(1 for a, b in itertools.pairwise(target) if a == b)
+    return 0 < len(target) and len(target) + repeats <= num_frames
+
+
+def greedy_texts(log_probs: torch.Tensor, lengths: torch.Tensor, table: TokenTable) -> list[str]:
+    """Greedy CTC transcripts of a padded ``(B, T, V)`` batch: argmax, merge repeats, drop blanks."""
+    out = []
+    for spans, _ in best_path(log_probs, lengths, table.blank_id):
+        out.append(table.text_from_ids([s.token_id for s in spans]))
+    return out
+
+
+class CTCTask:
+    """CTC training of a :class:`CTCModel` on a :class:`FeatureSet` (see :class:`Task`)."""
+
+    kind = "ctc"
+    metric = "dev_cer"
+
+    def __init__(self, model: CTCModel, train: FeatureSet, dev: FeatureSet | None,
+                 config: TrainConfig, log: Callable[[str], None] | None = None) -> None:
+        self.module = model
+        self.model = model
+        self.train = train
+        self.dev = dev
+        self.config = config
+        self.table = model.token_table
+        self.augment = SpecAugment(config.specaug)
+        say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        targets = train.targets(self.table)
+        max_frames = int(config.batch.max_duration * 100)
+        keep, too_long, infeasible = [], 0, 0
+        for i in range(len(train)):
+            n = int(train.lengths[i])
+            if n > max_frames:
+                too_long += 1
+            elif not ctc_feasible(targets[i], int(model.output_lengths(n))):
+                infeasible += 1
+            else:
+                keep.append(i)
+        if not keep:
+            raise ValueError("no training utterance is usable (all too long or too short for CTC)")
+        if too_long or infeasible:
+            say(f"training on {len(keep)} of {len(train)} utterances: {too_long} longer than "
+                f"{config.batch.max_duration} s, {infeasible} with more characters than the "
+                f"{model.config.subsampling}x-subsampled frames can hold")
+        self.keep = keep
+        self._keep_lengths = train.lengths[keep]
+        self._dev_batches: list[list[int]] | None = None
+
+    def num_train_items(self) -> int:
+        return len(self.keep)
+
+    def epoch_batches(self, seed: int, epoch: int) -> list[list[int]]:
+        b = self.config.batch
+        local = make_batches(self._keep_lengths, max_frames=b.max_frames,
+                             max_utterances=b.max_utterances, seed=seed, epoch=epoch, pool=b.pool)
+        return [[self.keep[i] for i in batch] for batch in local]
+
+    def train_step(self, batch: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        data = collate(self.train, batch, self.table)
+        log_probs, out_lengths = self.model(data.feats, data.lengths, augment=self.augment)
+        loss = F.ctc_loss(
+            log_probs.transpose(0, 1),  # (B, T', V) -> (T', B, V)
+            data.targets, out_lengths, data.target_lengths,
+            blank=self.table.blank_id, reduction="sum", zero_infinity=True,
+        ) / data.target_lengths.sum()
+        return loss, {"audio_seconds": data.num_frames / 100.0, "utterances": len(batch),
+                      "padded_frames": int(data.feats.shape[0] * data.feats.shape[1])}
+
+    def dev_batches(self) -> list[list[int]]:
+        if self._dev_batches is None:
+            assert self.dev is not None
+            n = min(len(self.dev), self.config.run.dev_max_utterances)
+            local = make_batches(self.dev.lengths[:n], max_frames=self.config.batch.max_frames,
+                                 max_utterances=self.config.batch.max_utterances, seed=0,
+                                 epoch=0, shuffle=False)
+            self._dev_batches = local
+        return self._dev_batches
+
+    def evaluate(self) -> dict[str, float]:
+        if self.dev is None or len(self.dev) == 0:
+            return {}
+        refs, hyps = [], []
+        for batch in self.dev_batches():
+            data = collate(self.dev, batch)
+            log_probs, out_lengths = self.model(data.feats, data.lengths)
+            hyps += greedy_texts(log_probs, out_lengths, self.table)
+            refs += [self.dev.texts[i] or "" for i in batch]
+        pairs = [(r, h) for r, h in zip(refs, hyps) if r.strip()]
+        if not pairs:
+            return {}
+        refs, hyps = [p[0] for p in pairs], [p[1] for p in pairs]
+        return {"dev_cer": float(jiwer.cer(refs, hyps)), "dev_wer": float(jiwer.wer(refs, hyps))}
+
+    def model_payload(self) -> dict[str, Any]:
+        return model_checkpoint(self.model)
+
+    def load_payload(self, data: dict[str, Any]) -> None:
+        self.model.load_state_dict(data["model"])
+        self.model.set_cmvn(CMVN.from_dict(data["cmvn"]))
+
+
+def load_pretrained_encoder(model: CTCModel, path: str | Path) -> bool:
+    """Copy the encoder weights of a BEST-RQ or CTC checkpoint into ``model``.
+
+    From a CTC checkpoint with the same token table the CTC head is copied too (to
+    continue training a finished model under a new schedule); returns whether it was.
+    """
+    data = load_checkpoint(path)
+    if data.get("kind") not in ("bestrq", "ctc"):
+        raise CheckpointError(f"{path}: a {data.get('kind')!r} checkpoint has no encoder to load")
+    theirs = ModelConfig.from_dict(dict(data["config"])).encoder_signature()
+    mine = model.config.encoder_signature()
+    if theirs != mine:
+        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        raise CheckpointError(
+            f"{path}: encoder architecture differs from this config in {', '.join(diff)}"
+        )
+    prefix = "encoder."
+    state = {k[len(prefix):]: v for k, v in data["model"].items() if k.startswith(prefix)}
+    model.encoder.load_state_dict(state)
+    if data["kind"] == "ctc" and data.get("token_table") == model.token_table.to_dict():
+        model.head.load_state_dict({k[len("head."):]: v for k, v in data["model"].items()
+                                    if k.startswith("head.")})
+        return True
+    return False
+
+
+def train_ctc(
+    train_manifest: str | Path,
+    dev_manifest: str | Path | None,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    pretrained: str | Path | None = None,
+    token_table: TokenTable | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    stop_after: int | None = None,
+    train_set: FeatureSet | None = None,
+    dev_set: FeatureSet | None = None,
+) -> TrainerState:
+    """Train (or resume training) a CTC model into ``out_dir``; returns the final state.
+
+    ``train_set``/``dev_set`` may be given already loaded (tests, tuning); otherwise
+    the manifests are read. ``stop_after`` simulates a kill after that many steps.
+    """
+    config = config or TrainConfig()
+    say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.run.num_threads)
+    cache = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
+    if train_set is None:
+        train_set = FeatureSet.from_manifest(train_manifest, cache_dir=cache, progress=progress)
+    if dev_set is None and dev_manifest is not None:
+        dev_set = FeatureSet.from_manifest(dev_manifest, cache_dir=cache, progress=progress)
+    for name, fs in (("train", train_set), ("dev", dev_set)):
+        if fs is not None:
+            say(f"{name}: {len(fs)} utterances, {fs.total_seconds / 3600:.2f} h"
+                + (f", {len(fs.skipped)} unreadable skipped" if fs.skipped else ""))
+            for utt_id, reason in fs.skipped[:5]:
+                say(f"  skipped {utt_id}: {reason}")
+    seed_everything(config.run.seed)
+    table = token_table or character_table()
+    model = CTCModel(config.model, table, train_set.cmvn())
+    say(f"model: {model.num_parameters() / 1e6:.2f}M parameters, "
+        f"{config.model.subsampling}x subsampling ({config.model.frame_shift * 1000:.0f} ms frames)")
+    task = CTCTask(model, train_set, dev_set, config, log=say)
+    trainer = Trainer(task, out_dir, optim=config.optim, run=config.run, config=config,
+                      progress=progress, log=say, stop_after=stop_after)
+    if trainer.try_resume():
+        say(f"resumed from {trainer.last_path} at step {trainer.state.step} "
+            f"(epoch {trainer.state.epoch}, batch {trainer.state.batch_in_epoch})")
+    elif pretrained is not None:
+        with_head = load_pretrained_encoder(model, pretrained)
+        say(f"encoder{' and CTC head' if with_head else ''} initialised from {pretrained}")
+    state = trainer.train()
+    save_checkpoint(out_dir / "model.pt", model_checkpoint(model))
+    return state

@@ -1,0 +1,204 @@
+"""The Conformer CTC model: shapes, frame counts, padding, checkpoints, configs, features."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+import torch
+
+from fusion.am.cli import add_parsers
+from fusion.am.config import (
+    ConfigError,
+    PretrainConfig,
+    TrainConfig,
+    load_config,
+    parse_overrides,
+    to_dict,
+)
+from fusion.am.features import (
+    CMVN,
+    CMVNAccumulator,
+    LogMel,
+    SpecAugment,
+    SpecAugmentConfig,
+    num_feature_frames,
+)
+from fusion.am.model import (
+    CheckpointError,
+    CTCModel,
+    ModelConfig,
+    load_checkpoint,
+    load_model,
+    model_checkpoint,
+    save_checkpoint,
+    subsampled_length,
+)
+from fusion.tokens import character_table
+
+TINY = ModelConfig(subsampling_channels=8, d_model=32, n_heads=2, ff_mult=2, n_layers=2,
+                   conv_kernel=5, dropout=0.0)
+
+
+def tiny(**kw) -> CTCModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**TINY.to_dict(), **kw})
+    cmvn = CMVN(torch.linspace(-1, 1, 80), torch.linspace(0.5, 2, 80))
+    return CTCModel(cfg, character_table(), cmvn).eval()
+
+
+def test_default_size_is_a_few_million_parameters():
+    n = CTCModel(ModelConfig()).num_parameters()
+    assert 3e6 <= n <= 5e6
+    assert ModelConfig().frame_shift == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize("sub", [2, 4, 6, 8])
+def test_shapes_and_frame_counts(sub):
+    model = tiny(subsampling=sub)
+    lengths = torch.tensor([200, 131, 57])
+    feats = torch.randn(3, 200, 80)  # (B, T, F)
+    with torch.no_grad():
+        lp, out = model(feats, lengths)
+    assert lp.shape == (3, int(subsampled_length(200, sub)), 29)
+    assert out.tolist() == [subsampled_length(int(n), sub) for n in lengths]
+    assert torch.allclose(lp.exp().sum(-1), torch.ones(lp.shape[:2]), atol=1e-5)
+    assert model.frame_shift == pytest.approx(sub * 0.01)
+    # Dropping sub*k input frames drops exactly k output frames (chunking relies on it).
+    for t in (57, 131, 200):
+        assert subsampled_length(t - 3 * sub, sub) == subsampled_length(t, sub) - 3
+
+
+def test_logmel_frame_count():
+    logmel = LogMel()
+    for n in (1, 100, 400, 16000, 16001, 24321):
+        f = logmel(torch.randn(n))
+        assert f.shape == (num_feature_frames(n), 80) == (n // 160 + 1, 80)
+        assert torch.isfinite(f).all()
+
+
+def test_padding_does_not_change_outputs():
+    model = tiny()
+    torch.manual_seed(1)
+    a, b = torch.randn(1, 150, 80), torch.randn(1, 90, 80)
+    batch = torch.zeros(2, 150, 80)
+    batch[0], batch[1, :90] = a[0], b[0]
+    with torch.no_grad():
+        lp, out = model(batch, torch.tensor([150, 90]))
+        la, _ = model(a, torch.tensor([150]))
+        lb, nb = model(b, torch.tensor([90]))
+    assert out[1] == nb[0]
+    torch.testing.assert_close(lp[0], la[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(lp[1, : int(nb[0])], lb[0], atol=1e-5, rtol=1e-4)
+
+
+def test_checkpoint_round_trip_weights_only(tmp_path):
+    model = tiny(subsampling=6)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model_checkpoint(model))
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "asrfuse-am" and raw["kind"] == "ctc"
+    assert raw["config"] == model.config.to_dict()
+    assert raw["token_table"] == character_table().to_dict()
+    assert set(raw["cmvn"]) == {"mean", "std"}
+    loaded = load_model(path)
+    assert loaded.config == model.config and loaded.token_table == model.token_table
+    torch.testing.assert_close(loaded.cmvn_mean, model.cmvn_mean)
+    x = torch.randn(2, 120, 80)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, torch.tensor([120, 100]))[0],
+                           model(x, torch.tensor([120, 100]))[0])
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_load_model_refuses_pickled_code_and_foreign_files(tmp_path):
+    model = tiny()
+    evil = model_checkpoint(model, note=_Payload())
+    path = tmp_path / "evil.pt"
+    torch.save(evil, path)
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_model(path)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not an asrfuse-am"):
+        load_model(tmp_path / "foreign.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip or a pickle")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="no such"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_cmvn_accumulator_matches_torch():
+    torch.manual_seed(0)
+    a, b = torch.randn(100, 80) * 3 + 1, torch.randn(37, 80) * 2 - 4
+    acc = CMVNAccumulator()
+    acc.add(a)
+    acc.add(b)
+    cmvn = acc.finish()
+    both = torch.cat([a, b])
+    torch.testing.assert_close(cmvn.mean, both.mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cmvn.std, both.std(0, unbiased=False), atol=1e-4, rtol=1e-4)
+
+
+def test_specaugment_only_in_training():
+    aug = SpecAugment(SpecAugmentConfig(time_max_ratio=0.2))
+    x = torch.randn(3, 200, 80) + 5
+    aug.eval()
+    assert torch.equal(aug(x), x)
+    aug.train()
+    torch.manual_seed(0)
+    y = aug(x)
+    assert y.shape == x.shape and (y == 0).any() and not torch.equal(x, y)
+
+
+def test_toml_config(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('[model]\nn_layers = 3\nsubsampling = 8\n[optim]\nlr = 1e-3\n'
+                    'betas = [0.9, 0.99]\n[run]\nnum_threads = 1\n')
+    cfg = load_config(TrainConfig, good)
+    assert cfg.model.n_layers == 3 and cfg.model.subsampling == 8 and cfg.optim.betas == (0.9, 0.99)
+    assert to_dict(cfg)["optim"]["betas"] == [0.9, 0.99]
+    for text, match in [("[model]\nlayers = 3\n", "unknown key"),
+                        ("[modle]\nn_layers = 3\n", "unknown key"),
+                        ("[model]\nn_layers = 'three'\n", "integer"),
+                        ("[model]\nsubsampling = 5\n", "subsampling"),
+                        ("[optim]\nschedule = 'linear'\n", "schedule"),
+                        ("model = [", "invalid TOML")]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            load_config(TrainConfig, bad)
+    assert load_config(PretrainConfig, None, {"bestrq": {"mask_span": 4}}).bestrq.mask_span == 4
+    assert parse_overrides(["optim.lr=2e-3", "run.seed=3"]) == {"optim": {"lr": 2e-3}, "run": {"seed": 3}}
+
+
+def test_cli_rejects_bad_config(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\nsteps = 3\n")
+    man = tmp_path / "m.jsonl"
+    man.write_text("")
+    args = parser.parse_args(["train", "--train", str(man), "--out", str(tmp_path / "o"),
+                              "--config", str(cfg)])
+    assert args.func(args) == 2
+    assert "unknown key" in capsys.readouterr().err
+
+
+def test_checkpoint_save_is_atomic(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"format": "asrfuse-am", "version": 1, "kind": "ctc"})
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        save_checkpoint(path, {"x": Boom()})
+    assert load_checkpoint(path)["kind"] == "ctc"
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]

@@ -1,0 +1,171 @@
+"""Training: batches by duration, exact resume after a kill, BEST-RQ pretraining, fine-tuning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from fusion.am.config import (
+    BatchConfig,
+    BestRQConfig,
+    OptimConfig,
+    PretrainConfig,
+    RunConfig,
+    TrainConfig,
+)
+from fusion.am.data import FeatureSet, make_batches
+from fusion.am.model import (
+    CheckpointError,
+    CTCModel,
+    ModelConfig,
+    load_checkpoint,
+    load_model,
+)
+from fusion.am.pretrain import pretrain_bestrq, span_mask
+from fusion.am.train import ctc_feasible, load_pretrained_encoder, train_ctc
+from fusion.am.trainer import LRSchedule
+
+TINY = ModelConfig(subsampling_channels=8, d_model=32, n_heads=2, ff_mult=2, n_layers=2,
+                   conv_kernel=5, dropout=0.1)
+WORDS = ["a", "ab", "abc", "ba", "cab", "be", "bad", "ace", "dab", "cade"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Ten tone-and-noise clips of 0.4-1.3 s with short transcripts."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, text in enumerate(WORDS):
+        n = int(16000 * (0.4 + 0.1 * i))
+        t = np.arange(n) / 16000
+        wav = 0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t) + 0.02 * rng.standard_normal(n)
+        sf.write(root / f"u{i}.wav", wav.astype(np.float32), 16000)
+        rows.append({"id": f"u{i}", "audio": f"u{i}.wav", "text": text, "duration": n / 16000})
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    return root
+
+
+def config(total=7, **run) -> TrainConfig:
+    return TrainConfig(
+        model=TINY,
+        optim=OptimConfig(lr=3e-3, warmup_steps=2, total_steps=total),
+        batch=BatchConfig(max_frames=300, max_utterances=4, pool=2),
+        run=RunConfig(num_threads=1, eval_every_steps=3, checkpoint_minutes=60,
+                      checkpoint_every_steps=2, **run),
+    )
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_make_batches_deterministic_and_capped():
+    lengths = torch.randint(50, 400, (200,), generator=torch.Generator().manual_seed(0))
+    a = make_batches(lengths, max_frames=2000, max_utterances=16, seed=3, epoch=1)
+    assert a == make_batches(lengths, max_frames=2000, max_utterances=16, seed=3, epoch=1)
+    assert a != make_batches(lengths, max_frames=2000, max_utterances=16, seed=3, epoch=2)
+    assert sorted(i for b in a for i in b) == list(range(200))
+    for b in a:
+        assert len(b) <= 16 and max(int(lengths[i]) for i in b) * len(b) <= 2000
+
+
+def test_lr_schedule():
+    s = LRSchedule(OptimConfig(lr=1e-3, warmup_steps=10, total_steps=110, min_lr_ratio=0.1))
+    assert s(0) == pytest.approx(1e-4) and s(9) == pytest.approx(1e-3)
+    assert s(60) == pytest.approx(0.55e-3) and s(110) == pytest.approx(1e-4)
+    n = LRSchedule(OptimConfig(lr=1e-3, warmup_steps=10, schedule="noam"))
+    assert n(39) == pytest.approx(0.5e-3)
+
+
+def test_ctc_feasible():
+    assert ctc_feasible([1, 2, 3], 3) and not ctc_feasible([1, 1, 2], 3)
+    assert ctc_feasible([1, 1, 2], 4) and not ctc_feasible([], 5)
+
+
+def test_exact_resume_after_kill(corpus, tmp_path):
+    train = FeatureSet.from_manifest(corpus / "train.jsonl", progress=False)
+    dev = FeatureSet.from_manifest(corpus / "dev.jsonl", progress=False)
+    kw = {"progress": False, "log": lambda m: None, "train_set": train, "dev_set": dev}
+    assert len(make_batches(
+        train.lengths, max_frames=300, max_utterances=4, seed=1, epoch=0, pool=2)) >= 3
+
+    straight = tmp_path / "straight"
+    train_ctc(None, None, straight, config(), **kw)
+
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):  # dies after step 5; last checkpoint at step 4
+        train_ctc(None, None, killed, config(), stop_after=5, **kw)
+    ckpt = load_checkpoint(killed / "last.pt")
+    assert ckpt["train_state"]["trainer"]["step"] == 4
+    assert ckpt["train_state"]["trainer"]["batch_in_epoch"] > 0  # killed mid-epoch
+    state = train_ctc(None, None, killed, config(), **kw)
+    assert state.step == 7
+
+    a, b = weights(straight / "last.pt"), weights(killed / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == list(range(1, 8))
+    evals = [json.loads(line) for line in (killed / "log.jsonl").read_text().splitlines()
+             if "dev_cer" in json.loads(line)]
+    assert [e["step"] for e in evals] == [3, 6, 7]
+    assert (killed / "curves.png").stat().st_size > 1000
+    model = load_model(killed / "model.pt")
+    assert model.config == TINY
+    assert load_model(killed / "best.pt").config == TINY
+    cont = CTCModel(TINY)  # continuing a finished CTC model copies its head too
+    assert load_pretrained_encoder(cont, killed / "model.pt")
+    assert torch.equal(cont.head.weight, model.head.weight)
+
+    with pytest.raises(CheckpointError, match="different config"):
+        train_ctc(None, None, killed, config(total=9), **kw)
+
+
+def test_span_mask():
+    lengths = torch.tensor([50, 20, 3])
+    m = span_mask(lengths, 50, 0.05, 5, torch.Generator().manual_seed(0))
+    assert m.shape == (3, 50)
+    assert m.any(dim=1).all()
+    assert not m[1, 20:].any() and not m[2, 3:].any()
+
+
+def test_pretrain_resume_and_finetune(corpus, tmp_path):
+    train = FeatureSet.from_manifest(corpus / "train.jsonl", require_text=False, progress=False)
+    cfg = PretrainConfig(
+        model=TINY, optim=OptimConfig(lr=2e-3, warmup_steps=1, total_steps=5),
+        batch=BatchConfig(max_frames=300, max_utterances=4, pool=2),
+        bestrq=BestRQConfig(codebook_size=32, codebook_dim=8, mask_prob=0.1, mask_span=3),
+        run=RunConfig(num_threads=1, eval_every_steps=5, checkpoint_every_steps=2),
+    )
+    kw = {"progress": False, "log": lambda m: None, "train_set": train, "dev_set": train}
+    pretrain_bestrq(None, None, tmp_path / "a", cfg, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_bestrq(None, None, tmp_path / "b", cfg, stop_after=3, **kw)
+    pretrain_bestrq(None, None, tmp_path / "b", cfg, **kw)
+    a, b = weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert any("dev_bestrq_acc" in r for r in log)
+
+    # A CTC model starts from the pretrained encoder; a mismatched encoder is refused.
+    model = CTCModel(TINY)
+    assert not load_pretrained_encoder(model, tmp_path / "a" / "last.pt")
+    enc = {k[len("encoder."):]: v for k, v in a.items() if k.startswith("encoder.")}
+    for k, v in model.encoder.state_dict().items():
+        assert torch.equal(v, enc[k])
+    with pytest.raises(CheckpointError, match="n_layers"):
+        load_pretrained_encoder(CTCModel(ModelConfig(**{**TINY.to_dict(), "n_layers": 3})),
+                                tmp_path / "a" / "last.pt")
+    ft = train_ctc(corpus / "train.jsonl", corpus / "dev.jsonl", tmp_path / "ft", config(total=2),
+                   pretrained=tmp_path / "a" / "last.pt", progress=False, log=lambda m: None)
+    assert ft.step == 2
+    assert any((tmp_path / "ft" / "cache").iterdir())  # features cached for the next run
