@@ -31,6 +31,7 @@ from lm.base import LMError
 from lm.ngram import KenLM, read_unigrams
 
 DECODERS = ("greedy", "beam", "pyctcdecode")
+DEFAULT_AM = Path(__file__).resolve().parent / "models" / "am-default" / "model.pt"
 DEFAULT_WEIGHTS = {"lexicon": 1.0, "lm": 0.5, "word_bonus": 1.0, "hotwords": 2.0}
 
 
@@ -87,13 +88,18 @@ def get_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="decode a manifest end to end and print WER/CER",
-        description="Until an acoustic model is embedded, the demo decodes simulated "
-        "posteriors of the manifest's transcripts (a stand-in model with confusions).",
+        help="transcribe a manifest's audio end to end and print WER/CER",
+        description="Audio in, transcripts out: the embedded acoustic model (or --model) "
+        "computes posteriors, greedy decoding and, with --lm, beam search with shallow fusion "
+        "turn them into text. Without any model, simulated posteriors of the transcripts "
+        "stand in (and the output says so).",
     )
-    p.add_argument("--manifest", type=Path, required=True, help="manifest JSONL with 'text'")
+    p.add_argument("--manifest", type=Path, required=True, help="manifest JSONL with audio, text")
+    p.add_argument("--model", type=Path, default=DEFAULT_AM,
+                   help="acoustic model checkpoint (default: the embedded one)")
+    p.add_argument("--lm", type=Path, help="word n-gram for beam search with shallow fusion")
     p.add_argument("--confusion", type=float, default=0.06,
-                   help="simulated model's unit confusion rate (default: %(default)s)")
+                   help="simulated model's unit confusion rate, without a model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--show", type=int, default=5, help="transcripts to print (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
@@ -334,23 +340,51 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 # -- demo -------------------------------------------------------------------------------
-def cmd_demo(args: argparse.Namespace) -> int:
+def _demo_posteriors(args: argparse.Namespace, refs: dict[str, str]
+                     ) -> tuple[list[Posteriors], TokenTable, str]:
+    """Posteriors of the demo manifest: from the acoustic model, or simulated."""
+    if args.model.exists():
+        from fusion.am.infer import compute_posteriors
+        from fusion.am.model import load_model
+
+        model = load_model(args.model)
+        utterances = read_manifest(args.manifest, require=("audio", "text"))
+        posteriors = []
+        for item in compute_posteriors(utterances, model, progress=True):
+            if isinstance(item, Posteriors):
+                posteriors.append(item)
+            else:
+                print(f"fusion demo: skipped: {item}", file=sys.stderr)
+        return posteriors, model.token_table, f"acoustic model {args.model}"
     table = character_table()
-    utterances = read_manifest(args.manifest, require=("text",))
     rng = np.random.default_rng(args.seed)
     config = SimulationConfig(confusion=args.confusion)
-    refs = {u.id: normalize_text(u.text or "") for u in utterances}
     posteriors = [simulate_posteriors(u, refs[u], table, rng, config)[0]
                   for u in tqdm(refs, desc="simulate", unit="utt", disable=None)]
-    results = greedy_decode(posteriors, table)
-    hyps = {r.utt_id: r.best.text for r in results}
-    print(f"{len(utterances)} utterances from {args.manifest}")
-    print("posteriors: simulated CTC model (confusion "
-          f"{args.confusion}); decoder: greedy\n")
-    for r in results[: args.show]:
-        print(f"{r.utt_id}\n  ref: {refs[r.utt_id]}\n  hyp: {r.best.text}")
-    print()
-    print(format_score(score_corpus(refs, hyps)))
+    return posteriors, table, (f"SIMULATED posteriors (no acoustic model at {args.model}; "
+                               f"unit confusion {args.confusion})")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    utterances = read_manifest(args.manifest, require=("text",))
+    refs = {u.id: normalize_text(u.text or "") for u in utterances}
+    posteriors, table, source = _demo_posteriors(args, refs)
+    print(f"{len(utterances)} utterances from {args.manifest}\nposteriors: {source}\n")
+    runs = {"greedy": greedy_decode(posteriors, table)}
+    if args.lm:
+        vocab = args.lm if KenLM.is_arpa(args.lm) else None
+        decoder = BeamSearchDecoder(
+            table, [LMScorer(KenLM(args.lm), unigrams=read_unigrams(vocab) if vocab else None),
+                    WordBonus()], {"lm": DEFAULT_WEIGHTS["lm"], "word_bonus": DEFAULT_WEIGHTS["word_bonus"]})
+        runs["beam + LM"] = [decoder.decode(p) for p in tqdm(posteriors, desc="beam", disable=None)]
+    for r in runs["greedy"][: args.show]:
+        print(f"{r.utt_id}\n  ref: {refs[r.utt_id]}")
+        for name, results in runs.items():
+            hyp = next(x for x in results if x.utt_id == r.utt_id)
+            print(f"  {name}: {hyp.best.text}")
+    for name, results in runs.items():
+        print(f"\n[{name}]")
+        print(format_score(score_corpus(refs, {x.utt_id: x.best.text for x in results})))
     return 0
 
 

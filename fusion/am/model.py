@@ -37,6 +37,7 @@ __all__ = [
     "CheckpointError",
     "ConformerEncoder",
     "ModelConfig",
+    "export_model",
     "load_checkpoint",
     "load_model",
     "model_checkpoint",
@@ -387,6 +388,17 @@ def model_from_checkpoint(data: dict[str, Any], *, source: str = "checkpoint") -
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{source}: malformed model checkpoint: {exc}") from None
     return model
+
+
+def export_model(src: str | Path, dst: str | Path, *, half: bool = True) -> dict[str, Any]:
+    """Write a deployable copy of a CTC checkpoint: no training state, weights in fp16
+    when ``half`` (they load back into the fp32 model). Returns the written dict."""
+    data = {k: v for k, v in load_checkpoint(src, kind="ctc").items() if k != "train_state"}
+    if half:
+        data["model"] = {k: v.half() if v.is_floating_point() else v
+                         for k, v in data["model"].items()}
+    save_checkpoint(dst, data)
+    return data
 
 
 def load_model(path: str | Path) -> CTCModel:
