@@ -32,6 +32,7 @@ from lm.ngram import KenLM, read_unigrams
 
 DECODERS = ("greedy", "beam", "pyctcdecode")
 DEFAULT_AM = Path(__file__).resolve().parent / "models" / "am-default" / "model.pt"
+DEFAULT_LM = Path(__file__).resolve().parents[1] / "lm" / "models" / "word-3gram" / "model.bin"
 DEFAULT_WEIGHTS = {"lexicon": 1.0, "lm": 0.5, "word_bonus": 1.0, "hotwords": 2.0}
 
 
@@ -97,7 +98,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, required=True, help="manifest JSONL with audio, text")
     p.add_argument("--model", type=Path, default=DEFAULT_AM,
                    help="acoustic model checkpoint (default: the embedded one)")
-    p.add_argument("--lm", type=Path, help="word n-gram for beam search with shallow fusion")
+    p.add_argument("--lm", type=Path, default=DEFAULT_LM,
+                   help="word n-gram for beam search with shallow fusion (default: the embedded "
+                   "3-gram; 'none' for greedy only)")
+    p.add_argument("--lm-vocab", type=Path,
+                   help="the LM's words (default: vocab.txt beside the LM, or the ARPA itself)")
     p.add_argument("--confusion", type=float, default=0.06,
                    help="simulated model's unit confusion rate, without a model")
     p.add_argument("--seed", type=int, default=0)
@@ -371,8 +376,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     posteriors, table, source = _demo_posteriors(args, refs)
     print(f"{len(utterances)} utterances from {args.manifest}\nposteriors: {source}\n")
     runs = {"greedy": greedy_decode(posteriors, table)}
-    if args.lm:
-        vocab = args.lm if KenLM.is_arpa(args.lm) else None
+    if args.lm and str(args.lm) != "none":
+        vocab = args.lm_vocab or (args.lm if KenLM.is_arpa(args.lm) else
+                                  args.lm.with_name("vocab.txt") if
+                                  args.lm.with_name("vocab.txt").exists() else None)
         decoder = BeamSearchDecoder(
             table, [LMScorer(KenLM(args.lm), unigrams=read_unigrams(vocab) if vocab else None),
                     WordBonus()], {"lm": DEFAULT_WEIGHTS["lm"], "word_bonus": DEFAULT_WEIGHTS["word_bonus"]})
