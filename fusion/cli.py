@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fusion import __version__
+from fusion import __version__, batch
 from fusion.config import DecodeConfig
 from fusion.decoder import BeamSearchDecoder
 from fusion.formats import ctm_lines, srt_cues, srt_text
@@ -46,7 +46,7 @@ def get_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("decode", help="decode posteriors into hypotheses (JSONL)")
     p.add_argument("posteriors", type=Path, help="posteriors .npz (many utterances)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="hypotheses JSONL to write")
+    p.add_argument("-o", "--output", type=Path, help="hypotheses JSONL to write (or --out-dir)")
     p.add_argument("--tokens", type=Path,
                    help="token table JSON (default: the table stored in the posteriors file)")
     p.add_argument("--kind", choices=KINDS,
@@ -77,6 +77,7 @@ def get_parser() -> argparse.ArgumentParser:
     beam.add_argument("--hotwords", type=Path,
                       help="phrases to bias towards, one a line, optionally TAB and a weight")
     beam.add_argument("--hotword-weight", type=float)
+    batch.add_arguments(p)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("score", help="WER and CER of hypotheses against a reference manifest")
@@ -156,14 +157,14 @@ def _readable(reader: PosteriorsReader, failures: list[dict]) -> Iterator[Poster
 
 
 def _batches(items: Iterator[Posteriors], size: int) -> Iterator[list[Posteriors]]:
-    batch: list[Posteriors] = []
+    group: list[Posteriors] = []
     for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _open_posteriors(args: argparse.Namespace) -> tuple[PosteriorsReader, TokenTable]:
@@ -179,6 +180,10 @@ def _open_posteriors(args: argparse.Namespace) -> tuple[PosteriorsReader, TokenT
 def cmd_decode(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.workers < 1:
         raise SystemExit("fusion decode: error: --batch-size and --workers must be at least 1")
+    if args.out_dir is not None:
+        return batch.run_batch(args, make_decoder=lambda table: _beam_decoder(args, table))
+    if args.output is None:
+        raise SystemExit("fusion decode: error: -o/--output or --out-dir is required")
     reader, table = _open_posteriors(args)
     failures: list[dict] = []
     stream = _readable(reader, failures)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Protocol
 
 from fusion.posteriors import Posteriors
@@ -43,19 +44,32 @@ def decode_parallel(
     posteriors: Iterable[Posteriors],
     *,
     workers: int,
-    chunksize: int = 4,
+    in_flight: int | None = None,
     threads_per_worker: int = 1,
 ) -> Iterator[DecodeResult]:
     """Decode ``posteriors`` with ``workers`` processes (1: in this process), in order.
 
-    The input is consumed lazily, so a large corpus is never all in memory.
+    The input is consumed lazily: at most ``in_flight`` utterances (default: four per
+    worker) are queued at a time, so a large corpus is never all in memory. Closing the
+    iterator early cancels what is still queued.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if workers == 1:
         yield from (decoder.decode(p) for p in posteriors)
         return
+    window = in_flight or 4 * workers
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
                              initargs=(decoder, threads_per_worker)) as pool:
-        yield from pool.map(_decode, posteriors, chunksize=chunksize)
+        queued: deque[Future[DecodeResult]] = deque()
+        try:
+            for item in posteriors:
+                queued.append(pool.submit(_decode, item))
+                if len(queued) >= window:
+                    yield queued.popleft().result()
+            while queued:
+                yield queued.popleft().result()
+        finally:
+            for future in queued:
+                future.cancel()

@@ -297,16 +297,37 @@ class PosteriorsReader:
     ) -> None:
         self.path = Path(path)
         try:
-            self._npz = np.load(self.path, allow_pickle=False)
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            self._file = open(self.path, "rb")
+        except OSError as exc:
             raise PosteriorsError(f"{self.path}: not a readable .npz file ({exc})") from None
+        try:
+            # our own handle: np.load leaks its file when a damaged archive fails to open
+            npz = np.load(self._file, allow_pickle=False)
+        except Exception as exc:  # np.load raises many types on a damaged file
+            self._file.close()
+            raise PosteriorsError(f"{self.path}: not a readable .npz file ({exc})") from None
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            self._file.close()
+            raise PosteriorsError(f"{self.path}: a single .npy array, not an .npz archive")
+        npz.fid = self._file  # closed with the archive (NpzFile.close and its __del__)
+        self._npz = npz
         self.tolerance = tolerance
+        try:
+            self._read_header(kind, frame_shift, token_table)
+        except Exception as exc:
+            self._npz.close()
+            if isinstance(exc, PosteriorsError):
+                raise
+            raise PosteriorsError(
+                f"{self.path}: corrupt metadata ({type(exc).__name__}: {exc})") from None
+
+    def _read_header(self, kind: Kind | None, frame_shift: float | None,
+                     token_table: TokenTable | None) -> None:
         keys = list(self._npz.files)
         if _META_KEY in keys:
-            try:
-                meta = json.loads(str(self._npz[_META_KEY]))
-            except (ValueError, json.JSONDecodeError) as exc:
-                raise PosteriorsError(f"{self.path}: corrupt metadata ({exc})") from None
+            meta = json.loads(str(self._npz[_META_KEY]))
+            if not isinstance(meta, dict):
+                raise PosteriorsError(f"{self.path}: corrupt metadata (not a JSON object)")
             if meta.get("format") != FORMAT:
                 raise PosteriorsError(f"{self.path}: unknown format {meta.get('format')!r}")
             stored_table = (
@@ -317,13 +338,16 @@ class PosteriorsReader:
                 raise PosteriorsError(
                     f"{self.path}: the file's token table differs from the one given"
                 )
+            if meta.get("kind") not in KINDS:
+                raise PosteriorsError(f"{self.path}: corrupt metadata (kind {meta.get('kind')!r})")
             if kind is not None and kind != meta["kind"]:
                 raise PosteriorsError(
                     f"{self.path}: file holds {meta['kind']!r}, but kind={kind!r} was stated"
                 )
             self.kind: Kind = meta["kind"]
             self.token_table = token_table or stored_table
-            self._entries = [(e["id"], e["key"], float(e["frame_shift"])) for e in meta["utterances"]]
+            self._entries = [(str(e["id"]), str(e["key"]), float(e["frame_shift"]))
+                             for e in meta["utterances"]]
         else:
             if kind is None or frame_shift is None:
                 raise PosteriorsError(
@@ -350,7 +374,7 @@ class PosteriorsReader:
         utt_id, key, shift = self._entries[index]
         try:
             array = self._npz[key]
-        except (KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        except Exception as exc:  # zlib.error, EOFError, BadZipFile (CRC), ...
             raise PosteriorsError(f"{self.path}: utterance {utt_id!r} cannot be read ({exc})") from None
         return Posteriors.from_array(
             utt_id, array, kind=self.kind, frame_shift=shift,

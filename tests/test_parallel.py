@@ -19,7 +19,7 @@ def test_workers_give_the_serial_results_in_order(table, tmp_path):
     posteriors = [simulate_posteriors(f"u{i}", t, table, rng, SimulationConfig(confusion=0.1))[0]
                   for i, t in enumerate(texts)]
     serial = [decoder.decode(p) for p in posteriors]
-    parallel = list(decode_parallel(decoder, iter(posteriors), workers=2, chunksize=3))
+    parallel = list(decode_parallel(decoder, iter(posteriors), workers=2, in_flight=3))
     assert [r.utt_id for r in parallel] == [p.utt_id for p in posteriors]
     assert parallel == serial
     with pytest.raises(ValueError, match="workers"):

@@ -1,0 +1,236 @@
+"""Load benchmark of batch decoding (fusion.batch): memory, worker scaling, resume after kill -9.
+
+On synthetic posteriors (``simulate_posteriors`` of short texts, 1-3 words), decoded with
+greedy search (one utterance per call) into a sharded output folder:
+
+* peak memory (VmHWM growth of the decoding process, measured after imports, in a fresh
+  spawned process) against the number of utterances (default 1k, 3k, 10k, 30k);
+* throughput against the number of worker processes (1 and 2) on the largest corpus;
+* resume correctness: the real command line (``python -m fusion.batch``) killed with
+  SIGKILL at seeded random moments, resumed, and its ``hyps.jsonl`` compared byte for byte
+  with an uninterrupted run's.
+
+    python benchmarks/bench_scale.py [--sizes 1000 3000 10000] [--trials 5] [--shard-size 500]
+
+Writes benchmarks/results/scale.json, scale.md and scale.png; ``summary`` holds
+``resume_correct_fraction``, ``scaling_efficiency_2`` and ``memory_growth_ratio``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, header, in_child, table, write_results  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ("the cat sat on a mat dog ran big red yes no good morning hello world one two three "
+         "four five six seven eight nine ten go stop left right up down").split()
+
+
+def make_corpus(path: Path, n: int, seed: int) -> float:
+    """Write ``n`` simulated utterances one at a time; returns their audio seconds."""
+    import numpy as np
+
+    from fusion.posteriors import PosteriorsWriter
+    from fusion.simulate import SimulationConfig, simulate_posteriors
+    from fusion.tokens import character_table
+
+    rng = np.random.default_rng(seed)
+    tokens = character_table()
+    config = SimulationConfig(confusion=0.05)
+    seconds = 0.0
+    with PosteriorsWriter(path, token_table=tokens) as writer:
+        for i in range(n):
+            text = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 4))))
+            p = simulate_posteriors(f"utt-{i:06d}", text, tokens, rng, config)[0]
+            seconds += p.duration
+            writer.write(p)
+    return seconds
+
+
+def decode_run(post: str, out: str, workers: int, shard_size: int) -> dict:
+    """Runs in a fresh process: decode ``post`` into ``out``; time and memory after imports."""
+    import torch  # imported before the peak is reset: not the decoding's cost
+
+    # one intra-op thread: on tiny per-utterance tensors torch's thread pool costs ~5x here
+    torch.set_num_threads(1)
+
+    import fusion.greedy  # noqa: F401
+    from common import peak_rss_kib, reset_peak_rss
+    from fusion.batch import BatchOptions, GreedyDecoder, decode_batch
+    from fusion.tokens import character_table
+
+    tokens = character_table()
+    base = reset_peak_rss()
+    start = time.perf_counter()
+    summary = decode_batch([post], out, GreedyDecoder(tokens), table=tokens,
+                           options=BatchOptions(shard_size=shard_size, workers=workers,
+                                                progress=False))
+    wall = time.perf_counter() - start
+    peak = peak_rss_kib()
+    return {"seconds": wall, "utterances": summary.utterances, "failed": summary.failed,
+            "shards": summary.shards, "rss_base_mib": base / 1024, "peak_rss_mib": peak / 1024,
+            "peak_growth_mib": (peak - base) / 1024}
+
+
+def kill_trials(post: Path, work: Path, trials: int, shard_size: int, seed: int) -> list[dict]:
+    """Clean CLI run, then per trial: 1-2 SIGKILLs at random moments and a final resume."""
+    import numpy as np
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = work / "cli.log"
+
+    def start(out: Path, resume: bool) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "fusion.batch", str(post), "--out-dir", str(out),
+               "--shard-size", str(shard_size), "--no-progress"] + (["--resume"] if resume else [])
+        with open(log, "ab") as err:
+            return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+    began = time.perf_counter()
+    if start(work / "clean", False).wait() != 0:
+        raise RuntimeError(f"clean run failed; see {log}")
+    wall = time.perf_counter() - began
+    clean = (work / "clean" / "hyps.jsonl").read_bytes()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for trial in range(trials):
+        out = work / f"trial{trial}"
+        moments = []
+        for _ in range(int(rng.integers(1, 3))):
+            proc = start(out, True)
+            moment = float(rng.uniform(0.5, wall))
+            time.sleep(moment)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                moments.append(round(moment, 2))
+            proc.wait()
+        code = start(out, True).wait()
+        hyps = out / "hyps.jsonl"
+        leftovers = [p.name for p in out.rglob("*") if p.name.endswith((".tmp", ".journal"))]
+        rows.append({"trial": trial, "killed_at_s": moments, "exit": code,
+                     "identical": code == 0 and hyps.exists() and hyps.read_bytes() == clean,
+                     "leftovers": len(leftovers)})
+        print(f"  trial {trial}: killed at {moments} s, identical={rows[-1]['identical']}",
+              file=sys.stderr)
+    return rows
+
+
+def plot(memory: list[dict], scaling: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot([r["utterances"] for r in memory], [r["peak_growth_mib"] for r in memory], "o-")
+    a.set_xlabel("utterances")
+    a.set_ylabel("peak RSS growth while decoding (MiB)")
+    a.set_title("memory against corpus size")
+    a.set_ylim(bottom=0)
+    b.bar([str(r["workers"]) for r in scaling], [r["utt_per_s"] for r in scaling])
+    b.set_xlabel("worker processes")
+    b.set_ylabel("utterances per second")
+    b.set_title("throughput (2 shared, loaded cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000, 10000, 30000])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--trial-size", type=int, default=3000, help="utterances in the kill trials")
+    ap.add_argument("--shard-size", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    sizes = sorted(args.sizes)
+
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        work = Path(tmp)
+        audio: dict[int, float] = {}
+        for n in sorted(set(sizes) | {args.trial_size}):
+            audio[n] = make_corpus(work / f"post-{n}.npz", n, args.seed)
+            print(f"corpus of {n} utterances ({audio[n]:.0f} s of audio)", file=sys.stderr)
+
+        memory = []
+        for n in sizes:
+            row, _, _ = in_child(decode_run, str(work / f"post-{n}.npz"), str(work / f"mem-{n}"),
+                                 1, args.shard_size)
+            row.update(utterances=n, audio_s=audio[n], utt_per_s=n / row["seconds"])
+            memory.append(row)
+            print(f"memory: {n} utt, peak growth {row['peak_growth_mib']:.1f} MiB, "
+                  f"{row['utt_per_s']:.0f} utt/s", file=sys.stderr)
+
+        largest = sizes[-1]
+        scaling = []
+        for w in args.workers:
+            row, _, _ = in_child(decode_run, str(work / f"post-{largest}.npz"),
+                                 str(work / f"workers-{w}"), w, args.shard_size)
+            row.update(workers=w, utterances=largest, utt_per_s=largest / row["seconds"],
+                       audio_x_realtime=audio[largest] / row["seconds"])
+            scaling.append(row)
+            print(f"workers {w}: {row['utt_per_s']:.0f} utt/s", file=sys.stderr)
+        same = (work / f"workers-{args.workers[0]}" / "hyps.jsonl").read_bytes() == \
+            (work / f"workers-{args.workers[-1]}" / "hyps.jsonl").read_bytes()
+
+        trials = kill_trials(work / f"post-{args.trial_size}.npz", work, args.trials,
+                             args.shard_size, args.seed)
+
+    by_workers = {r["workers"]: r["utt_per_s"] for r in scaling}
+    summary = {
+        "resume_correct_fraction": sum(t["identical"] for t in trials) / len(trials),
+        "scaling_efficiency_2": (by_workers[2] / (2 * by_workers[1])
+                                 if 1 in by_workers and 2 in by_workers else None),
+        "memory_growth_ratio": memory[-1]["peak_growth_mib"] / memory[0]["peak_growth_mib"],
+        "peak_rss_ratio": memory[-1]["peak_rss_mib"] / memory[0]["peak_rss_mib"],
+        "workers_outputs_identical": same,
+        "kill_trials": len(trials),
+        "kills": sum(len(t["killed_at_s"]) for t in trials),
+    }
+    data = {**header(), "decoder": "greedy (fusion.batch.GreedyDecoder)",
+            "shard_size": args.shard_size, "memory": memory, "scaling": scaling,
+            "resume_trials": trials, "summary": summary}
+    cores = os.cpu_count()
+    md = [
+        "# Batch decoding at scale (`fusion.batch`)\n",
+        f"{data['date']}, `{data['command']}`; {cores} cores shared with other CPU-heavy jobs "
+        "during the run, so throughput and worker scaling are depressed and noisy.\n",
+        "Synthetic posteriors (simulate_posteriors, 1-3 word texts), greedy decoding one "
+        f"utterance per call (torch.set_num_threads(1) in each decoding process), shards of "
+        f"{args.shard_size}. Resume trials use the command line as it is "
+        "(torch's default threads). Memory: peak RSS (VmHWM) growth of "
+        "the decoding process after imports, one fresh process per run.\n",
+        "## Memory against corpus size (1 worker)\n",
+        table(memory, [("utterances", "utterances"), ("audio_s", "audio s"),
+                       ("seconds", "wall s"), ("utt_per_s", "utt/s"),
+                       ("peak_growth_mib", "peak growth MiB"), ("peak_rss_mib", "peak RSS MiB")]),
+        "\n## Throughput against workers\n",
+        table(scaling, [("workers", "workers"), ("utterances", "utterances"), ("seconds", "wall s"),
+                        ("utt_per_s", "utt/s"), ("audio_x_realtime", "x real time"),
+                        ("peak_rss_mib", "parent peak RSS MiB")]),
+        f"\nOutputs of 1 and 2 workers byte-identical: {same}.\n",
+        f"\n## Resume after kill -9 ({args.trial_size} utterances, CLI `python -m fusion.batch`)\n",
+        table(trials, [("trial", "trial"), ("killed_at_s", "SIGKILL at (s)"), ("exit", "final exit"),
+                       ("identical", "hyps.jsonl identical"), ("leftovers", "temp files left")]),
+        "\n## Summary\n",
+        "\n".join(f"- {k}: {v:.3g}" if isinstance(v, float) else f"- {k}: {v}"
+                  for k, v in summary.items()) + "\n",
+        "\n![memory and throughput](scale.png)\n",
+    ]
+    write_results("scale", data, "\n".join(md))
+    plot(memory, scaling, RESULTS / "scale.png")
+    print(f"wrote {RESULTS / 'scale.json'}, scale.md, scale.png", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
