@@ -33,7 +33,7 @@ from lm.ngram import KenLM, read_unigrams
 DECODERS = ("greedy", "beam", "pyctcdecode")
 DEFAULT_AM = Path(__file__).resolve().parent / "models" / "am-default" / "model.pt"
 DEFAULT_LM = Path(__file__).resolve().parents[1] / "lm" / "models" / "word-3gram" / "model.bin"
-DEFAULT_WEIGHTS = {"lexicon": 1.0, "lm": 0.5, "word_bonus": 1.0, "hotwords": 2.0}
+DEFAULT_WEIGHTS = {"lexicon": 1.0, "lm": 0.5, "word_bonus": 2.0, "hotwords": 2.0}  # tuned on dev
 
 
 def get_parser() -> argparse.ArgumentParser:
