@@ -25,21 +25,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import header, in_child, table, write_results  # noqa: E402
 
+# imported here, not in the functions, so that each spawned child has them loaded before
+# its peak memory is reset: "peak MiB" is what decoding costs, not what importing does
+import kenlm  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from pyctcdecode import Alphabet, BeamSearchDecoderCTC, LanguageModel  # noqa: E402
+from torchaudio.models.decoder import ctc_decoder  # noqa: E402
+
+from fusion.decoder import BeamSearchDecoder, SearchOptions  # noqa: E402
+from fusion.greedy import greedy_decode  # noqa: E402
+from fusion.manifest import read_manifest  # noqa: E402
+from fusion.metrics import score_corpus  # noqa: E402
+from fusion.posteriors import PosteriorsReader  # noqa: E402
+from fusion.pyctc import pyctcdecode_labels  # noqa: E402
+from fusion.scorers import LMScorer, WordBonus  # noqa: E402
+from lm.ngram import KenLM, read_unigrams  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 CMUSPHINX = REPO.parent / "shared" / "data" / "lm" / "cmusphinx-en-us.arpa.gz"
 BEAMS = (8, 32, 128)
 
 
 def _load(path: str):
-    from fusion.posteriors import PosteriorsReader
-
     with PosteriorsReader(path) as reader:
         return list(reader), reader.token_table
 
 
 def run_greedy(path: str) -> tuple[dict[str, str], float, float]:
-    from fusion.greedy import greedy_decode
-
     posteriors, table = _load(path)
     start = time.perf_counter()
     hyps = {r.utt_id: r.best.text for i in range(0, len(posteriors), 32)
@@ -48,10 +61,6 @@ def run_greedy(path: str) -> tuple[dict[str, str], float, float]:
 
 
 def run_ours(path: str, beam: int, lm: str, vocab: str, alpha: float, beta: float):
-    from fusion.decoder import BeamSearchDecoder, SearchOptions
-    from fusion.scorers import LMScorer, WordBonus
-    from lm.ngram import KenLM, read_unigrams
-
     posteriors, table = _load(path)
     decoder = BeamSearchDecoder(
         table, [LMScorer(KenLM(lm), unigrams=read_unigrams(vocab)), WordBonus()],
@@ -62,13 +71,6 @@ def run_ours(path: str, beam: int, lm: str, vocab: str, alpha: float, beta: floa
 
 
 def run_pyctcdecode(path: str, beam: int, lm: str, vocab: str, alpha: float, beta: float):
-    import kenlm
-    import numpy as np
-    from pyctcdecode import Alphabet, BeamSearchDecoderCTC, LanguageModel
-
-    from fusion.pyctc import pyctcdecode_labels
-    from lm.ngram import read_unigrams
-
     posteriors, table = _load(path)
     decoder = BeamSearchDecoderCTC(
         Alphabet(pyctcdecode_labels(table), is_bpe=False),
@@ -80,9 +82,6 @@ def run_pyctcdecode(path: str, beam: int, lm: str, vocab: str, alpha: float, bet
 
 
 def run_flashlight(path: str, beam: int, lm: str, lexicon: str | None, alpha: float, beta: float):
-    import torch
-    from torchaudio.models.decoder import ctc_decoder
-
     posteriors, table = _load(path)
     # flashlight adds lm_weight * (KenLM's log10 score): the same fusion as ours in nats
     decoder = ctc_decoder(lexicon=lexicon, tokens=list(table.tokens), lm=lm, beam_size=beam,
@@ -109,10 +108,6 @@ def write_lexicon(words: list[str], path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fusion.manifest import read_manifest
-    from fusion.metrics import score_corpus
-    from lm.ngram import read_unigrams
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", action="append", required=True, metavar="NAME=POSTERIORS")
     parser.add_argument("--manifests", type=Path, required=True, help="folder of NAME.jsonl")
