@@ -128,8 +128,10 @@ def get_parser() -> argparse.ArgumentParser:
     from fusion.am import cli as am_cli
     from fusion.corpus import cli as corpus_cli
     from lm import cli as lm_cli
+    from lm import neural_cli
 
     am_cli.add_parsers(sub)
+    neural_cli.add_parsers(sub)
     corpus_cli.add_parser(sub).set_defaults(func=corpus_cli.run)
     lm_cli.add_parser(sub)
     return parser
