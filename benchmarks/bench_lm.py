@@ -90,7 +90,7 @@ def measure_neural(model_dir: Path, test: list[list[str]], dev: list[list[str]])
     lm.score_sentences(test[:512])
     sentences_per_s = 512 / (time.perf_counter() - start)
     return {"name": "neural", "ppl": ppl, "ppl_dev": perplexity(lm, dev)[0], "units": units,
-            "size_mb": size, "load_s": load_s, "parameters": lm.num_parameters,
+            "size_mb": size, "load_s": load_s, "parameters": lm.model.num_params(),
             "sentences_per_s": sentences_per_s,
             "words_per_s": sentences_per_s * sum(len(s) + 1 for s in test[:512]) / 512}
 
