@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import ExitStack
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +16,10 @@ from fusion import __version__, batch
 from fusion.config import DecodeConfig
 from fusion.decoder import BeamSearchDecoder
 from fusion.formats import ctm_lines, srt_cues, srt_text
-from fusion.parallel import decode_parallel
 from fusion.greedy import greedy_decode
 from fusion.manifest import ManifestError, atomic_write, iter_jsonl, read_manifest
 from fusion.metrics import CorpusScore, score_corpus
+from fusion.parallel import decode_parallel
 from fusion.posteriors import KINDS, Posteriors, PosteriorsError, PosteriorsReader
 from fusion.pyctc import FusionLanguageModel, PyctcdecodeBackend
 from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
@@ -227,14 +227,21 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
         lm=args.lm, lm_vocab=args.lm_vocab, hotwords=args.hotwords, lexicon=args.lexicon)
 
 
+def lm_scorers(lm: Path, vocab: Path | None = None) -> list[WordScorer]:
+    """A word n-gram scorer and the word bonus. The LM's words (for partial-word scoring)
+    come from ``vocab``, else the ARPA itself, else a ``vocab.txt`` beside a binary."""
+    if vocab is None:
+        beside = lm.with_name("vocab.txt")
+        vocab = lm if KenLM.is_arpa(lm) else beside if beside.exists() else None
+    return [LMScorer(KenLM(lm), unigrams=read_unigrams(vocab) if vocab else None), WordBonus()]
+
+
 def _beam_decoder(args: argparse.Namespace, table: TokenTable
                   ) -> BeamSearchDecoder | PyctcdecodeBackend:
     config = decode_config(args)
     scorers: list[WordScorer] = []
     if config.lm:
-        vocab = config.lm_vocab or (config.lm if KenLM.is_arpa(config.lm) else None)
-        scorers += [LMScorer(KenLM(config.lm), unigrams=read_unigrams(vocab) if vocab else None),
-                    WordBonus()]
+        scorers += lm_scorers(config.lm, config.lm_vocab)
     if config.lexicon:
         scorers.append(LexiconScorer.from_file(config.lexicon, constraint=True))
     if config.hotwords:
@@ -384,12 +391,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"{len(utterances)} utterances from {args.manifest}\nposteriors: {source}\n")
     runs = {"greedy": greedy_decode(posteriors, table)}
     if args.lm and str(args.lm) != "none":
-        vocab = args.lm_vocab or (args.lm if KenLM.is_arpa(args.lm) else
-                                  args.lm.with_name("vocab.txt") if
-                                  args.lm.with_name("vocab.txt").exists() else None)
         decoder = BeamSearchDecoder(
-            table, [LMScorer(KenLM(args.lm), unigrams=read_unigrams(vocab) if vocab else None),
-                    WordBonus()], {"lm": DEFAULT_WEIGHTS["lm"], "word_bonus": DEFAULT_WEIGHTS["word_bonus"]})
+            table, lm_scorers(args.lm, args.lm_vocab),
+            {name: DEFAULT_WEIGHTS[name] for name in ("lm", "word_bonus")})
         runs["beam + LM"] = [decoder.decode(p) for p in tqdm(posteriors, desc="beam", disable=None)]
     for r in runs["greedy"][: args.show]:
         print(f"{r.utt_id}\n  ref: {refs[r.utt_id]}")
