@@ -270,7 +270,33 @@ class ConformerEncoder(nn.Module):
         return x, lengths
 
 
-class CTCModel(nn.Module):
+class CMVNModule(nn.Module):
+    """A module that normalises its input features with stored global CMVN statistics.
+
+    The statistics are non-persistent buffers (checkpoints carry them as plain data).
+    """
+
+    cmvn_mean: torch.Tensor
+    cmvn_std: torch.Tensor
+
+    def _init_cmvn(self, cmvn: CMVN | None, n_mels: int) -> None:
+        cmvn = cmvn or CMVN.identity(n_mels)
+        self.register_buffer("cmvn_mean", cmvn.mean.clone().float(), persistent=False)
+        self.register_buffer("cmvn_std", cmvn.std.clone().float(), persistent=False)
+
+    @property
+    def cmvn(self) -> CMVN:
+        return CMVN(self.cmvn_mean.clone(), self.cmvn_std.clone())
+
+    def set_cmvn(self, cmvn: CMVN) -> None:
+        self.cmvn_mean.copy_(cmvn.mean)
+        self.cmvn_std.copy_(cmvn.std)
+
+    def normalize(self, feats: torch.Tensor) -> torch.Tensor:
+        return (feats - self.cmvn_mean) / self.cmvn_std  # (B, T, F), stats broadcast over F
+
+
+class CTCModel(CMVNModule):
     """CMVN + Conformer encoder + linear CTC head over ``token_table``.
 
     ``forward(feats (B, T, n_mels), lengths (B,))`` -> ``(log_probs (B, T', V), lengths')``.
@@ -286,19 +312,9 @@ class CTCModel(nn.Module):
             )
         self.config = config
         self.token_table = token_table
-        cmvn = cmvn or CMVN.identity(config.n_mels)
-        self.register_buffer("cmvn_mean", cmvn.mean.clone().float(), persistent=False)
-        self.register_buffer("cmvn_std", cmvn.std.clone().float(), persistent=False)
+        self._init_cmvn(cmvn, config.n_mels)
         self.encoder = ConformerEncoder(config)
         self.head = nn.Linear(config.d_model, config.vocab_size)
-
-    @property
-    def cmvn(self) -> CMVN:
-        return CMVN(self.cmvn_mean.clone(), self.cmvn_std.clone())
-
-    def set_cmvn(self, cmvn: CMVN) -> None:
-        self.cmvn_mean.copy_(cmvn.mean)
-        self.cmvn_std.copy_(cmvn.std)
 
     @property
     def frame_shift(self) -> float:
@@ -306,9 +322,6 @@ class CTCModel(nn.Module):
 
     def output_lengths(self, lengths: torch.Tensor | int) -> torch.Tensor | int:
         return subsampled_length(lengths, self.config.subsampling)
-
-    def normalize(self, feats: torch.Tensor) -> torch.Tensor:
-        return (feats - self.cmvn_mean) / self.cmvn_std  # (B, T, F), stats broadcast over F
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor, *,
                 augment: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:

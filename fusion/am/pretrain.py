@@ -30,6 +30,7 @@ from fusion.am.config import BestRQConfig, PretrainConfig, from_dict, to_dict
 from fusion.am.data import FeatureSet, collate, make_batches
 from fusion.am.features import CMVN
 from fusion.am.model import (
+    CMVNModule,
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     ConformerEncoder,
@@ -60,7 +61,7 @@ def span_mask(lengths: torch.Tensor, max_len: int, prob: float, span: int,
     return (c - shifted > 0) & valid
 
 
-class BestRQModel(nn.Module):
+class BestRQModel(CMVNModule):
     """Encoder + prediction head + frozen random-projection quantiser."""
 
     def __init__(self, config: ModelConfig, bestrq: BestRQConfig, cmvn: CMVN | None = None,
@@ -68,9 +69,7 @@ class BestRQModel(nn.Module):
         super().__init__()
         self.config = config
         self.bestrq = bestrq
-        cmvn = cmvn or CMVN.identity(config.n_mels)
-        self.register_buffer("cmvn_mean", cmvn.mean.clone().float(), persistent=False)
-        self.register_buffer("cmvn_std", cmvn.std.clone().float(), persistent=False)
+        self._init_cmvn(cmvn, config.n_mels)
         self.encoder = ConformerEncoder(config)
         self.head = nn.Linear(config.d_model, bestrq.codebook_size)
         g = torch.Generator().manual_seed(seed + 7919)
@@ -81,14 +80,6 @@ class BestRQModel(nn.Module):
                                dim=-1)
         self.register_buffer("projection", proj)  # (s*F, Dc), frozen
         self.register_buffer("codebook", codebook)  # (K, Dc), frozen
-
-    @property
-    def cmvn(self) -> CMVN:
-        return CMVN(self.cmvn_mean.clone(), self.cmvn_std.clone())
-
-    def set_cmvn(self, cmvn: CMVN) -> None:
-        self.cmvn_mean.copy_(cmvn.mean)
-        self.cmvn_std.copy_(cmvn.std)
 
     def targets(self, x: torch.Tensor, out_frames: int) -> torch.Tensor:
         """Codebook indices ``(B, T')`` of normalised features ``x (B, T, F)``."""
@@ -102,7 +93,7 @@ class BestRQModel(nn.Module):
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Masked-prediction loss of a batch and stats (accuracy, masked fraction)."""
         cfg, s = self.bestrq, self.config.subsampling
-        x = (feats - self.cmvn_mean) / self.cmvn_std  # (B, T, F)
+        x = self.normalize(feats)  # (B, T, F)
         b, t, _f = x.shape
         out_lengths = subsampled_length(lengths, s)  # (B,)
         t_out = int(subsampled_length(t, s))
