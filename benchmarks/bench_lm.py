@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, in_child, table, write_results  # noqa: E402
 
 from lm.base import perplexity  # noqa: E402
+from lm.cli import sentences_of  # noqa: E402
 from lm.ngram import KenLM, build_arpa, build_binary  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,11 +38,6 @@ def _load_seconds(path: str) -> float:
     start = time.perf_counter()
     kenlm.Model(path)
     return time.perf_counter() - start
-
-
-def _sentences(path: Path) -> list[list[str]]:
-    with open(path, encoding="utf-8") as fh:
-        return [line.split() for line in fh if line.strip()]
 
 
 def queries_per_second(lm: KenLM, sentences: list[list[str]], seconds: float = 3.0) -> float:
@@ -106,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, nargs="+", default=[3, 4, 5])
     args = parser.parse_args(argv)
     ngram_dir = args.ngram_dir or args.text_dir.parent / "ngram"
-    test = _sentences(args.text_dir / "test.txt")
-    dev = _sentences(args.text_dir / "dev.txt")
+    test = sentences_of(args.text_dir / "test.txt", "word")
+    dev = sentences_of(args.text_dir / "dev.txt", "word")
     rows = []
     for order in args.orders:
         arpa, binary = ngram_dir / f"word-{order}gram.arpa", ngram_dir / f"word-{order}gram.bin"

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from lm.base import LanguageModel, LMError, perplexity
-from lm.ngram import KenLM, build_arpa, build_binary, units_text
+from lm.ngram import KenLM, build_arpa, build_binary, char_units, units_text
 
 LEVELS = ("word", "char")
 
@@ -79,12 +79,10 @@ def sentences_of(path: Path, level: str) -> list[list[str]]:
     """Read text as unit sequences: words, or characters with ``|`` between words."""
     try:
         with open(path, encoding="utf-8") as fh:
-            lines = [line.split() for line in fh if line.strip()]
+            lines = [line for line in fh if line.strip()]
     except UnicodeDecodeError as exc:
         raise LMError(f"{path}: not UTF-8 ({exc.reason})") from None
-    if level == "char":
-        return [list(" | ".join(" ".join(w) for w in words).replace(" ", "")) for words in lines]
-    return lines
+    return [char_units(line) if level == "char" else line.split() for line in lines]
 
 
 def run_ppl(args: argparse.Namespace) -> int:

@@ -27,7 +27,8 @@ import kenlm
 from lm.arpa import LN10, read_arpa
 from lm.base import LanguageModel, Level, LMError
 
-__all__ = ["KenLM", "build_arpa", "build_binary", "find_tool", "read_unigrams", "units_text"]
+__all__ = ["KenLM", "build_arpa", "build_binary", "char_units", "find_tool", "read_unigrams",
+           "units_text"]
 
 #: The unit that stands for the space between words in character-level LM text.
 WORD_BOUNDARY = "|"
@@ -205,14 +206,19 @@ def _has_content(path: Path) -> bool:
         return any(line.strip() for line in fh)
 
 
+def char_units(sentence: str) -> list[str]:
+    """A sentence as character-level LM units: ``"hi yo"`` -> ``h i | y o``."""
+    return list(WORD_BOUNDARY.join(sentence.split()))
+
+
 def units_text(sentences: Iterable[str], output: str | Path) -> Path:
     """Write sentences as character-level LM text: ``"hi yo"`` -> ``"h i | y o"``."""
     output = Path(output)
     with output.open("w", encoding="utf-8") as fh:
         for sentence in sentences:
-            words = sentence.split()
-            if words:
-                fh.write(f" {WORD_BOUNDARY} ".join(" ".join(w) for w in words) + "\n")
+            units = char_units(sentence)
+            if units:
+                fh.write(" ".join(units) + "\n")
     return output
 
 

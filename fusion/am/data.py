@@ -198,3 +198,23 @@ def make_batches(lengths: Sequence[int] | torch.Tensor, *, max_frames: int, max_
         perm = torch.randperm(len(batches), generator=gen).tolist()
         batches = [batches[p] for p in perm]
     return batches
+
+
+def load_feature_sets(
+    train_manifest: str | Path,
+    dev_manifest: str | Path | None,
+    *,
+    cache_dir: Path,
+    require_text: bool = True,
+    progress: bool = True,
+    train_set: FeatureSet | None = None,
+    dev_set: FeatureSet | None = None,
+) -> tuple[FeatureSet, FeatureSet | None]:
+    """The training and dev feature sets: those given, else read from the manifests."""
+    if train_set is None:
+        train_set = FeatureSet.from_manifest(train_manifest, require_text=require_text,
+                                             cache_dir=cache_dir, progress=progress)
+    if dev_set is None and dev_manifest is not None:
+        dev_set = FeatureSet.from_manifest(dev_manifest, require_text=require_text,
+                                           cache_dir=cache_dir, progress=progress)
+    return train_set, dev_set

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusion.am.config import BestRQConfig, PretrainConfig, from_dict, to_dict
-from fusion.am.data import FeatureSet, collate, make_batches
+from fusion.am.data import FeatureSet, collate, load_feature_sets, make_batches
 from fusion.am.features import CMVN
 from fusion.am.model import (
     CMVNModule,
@@ -209,12 +209,9 @@ def pretrain_bestrq(
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.run.num_threads)
     cache = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
-    if train_set is None:
-        train_set = FeatureSet.from_manifest(train_manifest, require_text=False, cache_dir=cache,
-                                             progress=progress)
-    if dev_set is None and dev_manifest is not None:
-        dev_set = FeatureSet.from_manifest(dev_manifest, require_text=False, cache_dir=cache,
-                                           progress=progress)
+    train_set, dev_set = load_feature_sets(
+        train_manifest, dev_manifest, cache_dir=cache, require_text=False, progress=progress,
+        train_set=train_set, dev_set=dev_set)
     say(f"pretraining on {len(train_set)} utterances, {train_set.total_seconds / 3600:.2f} h")
     seed_everything(config.run.seed)
     model = BestRQModel(config.model, config.bestrq, train_set.cmvn(), seed=config.run.seed)

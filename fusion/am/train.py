@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fusion.am.config import TrainConfig
-from fusion.am.data import FeatureSet, collate, make_batches
+from fusion.am.data import FeatureSet, collate, load_feature_sets, make_batches
 from fusion.am.features import CMVN, SpecAugment
 from fusion.am.model import (
     CheckpointError,
@@ -199,10 +199,8 @@ def train_ctc(
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.run.num_threads)
     cache = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
-    if train_set is None:
-        train_set = FeatureSet.from_manifest(train_manifest, cache_dir=cache, progress=progress)
-    if dev_set is None and dev_manifest is not None:
-        dev_set = FeatureSet.from_manifest(dev_manifest, cache_dir=cache, progress=progress)
+    train_set, dev_set = load_feature_sets(train_manifest, dev_manifest, cache_dir=cache,
+                                           progress=progress, train_set=train_set, dev_set=dev_set)
     for name, fs in (("train", train_set), ("dev", dev_set)):
         if fs is not None:
             say(f"{name}: {len(fs)} utterances, {fs.total_seconds / 3600:.2f} h"
