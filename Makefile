@@ -19,7 +19,7 @@ KENLM_VERSION := 0.3.0
 APT_PACKAGES := cmake libboost-program-options-dev libboost-system-dev libboost-thread-dev \
 	libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev \
 	espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
-	r-cran-janeaustenr bible-kjv sword-text-web diatheke wordnet-base
+	r-cran-janeaustenr bible-kjv sword-text-web diatheke wordnet-base chromium
 
 .PHONY: install demo test lint clean
 
@@ -47,7 +47,7 @@ $(TORCH): | $(PY)
 	touch $@
 
 $(DEPS): setup.cfg pyproject.toml $(TORCH) $(KENLM) | $(APT)
-	$(PIP) install -e '.[dev,bench,corpus]'
+	$(PIP) install -e '.[dev,bench,corpus,ray]'
 	touch $@
 
 # KenLM's lmplz (modified Kneser-Ney estimation) and build_binary, compiled from the same

@@ -28,7 +28,9 @@ exception) are recorded with their reason and the others go on. Failures of the 
 
 Worker processes are used only when the caller asks (``workers > 1``): they go through
 :func:`fusion.parallel.decode_parallel` and read their utterances from the files
-themselves, so only ids travel to them.
+themselves, so only ids travel to them. Another :class:`fusion.parallel.Backend` (e.g.
+:class:`fusion.distributed.RayBackend`, ``--backend ray``) decodes the same references
+elsewhere; its workers need the input files at the same paths. The output is the same.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from typing import Any
 from tqdm import tqdm
 
 from fusion.manifest import atomic_write
-from fusion.parallel import Decoder, decode_parallel
+from fusion.parallel import Backend, Decoder, LocalBackend
 from fusion.posteriors import (DEFAULT_TOLERANCE, KINDS, Kind, Posteriors, PosteriorsError,
                                PosteriorsReader)
 from fusion.tokens import TokenTable, TokenTableError
@@ -489,6 +491,7 @@ def decode_batch(
     options: BatchOptions = BatchOptions(),
     resume: bool = False,
     decoder_id: str = "",
+    backend: Backend | None = None,
 ) -> BatchSummary:
     """Decode every utterance of ``inputs`` into ``out_dir`` shard by shard (see module doc).
 
@@ -502,6 +505,9 @@ def decode_batch(
         resume: continue the run recorded in ``out_dir``.
         decoder_id: a description of the decoder and its settings; a resumed run must
             give the same one, so shards from two different decoders never mix.
+        backend: where utterances are decoded (default: :class:`LocalBackend` with
+            ``options.workers``); it does not change the output, so a run may resume
+            on another backend.
 
     Raises:
         BatchError: inputs unreadable or changed, output unwritable or full, or
@@ -528,13 +534,16 @@ def decode_batch(
         _remove_stale_temporaries(out_dir)
         _remove_stale_temporaries(shards)
         _prepare_out_dir(out_dir, plan, resume)
-        return _run(plan, out_dir, shards, decoder, options, start)
+        if backend is None:
+            backend = LocalBackend(options.workers, options.chunksize * options.workers,
+                                   options.threads_per_worker)
+        return _run(plan, out_dir, shards, decoder, options, backend, start)
     finally:
         lock.close()
 
 
 def _run(plan: _Plan, out_dir: Path, shards: Path, decoder: Decoder, options: BatchOptions,
-         start: float) -> BatchSummary:
+         backend: Backend, start: float) -> BatchSummary:
     pending: list[tuple[int, int]] = []  # (shard, utterances already in its journal)
     skipped_shards = skipped_utts = 0
     for k in range(plan.num_shards):
@@ -560,9 +569,7 @@ def _run(plan: _Plan, out_dir: Path, shards: Path, decoder: Decoder, options: Ba
                 yield g, f, utt_id, plan.duplicates.get(g)
 
     job = _UtteranceJob(decoder, plan.files, plan.table, options)
-    results = decode_parallel(job, references(), workers=options.workers,  # type: ignore[arg-type]
-                              in_flight=options.chunksize * options.workers,
-                              threads_per_worker=options.threads_per_worker)
+    results = backend.decode(job, references())
     current: tuple[int, _Journal] | None = None
     bar = tqdm(total=plan.total, initial=skipped_utts, unit="utt", desc="decode",
                disable=None if options.progress is None else not options.progress,
@@ -648,6 +655,19 @@ def _decoder_id(args: argparse.Namespace) -> str:
                        if (v := getattr(args, k, None)) is not None}, sort_keys=True)
 
 
+def _backend(args: argparse.Namespace, options: BatchOptions) -> Backend | None:
+    """``--backend ray``: a :class:`fusion.distributed.RayBackend` at ``--ray-address``
+    with ``--workers`` actors when more than one (else one per CPU of the cluster)."""
+    if getattr(args, "backend", "local") != "ray":
+        return None
+    from fusion.distributed import RayBackend
+
+    workers = options.workers if options.workers > 1 else None
+    return RayBackend(address=getattr(args, "ray_address", None), workers=workers,
+                      in_flight=options.chunksize * workers if workers else None,
+                      threads_per_worker=options.threads_per_worker)
+
+
 def run_batch(args: argparse.Namespace,
               make_decoder: Callable[[TokenTable], Decoder] | None = None) -> int:
     """Run ``fusion decode ... --out-dir`` from parsed arguments; returns the exit status.
@@ -680,8 +700,9 @@ def run_batch(args: argparse.Namespace,
             decoder = BeamSearchDecoder(table, options=SearchOptions(
                 beam_size=getattr(args, "beam_size", None) or 8))
         summary = decode_batch(files, args.out_dir, decoder, table=table, options=options,
-                               resume=args.resume, decoder_id=_decoder_id(args))
-    except (BatchError, PosteriorsError, TokenTableError, ValueError, OSError) as exc:
+                               resume=args.resume, decoder_id=_decoder_id(args),
+                               backend=_backend(args, options))
+    except (BatchError, PosteriorsError, TokenTableError, ValueError, OSError, ImportError) as exc:
         print(f"fusion decode: error: {exc}", file=sys.stderr)
         return 2
     print(f"decoded {summary.decoded} of {summary.utterances} utterances in {summary.shards} "
@@ -704,6 +725,12 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decoder", choices=("greedy", "beam"), default="greedy")
     parser.add_argument("--beam-size", type=int, help="beam size (default: 8)")
     parser.add_argument("--workers", type=int, default=1, help="decoding processes")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="where to decode: this machine's processes, or a Ray cluster "
+                        "(one actor per CPU, or --workers actors when more than 1)")
+    parser.add_argument("--ray-address",
+                        help="Ray cluster for --backend ray: auto, HOST:PORT or ray://HOST:PORT "
+                        "(default: $RAY_ADDRESS, else a Ray started here)")
     add_arguments(parser)
     return parser
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -29,6 +30,9 @@ from fusion.tokens import TokenTable, TokenTableError, character_table
 from fusion.types import DecodeResult
 from lm.base import LMError
 from lm.ngram import KenLM, read_unigrams
+
+if TYPE_CHECKING:
+    from fusion.rescore import RescoringDecoder
 
 DECODERS = ("greedy", "beam", "pyctcdecode")
 DEFAULT_AM = Path(__file__).resolve().parent / "models" / "am-default" / "model.pt"
@@ -57,6 +61,12 @@ def get_parser() -> argparse.ArgumentParser:
                    help="utterances per greedy batch (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1,
                    help="processes for beam search (default: %(default)s)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="where to decode: this machine's processes, or a Ray cluster (one actor "
+                   "per CPU, or --workers actors when more than 1) (default: %(default)s)")
+    p.add_argument("--ray-address",
+                   help="Ray cluster for --backend ray: auto, HOST:PORT or ray://HOST:PORT "
+                   "(default: $RAY_ADDRESS, else a Ray started here)")
     p.add_argument("--ctm", type=Path, help="also write the best hypotheses' words as CTM")
     p.add_argument("--errors", type=Path,
                    help="where failed utterances are recorded (default: OUTPUT with .errors.jsonl)")
@@ -125,7 +135,15 @@ def get_parser() -> argparse.ArgumentParser:
                    help="where failed utterances are recorded (default: OUTPUT with .errors.jsonl)")
     p.set_defaults(func=cmd_align)
 
+    p = sub.add_parser("report", help="HTML report (and PNGs) of a tuning run and the benchmarks")
+    p.add_argument("tune_dir", type=Path, help="the output folder of 'fusion tune'")
+    p.add_argument("-o", "--out-dir", type=Path, required=True, help="where index.html goes")
+    p.add_argument("--fusion-json", type=Path, help="the ablation benchmark (fusion.json)")
+    p.add_argument("--decoder-json", type=Path, help="the decoder benchmark (decoder.json)")
+    p.set_defaults(func=cmd_report)
+
     from fusion.am import cli as am_cli
+    from fusion import tune_cli
     from fusion.corpus import cli as corpus_cli
     from lm import cli as lm_cli
     from lm import neural_cli
@@ -134,6 +152,7 @@ def get_parser() -> argparse.ArgumentParser:
     neural_cli.add_parsers(sub)
     corpus_cli.add_parser(sub).set_defaults(func=corpus_cli.run)
     lm_cli.add_parser(sub)
+    tune_cli.add_parser(sub)
     return parser
 
 
@@ -143,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (ManifestError, PosteriorsError, TokenTableError, LMError, FileNotFoundError,
-            ValueError) as exc:
+            ValueError, ConnectionError, ImportError) as exc:
         print(f"fusion {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -189,7 +208,13 @@ def cmd_decode(args: argparse.Namespace) -> int:
     reader, table = _open_posteriors(args)
     failures: list[dict] = []
     stream = _readable(reader, failures)
-    if args.decoder == "greedy":
+    if args.backend == "ray":
+        from fusion.distributed import decode_ray
+
+        decoder = batch.GreedyDecoder(table) if args.decoder == "greedy" else _beam_decoder(args, table)
+        results = decode_ray(decoder, stream, address=args.ray_address,
+                             workers=args.workers if args.workers > 1 else None)
+    elif args.decoder == "greedy":
         results: Iterator[DecodeResult] = (
             r for batch in _batches(stream, args.batch_size) for r in greedy_decode(batch, table))
     else:
@@ -237,7 +262,7 @@ def lm_scorers(lm: Path, vocab: Path | None = None) -> list[WordScorer]:
 
 
 def _beam_decoder(args: argparse.Namespace, table: TokenTable
-                  ) -> BeamSearchDecoder | PyctcdecodeBackend:
+                  ) -> BeamSearchDecoder | PyctcdecodeBackend | RescoringDecoder:
     config = decode_config(args)
     scorers: list[WordScorer] = []
     if config.lm:
@@ -250,9 +275,30 @@ def _beam_decoder(args: argparse.Namespace, table: TokenTable
     weights = {**{k: v for k, v in DEFAULT_WEIGHTS.items() if k in names}, **config.weights}
     if args.decoder == "pyctcdecode":
         weights.pop("acoustic", None)
-        return PyctcdecodeBackend(table, FusionLanguageModel(scorers, weights) if scorers else None,
-                                  beam_size=config.search.beam_size, nbest=config.search.nbest)
-    return BeamSearchDecoder(table, scorers, weights, config.search)
+        first: BeamSearchDecoder | PyctcdecodeBackend = PyctcdecodeBackend(
+            table, FusionLanguageModel(scorers, weights) if scorers else None,
+            beam_size=config.search.beam_size, nbest=config.search.nbest)
+    else:
+        first = BeamSearchDecoder(table, scorers, weights, config.search)
+    return rescoring_decoder(config, first) if config.rescore_weights is not None else first
+
+
+def rescoring_decoder(config: DecodeConfig, first_pass: Any) -> RescoringDecoder:
+    """``first_pass`` followed by the config's N-best rescoring (neural LM, HMM score)."""
+    from fusion.rescore import LMRescorer, RescoringDecoder, load_duration_model
+    from hmm.scorer import AlignmentScorer
+
+    if config.search.nbest < 2:
+        raise ValueError("[rescore] needs an N-best list: set [search] nbest (or --nbest) to 2 or more")
+    scorers: list = []
+    if config.rescore_nlm is not None:
+        from lm.neural import NeuralLM
+
+        nlm = config.rescore_nlm
+        scorers.append(LMRescorer(NeuralLM.default() if nlm == "default" else NeuralLM.load(nlm)))
+    if config.rescore_hmm is not None:
+        scorers.append(AlignmentScorer(load_duration_model(config.rescore_hmm)))
+    return RescoringDecoder(first_pass, scorers, config.rescore_weights or {})
 
 
 def read_hotwords(path: Path) -> dict[str, float]:
@@ -403,6 +449,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for name, results in runs.items():
         print(f"\n[{name}]")
         print(format_score(score_corpus(refs, {x.utt_id: x.best.text for x in results})))
+    return 0
+
+
+# -- report -----------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from fusion.report import write_report  # matplotlib: loaded only for this command
+
+    print(write_report(args.tune_dir, args.out_dir, fusion_json=args.fusion_json,
+                       decoder_json=args.decoder_json))
     return 0
 
 

@@ -25,6 +25,17 @@ A file has up to four tables; every key is optional and unknown keys are errors:
     [lexicon]
     path = "words.txt"
 
+    [rescore]                # N-best rescoring after the first pass (needs nbest > 1)
+    nlm = "default"          # neural LM: "default" (the embedded one) or a checkpoint
+    hmm = "hmm.json"         # duration model for the HMM alignment score (fusion tune)
+
+    [rescore.weights]        # one per score: acoustic, first-pass scorers, nlm, hmm
+    acoustic = 1.0
+    lm = 0.4
+    word_bonus = 1.5
+    nlm = 0.3
+    hmm = 0.1
+
 Relative paths resolve against the file's folder. Command-line flags override the file.
 """
 
@@ -40,7 +51,7 @@ from fusion.decoder import SearchOptions
 
 __all__ = ["ConfigError", "DecodeConfig"]
 
-_TABLES = {"search", "weights", "lm", "hotwords", "lexicon"}
+_TABLES = {"search", "weights", "lm", "hotwords", "lexicon", "rescore"}
 _PATH_KEYS = {"lm": {"path", "vocab"}, "hotwords": {"path"}, "lexicon": {"path"}}
 
 
@@ -56,6 +67,9 @@ class DecodeConfig:
     lm_vocab: Path | None = None
     hotwords: Path | None = None
     lexicon: Path | None = None
+    rescore_weights: dict[str, float] | None = None  # None: no rescoring
+    rescore_nlm: str | Path | None = None  # "default" or a checkpoint
+    rescore_hmm: Path | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> DecodeConfig:
@@ -91,10 +105,18 @@ class DecodeConfig:
             options = SearchOptions(**search)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: [search]: {exc}") from None
-        weights = data.get("weights", {})
-        for name, value in weights.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{source}: [weights] {name} must be a number, got {value!r}")
+        weights = _numbers(data.get("weights", {}), "[weights]", source)
+        rescore = dict(data.get("rescore", {}))
+        bad = set(rescore) - {"nlm", "hmm", "weights"}
+        if bad:
+            raise ConfigError(f"{source}: unknown key(s) {sorted(bad)} in [rescore]; "
+                              "known: ['hmm', 'nlm', 'weights']")
+        if rescore and not isinstance(rescore.get("weights"), dict):
+            raise ConfigError(f"{source}: [rescore] needs a [rescore.weights] table")
+        for key in ("nlm", "hmm"):
+            if key in rescore and not isinstance(rescore[key], str):
+                raise ConfigError(f"{source}: [rescore] {key} must be a path string")
+        nlm = rescore.get("nlm")
         paths: dict[str, Path | None] = {}
         for table, keys in _PATH_KEYS.items():
             section = data.get(table, {})
@@ -106,9 +128,13 @@ class DecodeConfig:
                 if value is not None and not isinstance(value, str):
                     raise ConfigError(f"{source}: [{table}] {key} must be a path string")
                 paths[f"{table}_{key}"] = (base / value) if value else None
-        return cls(search=options, weights={k: float(v) for k, v in weights.items()},
+        return cls(search=options, weights=weights,
                    lm=paths["lm_path"], lm_vocab=paths["lm_vocab"],
-                   hotwords=paths["hotwords_path"], lexicon=paths["lexicon_path"])
+                   hotwords=paths["hotwords_path"], lexicon=paths["lexicon_path"],
+                   rescore_weights=(_numbers(rescore["weights"], "[rescore.weights]", source)
+                                    if rescore else None),
+                   rescore_nlm=(nlm if nlm in (None, "default") else base / nlm),
+                   rescore_hmm=base / rescore["hmm"] if rescore.get("hmm") else None)
 
     def with_overrides(self, *, search: dict[str, Any] | None = None,
                        weights: dict[str, float] | None = None, **paths: Path | None
@@ -122,3 +148,12 @@ class DecodeConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         return replace(self, search=options, weights={**self.weights, **weights}, **paths)
+
+
+def _numbers(table: Any, name: str, source: str) -> dict[str, float]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: {name} must be a table")
+    for key, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {name} {key} must be a number, got {value!r}")
+    return {k: float(v) for k, v in table.items()}

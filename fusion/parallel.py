@@ -3,6 +3,10 @@
 Workers are started with ``spawn`` (safe with threads, CUDA and macOS), each receives the
 decoder once (pickled; a KenLM model reloads itself from its path) and then only
 posteriors. Results come back in input order. Nothing here is global in the parent.
+
+A :class:`Backend` says where a run's utterances are decoded: :class:`LocalBackend`
+(this machine's processes, via :func:`decode_parallel`) or
+:class:`fusion.distributed.RayBackend` (a Ray cluster); both give the same results.
 """
 
 from __future__ import annotations
@@ -11,16 +15,27 @@ import multiprocessing
 from collections.abc import Iterable, Iterator
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from fusion.posteriors import Posteriors
 from fusion.types import DecodeResult
 
-__all__ = ["Decoder", "decode_parallel"]
+__all__ = ["Backend", "Decoder", "LocalBackend", "decode_parallel"]
 
 
 class Decoder(Protocol):
     def decode(self, posteriors: Posteriors) -> DecodeResult: ...
+
+
+class Backend(Protocol):
+    """Where utterances are decoded.
+
+    ``decode(decoder, items)`` yields ``decoder.decode(item)`` for every item, in input
+    order, reading ``items`` lazily; closing the iterator early stops the work.
+    """
+
+    def decode(self, decoder: Any, items: Iterable[Any]) -> Iterator[Any]: ...
 
 
 _worker_decoder: Decoder | None = None  # set once in each worker process by _init
@@ -73,3 +88,16 @@ def decode_parallel(
         finally:
             for future in queued:
                 future.cancel()
+
+
+@dataclass(frozen=True)
+class LocalBackend:
+    """Decoding on this machine: :func:`decode_parallel` with these settings."""
+
+    workers: int = 1
+    in_flight: int | None = None
+    threads_per_worker: int = 1
+
+    def decode(self, decoder: Any, items: Iterable[Any]) -> Iterator[Any]:
+        return decode_parallel(decoder, items, workers=self.workers, in_flight=self.in_flight,
+                               threads_per_worker=self.threads_per_worker)

@@ -12,6 +12,9 @@ Modules (import them directly; nothing is imported here):
 ``hmm.align``
     forced alignment to token and word spans with confidences (torchaudio fast path, HMM Viterbi,
     checkpointed Viterbi for long inputs in ``hmm.viterbi``).
+``hmm.timing``
+    :class:`~hmm.timing.BoundaryCalibration`: context-dependent shifts of aligned word times,
+    learned from reference timings (a CTC spike lags or leads the true boundary).
 ``hmm.scorer``
     :class:`~hmm.scorer.AlignmentScorer`: the HMM log-likelihood of a hypothesis, for N-best rescoring.
 """

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Literal
 
 __all__ = ["LMError", "LanguageModel", "Level", "LMState", "perplexity"]
@@ -75,7 +75,8 @@ class LanguageModel(ABC):
 
 
 def perplexity(
-    lm: LanguageModel, sentences: Iterable[Sequence[str]], *, oov: str = "score"
+    lm: LanguageModel, sentences: Iterable[Sequence[str]], *, oov: str = "score",
+    vocabulary: Callable[[str], bool] | None = None,
 ) -> tuple[float, int]:
     """Perplexity over sentences (``</s>`` counted as a predicted unit, as SRILM/KenLM do).
 
@@ -84,6 +85,9 @@ def perplexity(
             score (KenLM's convention); ``"skip"``: they are neither scored nor counted,
             though they stay in the context (SRILM's convention, fair to closed-vocabulary
             models whose ``<unk>`` is a placeholder).
+        vocabulary: with ``oov="skip"``, which units count as in the vocabulary (default:
+            ``lm.contains``). Pass another model's ``contains`` to score two models on
+            exactly the same units, e.g. an open-vocabulary neural LM against an n-gram.
 
     Returns ``(perplexity, number of predicted units)``.
     """
@@ -94,12 +98,13 @@ def perplexity(
         total = sum(lm.score_sentences(batch))
         count = sum(len(s) + 1 for s in batch)
     else:
+        known = vocabulary or lm.contains
         total, count = 0.0, 0
         for units in batch:
             state = lm.start()
             for unit in units:
                 state, lp = lm.score(state, unit)
-                if lm.contains(unit):
+                if known(unit):
                     total, count = total + lp, count + 1
             total, count = total + lm.finish(state), count + 1
     if count == 0:

@@ -185,14 +185,18 @@ class Trainer:
         ts = data.get("train_state")
         if not isinstance(ts, dict):
             raise CheckpointError(f"{self.last_path}: no training state to resume from")
-        saved = {k: v for k, v in ts["config"].items() if k != "run"}
-        mine = {k: v for k, v in self.config.items() if k != "run"}
+        saved, mine = _resume_view(ts["config"]), _resume_view(self.config)
         if saved != mine:
             diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
             raise CheckpointError(
                 f"{self.last_path}: was trained with a different config (sections "
                 f"{', '.join(diff)}); use another --out or the same config"
             )
+        before = ts["config"].get("optim", {}).get("total_steps")
+        if before != self.optim_config.total_steps:
+            self.say(f"schedule changed on resume: total_steps {before} -> "
+                     f"{self.optim_config.total_steps} (the LR follows the new schedule from "
+                     f"step {ts['trainer']['step']})")
         self.task.load_payload(data)
         self.optimizer.load_state_dict(ts["optimizer"])
         self.state = TrainerState(**ts["trainer"])
@@ -378,3 +382,13 @@ def plot_log(log_path: str | Path, png_path: str | Path) -> bool:
         fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
     return True
+
+
+def _resume_view(config: dict[str, Any]) -> dict[str, Any]:
+    """What a resumed run must share with its checkpoint: everything but the ``run``
+    section and the schedule's length (``optim.total_steps`` may be shortened, to anneal
+    early, or lengthened)."""
+    view = {k: v for k, v in config.items() if k != "run"}
+    if isinstance(view.get("optim"), dict):
+        view["optim"] = {k: v for k, v in view["optim"].items() if k != "total_steps"}
+    return view

@@ -1,4 +1,5 @@
-"""The ``data`` command: ``fusion data build --out DIR --hours H --jobs N --seed S``.
+"""The ``data`` command: ``fusion data build --out DIR --hours H --jobs N --seed S``, and
+``fusion data import-librispeech ROOT -o DIR`` / ``import-speech-commands ROOT -o DIR``.
 
 :func:`add_parser` registers the command on the main parser's subparsers; :func:`run`
 carries it out. ``python -m fusion.corpus.cli build ...`` runs it on its own. The
@@ -20,7 +21,9 @@ __all__ = ["add_parser", "main", "run"]
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``data`` (with its ``build`` subcommand) and return its parser."""
-    data = subparsers.add_parser("data", help="build the synthetic speech corpus")
+    data = subparsers.add_parser(
+        "data", help="build the synthetic speech corpus, or import LibriSpeech / Speech Commands"
+    )
     commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     build = commands.add_parser(
         "build",
@@ -71,7 +74,43 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     build.add_argument("--format", choices=("flac", "wav"), default="flac", help="audio format")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_import_parsers(commands)
     return data
+
+
+def _add_import_parsers(commands: argparse._SubParsersAction) -> None:
+    libri = commands.add_parser(
+        "import-librispeech",
+        help="write manifests for a LibriSpeech folder on disk (one per subset)",
+        description="Write OUT/<subset>.jsonl (id, audio, text, duration, speaker, chapter, "
+        "subset, gender) for LibriSpeech subsets, reading durations from the audio headers. "
+        "Bad entries are skipped and listed in OUT/problems.jsonl; the exit status is then 1.",
+    )
+    libri.add_argument(
+        "root", type=Path, metavar="ROOT",
+        help="the LibriSpeech folder, the folder holding it, or one subset folder",
+    )  # fmt: skip
+    libri.add_argument("-o", "--out", type=Path, required=True, help="folder for the manifests")
+    libri.add_argument(
+        "--subsets", nargs="+", metavar="SUBSET", default=None,
+        help="subset folders to import, e.g. dev-clean test-clean (default: every subset found)",
+    )  # fmt: skip
+    libri.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    speech = commands.add_parser(
+        "import-speech-commands",
+        help="write train/validation/test manifests for a Google Speech Commands folder",
+        description="Write OUT/train.jsonl, validation.jsonl and test.jsonl (split by "
+        "validation_list.txt and testing_list.txt; text = the label word) and "
+        "background-noise.jsonl for Speech Commands v0.01/v0.02. Bad entries are skipped "
+        "and listed in OUT/problems.jsonl; the exit status is then 1.",
+    )
+    speech.add_argument(
+        "root", type=Path, metavar="ROOT",
+        help="the folder holding the label folders and validation_list.txt",
+    )  # fmt: skip
+    speech.add_argument("-o", "--out", type=Path, required=True, help="folder for the manifests")
+    speech.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 _ENGINE_PATTERNS = {"espeak-ng": "espeak-*", "flite": "flite-*", "festival": "festival-*",
@@ -80,6 +119,8 @@ _ENGINE_PATTERNS = {"espeak-ng": "espeak-*", "flite": "flite-*", "festival": "fe
 
 def run(args: argparse.Namespace) -> int:
     """Carry out a parsed ``data`` command; returns the exit status."""
+    if args.data_command in ("import-librispeech", "import-speech-commands"):
+        return _run_import(args)
     if args.data_command != "build":
         raise ValueError(f"unknown data command {args.data_command!r}")
     from fusion.corpus.augment import AugmentConfig
@@ -122,8 +163,45 @@ def run(args: argparse.Namespace) -> int:
     return 1 if summary.errors else 0
 
 
+_SHOW_PROBLEMS = 10
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from fusion.corpus.importers import (
+        CorpusImportError,
+        import_librispeech,
+        import_speech_commands,
+    )
+
+    command = f"fusion data {args.data_command}"
+    try:
+        if args.data_command == "import-librispeech":
+            summary = import_librispeech(
+                args.root, args.out, subsets=args.subsets, progress=not args.no_progress
+            )
+        else:
+            summary = import_speech_commands(args.root, args.out, progress=not args.no_progress)
+    except (CorpusImportError, OSError) as exc:
+        print(f"{command}: error: {exc}", file=sys.stderr)
+        return 2
+    for name, n in summary.utterances.items():
+        print(f"{summary.manifests[name].name:24s} {n:7d} utterances {summary.hours[name]:8.2f} h")
+    problems = summary.problems
+    if not problems:
+        print(f"{summary.out_dir}: no problems")
+        return 0
+    for problem in problems[:_SHOW_PROBLEMS]:
+        print(f"{command}: {problem.kind}: {problem}", file=sys.stderr)
+    if len(problems) > _SHOW_PROBLEMS:
+        print(f"{command}: ... and {len(problems) - _SHOW_PROBLEMS} more", file=sys.stderr)
+    print(f"{summary.out_dir}: {len(problems)} problem{'s' * (len(problems) != 1)}, bad entries skipped "
+          f"(see {summary.problems_path})")  # fmt: skip
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fusion.corpus.cli build ...``: the ``data`` command on its own."""
+    """``python -m fusion.corpus.cli build|import-librispeech|import-speech-commands ...``:
+    the ``data`` command on its own."""
     parser = argparse.ArgumentParser(prog="fusion-data")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser(sub)

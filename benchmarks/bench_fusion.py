@@ -1,0 +1,268 @@
+"""The ablation table of the hybrid decoder: what each knowledge source buys.
+
+Stages, each on top of the one before:
+
+1. greedy CTC;
+2. + word n-gram shallow fusion (LM weight and word bonus tuned by ``fusion tune``);
+3. + neural LM shallow fusion (the neural LM as a third word scorer in the beam; its
+   weight tuned on a dev subset, the n-gram weights kept);
+4. + N-best rescoring with the neural LM (stage 3's N-best re-ranked with the sentence
+   log-probability of the neural LM and every first-pass score, weights tuned on dev N-best
+   lists by grid, random and TPE studies);
+5. + the HMM alignment score (a duration model fitted on dev) as one more rescoring feature.
+
+Everything is tuned on ``dev`` only; WER is reported on ``test``, ``test-unseen-voices``
+and the real-speech dev set, each with a bootstrap 95% interval over utterances.
+
+    python benchmarks/bench_fusion.py --model MODEL.pt --lm word-4gram.bin --lm-vocab word-4gram.arpa
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import header, table, write_results  # noqa: E402
+
+from fusion.decoder import BeamSearchDecoder, SearchOptions  # noqa: E402
+from fusion.greedy import greedy_decode  # noqa: E402
+from fusion.manifest import read_manifest  # noqa: E402
+from fusion.metrics import score_utterance  # noqa: E402
+from fusion.parallel import decode_parallel  # noqa: E402
+from fusion.posteriors import Posteriors, PosteriorsReader, PosteriorsWriter  # noqa: E402
+from fusion.rescore import LMRescorer, NbestTable, add_scores, load_duration_model  # noqa: E402
+from fusion.scorers import LMScorer  # noqa: E402
+from fusion.tune import (  # noqa: E402
+    FirstPassObjective,
+    Param,
+    TrialLog,
+    rescore_objective,
+    rescore_param,
+    run_study,
+)
+
+HOME = Path(os.environ.get("ASRFUSE_HOME", Path.home() / ".cache" / "asrfuse"))
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-speech" / "manifest.jsonl"
+SPLITS = {"dev": HOME / "corpus" / "dev.jsonl", "test": HOME / "corpus" / "test.jsonl",
+          "test-unseen-voices": HOME / "corpus" / "test-unseen-voices.jsonl", "real-speech": REAL}
+STAGES = ("greedy", "+ n-gram fusion", "+ neural LM fusion", "+ neural LM rescoring", "+ HMM score")
+
+
+def posteriors_for(split: str, model_path: Path, work: Path) -> Path:
+    """The split's posteriors under the model, computed once (cached by model hash)."""
+    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()[:12]
+    path = work / f"posteriors-{digest}" / f"{split}.npz"
+    if path.exists():
+        return path
+    from fusion.am.infer import compute_posteriors
+    from fusion.am.model import load_model
+
+    model = load_model(model_path)
+    utts = read_manifest(SPLITS[split], require=("audio", "text"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with PosteriorsWriter(path, token_table=model.token_table) as w:
+        for item in compute_posteriors(utts, model, progress=True):
+            if isinstance(item, Posteriors):
+                w.write(item)
+            else:
+                print(f"skipped: {item}", file=sys.stderr)
+    return path
+
+
+def load(path: Path) -> list[Posteriors]:
+    with PosteriorsReader(path) as r:
+        return [r[u] for u in r.ids]
+
+
+def bootstrap(errors: np.ndarray, lengths: np.ndarray, *, n: int = 2000, seed: int = 0) -> list[float]:
+    """95% percentile interval of corpus WER (percent) over utterances resampled."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(errors), size=(n, len(errors)))
+    rates = 100 * errors[idx].sum(axis=1) / np.maximum(1, lengths[idx].sum(axis=1))
+    return [float(np.percentile(rates, 2.5)), float(np.percentile(rates, 97.5))]
+
+
+def row(split: str, stage: str, refs: dict[str, str], hyps: dict[str, str], seconds: float,
+        audio: float) -> dict:
+    scores = [score_utterance(u, refs[u], hyps.get(u, "")) for u in refs]
+    werr = np.array([s.words.errors for s in scores])
+    wlen = np.array([s.words.ref_len for s in scores])
+    cerr = sum(s.chars.errors for s in scores) / max(1, sum(s.chars.ref_len for s in scores))
+    wer = 100 * werr.sum() / max(1, wlen.sum())
+    out = {"split": split, "system": stage, "wer": float(wer), "wer_ci": bootstrap(werr, wlen),
+           "cer": 100 * float(cerr), "utterances": len(refs),
+           "throughput": audio / seconds if seconds else None}
+    print(f"{split:>20} {stage:<24} WER {wer:6.2f} [{out['wer_ci'][0]:.2f}, {out['wer_ci'][1]:.2f}]",
+          file=sys.stderr)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="acoustic model checkpoint")
+    parser.add_argument("--lm", type=Path, required=True, help="word n-gram (KenLM binary or ARPA)")
+    parser.add_argument("--lm-vocab", type=Path, help="its words, for partial-word scoring")
+    parser.add_argument("--work", type=Path, default=HOME / "bench-fusion")
+    parser.add_argument("--beam-size", type=int, default=32)
+    parser.add_argument("--nbest", type=int, default=16)
+    parser.add_argument("--nlm-weights", type=float, nargs="+", default=[0.15, 0.3, 0.5, 0.8])
+    parser.add_argument("--nlm-dev-utterances", type=int, default=100,
+                        help="dev utterances the neural LM's fusion weight is tuned on")
+    parser.add_argument("--rescore-trials", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tune-args", default="", help="extra arguments for fusion tune")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    args.work.mkdir(parents=True, exist_ok=True)
+    post = {s: posteriors_for(s, args.model, args.work) for s in SPLITS}
+    refs = {s: {u.id: u.text or "" for u in read_manifest(SPLITS[s], require=("text",))} for s in SPLITS}
+
+    # -- tuning on dev ---------------------------------------------------------------
+    from fusion.cli import lm_scorers
+    from fusion.cli import main as fusion_main
+
+    tune_dir = args.work / "tune"
+    tune_argv = ["tune", str(post["dev"]), "--dev", str(SPLITS["dev"]), "--lm", str(args.lm),
+                 "-o", str(tune_dir), "--beam-size", str(args.beam_size), "--nbest", str(args.nbest),
+                 "--workers", str(args.workers), "--rescore-trials", str(args.rescore_trials),
+                 *([f"--lm-vocab={args.lm_vocab}"] if args.lm_vocab else []), *args.tune_args.split()]
+    if fusion_main(tune_argv) != 0:
+        raise SystemExit("fusion tune failed")
+    summary = json.loads((tune_dir / "summary.json").read_text())
+    ngram_w = summary["first_pass"]["best"]["params"]
+    from lm.neural import NeuralLM
+
+    nlm = NeuralLM.default()
+    ngram_scorers = lm_scorers(args.lm, args.lm_vocab)
+    scorers = [*ngram_scorers, LMScorer(nlm, "nlm")]
+    dev = load(post["dev"])
+    log = TrialLog(tune_dir / "trials.jsonl")
+    subset = dev[: args.nlm_dev_utterances]
+    nlm_param = Param("nlm", min(args.nlm_weights), max(args.nlm_weights), tuple(args.nlm_weights))
+    options = SearchOptions(beam_size=args.beam_size, nbest=args.nbest)
+    table_ = _table(post["dev"])
+    with FirstPassObjective(table_, scorers, subset, refs["dev"], options, fixed=ngram_w,
+                            workers=args.workers) as objective:
+        best_nlm = run_study("nlm-grid", "grid", [nlm_param], objective, log, stage="first_pass_nlm")
+    nlm_w = {**ngram_w, "nlm": best_nlm["params"]["nlm"]}
+    print(f"neural LM fusion weight: {nlm_w['nlm']} (dev subset WER {best_nlm['wer']:.2f})", file=sys.stderr)
+
+    hmm = load_duration_model(tune_dir / "hmm.json")
+    from hmm.scorer import AlignmentScorer
+
+    rescorers = [LMRescorer(nlm, "nlm_sentence"), AlignmentScorer(hmm, "hmm")]
+    nlm_decoder = BeamSearchDecoder(table_, scorers, nlm_w, options)
+
+    def stage3(posteriors: list[Posteriors]) -> tuple[list, dict[str, float]]:
+        """Stage 3's N-best lists with the rescoring scores added, and wall seconds of the
+        first pass and of each rescoring score."""
+        start = time.perf_counter()
+        results = list(decode_parallel(nlm_decoder, posteriors, workers=args.workers))
+        seconds = {"first_pass": time.perf_counter() - start}
+        by_id = {p.utt_id: p for p in posteriors}
+        for scorer in rescorers:
+            start = time.perf_counter()
+            results = [add_scores(r, by_id[r.utt_id], [scorer]) for r in results]
+            seconds[scorer.name] = time.perf_counter() - start
+        return results, seconds
+
+    # dev N-best of stage 3, for the rescoring weights of stages 4 and 5
+    dev_cache = args.work / f"dev-nbest-{args.beam_size}-{args.nbest}.npz"
+    if dev_cache.exists():
+        dev_table = NbestTable.load(dev_cache)
+    else:
+        dev_table = NbestTable.build(stage3(dev)[0], refs["dev"])
+        dev_table.save(dev_cache)
+    first_pass_names = {"acoustic", "lm", "word_bonus", "nlm"}
+    rescore_w = {}
+    for stage, on in (("nlm", first_pass_names | {"nlm_sentence"}), ("hmm", set(dev_table.names))):
+        fixed = {"acoustic": 1.0, **{n: 0.0 for n in dev_table.names if n not in on}}
+        params = [rescore_param(n) for n in dev_table.names if n in on and n != "acoustic"]
+        best = None
+        for sampler in ("grid", "random", "tpe"):
+            b = run_study(f"ablation-{stage}-{sampler}", sampler, params, rescore_objective(dev_table, fixed),
+                          log, stage=f"rescore_{stage}", trials=args.rescore_trials)
+            best = b if best is None or b["wer"] < best["wer"] else best
+        rescore_w[stage] = {**fixed, **best["params"]}
+        print(f"rescoring weights ({stage}): {rescore_w[stage]} dev WER {best['wer']:.2f}", file=sys.stderr)
+
+    # -- the ablation ------------------------------------------------------------------
+    rows = []
+    for split in ("test", "test-unseen-voices", "real-speech"):
+        posteriors = load(post[split])
+        audio = sum(p.duration for p in posteriors)
+        r = refs[split]
+        start = time.perf_counter()
+        greedy = greedy_decode(posteriors, table_)
+        rows.append(row(split, STAGES[0], r, {x.utt_id: x.best.text for x in greedy},
+                        time.perf_counter() - start, audio))
+        start = time.perf_counter()
+        ngram = BeamSearchDecoder(table_, ngram_scorers, ngram_w, options)
+        out = list(decode_parallel(ngram, posteriors, workers=args.workers))
+        rows.append(row(split, STAGES[1], r, {x.utt_id: x.best.text for x in out},
+                        time.perf_counter() - start, audio))
+        results, seconds = stage3(posteriors)
+        split_table = NbestTable.build(results, r)
+        elapsed = seconds["first_pass"]
+        rows.append(row(split, STAGES[2], r, {x.utt_id: x.best.text for x in results}, elapsed, audio))
+        for stage, name, scorer in (("nlm", STAGES[3], "nlm_sentence"), ("hmm", STAGES[4], "hmm")):
+            elapsed += seconds[scorer]
+            rows.append(row(split, name, r, split_table.chosen_texts(rescore_w[stage]), elapsed, audio))
+        rows[-1]["oracle_wer"] = split_table.oracle_rates()[0]
+
+    def wer(split: str, stage: str) -> float:
+        return next(x["wer"] for x in rows if x["split"] == split and x["system"] == stage)
+
+    unseen = "test-unseen-voices"
+    fp = summary["first_pass"]
+    result_summary = {
+        "relative_wer_reduction_unseen_voices": 100 * (1 - wer(unseen, STAGES[-1]) / wer(unseen, STAGES[0])),
+        "bayes_gap_to_grid": fp.get("bayes_gap_to_grid"),
+        "bayes_trial_fraction": fp.get("bayes_trial_fraction"),
+        "relative_wer_reduction_test": 100 * (1 - wer("test", STAGES[-1]) / wer("test", STAGES[0])),
+        "relative_wer_reduction_real_speech": 100 * (1 - wer("real-speech", STAGES[-1])
+                                                     / wer("real-speech", STAGES[0])),
+        "stage_gains_unseen_voices": {STAGES[i]: wer(unseen, STAGES[i - 1]) - wer(unseen, STAGES[i])
+                                      for i in range(1, len(STAGES))},
+    }
+    data = {**header(), "model": str(args.model), "lm": str(args.lm), "beam_size": args.beam_size,
+            "nbest": args.nbest, "weights": {"ngram": ngram_w, "neural": nlm_w, "rescore": rescore_w},
+            "tuning": {"first_pass": fp, "rescore": summary.get("rescore"),
+                       "beam_sweep": summary.get("beam_sweep"), "dev_oracle_wer": summary.get("oracle_wer")},
+            "rows": rows, "summary": result_summary}
+    cols = [("split", "split"), ("system", "system"), ("wer", "WER %"), ("wer_ci", "95% CI"),
+            ("cer", "CER %"), ("throughput", "x real time")]
+    shown = [{**x, "wer_ci": f"{x['wer_ci'][0]:.1f}-{x['wer_ci'][1]:.1f}"} for x in rows]
+    md = (f"# Fusion ablation\n\n{data['date']}, `{data['command']}`  \n"
+          f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores. Acoustic model "
+          f"`{args.model.name}`, word n-gram `{args.lm.name}`, beam {args.beam_size}, N-best {args.nbest}. "
+          "Tuned on dev only; 95% intervals by bootstrap over utterances.\n\n" + table(shown, cols)
+          + "\n## Tuned weights\n\n```json\n" + json.dumps(data["weights"], indent=1) + "\n```\n"
+          + "\n## Summary\n\n" + "\n".join(f"- {k}: {v}" for k, v in result_summary.items()) + "\n")
+    write_results("fusion", data, md)
+    from fusion.report import write_report
+
+    write_report(tune_dir, Path(__file__).resolve().parent / "results" / "fusion-report",
+                 fusion_json=Path(__file__).resolve().parent / "results" / "fusion.json",
+                 decoder_json=Path(__file__).resolve().parent / "results" / "decoder.json")
+    return 0
+
+
+def _table(path: Path):
+    with PosteriorsReader(path) as r:
+        return r.token_table
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

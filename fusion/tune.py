@@ -1,0 +1,341 @@
+"""Fusion-weight tuning on a dev set.
+
+Two stages, both logged trial by trial to one JSONL file and resumable:
+
+* **First pass**: the beam search's weights (LM weight, word bonus, optionally the beam)
+  over cached dev posteriors, by grid, random and Bayesian (Optuna TPE) search. Each
+  trial decodes the whole dev set in a pool of worker processes that hold the posteriors
+  and the scorers for the whole run (one trial ships only its weights).
+* **Rescoring**: the weights of every score of the dev N-best lists (first-pass scores
+  plus sentence scorers such as the neural LM and the HMM alignment score), over a cached
+  :class:`fusion.rescore.NbestTable`: no re-decoding, a trial costs milliseconds.
+
+A study is a sampler with a name (``grid``, ``random``, ``tpe`` or ``rescore-...``);
+its trials are lines of ``trials.jsonl``. A resumed run replays each study's logged
+trials (Optuna studies get them as finished trials) and runs only what is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.metrics import score_corpus
+from fusion.posteriors import Posteriors
+from fusion.rescore import NbestTable
+from fusion.scorers import WordScorer
+from fusion.tokens import TokenTable
+
+__all__ = ["RESCORE_RANGES", "FirstPassObjective", "Param", "TrialLog", "grid_points", "rescore_objective",
+           "rescore_param", "run_study"]
+
+SAMPLERS = ("grid", "random", "tpe")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tuned weight: its range (random and TPE sample in it) and its grid values."""
+
+    name: str
+    low: float
+    high: float
+    grid: tuple[float, ...]
+    integer: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ValueError(f"parameter {self.name!r}: low must be below high")
+        if not self.grid or any(not self.low <= g <= self.high for g in self.grid):
+            raise ValueError(f"parameter {self.name!r}: grid values must lie in [{self.low}, {self.high}]")
+
+    @classmethod
+    def linspace(cls, name: str, low: float, high: float, num: int) -> Param:
+        return cls(name, low, high, tuple(round(float(v), 6) for v in np.linspace(low, high, num)))
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        if self.integer:
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high))
+        return optuna.distributions.FloatDistribution(self.low, self.high)
+
+
+def grid_points(params: Sequence[Param]) -> list[dict[str, float]]:
+    """Every combination of the parameters' grid values."""
+    return [dict(zip((p.name for p in params), values))
+            for values in itertools.product(*(p.grid for p in params))]
+
+
+# -- the trial log ---------------------------------------------------------------------
+class TrialLog:
+    """Trials as JSONL lines, appended and synced one at a time; a cut-off last line
+    (a killed run) is ignored and overwritten on resume."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.trials: list[dict[str, Any]] = []
+        if self.path.exists():
+            good = 0
+            with open(self.path, "rb") as fh:
+                for raw in fh:
+                    try:
+                        trial = json.loads(raw)
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        break
+                    if not raw.endswith(b"\n"):
+                        break
+                    self.trials.append(trial)
+                    good += len(raw)
+            with open(self.path, "r+b") as fh:
+                fh.truncate(good)
+
+    def of(self, study: str) -> list[dict[str, Any]]:
+        return [t for t in self.trials if t["study"] == study]
+
+    def append(self, trial: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(trial) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.trials.append(trial)
+
+
+def best_trial(trials: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    done = [t for t in trials if t.get("state") == "complete"]
+    return dict(min(done, key=lambda t: (t["wer"], t["cer"]))) if done else None
+
+
+# -- studies ----------------------------------------------------------------------------
+Evaluate = Callable[[Sequence[dict[str, float]]], list[dict[str, Any]]]
+
+
+def _key(params: Mapping[str, float]) -> tuple:
+    return tuple(sorted((k, round(float(v), 6)) for k, v in params.items()))
+
+
+def run_study(study: str, sampler: str, params: Sequence[Param], evaluate: Evaluate,
+              log: TrialLog, *, stage: str, trials: int | None = None, seed: int = 0,
+              startup_trials: int = 4, progress: Callable[[dict], None] | None = None
+              ) -> dict[str, Any] | None:
+    """Run (or finish) one study; returns its best logged trial.
+
+    Args:
+        study: the study's name in the log.
+        sampler: ``grid`` (every grid point; ``trials`` ignored), ``random`` or ``tpe``.
+        evaluate: scores a list of parameter sets: one dict per set with ``wer``, ``cer``
+            and any detail; the grid is evaluated in batches, TPE one trial at a time.
+        trials: trials of a random or TPE study.
+        startup_trials: random trials before TPE starts modelling.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
+    done = log.of(study)
+
+    def record(batch: Sequence[dict[str, float]]) -> list[dict[str, Any]]:
+        out = []
+        for p, result in zip(batch, evaluate(batch)):
+            trial = {"study": study, "stage": stage, "number": len(log.of(study)),
+                     "params": dict(p), **result}
+            log.append(trial)
+            out.append(trial)
+            if progress:
+                progress(trial)
+        return out
+
+    if sampler == "grid":
+        seen = {_key(t["params"]) for t in done}
+        todo = [p for p in grid_points(params) if _key(p) not in seen]
+        record(todo)
+        return best_trial(log.of(study))
+    if trials is None or trials < 1:
+        raise ValueError(f"study {study!r}: a {sampler} study needs trials >= 1")
+    opt_sampler = (optuna.samplers.RandomSampler(seed=seed) if sampler == "random" else
+                   optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials,
+                                              multivariate=True))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    opt = optuna.create_study(direction="minimize", sampler=opt_sampler)
+    dists = {p.name: p.distribution() for p in params}
+    for t in done:  # replay: the sampler learns from logged trials, they are not rerun
+        if t.get("state") == "complete" and set(t["params"]) == set(dists):
+            opt.add_trial(optuna.trial.create_trial(params=t["params"], distributions=dists,
+                                                    value=t["wer"]))
+    for _ in range(trials - len(done)):
+        trial = opt.ask(dists)
+        (result,) = record([trial.params])
+        if result.get("state") == "complete":
+            opt.tell(trial, result["wer"])
+        else:
+            opt.tell(trial, state=optuna.trial.TrialState.FAIL)
+    return best_trial(log.of(study))
+
+
+# -- the first pass ---------------------------------------------------------------------
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(table: TokenTable, scorers: Sequence[WordScorer],
+                 posteriors: Sequence[Posteriors], threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _worker.update(table=table, scorers=tuple(scorers), posteriors=tuple(posteriors))
+
+
+def _decode_slice(weights: dict[str, float], options: SearchOptions, start: int, stop: int
+                  ) -> list[tuple[str, str]]:
+    decoder = BeamSearchDecoder(_worker["table"], _worker["scorers"], weights, options)
+    return [(p.utt_id, decoder.decode(p).best.text) for p in _worker["posteriors"][start:stop]]
+
+
+def _decode_shared(shared: Any, weights: dict[str, float], options: SearchOptions,
+                   bounds: tuple[int, int]) -> list[tuple[str, str]]:
+    """A Ray task: ``_decode_slice`` with the table, scorers and posteriors from the object
+    store (fetched once per worker process, not once per trial)."""
+    import ray
+
+    if _worker.get("key") != shared.hex():
+        _init_worker(*ray.get(shared), 1)
+        _worker["key"] = shared.hex()
+    return _decode_slice(weights, options, *bounds)
+
+
+@dataclass
+class FirstPassObjective:
+    """Decodes cached dev posteriors with given first-pass weights and scores them.
+
+    Args:
+        table: the posteriors' token table.
+        scorers: the word scorers (loaded once; workers get them once).
+        posteriors: the dev set, in memory.
+        refs: reference texts by utterance.
+        options: search options; a ``beam_size`` parameter overrides the beam.
+        fixed: weights not tuned (e.g. ``{"hotwords": 2.0}``).
+        workers: processes (1: decode in this process); with Ray, the parallel tasks.
+        backend: ``"local"`` (a process pool on this machine) or ``"ray"``.
+        ray_address: the Ray cluster (see :mod:`fusion.distributed`; ``None``: Ray is
+            started here with ``workers`` CPUs unless ``$RAY_ADDRESS`` names one).
+    """
+
+    table: TokenTable
+    scorers: Sequence[WordScorer]
+    posteriors: Sequence[Posteriors]
+    refs: Mapping[str, str]
+    options: SearchOptions = SearchOptions()
+    fixed: Mapping[str, float] = field(default_factory=dict)
+    workers: int = 1
+    backend: str = "local"
+    ray_address: str | None = None
+    _pool: ProcessPoolExecutor | None = field(default=None, init=False, repr=False)
+    _ray: ExitStack | None = field(default=None, init=False, repr=False)
+    _shared: Any = field(default=None, init=False, repr=False)
+
+    def __enter__(self) -> FirstPassObjective:
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"backend must be 'local' or 'ray', got {self.backend!r}")
+        if self.backend == "ray":
+            from fusion.distributed import ray_session
+
+            local = self.ray_address in (None, "local") and not os.environ.get("RAY_ADDRESS")
+            self._ray = ExitStack()
+            ray = self._ray.enter_context(ray_session(self.ray_address, self.workers if local else None))
+            self._shared = ray.put((self.table, tuple(self.scorers), tuple(self.posteriors)))
+        elif self.workers > 1:
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                             initargs=(self.table, self.scorers, self.posteriors, 1))
+        else:
+            _init_worker(self.table, self.scorers, self.posteriors, 1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._ray is not None:
+            self._ray.close()
+            self._ray = self._shared = None
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    @property
+    def audio_seconds(self) -> float:
+        return float(sum(p.duration for p in self.posteriors))
+
+    def split(self, params: Mapping[str, float]) -> tuple[dict[str, float], SearchOptions]:
+        """The decoder weights and search options of one parameter set."""
+        weights = {**self.fixed, **{k: float(v) for k, v in params.items() if k != "beam_size"}}
+        options = self.options
+        if "beam_size" in params:
+            beam = int(params["beam_size"])
+            options = SearchOptions(**{**options.__dict__, "beam_size": beam,
+                                       "nbest": min(options.nbest, beam)})
+        return weights, options
+
+    def decode(self, params: Mapping[str, float]) -> tuple[dict[str, str], float]:
+        """``({utt_id: text}, wall seconds)`` of the dev set under ``params``."""
+        weights, options = self.split(params)
+        n = len(self.posteriors)
+        start = time.perf_counter()
+        step = max(1, math.ceil(n / (4 * self.workers)))
+        if self._shared is not None:
+            from fusion.distributed import map_ray
+
+            task = functools.partial(_decode_shared, self._shared, weights, options)
+            slices = [(a, min(n, a + step)) for a in range(0, n, step)]
+            pairs = [pair for part in map_ray(task, slices) for pair in part]
+        elif self._pool is None:
+            pairs = _decode_slice(weights, options, 0, n)
+        else:
+            futures = [self._pool.submit(_decode_slice, weights, options, a, min(n, a + step))
+                       for a in range(0, n, step)]
+            pairs = [pair for f in futures for pair in f.result()]
+        return dict(pairs), time.perf_counter() - start
+
+    def __call__(self, batch: Sequence[Mapping[str, float]]) -> list[dict[str, Any]]:
+        out = []
+        for params in batch:
+            try:
+                hyps, seconds = self.decode(params)
+            except (ValueError, RuntimeError) as exc:
+                out.append({"state": "failed", "error": str(exc), "wer": math.inf, "cer": math.inf})
+                continue
+            score = score_corpus(self.refs, hyps)
+            out.append({"state": "complete", "wer": 100 * score.wer, "cer": 100 * score.cer,
+                        "audio_seconds": self.audio_seconds, "decode_seconds": seconds})
+        return out
+
+
+#: search ranges of rescoring weights, by score name (others: 0 to 2); acoustic stays 1
+RESCORE_RANGES = {"lm": (0.0, 2.0), "word_bonus": (-2.0, 6.0), "length": (-2.0, 6.0),
+                  "nlm": (0.0, 2.0), "hmm": (0.0, 3.0), "hotwords": (0.0, 4.0)}
+
+
+def rescore_param(name: str, num: int = 5) -> Param:
+    """The tuned rescoring weight of score ``name``: its range and a ``num``-point grid."""
+    low, high = RESCORE_RANGES.get(name, (0.0, 2.0))
+    return Param.linspace(name, low, high, num)
+
+
+def rescore_objective(table: NbestTable, fixed: Mapping[str, float]) -> Evaluate:
+    """An ``evaluate`` over a cached N-best table; ``fixed`` weights complete each set."""
+    def evaluate(batch: Sequence[Mapping[str, float]]) -> list[dict[str, Any]]:
+        out = []
+        for params in batch:
+            start = time.perf_counter()
+            wer, cer = table.error_rates({**fixed, **params})
+            out.append({"state": "complete", "wer": wer, "cer": cer,
+                        "decode_seconds": time.perf_counter() - start})
+        return out
+    return evaluate

@@ -1,0 +1,202 @@
+"""Weight tuning: studies, the resumable trial log, the first-pass objective, `fusion tune`."""
+
+import json
+import tomllib
+
+import numpy as np
+import pytest
+
+from fusion.cli import main
+from fusion.config import DecodeConfig
+from fusion.posteriors import PosteriorsWriter
+from fusion.scorers import LMScorer, WordBonus
+from fusion.simulate import SimulationConfig, simulate_posteriors
+from fusion.tune import FirstPassObjective, Param, TrialLog, grid_points, run_study
+from lm.arpa import ArpaLM
+
+ARPA = """\\data\\
+ngram 1=7
+ngram 2=2
+
+\\1-grams:
+-2.0\t<unk>
+-99\t<s>\t-0.3
+-0.6\t</s>
+-0.7\tthe\t-0.2
+-1.0\tcat
+-1.0\tsat
+-1.2\tmat
+
+\\2-grams:
+-0.2\t<s> the
+-0.3\tthe cat
+
+\\end\\
+"""
+
+PARAMS = [Param.linspace("a", 0.0, 1.0, 3), Param.linspace("b", -1.0, 1.0, 3)]
+
+
+def _bowl(batch):
+    """A cheap objective with its minimum at a=0.5, b=0 (WER in 'percent')."""
+    return [{"state": "complete", "wer": 10 + (p["a"] - 0.5) ** 2 + p["b"] ** 2, "cer": 1.0} for p in batch]
+
+
+def test_param_validation_and_grid():
+    assert Param.linspace("a", 0, 1, 3).grid == (0.0, 0.5, 1.0)
+    assert len(grid_points(PARAMS)) == 9
+    with pytest.raises(ValueError, match="low must be below high"):
+        Param("a", 1.0, 0.0, (0.5,))
+    with pytest.raises(ValueError, match="grid values"):
+        Param("a", 0.0, 1.0, (2.0,))
+
+
+def test_grid_study_finds_grid_optimum_and_resumes(tmp_path):
+    log = TrialLog(tmp_path / "t.jsonl")
+    calls = []
+
+    def evaluate(batch):
+        calls.extend(batch)
+        return _bowl(batch)
+
+    best = run_study("grid", "grid", PARAMS, evaluate, log, stage="first_pass")
+    assert best["params"] == {"a": 0.5, "b": 0.0}
+    assert len(calls) == 9
+    # a rerun finds every point logged and evaluates nothing
+    again = run_study("grid", "grid", PARAMS, evaluate, TrialLog(tmp_path / "t.jsonl"), stage="first_pass")
+    assert len(calls) == 9 and again == best
+
+
+def test_truncated_last_line_is_dropped_and_rerun(tmp_path):
+    path = tmp_path / "t.jsonl"
+    run_study("grid", "grid", PARAMS, _bowl, TrialLog(path), stage="first_pass")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 20])  # a kill mid-write
+    log = TrialLog(path)
+    assert len(log.trials) == 8
+    calls = []
+    run_study("grid", "grid", PARAMS, lambda b: (calls.extend(b), _bowl(b))[1], log, stage="first_pass")
+    assert len(calls) == 1
+    lines = path.read_text().splitlines()
+    assert len(lines) == 9 and all(json.loads(line) for line in lines)
+    assert sorted(json.loads(x)["number"] for x in lines) == list(range(9))
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_sampled_study_resumes_without_rerunning(tmp_path, sampler):
+    path = tmp_path / "t.jsonl"
+    calls = []
+
+    def evaluate(batch):
+        calls.extend(batch)
+        return _bowl(batch)
+
+    run_study(sampler, sampler, PARAMS, evaluate, TrialLog(path), stage="first_pass", trials=5, seed=1)
+    assert len(calls) == 5
+    best = run_study(sampler, sampler, PARAMS, evaluate, TrialLog(path), stage="first_pass", trials=8, seed=1)
+    assert len(calls) == 8  # only the 3 missing trials ran
+    trials = TrialLog(path).of(sampler)
+    assert [t["number"] for t in trials] == list(range(8))
+    assert all(0 <= t["params"]["a"] <= 1 and -1 <= t["params"]["b"] <= 1 for t in trials)
+    assert best["wer"] == min(t["wer"] for t in trials)
+
+
+def test_tpe_is_seeded():
+    runs = []
+    for _ in range(2):
+        log = TrialLog.__new__(TrialLog)
+        log.path, log.trials = None, []
+        log.append = log.trials.append  # in memory
+        run_study("tpe", "tpe", PARAMS, _bowl, log, stage="first_pass", trials=6, seed=3)
+        runs.append([t["params"] for t in log.trials])
+    assert runs[0] == runs[1]
+
+
+def test_failed_trials_are_logged_not_fatal(tmp_path):
+    def evaluate(batch):
+        return [{"state": "failed", "error": "boom", "wer": float("inf"), "cer": float("inf")}
+                if p["a"] == 0.0 else _bowl([p])[0] for p in batch]
+
+    log = TrialLog(tmp_path / "t.jsonl")
+    best = run_study("grid", "grid", PARAMS, evaluate, log, stage="first_pass")
+    assert sum(t["state"] == "failed" for t in log.trials) == 3
+    assert best["state"] == "complete"
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory, table):
+    """Simulated dev posteriors, a manifest and a unigram LM that knows the words."""
+    root = tmp_path_factory.mktemp("dev")
+    rng = np.random.default_rng(0)
+    texts = ["the cat sat", "the mat", "cat sat the mat", "the cat", "sat mat"]
+    with PosteriorsWriter(root / "dev.npz", token_table=table) as w:
+        for i, text in enumerate(texts):
+            w.write(simulate_posteriors(f"d{i}", text, table, rng, SimulationConfig(confusion=0.25))[0])
+    (root / "dev.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n"
+                                            for i, t in enumerate(texts)))
+    (root / "lm.arpa").write_text(ARPA)
+    return root
+
+
+def test_first_pass_objective_in_process_equals_pool(dev, table):
+    from fusion.posteriors import PosteriorsReader
+
+    with PosteriorsReader(dev / "dev.npz") as r:
+        posts = [r[u] for u in r.ids]
+    refs = {json.loads(x)["id"]: json.loads(x)["text"] for x in (dev / "dev.jsonl").read_text().splitlines()}
+    scorers = [LMScorer(ArpaLM(dev / "lm.arpa")), WordBonus()]
+    params = [{"lm": 0.0, "word_bonus": 0.0}, {"lm": 1.0, "word_bonus": 1.0, "beam_size": 4}]
+    with FirstPassObjective(table, scorers, posts, refs, workers=1) as local:
+        a = local(params)
+    with FirstPassObjective(table, scorers, posts, refs, workers=2) as pool:
+        b = pool(params)
+    assert [(x["wer"], x["cer"]) for x in a] == [(x["wer"], x["cer"]) for x in b]
+    assert all(x["state"] == "complete" and x["audio_seconds"] > 0 for x in a)
+
+
+def test_fusion_tune_end_to_end(dev, tmp_path):
+    out = tmp_path / "tune"
+    argv = [str(dev / "dev.npz"), "--dev", str(dev / "dev.jsonl"), "--lm", str(dev / "lm.arpa"),
+            "-o", str(out), "--lm-grid", "0:1:2", "--bonus-grid=0:2:2", "--random-trials", "1",
+            "--tpe-trials", "1", "--beams", "4,8", "--beam-size", "8", "--nbest", "4",
+            "--nlm", "none", "--hmm", "yes", "--hmm-fit-utterances", "3", "--rescore-trials", "3"]
+    assert main(["tune", *argv]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    trials = TrialLog(out / "trials.jsonl").trials
+    assert len([t for t in trials if t["stage"] == "first_pass"]) == 4 + 1 + 1
+    assert summary["first_pass"]["best"]["wer"] == min(t["wer"] for t in trials if t["stage"] == "first_pass")
+    assert [s["beam_size"] for s in summary["beam_sweep"]] == [4, 8]
+    assert summary["oracle_wer"] <= summary["rescore"]["best"]["wer"]
+    assert summary["rescore"]["bayes_trial_fraction"] == pytest.approx(3 / 5 ** 3)
+    config = tomllib.loads((out / "best.toml").read_text())
+    assert set(config["rescore"]["weights"]) == {"acoustic", "lm", "word_bonus", "hmm"}
+    loaded = DecodeConfig.load(out / "best.toml")
+    assert loaded.rescore_hmm == out / "hmm.json" and loaded.search.nbest == 4
+    # a rerun has nothing left to do: same log, same summary
+    assert main(["tune", *argv]) == 0
+    assert len(TrialLog(out / "trials.jsonl").trials) == len(trials)
+    # and fusion decode reads the tuned config, rescoring included
+    hyp = tmp_path / "hyp.jsonl"
+    assert main(["decode", str(dev / "dev.npz"), "--decoder", "beam", "--config", str(out / "best.toml"),
+                 "-o", str(hyp)]) == 0
+    rows = [json.loads(x) for x in hyp.read_text().splitlines()]
+    assert len(rows) == 5 and "hmm" in rows[0]["scores"]
+
+
+def test_first_pass_objective_on_ray_equals_local(dev, table):
+    pytest.importorskip("ray")
+    from fusion.posteriors import PosteriorsReader
+
+    with PosteriorsReader(dev / "dev.npz") as r:
+        posts = [r[u] for u in r.ids]
+    refs = {json.loads(x)["id"]: json.loads(x)["text"] for x in (dev / "dev.jsonl").read_text().splitlines()}
+    scorers = [LMScorer(ArpaLM(dev / "lm.arpa")), WordBonus()]
+    params = [{"lm": 0.5, "word_bonus": 1.0}, {"lm": 1.0, "word_bonus": 0.0}]
+    with FirstPassObjective(table, scorers, posts, refs, workers=1) as local:
+        a = local(params)
+    with FirstPassObjective(table, scorers, posts, refs, workers=2, backend="ray",
+                            ray_address="local") as on_ray:
+        b = on_ray(params)
+        c = on_ray(params)  # the second trial reuses the shared objects
+    assert [(x["wer"], x["cer"]) for x in a] == [(x["wer"], x["cer"]) for x in b] == \
+        [(x["wer"], x["cer"]) for x in c]
