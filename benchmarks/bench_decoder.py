@@ -115,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--char-lm", type=Path, required=True, help="character n-gram ARPA")
     parser.add_argument("--alpha", type=float, default=0.5, help="LM weight (nats)")
     parser.add_argument("--beta", type=float, default=1.0, help="word bonus")
+    parser.add_argument("--lexfree-alpha", type=float, default=0.5,
+                        help="character LM weight of flashlight's lexicon-free search (nats)")
+    parser.add_argument("--lexfree-beta", type=float, default=0.0,
+                        help="flashlight's word score in its lexicon-free search")
     parser.add_argument("--cmusphinx", action="store_true", help="also the cmusphinx 3-gram")
     parser.add_argument("--beams", type=int, nargs="+", default=list(BEAMS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/asrfuse-bench"))
@@ -151,16 +155,19 @@ def main(argv: list[str] | None = None) -> int:
                         str(lm_path), str(lexicon), args.alpha, args.beta)
         for beam in args.beams:
             measure("flashlight-lexfree", "char-ngram", beam, run_flashlight, post, beam,
-                    str(args.char_lm), None, args.alpha, 0.0)
+                    str(args.char_lm), None, args.lexfree_alpha, args.lexfree_beta)
 
     summary = summarise(rows)
-    data = {**header(), "alpha": args.alpha, "beta": args.beta, "rows": rows, "summary": summary}
+    data = {**header(), "alpha": args.alpha, "beta": args.beta, "lexfree_alpha": args.lexfree_alpha,
+            "lexfree_beta": args.lexfree_beta, "rows": rows, "summary": summary}
     cols = [("split", "split"), ("decoder", "decoder"), ("lm", "LM"), ("beam", "beam"),
             ("wer", "WER %"), ("cer", "CER %"), ("throughput", "x real time"),
             ("peak_mib", "peak MiB")]
     md = (f"# Decoders\n\n{data['date']}, `{data['command']}`  \n"
           f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores. "
-          f"LM weight {args.alpha} (nats), word bonus {args.beta}.\n\n"
+          f"LM weight {args.alpha} (nats), word bonus {args.beta} (tuned on dev with `fusion tune`); "
+          f"flashlight lexicon-free: character LM weight {args.lexfree_alpha}, word score "
+          f"{args.lexfree_beta}.\n\n"
           + table(rows, cols) + "\n## Summary\n\n"
           + "\n".join(f"- {k}: {v}" for k, v in summary.items()) + "\n")
     plot(rows, write_results("decoder", data, md)[0].with_suffix(".png"))

@@ -18,10 +18,12 @@ hypothesis (``torchaudio.functional.forced_align``), not from search bookkeeping
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -86,24 +88,47 @@ def _lae(a: float, b: float) -> float:
     return a + math.log1p(math.exp(b - a))
 
 
-class _Beam:
-    """One prefix during the search (internal; discarded after the utterance)."""
+class _Prefix:
+    """What the search knows of one prefix besides its probabilities (internal).
 
-    __slots__ = ("prefix", "last", "p_b", "p_nb", "partial", "states", "scores", "fused")
+    All of it is a function of the prefix alone, so the search works it out once per
+    prefix and utterance, however many frames propose that prefix again. ``pending`` is
+    set while the completion of the word before it still waits for a deferred scorer
+    (see :meth:`BeamSearchDecoder._resolve`); ``fused`` is then an upper bound.
+    """
 
-    def __init__(self, prefix: tuple[int, ...], last: int, partial: str,
-                 states: tuple[Hashable, ...], scores: tuple[float, ...], fused: float) -> None:
-        self.prefix = prefix
-        self.last = last
-        self.p_b = NEG_INF
-        self.p_nb = NEG_INF
+    __slots__ = ("partial", "states", "scores", "fused", "pterm", "pending")
+
+    def __init__(self, partial: str, states: tuple[Hashable, ...], scores: tuple[float, ...],
+                 fused: float, pterm: float, pending: tuple | None = None) -> None:
         self.partial = partial  # spelling of the word in progress
         self.states = states  # one state per word scorer, after the last completed word
         self.scores = scores  # unweighted word-scorer totals
         self.fused = fused  # weighted sum of ``scores``
+        self.pterm = pterm  # weighted partial-word estimate (pruning only)
+        self.pending = pending  # (word, parent states, scores, fused) awaiting scoring
 
-    def stay(self) -> _Beam:
-        return _Beam(self.prefix, self.last, self.partial, self.states, self.scores, self.fused)
+
+class _Beam:
+    """One prefix in the beam during the search (internal; discarded after the utterance)."""
+
+    __slots__ = ("id", "last", "p_b", "p_nb", "info")
+
+    def __init__(self, id: int, last: int, info: _Prefix, p_nb: float = NEG_INF) -> None:
+        self.id = id  # the prefix's number (see ``_search``)
+        self.last = last
+        self.p_b = NEG_INF
+        self.p_nb = p_nb
+        self.info = info
+
+
+class _Final(NamedTuple):
+    """A finished hypothesis of the search (internal)."""
+
+    prefix: tuple[int, ...]
+    acoustic: float
+    scores: tuple[float, ...]  # unweighted, end-of-utterance scores included
+    fused: float  # weighted sum of ``scores``
 
 
 class BeamSearchDecoder:
@@ -151,23 +176,38 @@ class BeamSearchDecoder:
         self._constraints = tuple(s for s in self.scorers if s.constraint)
         self._partial = tuple((i, self.weights[s.name], s) for i, s in enumerate(self.scorers)
                               if type(s).partial_score is not WordScorer.partial_score)
+        # whether no partial-word estimate depends on a state
+        self._stateless = not any(s.partial_uses_state for _, _, s in self._partial)
         self._batched = tuple((i, s) for i, s in enumerate(self.scorers) if s.batched)
+        # batched scorers whose word scores can wait for the frame's pruning (an upper bound
+        # stands in until then): a known maximum, a weight >= 0, a state-free partial score
+        self._deferred = tuple(
+            i for i, s in self._batched
+            if s.max_word_score is not None and self._w[i] >= 0
+            and (not s.partial_uses_state or type(s).partial_score is WordScorer.partial_score)
+        )
+        self._prefetched = tuple((i, s) for i, s in self._batched if i not in self._deferred)
         ends_word = [u == table.boundary_id or table.starts_word(u) for u in range(len(table))]
         self._ends_word = tuple(ends_word)
+        # the partial word a unit leaves: after a word-ending unit, its own spelling
+        wb = len(table.word_boundary)
+        self._starts = tuple("" if u == table.boundary_id else table.tokens[u][wb:] if e else None
+                             for u, e in enumerate(ends_word))
 
     # -- word completion ----------------------------------------------------------------
-    def _prefetch(self, beams: Sequence[_Beam], cache: dict) -> None:
-        """Score, in one call per batched scorer, every word these beams could complete."""
-        for i, scorer in self._batched:
-            pairs = list({(b.states[i], b.partial) for b in beams if b.partial
-                          and (i, b.states[i], b.partial) not in cache})
+    def _prefetch(self, infos: Iterable[_Prefix], cache: dict,
+                  scorers: Sequence[tuple[int, WordScorer]]) -> None:
+        """Score, in one call per batched scorer, every word these prefixes could complete."""
+        for i, scorer in scorers:
+            pairs = list({(p.states[i], p.partial) for p in infos if p.partial
+                          and (i, p.states[i], p.partial) not in cache})
             for (state, word), hit in zip(pairs, scorer.score_words(pairs)):
                 cache[(i, state, word)] = hit
 
-    def _complete(self, beam: _Beam, cache: dict) -> tuple[tuple, tuple, float]:
-        """States, scores and fused score after the beam's partial word completes."""
-        word = beam.partial
-        states, scores, fused = list(beam.states), list(beam.scores), beam.fused
+    def _complete(self, states: tuple, scores: tuple, fused: float, word: str,
+                  cache: dict) -> tuple[tuple, tuple, float]:
+        """States, scores and fused score after ``word`` completes."""
+        states, scores = list(states), list(scores)
         for i, scorer in enumerate(self.scorers):
             key = (i, states[i], word)
             hit = cache.get(key)
@@ -178,24 +218,100 @@ class BeamSearchDecoder:
             fused += self._w[i] * hit[1]
         return tuple(states), tuple(scores), fused
 
-    def _extend(self, beam: _Beam, unit: int, cache: dict) -> _Beam | None:
-        table = self.table
-        spelling = table.tokens[unit]
-        states, scores, fused = beam.states, beam.scores, beam.fused
-        if unit == table.boundary_id or table.starts_word(unit):
-            if beam.partial:
-                if any(not c.accepts(beam.partial) for c in self._constraints):
-                    return None
-                states, scores, fused = self._complete(beam, cache)
-            partial = "" if unit == table.boundary_id else spelling[len(table.word_boundary):]
-        else:
-            partial = beam.partial + spelling
-        if partial and any(not c.viable_prefix(partial) for c in self._constraints):
+    def _bound(self, parent: _Prefix, word: str, cache: dict) -> _Prefix | None:
+        """A pending completion of ``word`` when a deferred scorer has not scored it yet:
+        the other scorers' states and an upper bound of the fused score."""
+        states = parent.states
+        if all((i, states[i], word) in cache for i in self._deferred):
             return None
-        return _Beam(beam.prefix + (unit,), unit, partial, states, scores, fused)
+        new, fused = list(states), parent.fused
+        for i, scorer in enumerate(self.scorers):
+            if i in self._deferred:
+                fused += self._w[i] * scorer.max_word_score  # type: ignore[operator]
+                continue
+            key = (i, states[i], word)
+            hit = cache.get(key)
+            if hit is None:
+                hit = cache[key] = scorer.score_word(states[i], word)
+            new[i] = hit[0]
+            fused += self._w[i] * hit[1]
+        return _Prefix("", tuple(new), parent.scores, fused, 0.0,
+                       (word, parent.states, parent.scores, parent.fused))
+
+    def _extend(self, parent: _Prefix, unit: int, cache: dict, partials: dict) -> _Prefix | None:
+        """The prefix ``parent`` + ``unit`` (None if a constraint rules it out)."""
+        states, scores, fused = parent.states, parent.scores, parent.fused
+        pending = None
+        partial = self._starts[unit]
+        if partial is not None:  # the unit ends the word in progress
+            word = parent.partial
+            if word:
+                if self._constraints and any(not c.accepts(word) for c in self._constraints):
+                    return None
+                bound = self._bound(parent, word, cache) if self._deferred else None
+                if bound is None:
+                    states, scores, fused = self._complete(states, scores, fused, word, cache)
+                else:
+                    states, fused, pending = bound.states, bound.fused, bound.pending
+        else:
+            partial = parent.partial + self.table.tokens[unit]
+        if partial and self._constraints and any(not c.viable_prefix(partial)
+                                                 for c in self._constraints):
+            return None
+        pterm = 0.0
+        if partial and self._partial:
+            pterm = partials.get(partial) if self._stateless else None
+            if pterm is None:
+                pterm = self._partial_term(states, partial, partials)
+        return _Prefix(partial, states, scores, fused, pterm, pending)
+
+    def _resolve(self, beams: list[_Beam], totals: list[float], cache: dict
+                 ) -> tuple[list[_Beam], list[float]]:
+        """Score the pending word completions that can still make the beam, in one batched
+        call per deferred scorer, and drop the others.
+
+        A pending beam's total is an upper bound. One that is below the ``beam_size``-th
+        best exact total, or more than ``beam_threshold`` below the best exact total,
+        cannot survive :meth:`_prune` whatever its real score, so it is never scored.
+        """
+        opts = self.options
+        exact = [s for b, s in zip(beams, totals) if b.info.pending is None]
+        cut = NEG_INF
+        if exact:
+            cut = max(exact) - opts.beam_threshold
+            if len(exact) >= opts.beam_size:
+                cut = max(cut, heapq.nlargest(opts.beam_size, exact)[-1])
+            cut -= 1e-6  # bounds are sums in another order: never drop on rounding
+        keep = [j for j, b in enumerate(beams) if b.info.pending is None or totals[j] >= cut]
+        waiting = [j for j in keep if beams[j].info.pending is not None]
+        if waiting:  # tighter bounds, where a scorer has them cheap
+            tighter = [totals[j] for j in waiting]
+            for i in self._deferred:
+                scorer, w = self.scorers[i], self._w[i]
+                pairs = [(beams[j].info.pending[1][i], beams[j].info.pending[0])  # type: ignore[index]
+                         for j in waiting]
+                for n, bound in enumerate(scorer.word_bounds(pairs)):
+                    tighter[n] += w * (bound - scorer.max_word_score)  # type: ignore[operator]
+            dropped = {j for j, ub in zip(waiting, tighter) if ub < cut}
+            keep = [j for j in keep if j not in dropped]
+        todo = [beams[j].info for j in keep if beams[j].info.pending is not None]
+        if todo:
+            for i in self._deferred:
+                pairs = list({(p.pending[1][i], p.pending[0]) for p in todo  # type: ignore[index]
+                              if (i, p.pending[1][i], p.pending[0]) not in cache})  # type: ignore[index]
+                for (state, word), hit in zip(pairs, self.scorers[i].score_words(pairs)):
+                    cache[(i, state, word)] = hit
+            for p in todo:
+                word, states, scores, fused = p.pending  # type: ignore[misc]
+                p.states, p.scores, p.fused = self._complete(states, scores, fused, word, cache)
+                p.pending = None
+        w_ac = self.weights[ACOUSTIC]
+        beams = [beams[j] for j in keep]
+        totals = [w_ac * _lae(b.p_b, b.p_nb) + b.info.fused + b.info.pterm for b in beams]
+        return beams, totals
 
     # -- search -------------------------------------------------------------------------
-    def _search(self, lp: np.ndarray) -> list[_Beam]:
+    def _search(self, lp: np.ndarray) -> list[_Final]:
         opts, table = self.options, self.table
         blank, boundary = table.blank_id, table.boundary_id
         n_frames, vocab = lp.shape
@@ -216,13 +332,26 @@ class BeamSearchDecoder:
         }
         lp_rows = lp.tolist()
         w_ac = self.weights[ACOUSTIC]
+        ends_word = self._ends_word
+        spellings = table.tokens
+        # units whose new prefix keeps its parent's word scores and has its partial-word
+        # term cached under its spelling (when partial-word terms ignore the states)
+        letter = [not e and self._stateless for e in ends_word]
+        extend, partial_term = self._extend, self._partial_term
         cache: dict = {}  # (scorer, state, word) -> (state, score), for this utterance
-        partials: dict = {}  # (scorer states, partial word) -> weighted partial-word estimate
-
-        root = _Beam((), -1, "", tuple(s.start() for s in self.scorers),
-                     (0.0,) * len(self.scorers), 0.0)
-        root.p_b = 0.0
-        beams = [root]
+        # partial word (or scorer, state, partial word) -> weighted partial-word estimate
+        partials: dict = {}
+        # Every prefix the search meets gets a number: ``ids[parent * vocab + unit]``. Its
+        # word-scorer bookkeeping is worked out once (``infos[n]``; None: ruled out by a
+        # constraint) and ``parents[n]`` rebuilds its units at the end.
+        root = _Prefix("", tuple(s.start() for s in self.scorers), (0.0,) * len(self.scorers),
+                       0.0, 0.0)
+        infos: list[_Prefix | None] = [root]
+        parents: list[tuple[int, int]] = [(-1, -1)]
+        ids: dict[int, int] = {}
+        first = _Beam(0, -1, root)
+        first.p_b = 0.0
+        beams = [first]
         for t in range(n_frames):
             row = lp_rows[t]
             lp_blank = row[blank]
@@ -233,90 +362,152 @@ class BeamSearchDecoder:
                     b.p_nb = b.p_nb + row[b.last] if b.last >= 0 else NEG_INF
                     b.p_b = total + lp_blank
                 continue
-            if self._batched and any(self._ends_word[u] for u, _ in units):
-                self._prefetch(beams, cache)
-            nxt: dict[tuple[int, ...], _Beam] = {}
+            if self._prefetched and any(ends_word[u] for u, _ in units):
+                self._prefetch([b.info for b in beams], cache, self._prefetched)
+            # a new prefix scoring below what the beams themselves keep cannot survive
+            # _prune: it is never made (``live``: prefixes it may merge into instead)
+            cut = self._cut(beams, row, lp_blank, w_ac)
+            live = {b.id for b in beams}
+            nxt: dict[int, _Beam] = {}
             for b in beams:
-                total = _lae(b.p_b, b.p_nb)
-                same = nxt.get(b.prefix)
+                bid, last, p_b, p_nb = b.id, b.last, b.p_b, b.p_nb
+                total = _lae(p_b, p_nb)
+                same = nxt.get(bid)
                 if same is None:
-                    same = nxt[b.prefix] = b.stay()
+                    same = nxt[bid] = _Beam(bid, last, b.info)
                 same.p_b = _lae(same.p_b, total + lp_blank)
-                if b.last >= 0:
-                    same.p_nb = _lae(same.p_nb, b.p_nb + row[b.last])
+                if last >= 0:
+                    same.p_nb = _lae(same.p_nb, p_nb + row[last])
+                partial, fused, states = b.info.partial, b.info.fused, b.info.states
+                base = bid * vocab
                 for unit, unit_lp in units:
-                    p = (b.p_b if unit == b.last else total) + unit_lp
+                    p = (p_b if unit == last else total) + unit_lp
                     if p == NEG_INF:
                         continue
-                    if unit == boundary and not b.partial:
+                    if unit == boundary and not partial:
                         # a boundary with no word before it adds nothing to the text:
                         # fold its mass into the beam itself
-                        if b.last >= 0:
+                        if last >= 0:
                             same.p_nb = _lae(same.p_nb, p)
                         else:
                             same.p_b = _lae(same.p_b, p)
                         continue
-                    prefix = b.prefix + (unit,)
-                    child = nxt.get(prefix)
+                    cid = ids.get(base + unit)
+                    if cid is None:
+                        if letter[unit]:  # a new prefix that keeps its parent's word scores
+                            pt = partial_term(states, partial + spellings[unit], partials)
+                            if w_ac * p + fused + pt < cut:
+                                continue
+                        cid = ids[base + unit] = len(infos)
+                        parents.append((bid, unit))
+                        infos.append(extend(b.info, unit, cache, partials))
+                    child = nxt.get(cid)
                     if child is None:
-                        child = self._extend(b, unit, cache)
-                        if child is None:
-                            continue
-                        nxt[prefix] = child
-                    child.p_nb = _lae(child.p_nb, p)
-            beams = self._prune(list(nxt.values()), w_ac, partials)
-        return self._finish(beams, cache, w_ac)
+                        info = infos[cid]
+                        if info is not None and (w_ac * p + info.fused + info.pterm >= cut
+                                                 or cid in live):
+                            nxt[cid] = _Beam(cid, unit, info, p)  # p_nb = log(0 + exp(p))
+                    else:
+                        child.p_nb = _lae(child.p_nb, p)
+            beams = self._prune(list(nxt.values()), w_ac, cache)
+        return self._finish(beams, cache, w_ac, parents)
 
-    def _partial_term(self, beam: _Beam, partials: dict) -> float:
-        if not beam.partial:
+    def _cut(self, beams: list[_Beam], row: list[float], lp_blank: float, w_ac: float) -> float:
+        """A total below which a new prefix (one that is not a beam now) cannot survive
+        this frame's :meth:`_prune`.
+
+        Such a prefix has one parent, so its total is known when it is made. Each beam's
+        own blank and repeat mass gives a lower bound of its total after the frame (what
+        other prefixes fold into it only adds): a new prefix below the ``beam_size``-th of
+        these, or more than ``beam_threshold`` below the best, is pruned anyway.
+        """
+        if w_ac <= 0:
+            return NEG_INF
+        opts = self.options
+        lows = []
+        for b in beams:
+            kept = _lae(_lae(b.p_b, b.p_nb) + lp_blank,
+                        b.p_nb + row[b.last] if b.last >= 0 else NEG_INF)
+            lows.append(w_ac * kept + b.info.fused + b.info.pterm)
+        cut = max(lows) - opts.beam_threshold
+        if len(lows) >= opts.beam_size:
+            cut = max(cut, heapq.nlargest(opts.beam_size, lows)[-1])
+        return cut - 1e-6  # totals summed in another order: never drop on rounding
+
+    def _partial_term(self, states: tuple, partial: str, partials: dict) -> float:
+        if not partial:
             return 0.0
+        if self._stateless:  # one term per spelling: cached under the spelling itself
+            term = partials.get(partial)
+            if term is None:
+                term = partials[partial] = self._partial_term_of(states, partial, partials)
+            return term
+        return self._partial_term_of(states, partial, partials)
+
+    def _partial_term_of(self, states: tuple, partial: str, partials: dict) -> float:
         term = 0.0
         for i, w, s in self._partial:
-            key = (i, beam.states[i] if s.partial_uses_state else None, beam.partial)
+            key = (i, states[i] if s.partial_uses_state else None, partial)
             value = partials.get(key)
             if value is None:
-                value = partials[key] = w * s.partial_score(beam.states[i], beam.partial)
+                value = partials[key] = w * s.partial_score(states[i], partial)
             term += value
         return term
 
-    def _prune(self, beams: list[_Beam], w_ac: float, partials: dict) -> list[_Beam]:
+    def _prune(self, beams: list[_Beam], w_ac: float, cache: dict) -> list[_Beam]:
         opts = self.options
-        if self._partial:
-            scored = [(w_ac * _lae(b.p_b, b.p_nb) + b.fused + self._partial_term(b, partials), b)
-                      for b in beams]
-        else:
-            scored = [(w_ac * _lae(b.p_b, b.p_nb) + b.fused, b) for b in beams]
-        scored.sort(key=lambda x: x[0], reverse=True)
-        floor = scored[0][0] - opts.beam_threshold
-        return [b for s, b in scored[: opts.beam_size] if s >= floor]
-
-    def _finish(self, beams: list[_Beam], cache: dict, w_ac: float) -> list[_Beam]:
-        """Complete each beam's last word, add end-of-utterance scores, rank, dedupe."""
-        finals: dict[tuple, tuple[float, _Beam]] = {}
-        if self._batched:
-            self._prefetch(beams, cache)
+        totals = []
+        pending = False
         for b in beams:
-            if b.partial:
-                if any(not c.accepts(b.partial) for c in self._constraints):
+            a, c = b.p_b, b.p_nb
+            if a < c:
+                a, c = c, a
+            info = b.info
+            pending = pending or info.pending is not None
+            # w_ac * log(exp(p_b) + exp(p_nb)) + fused + partial-word term
+            totals.append(w_ac * (a if c == NEG_INF else a + math.log1p(math.exp(c - a)))
+                          + info.fused + info.pterm)
+        if pending:
+            beams, totals = self._resolve(beams, totals, cache)
+        order = sorted(range(len(beams)), key=totals.__getitem__, reverse=True)
+        floor = totals[order[0]] - opts.beam_threshold
+        return [beams[j] for j in order[: opts.beam_size] if totals[j] >= floor]
+
+    def _finish(self, beams: list[_Beam], cache: dict, w_ac: float,
+                parents: list[tuple[int, int]]) -> list[_Final]:
+        """Complete each beam's last word, add end-of-utterance scores, rank, dedupe."""
+        finals: dict[tuple, tuple[float, _Final]] = {}
+        if self._batched:
+            self._prefetch([b.info for b in beams], cache, self._batched)
+        for b in beams:
+            info = b.info
+            states, scores, fused = info.states, info.scores, info.fused
+            if info.partial:
+                if any(not c.accepts(info.partial) for c in self._constraints):
                     continue
-                b.states, b.scores, b.fused = self._complete(b, cache)
-                b.partial = ""
-            scores = list(b.scores)
+                states, scores, fused = self._complete(states, scores, fused, info.partial, cache)
+            ends = list(scores)
             for i, scorer in enumerate(self.scorers):
-                end = scorer.finish(b.states[i])
-                scores[i] += end
-                b.fused += self._w[i] * end
-            b.scores = tuple(scores)
-            key = tuple(map(tuple, self.table.words_from_ids(b.prefix)))  # same text, same key
-            total = w_ac * _lae(b.p_b, b.p_nb) + b.fused
+                end = scorer.finish(states[i])
+                ends[i] += end
+                fused += self._w[i] * end
+            units = []
+            n = b.id
+            while n:
+                n, unit = parents[n]
+                units.append(unit)
+            prefix = tuple(reversed(units))
+            key = tuple(map(tuple, self.table.words_from_ids(prefix)))  # same text, same key
+            acoustic = _lae(b.p_b, b.p_nb)
+            total = w_ac * acoustic + fused
             if key not in finals or finals[key][0] < total:
-                finals[key] = (total, b)
+                finals[key] = (total, _Final(prefix, acoustic, tuple(ends), fused))
         ranked = sorted(finals.values(), key=lambda x: x[0], reverse=True)
-        return [b for _, b in ranked[: self.options.nbest]]
+        return [f for _, f in ranked[: self.options.nbest]]
 
     # -- results ------------------------------------------------------------------------
-    def _hypothesis(self, beam: _Beam, lp: np.ndarray, frame_shift: float) -> Hypothesis:
-        acoustic = _lae(beam.p_b, beam.p_nb)
+    def _hypothesis(self, beam: _Final, lp: np.ndarray, frame_shift: float) -> Hypothesis:
+        acoustic = beam.acoustic
         spans = self._align(beam.prefix, lp)
         words = spans_to_words(self.table, spans, frame_shift, lp)
         scores = {ACOUSTIC: acoustic, **{s.name: v for s, v in zip(self.scorers, beam.scores)}}

@@ -67,6 +67,9 @@ CHECKPOINT_FORMAT = "asrfuse.neural-lm"
 CHECKPOINT_VERSION = 1
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "neural-default"
 MODEL_FILE = "model.pt"
+#: added to :meth:`NeuralLM.word_bounds` (nats): float32 forwards of different batches
+#: agree to far better than this
+BOUND_SLACK = 1e-3
 
 
 # -- the network ------------------------------------------------------------------------
@@ -335,12 +338,18 @@ class _PrefixCache:
             self.nbytes -= e.nbytes
 
     def longest_prefix(self, ids: tuple[int, ...], hint: int) -> tuple[int, _Entry | None]:
-        """Longest cached prefix of ``ids`` (checks ``ids[:hint]`` first, then downwards)."""
-        for n in [hint] + list(range(len(ids), 0, -1)):
-            if 0 < n <= len(ids):
-                e = self.get(ids[:n])
-                if e is not None and (n == len(ids) or e.kv is not None):
-                    return n, e
+        """Longest cached prefix of ``ids`` with keys/values (or ``ids`` itself).
+
+        ``hint`` is a length likely cached (a word's history): lengths above it are
+        looked up one by one, then ``ids[:hint]``, then the shorter ones.
+        """
+        entries = self.entries
+        for n in range(len(ids), 0, -1):
+            if n > hint and ids[:n] not in entries:
+                continue
+            e = self.get(ids[:n])
+            if e is not None and (n == len(ids) or e.kv is not None):
+                return n, e
         return 0, None
 
     def clear(self) -> None:
@@ -427,6 +436,12 @@ class NeuralLM(LanguageModel):
     ) -> list[tuple[tuple[int, ...], float]]:
         return self._score_many(states, units, self._cache())
 
+    def word_bounds(self, states: Sequence[LMState], units: Sequence[str]) -> list[float]:
+        """Upper bounds of ``score(state, unit)[1]``, without a forward: the log-probability
+        of the word's first piece where the state's next-piece distribution is cached
+        (the later pieces only subtract), else 0."""
+        return self._word_bounds(states, units, self._cache())
+
     def finish(self, state: LMState) -> float:
         return self.finish_many([state])[0]
 
@@ -463,11 +478,23 @@ class NeuralLM(LanguageModel):
             (full, math.fsum(e.lp[len(s):])) for full, e, s in zip(fulls, entries, states)
         ]
 
+    def _word_bounds(self, states: Sequence[LMState], units: Sequence[str],
+                     cache: _PrefixCache) -> list[float]:
+        out = []
+        for state, unit in zip(states, units):
+            e = cache.entries.get(state)  # type: ignore[call-overload]
+            if e is None:
+                out.append(0.0)
+            else:  # the first piece as scored by another forward may differ in the last bits
+                first = float(e.last[self.tokenizer.encode_word(unit)[0]])
+                out.append(min(0.0, first + BOUND_SLACK))
+        return out
+
     def _finish_many(self, states: Sequence[LMState], cache: _PrefixCache) -> list[float]:
         entries = self._entries([self._check_state(s) for s in states], cache)
         return [float(e.last[self.cfg.eos_id]) for e in entries]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _entries(
         self, fulls: list[tuple[int, ...]], cache: _PrefixCache, hints: list[int] | None = None
     ) -> list[_Entry]:
@@ -522,18 +549,20 @@ class NeuralLM(LanguageModel):
         new = [full[n:] for full, n, _ in jobs]
         M = [len(x) for x in new]
         Pmax, Mmax = max(P), max(M)
-        idx = torch.zeros(N, Mmax, dtype=torch.long)
-        pos = torch.zeros(N, Mmax, dtype=torch.long)
-        past = torch.zeros(cfg.n_layer, 2, N, H, Pmax, hd)  # padded cached keys/values
-        mask = torch.zeros(N, 1, Mmax, Pmax + Mmax, dtype=torch.bool)
+        top = cfg.block_size - 1
+        idx = torch.tensor([list(x) + [0] * (Mmax - len(x)) for x in new])  # (N, Mmax)
+        pos = torch.tensor([[min(n + j, top) for j in range(Mmax)] for n in P])  # (N, Mmax)
+        # may attend: the job's own cached positions, then the new ones causally
+        cached = torch.arange(Pmax) < torch.tensor(P)[:, None]  # (N, Pmax)
         causal = torch.ones(Mmax, Mmax, dtype=torch.bool).tril()
-        for i, ((full, n, e), m) in enumerate(zip(jobs, M)):
-            idx[i, :m] = torch.tensor(new[i])
-            pos[i] = torch.arange(n, n + Mmax).clamp_(max=cfg.block_size - 1)
-            if e is not None and n:
-                past[:, :, i, :, :n] = e.kv
-                mask[i, 0, :, :n] = True
-            mask[i, 0, :, Pmax:] = causal
+        mask = torch.cat([cached[:, None, None, :].expand(N, 1, Mmax, Pmax),
+                          causal.expand(N, 1, Mmax, Mmax)], dim=3)  # (N, 1, Mmax, Pmax+Mmax)
+        past = None
+        if Pmax:
+            past = torch.zeros(cfg.n_layer, 2, N, H, Pmax, hd)  # padded cached keys/values
+            for i, (_, n, e) in enumerate(jobs):
+                if e is not None and n:
+                    past[:, :, i, :, :n] = e.kv
         logits, presents = self.model(
             idx, pos, [(past[li, 0], past[li, 1]) for li in range(cfg.n_layer)] if Pmax else None,
             mask,
@@ -542,15 +571,21 @@ class NeuralLM(LanguageModel):
         # presents[l] = (K, V), each (N, H, Pmax+Mmax, hd): keep the new positions only
         newkv = torch.stack([torch.stack((k[:, :, Pmax:], v[:, :, Pmax:])) for k, v in presents])
         # newkv: (L, 2, N, H, Mmax, hd)
+        # steps[i][j] = log p(new[i][j+1] | ...): one gather for all jobs
+        steps = logp[:, :-1].gather(2, idx[:, 1:, None]).squeeze(2).tolist()  # (N, Mmax-1)
+        lasts = logp[torch.arange(N), torch.tensor(M) - 1]  # (N, vocab), a copy
+        firsts = [e.last[full[n]] for full, n, e in jobs if e is not None]
+        firsts = torch.stack(firsts).tolist() if firsts else []
+        k = 0
         for i, ((full, n, e), m) in enumerate(zip(jobs, M)):
-            steps = logp[i, : m - 1].gather(1, idx[i, 1:m, None]).squeeze(1).tolist()
             if e is None:  # from scratch: full[0] is <s>
-                lp = (0.0, *steps)
+                lp = (0.0, *steps[i][: m - 1])
                 kv = newkv[:, :, i, :, :m].clone()
             else:
-                lp = (*e.lp, float(e.last[full[n]]), *steps)
+                lp = (*e.lp, firsts[k], *steps[i][: m - 1])
+                k += 1
                 kv = torch.cat([e.kv, newkv[:, :, i, :, :m]], dim=3)
-            entry = _Entry(lp=lp, last=logp[i, m - 1].clone(), kv=kv)
+            entry = _Entry(lp=lp, last=lasts[i], kv=kv)
             cache.put(full, entry)
             found[full] = entry
 
@@ -654,6 +689,9 @@ class NeuralSession(LanguageModel):
         self, states: Sequence[LMState], units: Sequence[str]
     ) -> list[tuple[tuple[int, ...], float]]:
         return self.lm._score_many(states, units, self.cache)
+
+    def word_bounds(self, states: Sequence[LMState], units: Sequence[str]) -> list[float]:
+        return self.lm._word_bounds(states, units, self.cache)
 
     def finish(self, state: LMState) -> float:
         return self.lm._finish_many([state], self.cache)[0]

@@ -13,40 +13,9 @@ from fusion.posteriors import Posteriors
 from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus
 from fusion.simulate import SimulationConfig, simulate_posteriors
 from lm.arpa import ArpaLM
+from lm.neural import DEFAULT_MODEL_DIR, NeuralLM
 
-from conftest import peaky
-
-# A unigram LM that strongly prefers "bat" to "cat" (log10 probabilities).
-BIASED_ARPA = """\\data\\
-ngram 1=6
-
-\\1-grams:
--2.0\t<unk>
--99\t<s>
--0.5\t</s>
--0.5\tbat
--3.0\tcat
--1.0\tsat
-
-\\end\\
-"""
-
-
-@pytest.fixture(scope="module")
-def biased_lm(tmp_path_factory):
-    path = tmp_path_factory.mktemp("lm") / "biased.arpa"
-    path.write_text(BIASED_ARPA)
-    return ArpaLM(path)
-
-
-def _ambiguous(table):
-    """'?at sat' where the first letter is 55% c, 45% b: acoustics say cat, LM says bat."""
-    frames = ["-", "c", "a", "t", "-", "|", "s", "a", "t", "-"]
-    lp = peaky(table, frames, peak=12.0)
-    row = np.full(len(table), 1e-6)
-    row[table.id_of("c")], row[table.id_of("b")] = 0.55, 0.45
-    lp[1] = np.log(row / row.sum())
-    return Posteriors("amb", lp, 0.04)
+from conftest import BIASED_ARPA, ambiguous
 
 
 def test_acoustic_only_equals_greedy_on_peaky_posteriors(table, rng):
@@ -72,7 +41,7 @@ def test_zero_weight_lm_equals_no_lm(table, rng, biased_lm):
 
 
 def test_lm_flips_an_ambiguous_word(table, biased_lm):
-    p = _ambiguous(table)
+    p = ambiguous(table)
     assert BeamSearchDecoder(table).decode(p).best.text == "cat sat"
     fused = BeamSearchDecoder(table, [LMScorer(biased_lm)], {"lm": 0.5}).decode(p).best
     assert fused.text == "bat sat"
@@ -82,7 +51,7 @@ def test_lm_flips_an_ambiguous_word(table, biased_lm):
 
 
 def test_lexicon_constraint_excludes_oov_words(table):
-    p = _ambiguous(table)
+    p = ambiguous(table)
     lexicon = LexiconScorer(["bat", "sat"], constraint=True)
     best = BeamSearchDecoder(table, [lexicon], {"lexicon": 1.0}).decode(p).best
     assert best.text == "bat sat" and best.scores["lexicon"] == 0.0
@@ -182,7 +151,7 @@ def test_hotword_automaton_keeps_only_finished_phrases():
 
 
 def test_hotword_forces_its_phrase(table):
-    p = _ambiguous(table)
+    p = ambiguous(table)
     assert BeamSearchDecoder(table).decode(p).best.text == "cat sat"
     hot = HotwordScorer(["bat sat"])
     best = BeamSearchDecoder(table, [hot], {"hotwords": 1.0}).decode(p).best
@@ -233,3 +202,66 @@ def test_batched_scorers_see_a_frames_words_at_once(table, rng, tmp_path):
         assert [(h.text, h.score) for h in a.nbest] == [(h.text, h.score) for h in b.nbest]
     assert batching.sessions == len(texts)
     assert batching.batches and max(batching.batches) > 1
+
+
+class _EagerLMScorer(LMScorer):
+    """An LM scorer without a score bound: the search scores every completion it meets."""
+
+    max_word_score = None
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_search_shortcuts_change_nothing(table, seed, monkeypatch, tmp_path):
+    """Prefixes skipped below the beams' own cut and completions left unscored below the
+    frame's cut: the same N-best as the search that makes and scores everything."""
+    rng = np.random.default_rng(seed)
+    options = SearchOptions(beam_size=8, nbest=4, token_top_k=8, beam_threshold=30.0)
+    texts = ["bat sat cat", "the cat sat on the mat", "sat bat"]
+    posteriors = [simulate_posteriors(f"u{i}", t, table, rng,
+                                      SimulationConfig(confusion=0.3, noise=1.5, peak=4))[0]
+                  for i, t in enumerate(texts)]
+
+    def decode_all(lm_scorer):
+        decoder = BeamSearchDecoder(table, [lm_scorer, WordBonus()],
+                                    {"lm": 0.7, "word_bonus": 1.0}, options)
+        return [[(h.text, h.score, dict(h.scores)) for h in decoder.decode(p).nbest]
+                for p in posteriors]
+
+    (tmp_path / "b.arpa").write_text(BIASED_ARPA)
+    batching = _BatchingLM(tmp_path / "b.arpa")
+    fast = decode_all(LMScorer(batching, unigrams=["bat", "cat", "sat"]))
+    assert batching.batches  # completions went through score_words
+    monkeypatch.setattr(BeamSearchDecoder, "_cut", lambda self, *args: -math.inf)
+    slow = decode_all(_EagerLMScorer(_BatchingLM(tmp_path / "b.arpa"), unigrams=["bat", "cat", "sat"]))
+    assert fast == slow
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.pt").exists(), reason="no committed default model")
+def test_neural_fusion_scores_completions_lazily_with_the_same_results(table, rng):
+    nlm = NeuralLM.default()
+    options = SearchOptions(beam_size=6, nbest=2)
+    calls = {"lazy": 0, "eager": 0}
+
+    def counting(scorer, key):
+        score_words = scorer.score_words
+
+        def counted(pairs):
+            calls[key] += len(pairs)
+            return score_words(pairs)
+
+        scorer.score_words = counted
+        return scorer
+
+    lazy = BeamSearchDecoder(table, [counting(LMScorer(nlm, "nlm"), "lazy"), WordBonus()],
+                             {"nlm": 0.5, "word_bonus": 1.5}, options)
+    eager = BeamSearchDecoder(table, [counting(_EagerLMScorer(nlm, "nlm"), "eager"), WordBonus()],
+                              {"nlm": 0.5, "word_bonus": 1.5}, options)
+    for i, text in enumerate(["the cat sat"]):
+        p, _ = simulate_posteriors(f"u{i}", text, table, rng,
+                                   SimulationConfig(confusion=0.2, noise=0.5, peak=6))
+        a, b = lazy.decode(p), eager.decode(p)
+        assert [h.text for h in a.nbest] == [h.text for h in b.nbest]
+        for ha, hb in zip(a.nbest, b.nbest):
+            assert ha.score == pytest.approx(hb.score, abs=1e-4)
+            assert ha.scores == pytest.approx(dict(hb.scores), abs=1e-4)
+    assert 0 < calls["lazy"] < calls["eager"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lm.base import LMError, perplexity
-from lm.neural import DEFAULT_MODEL_DIR, NeuralLM, load_checkpoint
+from lm.neural import DEFAULT_MODEL_DIR, NeuralLM, _PrefixCache, load_checkpoint
 from lm.neural_cli import add_parsers
 from lm.neural_train import TrainConfig, evaluate_text, export_neural_lm, load_train_config, train_neural_lm
 
@@ -149,6 +149,40 @@ def test_score_many_equals_one_by_one(lm: NeuralLM) -> None:
     for (sb, lb), (ss, ls), (so, lo) in zip(batched, single, one):
         assert sb == ss == so
         assert lb == pytest.approx(ls, abs=1e-4) and lb == pytest.approx(lo, abs=1e-4)
+
+
+def test_growing_words_reuse_the_longest_cached_prefix(lm: NeuralLM) -> None:
+    # a word spelt out letter by letter (as a beam search does): each spelling's pieces
+    # mostly extend a cached piece sequence, and the scores stay those of a cold start
+    state = lm.score(lm.start(), "the")[0]
+    spellings = ["o'brienscatsaw"[:n] for n in range(1, 15)]
+    with lm.session() as session:
+        warm = [session.score_many([state], [w])[0][1] for w in spellings]
+        tokens_before = session.cache.misses
+    cold = [lm.score(state, w)[1] for w in spellings]
+    assert warm == pytest.approx(cold, abs=1e-4) and tokens_before == len(spellings)
+    cache = _PrefixCache(1 << 20)
+    full = lm.start() + lm.tokenizer.encode_word("o'brien")
+    lm._entries([full[:2], full], cache)
+    assert cache.longest_prefix(full + (5, 6), hint=1)[0] == len(full)  # longer than the hint
+    assert cache.longest_prefix(full[:2] + (7,), hint=2)[0] == 2
+
+
+def test_word_bounds_bound_the_scores(lm: NeuralLM) -> None:
+    vocab = sorted({w for s in SENTENCES for w in s}) + ["xyzzy", "caf\u00e9"]
+    with lm.session() as session:
+        states = [session.start()] + [session.score(session.start(), w)[0] for w in vocab[:6]]
+        pairs = [(s, w) for s in states for w in vocab]
+        bounds = session.word_bounds([s for s, _ in pairs], [w for _, w in pairs])
+        scores = [lp for _, lp in session.score_many([s for s, _ in pairs], [w for _, w in pairs])]
+        assert all(lp <= b <= 0.0 for lp, b in zip(scores, bounds))
+        assert bounds[: len(vocab)] == [0.0] * len(vocab)  # <s> was not scored from yet
+        assert sum(b < -1.0 for b in bounds) > len(bounds) // 2  # cached states: informative
+        # one-piece words: the bound is the score itself, up to the slack
+        one = [(b, lp) for (s, w), b, lp in zip(pairs, bounds, scores)
+               if s != lm.start() and len(lm.tokenizer.encode_word(w)) == 1]
+        assert one and all(b - lp <= 2e-3 for b, lp in one)
+    assert lm.word_bounds([states[3]], ["the"]) == [0.0]  # no session: nothing cached
 
 
 def test_states_are_immutable_hashable_values(lm: NeuralLM) -> None:

@@ -24,29 +24,13 @@ from fusion.simulate import SimulationConfig, simulate_posteriors
 from fusion.types import DecodeResult, Hypothesis
 from hmm.model import TiedDurationHMM
 from hmm.scorer import AlignmentScorer
-from lm.arpa import ArpaLM
 
-# "bat" far more probable than "cat" (log10)
-ARPA = """\\data\\
-ngram 1=6
-
-\\1-grams:
--2.0\t<unk>
--99\t<s>
--0.5\t</s>
--0.5\tbat
--3.0\tcat
--1.0\tsat
-
-\\end\\
-"""
+from conftest import ambiguous
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    path = tmp_path_factory.mktemp("lm") / "u.arpa"
-    path.write_text(ARPA)
-    return ArpaLM(path)
+def lm(biased_lm):
+    return biased_lm
 
 
 def _result(utt_id, rows):
@@ -98,13 +82,7 @@ def test_add_scores_lm_and_length(lm):
 
 def test_rescoring_flips_acoustically_preferred_hypothesis(table, lm):
     """Beam search without an LM prefers 'cat'; rescoring with the LM picks 'bat'."""
-    from conftest import peaky
-
-    lp = peaky(table, ["-", "c", "a", "t", "-", "|", "s", "a", "t", "-"], peak=12.0)
-    row = np.full(len(table), 1e-6)
-    row[table.id_of("c")], row[table.id_of("b")] = 0.55, 0.45
-    lp[1] = np.log(row / row.sum())
-    post = Posteriors("amb", lp, 0.04)
+    post = ambiguous(table)
     first = BeamSearchDecoder(table, [WordBonus()], {"word_bonus": 0.0}, SearchOptions(nbest=4))
     assert first.decode(post).best.text == "cat sat"
     decoder = RescoringDecoder(first, [LMRescorer(lm)], {"acoustic": 1.0, "word_bonus": 0.0, "nlm": 1.0})

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,9 +43,8 @@ __all__ = [
 
 
 def default_model_path() -> Path:
-    """``$ASRFUSE_HOME/am/run1/best.pt`` (``~/.cache/asrfuse`` by default)."""
-    home = Path(os.environ.get("ASRFUSE_HOME") or Path.home() / ".cache" / "asrfuse")
-    return home / "am" / "run1" / "best.pt"
+    """The embedded acoustic model (``fusion/models/am-default/model.pt``)."""
+    return Path(__file__).resolve().parents[1] / "models" / "am-default" / "model.pt"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
