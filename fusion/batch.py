@@ -62,6 +62,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from fusion.distributed import add_backend_arguments
 from fusion.manifest import atomic_write
 from fusion.parallel import Backend, Decoder, LocalBackend
 from fusion.posteriors import (DEFAULT_TOLERANCE, KINDS, Kind, Posteriors, PosteriorsError,
@@ -1140,12 +1141,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decoder", choices=("greedy", "beam"), default="greedy")
     parser.add_argument("--beam-size", type=int, help="beam size (default: 8)")
     parser.add_argument("--workers", type=int, default=1, help="decoding processes")
-    parser.add_argument("--backend", choices=("local", "ray"), default="local",
-                        help="where to decode: this machine's processes, or a Ray cluster "
-                        "(one actor per CPU, or --workers actors when more than 1)")
-    parser.add_argument("--ray-address",
-                        help="Ray cluster for --backend ray: auto, HOST:PORT or ray://HOST:PORT "
-                        "(default: $RAY_ADDRESS, else a Ray started here)")
+    add_backend_arguments(parser)
     add_arguments(parser)
     return parser
 

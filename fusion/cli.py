@@ -16,6 +16,7 @@ from tqdm import tqdm
 from fusion import __version__, batch
 from fusion.config import DecodeConfig
 from fusion.decoder import BeamSearchDecoder
+from fusion.distributed import add_backend_arguments
 from fusion.formats import ctm_lines, srt_cues, srt_text
 from fusion.greedy import greedy_decode
 from fusion.manifest import ManifestError, atomic_write, iter_jsonl, read_manifest
@@ -61,12 +62,7 @@ def get_parser() -> argparse.ArgumentParser:
                    help="utterances per greedy batch (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1,
                    help="processes for beam search (default: %(default)s)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local",
-                   help="where to decode: this machine's processes, or a Ray cluster (one actor "
-                   "per CPU, or --workers actors when more than 1) (default: %(default)s)")
-    p.add_argument("--ray-address",
-                   help="Ray cluster for --backend ray: auto, HOST:PORT or ray://HOST:PORT "
-                   "(default: $RAY_ADDRESS, else a Ray started here)")
+    add_backend_arguments(p)
     p.add_argument("--ctm", type=Path, help="also write the best hypotheses' words as CTM")
     p.add_argument("--errors", type=Path,
                    help="where failed utterances are recorded (default: OUTPUT with .errors.jsonl)")

@@ -31,6 +31,8 @@ filesystem all nodes see at the same paths.
 
 from __future__ import annotations
 
+import argparse
+
 import os
 import socket
 import sys
@@ -51,6 +53,16 @@ R = TypeVar("R")
 
 INSTALL_HINT = "the Ray backend needs ray: pip install 'ray[default]'"
 CONNECT_TIMEOUT = 10.0  # seconds to reach a cluster's HOST:PORT (Ray itself waits minutes)
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser, what: str = "decode") -> None:
+    """``--backend {local,ray}`` and ``--ray-address``, as every command spells them."""
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help=f"where to {what}: this machine's processes, or a Ray cluster "
+                        "(default: %(default)s)")
+    parser.add_argument("--ray-address",
+                        help="Ray cluster for --backend ray: auto, HOST:PORT or ray://HOST:PORT "
+                        "(default: $RAY_ADDRESS, else a Ray started here)")
 
 
 def _import_ray() -> Any:

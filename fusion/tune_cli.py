@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.distributed import add_backend_arguments
 from fusion.manifest import atomic_write, read_manifest
 from fusion.posteriors import PosteriorsReader
 from fusion.rescore import LMRescorer, NbestTable, add_scores
@@ -86,11 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="random and TPE trials of the rescoring studies (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1,
                    help="decoding processes, or Ray tasks per trial (default: %(default)s)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local",
-                   help="where first-pass trials decode (default: %(default)s)")
-    p.add_argument("--ray-address",
-                   help="Ray cluster for --backend ray: auto, HOST:PORT or ray://... "
-                   "(default: $RAY_ADDRESS, else a Ray started here)")
+    add_backend_arguments(p, "decode first-pass trials")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tune)
     return p
