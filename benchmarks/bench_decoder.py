@@ -119,11 +119,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="character LM weight of flashlight's lexicon-free search (nats)")
     parser.add_argument("--lexfree-beta", type=float, default=0.0,
                         help="flashlight's word score in its lexicon-free search")
+    parser.add_argument("--tune-lexfree", type=Path, metavar="DEV_POSTERIORS",
+                        help="choose the lexicon-free weights by a grid on these dev posteriors "
+                        "(beam 32) instead of --lexfree-alpha/--lexfree-beta")
     parser.add_argument("--cmusphinx", action="store_true", help="also the cmusphinx 3-gram")
     parser.add_argument("--beams", type=int, nargs="+", default=list(BEAMS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/asrfuse-bench"))
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    lexfree_grid = []
+    if args.tune_lexfree:
+        dev_refs = {u.id: u.text for u in read_manifest(args.manifests / "dev.jsonl")}
+        for alpha in (0.05, 0.1, 0.2, 0.35, 0.5):
+            for beta in (-1.0, 0.0, 1.0, 2.0):
+                hyps, _, _ = run_flashlight(str(args.tune_lexfree), 32, str(args.char_lm), None, alpha, beta)
+                wer = 100 * score_corpus({k: dev_refs[k] for k in hyps}, hyps).wer
+                lexfree_grid.append({"alpha": alpha, "beta": beta, "dev_wer": wer})
+                print(f"lexfree alpha={alpha} beta={beta}: dev WER {wer:.2f}", file=sys.stderr)
+        best = min(lexfree_grid, key=lambda r: r["dev_wer"])
+        args.lexfree_alpha, args.lexfree_beta = best["alpha"], best["beta"]
     lms = {"ours-4gram": args.lm}
     if args.cmusphinx:
         lms["cmusphinx-3gram"] = CMUSPHINX
@@ -159,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = summarise(rows)
     data = {**header(), "alpha": args.alpha, "beta": args.beta, "lexfree_alpha": args.lexfree_alpha,
-            "lexfree_beta": args.lexfree_beta, "rows": rows, "summary": summary}
+            "lexfree_beta": args.lexfree_beta, "lexfree_dev_grid": lexfree_grid, "rows": rows,
+            "summary": summary}
     cols = [("split", "split"), ("decoder", "decoder"), ("lm", "LM"), ("beam", "beam"),
             ("wer", "WER %"), ("cer", "CER %"), ("throughput", "x real time"),
             ("peak_mib", "peak MiB")]

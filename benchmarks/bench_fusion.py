@@ -116,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=HOME / "bench-fusion")
     parser.add_argument("--beam-size", type=int, default=32)
     parser.add_argument("--nbest", type=int, default=16)
-    parser.add_argument("--nlm-weights", type=float, nargs="+", default=[0.15, 0.3, 0.5, 0.8])
-    parser.add_argument("--nlm-dev-utterances", type=int, default=100,
-                        help="dev utterances the neural LM's fusion weight is tuned on")
+    parser.add_argument("--nlm-trials", type=int, default=16,
+                        help="TPE trials tuning the first pass with the neural LM")
+    parser.add_argument("--nlm-dev-utterances", type=int, default=150,
+                        help="dev utterances the neural LM's fusion weights are tuned on")
     parser.add_argument("--rescore-trials", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tune-args", default="", help="extra arguments for fusion tune")
@@ -147,16 +148,23 @@ def main(argv: list[str] | None = None) -> int:
     ngram_scorers = lm_scorers(args.lm, args.lm_vocab)
     scorers = [*ngram_scorers, LMScorer(nlm, "nlm")]
     dev = load(post["dev"])
-    log = TrialLog(tune_dir / "trials.jsonl")
+    log = TrialLog(args.work / "ablation-trials.jsonl")  # the ablation's own studies
     subset = dev[: args.nlm_dev_utterances]
-    nlm_param = Param("nlm", min(args.nlm_weights), max(args.nlm_weights), tuple(args.nlm_weights))
     options = SearchOptions(beam_size=args.beam_size, nbest=args.nbest)
     table_ = _table(post["dev"])
-    with FirstPassObjective(table_, scorers, subset, refs["dev"], options, fixed=ngram_w,
-                            workers=args.workers) as objective:
-        best_nlm = run_study("nlm-grid", "grid", [nlm_param], objective, log, stage="first_pass_nlm")
-    nlm_w = {**ngram_w, "nlm": best_nlm["params"]["nlm"]}
-    print(f"neural LM fusion weight: {nlm_w['nlm']} (dev subset WER {best_nlm['wer']:.2f})", file=sys.stderr)
+    # the three LM weights together: the n-gram's alone were tuned without the neural LM
+    params = [Param("lm", 0.0, 2.0, (ngram_w["lm"],)), Param("nlm", 0.0, 1.0, (0.0,)),
+              Param("word_bonus", -2.0, 6.0, (ngram_w["word_bonus"],))]
+    with FirstPassObjective(table_, scorers, subset, refs["dev"], options, workers=args.workers) as objective:
+        start = run_study("nlm-start", "grid", params, objective, log, stage="first_pass_nlm")
+        best_nlm = run_study("nlm-tpe", "tpe", params, objective, log, stage="first_pass_nlm",
+                             trials=args.nlm_trials)
+    nlm_w = dict(best_nlm["params"])
+    print(f"neural LM fusion weights: {nlm_w} (dev subset WER {best_nlm['wer']:.2f}; without the "
+          f"neural LM {start['wer']:.2f})", file=sys.stderr)
+    summary["neural_fusion_dev_subset"] = {"utterances": len(subset), "without_nlm_wer": start["wer"],
+                                           "best_wer": best_nlm["wer"], "weights": nlm_w,
+                                           "trials": args.nlm_trials}
 
     hmm = load_duration_model(tune_dir / "hmm.json")
     from hmm.scorer import AlignmentScorer
@@ -239,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     data = {**header(), "model": str(args.model), "lm": str(args.lm), "beam_size": args.beam_size,
             "nbest": args.nbest, "weights": {"ngram": ngram_w, "neural": nlm_w, "rescore": rescore_w},
             "tuning": {"first_pass": fp, "rescore": summary.get("rescore"),
-                       "beam_sweep": summary.get("beam_sweep"), "dev_oracle_wer": summary.get("oracle_wer")},
+                       "beam_sweep": summary.get("beam_sweep"), "dev_oracle_wer": summary.get("oracle_wer"),
+                       "neural_fusion": summary["neural_fusion_dev_subset"]},
             "rows": rows, "summary": result_summary}
     cols = [("split", "split"), ("system", "system"), ("wer", "WER %"), ("wer_ci", "95% CI"),
             ("cer", "CER %"), ("throughput", "x real time")]

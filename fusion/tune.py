@@ -24,6 +24,7 @@ import math
 import multiprocessing
 import os
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
@@ -163,8 +164,10 @@ def run_study(study: str, sampler: str, params: Sequence[Param], evaluate: Evalu
         return best_trial(log.of(study))
     if trials is None or trials < 1:
         raise ValueError(f"study {study!r}: a {sampler} study needs trials >= 1")
-    opt_sampler = (optuna.samplers.RandomSampler(seed=seed) if sampler == "random" else
-                   optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials,
+    # each study draws its own numbers: a TPE study must not replay a random study's points
+    study_seed = (seed * 1_000_003 + zlib.crc32(study.encode())) % 2**32
+    opt_sampler = (optuna.samplers.RandomSampler(seed=study_seed) if sampler == "random" else
+                   optuna.samplers.TPESampler(seed=study_seed, n_startup_trials=startup_trials,
                                               multivariate=True))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     opt = optuna.create_study(direction="minimize", sampler=opt_sampler)
@@ -221,7 +224,7 @@ class FirstPassObjective:
         table: the posteriors' token table.
         scorers: the word scorers (loaded once; workers get them once).
         posteriors: the dev set, in memory.
-        refs: reference texts by utterance.
+        refs: reference texts by utterance (those of ``posteriors`` are scored).
         options: search options; a ``beam_size`` parameter overrides the beam.
         fixed: weights not tuned (e.g. ``{"hotwords": 2.0}``).
         workers: processes (1: decode in this process); with Ray, the parallel tasks.
@@ -311,7 +314,7 @@ class FirstPassObjective:
             except (ValueError, RuntimeError) as exc:
                 out.append({"state": "failed", "error": str(exc), "wer": math.inf, "cer": math.inf})
                 continue
-            score = score_corpus(self.refs, hyps)
+            score = score_corpus({p.utt_id: self.refs[p.utt_id] for p in self.posteriors}, hyps)
             out.append({"state": "complete", "wer": 100 * score.wer, "cer": 100 * score.cer,
                         "audio_seconds": self.audio_seconds, "decode_seconds": seconds})
         return out

@@ -8,6 +8,7 @@ import pytest
 
 from fusion.cli import main
 from fusion.config import DecodeConfig
+from fusion.metrics import score_corpus
 from fusion.posteriors import PosteriorsWriter
 from fusion.scorers import LMScorer, WordBonus
 from fusion.simulate import SimulationConfig, simulate_posteriors
@@ -152,6 +153,12 @@ def test_first_pass_objective_in_process_equals_pool(dev, table):
         b = pool(params)
     assert [(x["wer"], x["cer"]) for x in a] == [(x["wer"], x["cer"]) for x in b]
     assert all(x["state"] == "complete" and x["audio_seconds"] > 0 for x in a)
+    # a subset of the dev set is scored against its own references only
+    with FirstPassObjective(table, scorers, posts[:2], refs, workers=1) as subset:
+        (part,) = subset(params[1:])
+        hyps, _ = subset.decode(params[1])
+    expected = score_corpus({u: refs[u] for u in hyps}, hyps)
+    assert part["wer"] == pytest.approx(100 * expected.wer)
 
 
 def test_fusion_tune_end_to_end(dev, tmp_path):
