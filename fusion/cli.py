@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 DECODERS = ("greedy", "beam", "pyctcdecode")
 DEFAULT_AM = Path(__file__).resolve().parent / "models" / "am-default" / "model.pt"
 DEFAULT_LM = Path(__file__).resolve().parents[1] / "lm" / "models" / "word-3gram" / "model.bin"
-DEFAULT_WEIGHTS = {"lexicon": 1.0, "lm": 0.5, "word_bonus": 2.0, "hotwords": 2.0}  # tuned on dev
+# lm and word_bonus: fusion tune on dev (embedded acoustic model, word 4-gram, beam 32)
+DEFAULT_WEIGHTS = {"lexicon": 1.0, "lm": 0.95, "word_bonus": 4.22, "hotwords": 2.0}
 
 
 def get_parser() -> argparse.ArgumentParser:
