@@ -949,8 +949,10 @@ def decode_batch(
         _remove_stale_temporaries(shards)
         _prepare_out_dir(out_dir, plan, resume)
         if backend is None:
+            # a few utterances per task: the per-task hand-off costs the parent CPU time
+            # that the workers need (2 workers on 2 cores)
             backend = LocalBackend(options.workers, options.chunksize * options.workers,
-                                   options.threads_per_worker)
+                                   options.threads_per_worker, chunk=max(1, options.chunksize // 4))
         return _run(plan, out_dir, shards, decoder, options, backend, start)
     finally:
         lock.close()

@@ -49,9 +49,20 @@ def _init(decoder: Decoder, threads: int) -> None:
     _worker_decoder = decoder
 
 
-def _decode(posteriors: Posteriors) -> DecodeResult:
+def _decode_many(items: list[Posteriors]) -> list[DecodeResult]:
     assert _worker_decoder is not None  # set by the pool initializer
-    return _worker_decoder.decode(posteriors)
+    return [_worker_decoder.decode(p) for p in items]
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def decode_parallel(
@@ -61,30 +72,33 @@ def decode_parallel(
     workers: int,
     in_flight: int | None = None,
     threads_per_worker: int = 1,
+    chunk: int = 1,
 ) -> Iterator[DecodeResult]:
     """Decode ``posteriors`` with ``workers`` processes (1: in this process), in order.
 
     The input is consumed lazily: at most ``in_flight`` utterances (default: four per
-    worker) are queued at a time, so a large corpus is never all in memory. Closing the
-    iterator early cancels what is still queued.
+    worker, at least one ``chunk`` per worker) are queued at a time, so a large corpus is
+    never all in memory. A worker gets ``chunk`` utterances per task (more than 1 saves the
+    per-task hand-off when utterances are short). Closing the iterator early cancels what
+    is still queued.
     """
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers < 1 or chunk < 1:
+        raise ValueError(f"workers and chunk must be at least 1, got {workers} and {chunk}")
     if workers == 1:
         yield from (decoder.decode(p) for p in posteriors)
         return
-    window = in_flight or 4 * workers
+    window = max(workers, (in_flight or 4 * workers) // chunk)  # in chunks
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
                              initargs=(decoder, threads_per_worker)) as pool:
-        queued: deque[Future[DecodeResult]] = deque()
+        queued: deque[Future[list[DecodeResult]]] = deque()
         try:
-            for item in posteriors:
-                queued.append(pool.submit(_decode, item))
+            for items in _chunks(posteriors, chunk):
+                queued.append(pool.submit(_decode_many, items))
                 if len(queued) >= window:
-                    yield queued.popleft().result()
+                    yield from queued.popleft().result()
             while queued:
-                yield queued.popleft().result()
+                yield from queued.popleft().result()
         finally:
             for future in queued:
                 future.cancel()
@@ -97,7 +111,8 @@ class LocalBackend:
     workers: int = 1
     in_flight: int | None = None
     threads_per_worker: int = 1
+    chunk: int = 1
 
     def decode(self, decoder: Any, items: Iterable[Any]) -> Iterator[Any]:
         return decode_parallel(decoder, items, workers=self.workers, in_flight=self.in_flight,
-                               threads_per_worker=self.threads_per_worker)
+                               threads_per_worker=self.threads_per_worker, chunk=self.chunk)

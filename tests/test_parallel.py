@@ -22,5 +22,9 @@ def test_workers_give_the_serial_results_in_order(table, tmp_path):
     parallel = list(decode_parallel(decoder, iter(posteriors), workers=2, in_flight=3))
     assert [r.utt_id for r in parallel] == [p.utt_id for p in posteriors]
     assert parallel == serial
+    # several utterances per task (5 does not divide the 12): same results, same order
+    assert list(decode_parallel(decoder, iter(posteriors), workers=2, chunk=5)) == serial
     with pytest.raises(ValueError, match="workers"):
         list(decode_parallel(decoder, posteriors, workers=0))
+    with pytest.raises(ValueError, match="chunk"):
+        list(decode_parallel(decoder, posteriors, workers=2, chunk=0))
