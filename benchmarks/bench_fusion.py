@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_dir = args.work / "tune"
     tune_argv = ["tune", str(post["dev"]), "--dev", str(SPLITS["dev"]), "--lm", str(args.lm),
                  "-o", str(tune_dir), "--beam-size", str(args.beam_size), "--nbest", str(args.nbest),
-                 "--workers", str(args.workers), "--rescore-trials", str(args.rescore_trials),
+                 "--workers", str(args.workers), "--rescore-trials", str(args.rescore_trials), "--pick-beam",
                  *([f"--lm-vocab={args.lm_vocab}"] if args.lm_vocab else []), *args.tune_args.split()]
     if fusion_main(tune_argv) != 0:
         raise SystemExit("fusion tune failed")
@@ -153,20 +153,24 @@ def main(argv: list[str] | None = None) -> int:
     dev = load(post["dev"])
     log = TrialLog(args.work / "ablation-trials.jsonl")  # the ablation's own studies
     subset = dev[: args.nlm_dev_utterances]
-    options = SearchOptions(beam_size=args.beam_size, nbest=args.nbest)
+    # first-pass weights are tuned at --beam-size; the beam itself is the dev sweep's best
+    beam = summary["search"]["beam_size"]
+    options = SearchOptions(beam_size=beam, nbest=min(args.nbest, beam))
     table_ = _table(post["dev"])
     # the neural LM takes part of the n-gram's weight (a log-linear interpolation) or adds
     # to it; the word bonus stays as tuned (a 3-D TPE in 16 trials found nothing better)
     params = [Param("lm", 0.0, 2.0, tuple(round(f * ngram_w["lm"], 4) for f in (0.5, 0.75, 1.0))),
               Param("nlm", 0.0, 1.0, tuple(args.nlm_weights)),
               Param("word_bonus", -2.0, 6.0, (ngram_w["word_bonus"],))]
-    with FirstPassObjective(table_, scorers, subset, refs["dev"], options, workers=args.workers) as objective:
+    tuning = SearchOptions(beam_size=args.beam_size, nbest=min(args.nbest, args.beam_size))
+    with FirstPassObjective(table_, scorers, subset, refs["dev"], tuning, workers=args.workers) as objective:
         (start,) = objective([{**ngram_w, "nlm": 0.0}])
         best_nlm = run_study("nlm-grid", "grid", params, objective, log, stage="first_pass_nlm")
     nlm_w = dict(best_nlm["params"])
     print(f"neural LM fusion weights: {nlm_w} (dev subset WER {best_nlm['wer']:.2f}; without the "
           f"neural LM {start['wer']:.2f})", file=sys.stderr)
-    summary["neural_fusion_dev_subset"] = {"utterances": len(subset), "without_nlm_wer": start["wer"],
+    summary["neural_fusion_dev_subset"] = {"utterances": len(subset), "beam_size": args.beam_size,
+                                           "without_nlm_wer": start["wer"],
                                            "best_wer": best_nlm["wer"], "weights": nlm_w,
                                            "grid": {p.name: p.grid for p in params}}
 
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         return results, seconds
 
     # dev N-best of stage 3, for the rescoring weights of stages 4 and 5
-    dev_cache = args.work / f"dev-nbest-{args.beam_size}-{args.nbest}.npz"
+    dev_cache = args.work / f"dev-nbest-{beam}-{args.nbest}.npz"
     if dev_cache.exists():
         dev_table = NbestTable.load(dev_cache)
     else:
@@ -262,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         "stage_gains_unseen_voices": {STAGES[i]: wer(unseen, STAGES[i - 1]) - wer(unseen, STAGES[i])
                                       for i in range(1, len(STAGES))},
     }
-    data = {**header(), "model": str(args.model), "lm": str(args.lm), "beam_size": args.beam_size,
+    data = {**header(), "model": str(args.model), "lm": str(args.lm), "beam_size": beam,
+            "tuning_beam_size": args.beam_size,
             "nbest": args.nbest, "weights": {"ngram": ngram_w, "neural": nlm_w, "rescore": rescore_w},
             "tuning": {"first_pass": fp, "rescore": summary.get("rescore"),
                        "beam_sweep": summary.get("beam_sweep"), "dev_oracle_wer": summary.get("oracle_wer"),
@@ -273,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     shown = [{**x, "wer_ci": f"{x['wer_ci'][0]:.1f}-{x['wer_ci'][1]:.1f}"} for x in rows]
     md = (f"# Fusion ablation\n\n{data['date']}, `{data['command']}`  \n"
           f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores. Acoustic model "
-          f"`{args.model.name}`, word n-gram `{args.lm.name}`, beam {args.beam_size}, N-best {args.nbest}. "
+          f"`{args.model.name}`, word n-gram `{args.lm.name}`, beam {beam} (the dev beam sweep's best; "
+          f"weights "
+          f"tuned at beam {args.beam_size}), N-best {args.nbest}. "
           "Tuned on dev only; 95% intervals by bootstrap over utterances.\n\n" + table(shown, cols)
           + "\n## Tuned weights\n\n```json\n" + json.dumps(data["weights"], indent=1) + "\n```\n"
           + "\n## Summary\n\n" + "\n".join(f"- {k}: {v}" for k, v in result_summary.items()) + "\n")

@@ -76,6 +76,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--tpe-trials", type=int, help="default: a quarter of the grid")
     p.add_argument("--beams", type=_floats, default=(8, 16, 32, 64, 128),
                    help="beam sweep at the best weights (default: 8,16,32,64,128)")
+    p.add_argument("--pick-beam", action="store_true",
+                   help="take the beam of the sweep with the lowest dev WER for the N-best lists "
+                   "and the config (default: keep --beam-size)")
     p.add_argument("--nbest", type=int, default=16, help="N-best list size for rescoring")
     p.add_argument("--nlm", default="default",
                    help="neural LM checkpoint for rescoring ('default': the embedded one; 'none')")
@@ -190,6 +193,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
             sweep.append({"beam_size": int(beam), "wer": trial["wer"], "cer": trial["cer"],
                           "throughput": trial["audio_seconds"] / trial["decode_seconds"]})
         summary["beam_sweep"] = sweep
+    beam = args.beam_size
+    if args.pick_beam and sweep:
+        beam = min(sweep, key=lambda r: (r["wer"], r["beam_size"]))["beam_size"]
+    summary["search"] = {"beam_size": beam, "nbest": min(args.nbest, beam),
+                         "picked_from_sweep": bool(args.pick_beam and sweep)}
     weights = {"lm": best_params["lm"], "word_bonus": best_params["word_bonus"]}
     print(f"first pass: best WER {summary['first_pass']['best']['wer']:.2f} at {weights}", file=sys.stderr)
 
@@ -199,7 +207,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         nbest = NbestTable.load(nbest_path)
     else:
         decoder = BeamSearchDecoder(table, scorers, weights,
-                                    SearchOptions(beam_size=args.beam_size, nbest=args.nbest))
+                                    SearchOptions(beam_size=beam, nbest=min(args.nbest, beam)))
         results = []
         for p in tqdm(posteriors, desc="N-best + rescoring scores", unit="utt", disable=None):
             results.append(add_scores(decoder.decode(p), p, rescorers))
@@ -264,7 +272,9 @@ def _write_config(args: argparse.Namespace, out: Path, weights: dict[str, float]
         rescore["nlm"] = args.nlm if args.nlm == "default" else str(Path(args.nlm).resolve())
     if args.hmm == "yes":
         rescore["hmm"] = "hmm.json"
-    tables = {"search": {"beam_size": args.beam_size, "nbest": args.nbest}, "weights": weights,
+    beam = summary["search"]["beam_size"]
+    search = {"beam_size": beam, "nbest": min(args.nbest, beam)}
+    tables = {"search": search, "weights": weights,
               "lm": lm_table, "rescore": rescore, "rescore.weights": rescore_weights}
     fp, rs = summary["first_pass"]["best"], summary["rescore"]["best"]
     header = (f"tuned by fusion tune on {args.dev} ({summary['utterances']} utterances)\n"

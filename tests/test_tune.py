@@ -173,6 +173,7 @@ def test_fusion_tune_end_to_end(dev, tmp_path):
     assert len([t for t in trials if t["stage"] == "first_pass"]) == 4 + 1 + 1
     assert summary["first_pass"]["best"]["wer"] == min(t["wer"] for t in trials if t["stage"] == "first_pass")
     assert [s["beam_size"] for s in summary["beam_sweep"]] == [4, 8]
+    assert summary["search"] == {"beam_size": 8, "nbest": 4, "picked_from_sweep": False}
     assert summary["oracle_wer"] <= summary["rescore"]["best"]["wer"]
     assert summary["rescore"]["bayes_trial_fraction"] == pytest.approx(3 / 5 ** 3)
     config = tomllib.loads((out / "best.toml").read_text())
@@ -207,3 +208,16 @@ def test_first_pass_objective_on_ray_equals_local(dev, table):
         c = on_ray(params)  # the second trial reuses the shared objects
     assert [(x["wer"], x["cer"]) for x in a] == [(x["wer"], x["cer"]) for x in b] == \
         [(x["wer"], x["cer"]) for x in c]
+
+
+def test_fusion_tune_picks_the_sweeps_best_beam(dev, tmp_path):
+    out = tmp_path / "tune"
+    assert main(["tune", str(dev / "dev.npz"), "--dev", str(dev / "dev.jsonl"), "--lm", str(dev / "lm.arpa"),
+                 "-o", str(out), "--lm-grid", "0:1:2", "--bonus-grid=0:2:2", "--random-trials", "1",
+                 "--tpe-trials", "1", "--beams", "1,2,8", "--beam-size", "8", "--nbest", "4",
+                 "--nlm", "none", "--hmm", "no", "--rescore-trials", "2", "--pick-beam"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    best = min(summary["beam_sweep"], key=lambda r: (r["wer"], r["beam_size"]))["beam_size"]
+    assert summary["search"]["beam_size"] == best and summary["search"]["picked_from_sweep"]
+    config = DecodeConfig.load(out / "best.toml")  # a valid config whatever the beam
+    assert config.search.beam_size == best and config.search.nbest == min(4, best)
