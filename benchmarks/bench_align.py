@@ -376,7 +376,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the results go (default: benchmarks/results)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from fusion.rescore import save_duration_model
 
     sentences = pick_sentences(args.text, args.dev + args.test, args.seed)
     utts, dropped = build_test_speech(args.cache, sentences, args.seed)
@@ -416,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     assert best is not None
     _, hmm_row, hmm, hmm_dev = best
     hmm_path = args.cache / f"duration-hmm-{file_digest(args.model)}.json"
-    save_duration_model(hmm, hmm_path)
+    hmm.save(hmm_path)
     hmm_test = align_all(test_utts, posteriors, table, hmm)
 
     rows, curves, saved = [], {}, {}

@@ -41,7 +41,7 @@ from fusion.manifest import read_manifest  # noqa: E402
 from fusion.metrics import score_utterance  # noqa: E402
 from fusion.parallel import decode_parallel  # noqa: E402
 from fusion.posteriors import Posteriors, PosteriorsReader, PosteriorsWriter  # noqa: E402
-from fusion.rescore import LMRescorer, NbestTable, add_scores, load_duration_model  # noqa: E402
+from fusion.rescore import LMRescorer, NbestTable, add_scores  # noqa: E402
 from fusion.scorers import LMScorer  # noqa: E402
 from fusion.tune import (  # noqa: E402
     FirstPassObjective,
@@ -174,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
                                            "best_wer": best_nlm["wer"], "weights": nlm_w,
                                            "grid": {p.name: p.grid for p in params}}
 
-    hmm = load_duration_model(tune_dir / "hmm.json")
+    from hmm.model import TiedDurationHMM
     from hmm.scorer import AlignmentScorer
+
+    hmm = TiedDurationHMM.load(tune_dir / "hmm.json")
 
     rescorers = [LMRescorer(nlm, "nlm_sentence"), AlignmentScorer(hmm, "hmm")]
     nlm_decoder = BeamSearchDecoder(table_, scorers, nlm_w, options)

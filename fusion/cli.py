@@ -21,7 +21,7 @@ from fusion.formats import ctm_lines, srt_cues, srt_text
 from fusion.greedy import greedy_decode
 from fusion.manifest import ManifestError, atomic_write, iter_jsonl, read_manifest
 from fusion.metrics import CorpusScore, score_corpus
-from fusion.parallel import decode_parallel
+from fusion.parallel import chunked, decode_parallel
 from fusion.posteriors import KINDS, Posteriors, PosteriorsError, PosteriorsReader
 from fusion.pyctc import FusionLanguageModel, PyctcdecodeBackend
 from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
@@ -174,17 +174,6 @@ def _readable(reader: PosteriorsReader, failures: list[dict]) -> Iterator[Poster
             failures.append({"id": utt_id, "error": str(exc)})
 
 
-def _batches(items: Iterator[Posteriors], size: int) -> Iterator[list[Posteriors]]:
-    group: list[Posteriors] = []
-    for item in items:
-        group.append(item)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
-
-
 def _open_posteriors(args: argparse.Namespace) -> tuple[PosteriorsReader, TokenTable]:
     """The posteriors reader of ``args`` and its token table (from the file or --tokens)."""
     table = TokenTable.load(args.tokens) if args.tokens else None
@@ -213,7 +202,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
                              workers=args.workers if args.workers > 1 else None)
     elif args.decoder == "greedy":
         results: Iterator[DecodeResult] = (
-            r for batch in _batches(stream, args.batch_size) for r in greedy_decode(batch, table))
+            r for batch in chunked(stream, args.batch_size) for r in greedy_decode(batch, table))
     else:
         results = decode_parallel(_beam_decoder(args, table), stream, workers=args.workers)
     errors_path = args.errors or args.output.with_suffix(".errors.jsonl")
@@ -282,7 +271,8 @@ def _beam_decoder(args: argparse.Namespace, table: TokenTable
 
 def rescoring_decoder(config: DecodeConfig, first_pass: Any) -> RescoringDecoder:
     """``first_pass`` followed by the config's N-best rescoring (neural LM, HMM score)."""
-    from fusion.rescore import LMRescorer, RescoringDecoder, load_duration_model
+    from fusion.rescore import LMRescorer, RescoringDecoder
+    from hmm.model import TiedDurationHMM
     from hmm.scorer import AlignmentScorer
 
     if config.search.nbest < 2:
@@ -294,7 +284,7 @@ def rescoring_decoder(config: DecodeConfig, first_pass: Any) -> RescoringDecoder
         nlm = config.rescore_nlm
         scorers.append(LMRescorer(NeuralLM.default() if nlm == "default" else NeuralLM.load(nlm)))
     if config.rescore_hmm is not None:
-        scorers.append(AlignmentScorer(load_duration_model(config.rescore_hmm)))
+        scorers.append(AlignmentScorer(TiedDurationHMM.load(config.rescore_hmm)))
     return RescoringDecoder(first_pass, scorers, config.rescore_weights or {})
 
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from fusion.posteriors import Posteriors
 from fusion.types import DecodeResult
 
-__all__ = ["Backend", "Decoder", "LocalBackend", "decode_parallel"]
+__all__ = ["Backend", "Decoder", "LocalBackend", "chunked", "decode_parallel"]
 
 
 class Decoder(Protocol):
@@ -54,7 +54,8 @@ def _decode_many(items: list[Posteriors]) -> list[DecodeResult]:
     return [_worker_decoder.decode(p) for p in items]
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of ``size`` consecutive items (the last may be shorter), read lazily."""
     chunk: list[Any] = []
     for item in items:
         chunk.append(item)
@@ -93,7 +94,7 @@ def decode_parallel(
                              initargs=(decoder, threads_per_worker)) as pool:
         queued: deque[Future[list[DecodeResult]]] = deque()
         try:
-            for items in _chunks(posteriors, chunk):
+            for items in chunked(posteriors, chunk):
                 queued.append(pool.submit(_decode_many, items))
                 if len(queued) >= window:
                     yield from queued.popleft().result()

@@ -15,10 +15,9 @@ so the WER of any weights is a matrix product and an arg-max per utterance.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,15 +26,11 @@ import numpy as np
 from fusion.manifest import atomic_write
 from fusion.metrics import score_utterance
 from fusion.posteriors import Posteriors
-from fusion.tokens import TokenTable
 from fusion.types import DecodeResult, Hypothesis
-from hmm.emissions import ScaledLikelihoods, TokenPriors
-from hmm.model import DurationConfig, TiedDurationHMM
-from hmm.topology import TopologyConfig
 from lm.base import LanguageModel
 
 __all__ = ["LMRescorer", "LengthScorer", "NbestTable", "RescoringDecoder", "SentenceScorer",
-           "add_scores", "check_weights", "load_duration_model", "rerank", "save_duration_model"]
+           "add_scores", "check_weights", "rerank"]
 
 
 class SentenceScorer(Protocol):
@@ -262,44 +257,3 @@ class RescoringDecoder:
     def decode(self, posteriors: Posteriors) -> DecodeResult:
         result = self.first_pass.decode(posteriors)
         return rerank(add_scores(result, posteriors, self.scorers), self.weights)
-
-
-def save_duration_model(model: TiedDurationHMM, path: str | Path) -> None:
-    """Write a fitted :class:`hmm.model.TiedDurationHMM` as JSON (data, never code)."""
-    emissions = model.emissions
-    data = {
-        "format": "asrfuse-duration-hmm-1",
-        "table": model.table.to_dict(),
-        "topology": asdict(model.config.topology),
-        "config": {k: v for k, v in asdict(model.config).items() if k != "topology"},
-        "kappa": emissions.kappa,
-        "priors": emissions.priors.to_dict() if emissions.priors is not None else None,
-        "loop": [float(x) for x in model.loop_],
-        "optional_blank": float(model.optional_blank_),
-        "log_likelihoods": [float(x) for x in model.log_likelihoods_],
-    }
-    with atomic_write(path) as fh:
-        json.dump(data, fh, indent=1)
-
-
-def load_duration_model(path: str | Path) -> TiedDurationHMM:
-    """Read :func:`save_duration_model`'s JSON; a file that is not one raises ``ValueError``."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if data.get("format") != "asrfuse-duration-hmm-1":
-            raise ValueError("not a duration-model file")
-        table = TokenTable.from_dict(data["table"])
-        priors = TokenPriors.from_dict(data["priors"], source=str(path)) if data["priors"] else None
-        config = DurationConfig(topology=TopologyConfig(**data["topology"]), **data["config"])
-        model = TiedDurationHMM(table, ScaledLikelihoods(priors, float(data["kappa"])), config)
-        loop = np.asarray(data["loop"], dtype=np.float64)
-        if loop.shape != (len(table),) or not ((loop > 0) & (loop < 1)).all():
-            raise ValueError("'loop' must hold one probability in (0, 1) per token")
-        model.loop_ = loop
-        model.optional_blank_ = float(data["optional_blank"])
-        model.log_likelihoods_ = [float(x) for x in data.get("log_likelihoods", [])]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path}: cannot read duration model: {exc}") from None
-    except ValueError as exc:
-        raise ValueError(f"{path}: cannot read duration model: {exc}") from None
-    return model

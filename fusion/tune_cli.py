@@ -202,10 +202,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"first pass: best WER {summary['first_pass']['best']['wer']:.2f} at {weights}", file=sys.stderr)
 
     nbest_path = out / "nbest.npz"
-    rescorers = _rescorers(args, table, posteriors, refs, out)
-    if nbest_path.exists():
+    if nbest_path.exists():  # a resumed run: the scorers are not even loaded
         nbest = NbestTable.load(nbest_path)
     else:
+        rescorers = _rescorers(args, table, posteriors, refs, out)
         decoder = BeamSearchDecoder(table, scorers, weights,
                                     SearchOptions(beam_size=beam, nbest=min(args.nbest, beam)))
         results = []
@@ -243,21 +243,20 @@ def _rescorers(args: argparse.Namespace, table: Any, posteriors: list, refs: dic
         nlm = NeuralLM.default() if args.nlm == "default" else NeuralLM.load(args.nlm)
         scorers.append(LMRescorer(nlm, "nlm"))
     if args.hmm == "yes":
-        from fusion.rescore import load_duration_model, save_duration_model
         from fusion.text import normalize_text
         from hmm.model import TiedDurationHMM
         from hmm.scorer import AlignmentScorer
 
         path = out / "hmm.json"
         if path.exists():
-            model = load_duration_model(path)
+            model = TiedDurationHMM.load(path)
         else:
             fit = [p for p in posteriors if normalize_text(refs[p.utt_id]).split()][: args.hmm_fit_utterances]
             start = time.perf_counter()
             model = TiedDurationHMM(table).fit(fit, [normalize_text(refs[p.utt_id]) for p in fit])
             print(f"duration model: EM on {len(fit)} dev utterances, {model.n_iter_} iterations, "
                   f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
-            save_duration_model(model, path)
+            model.save(path)
         scorers.append(AlignmentScorer(model, "hmm"))
     return scorers
 

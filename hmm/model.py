@@ -19,15 +19,18 @@ those counts by unit class (exact EM: the total log-likelihood never decreases).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 from hmmlearn.base import BaseHMM
 
+from fusion.manifest import atomic_write
 from fusion.posteriors import Posteriors
 from fusion.tokens import TokenTable
-from hmm.emissions import ScaledLikelihoods
+from hmm.emissions import ScaledLikelihoods, TokenPriors
 from hmm.topology import (
     ARC_BLANK,
     ARC_SKIP,
@@ -40,6 +43,9 @@ from hmm.topology import (
 )
 
 __all__ = ["LOG_FLOOR", "AlignmentHMM", "DurationConfig", "TiedDurationHMM", "frames"]
+
+#: the format tag of :meth:`TiedDurationHMM.save` files
+FORMAT = "asrfuse-duration-hmm-1"
 
 #: floor of frame log-probabilities handed to hmmlearn (which rejects ``-inf`` inputs)
 LOG_FLOOR = -1.0e4
@@ -289,3 +295,43 @@ class TiedDurationHMM:
                     self.log_likelihoods_[-1] - self.log_likelihoods_[-2] < self.config.tol):
                 break
         return self
+
+    # -- files ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the fitted model as JSON (data, never code): table, topology, settings,
+        emissions (prior scale and priors) and the learned transition probabilities."""
+        emissions = self.emissions
+        data = {
+            "format": FORMAT,
+            "table": self.table.to_dict(),
+            "topology": asdict(self.config.topology),
+            "config": {k: v for k, v in asdict(self.config).items() if k != "topology"},
+            "kappa": emissions.kappa,
+            "priors": emissions.priors.to_dict() if emissions.priors is not None else None,
+            "loop": [float(x) for x in self.loop_],
+            "optional_blank": float(self.optional_blank_),
+            "log_likelihoods": [float(x) for x in self.log_likelihoods_],
+        }
+        with atomic_write(path) as fh:
+            json.dump(data, fh, indent=1)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TiedDurationHMM:
+        """Read :meth:`save`'s JSON; a file that is not one raises ``ValueError``."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if data.get("format") != FORMAT:
+                raise ValueError("not a duration-model file")
+            table = TokenTable.from_dict(data["table"])
+            priors = TokenPriors.from_dict(data["priors"], source=str(path)) if data["priors"] else None
+            config = DurationConfig(topology=TopologyConfig(**data["topology"]), **data["config"])
+            model = cls(table, ScaledLikelihoods(priors, float(data["kappa"])), config)
+            loop = np.asarray(data["loop"], dtype=np.float64)
+            if loop.shape != (len(table),) or not ((loop > 0) & (loop < 1)).all():
+                raise ValueError("'loop' must hold one probability in (0, 1) per token")
+            model.loop_ = loop
+            model.optional_blank_ = float(data["optional_blank"])
+            model.log_likelihoods_ = [float(x) for x in data.get("log_likelihoods", [])]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path}: cannot read duration model: {exc}") from None
+        return model

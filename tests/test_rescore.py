@@ -15,9 +15,7 @@ from fusion.rescore import (
     NbestTable,
     RescoringDecoder,
     add_scores,
-    load_duration_model,
     rerank,
-    save_duration_model,
 )
 from fusion.scorers import LMScorer, WordBonus
 from fusion.simulate import SimulationConfig, simulate_posteriors
@@ -163,8 +161,8 @@ def test_duration_model_round_trip_and_alignment_score(table, rng, tmp_path):
         posts.append(p)
         texts.append(text)
     model = TiedDurationHMM(table).fit(posts, texts)
-    save_duration_model(model, tmp_path / "hmm.json")
-    loaded = load_duration_model(tmp_path / "hmm.json")
+    model.save(tmp_path / "hmm.json")
+    loaded = TiedDurationHMM.load(tmp_path / "hmm.json")
     np.testing.assert_allclose(loaded.loop_, model.loop_)
     scorer = AlignmentScorer(loaded)
     right, wrong = scorer.score_nbest(posts[0], ["the cat sat", "the cat"])
@@ -172,4 +170,4 @@ def test_duration_model_round_trip_and_alignment_score(table, rng, tmp_path):
     assert right == pytest.approx(AlignmentScorer(model).score(posts[0], "the cat sat"))
     (tmp_path / "bad.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="bad.json: cannot read duration model"):
-        load_duration_model(tmp_path / "bad.json")
+        TiedDurationHMM.load(tmp_path / "bad.json")
