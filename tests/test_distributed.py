@@ -24,6 +24,8 @@ from fusion.scorers import HotwordScorer, LMScorer, WordBonus  # noqa: E402
 from fusion.simulate import SimulationConfig, simulate_posteriors  # noqa: E402
 from lm.ngram import KenLM, build_arpa  # noqa: E402
 
+pytestmark = pytest.mark.ray
+
 TEXTS = ["the cat sat", "a dog ran", "on the mat", "the big dog", "it sat", "a cat"] * 2
 
 

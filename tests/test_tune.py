@@ -191,6 +191,7 @@ def test_fusion_tune_end_to_end(dev, tmp_path):
     assert len(rows) == 5 and "hmm" in rows[0]["scores"]
 
 
+@pytest.mark.ray
 def test_first_pass_objective_on_ray_equals_local(dev, table):
     pytest.importorskip("ray")
     from fusion.posteriors import PosteriorsReader
