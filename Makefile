@@ -46,20 +46,26 @@ $(TORCH): | $(PY)
 	$(PIP) install --no-deps torchaudio==2.11.0
 	touch $@
 
-$(DEPS): setup.cfg pyproject.toml $(TORCH) $(KENLM) | $(APT)
-	$(PIP) install -e '.[dev,bench,corpus,ray]'
+# KENLM_ROOT/KENLM_LIB: setup.py builds the compiled beam search (fusion._ctcsearch) with them.
+$(DEPS): setup.cfg setup.py pyproject.toml fusion/csrc/ctc_search.cpp $(TORCH) $(KENLM) | $(APT)
+	KENLM_ROOT=$(abspath $(VENV)/src/kenlm-$(KENLM_VERSION)) KENLM_LIB=$(abspath $(VENV)/src/kenlm-build/lib) \
+		$(PIP) install -e '.[dev,bench,corpus,ray]'
+	$(PY) -c "import fusion._ctcsearch"
 	touch $@
 
 # KenLM's lmplz (modified Kneser-Ney estimation) and build_binary, compiled from the same
-# sdist on PyPI that the kenlm Python module comes from.
+# sdist on PyPI that the kenlm Python module comes from; with them its libraries (position
+# independent), which the compiled beam search links.
 $(KENLM): | $(PY) $(APT)
 	rm -rf $(VENV)/src/kenlm-$(KENLM_VERSION) $(VENV)/src/kenlm-build
 	$(PIP) download --no-deps --no-binary kenlm --no-build-isolation \
 		kenlm==$(KENLM_VERSION) -d $(VENV)/src
 	tar xzf $(VENV)/src/kenlm-$(KENLM_VERSION).tar.gz -C $(VENV)/src
 	cmake -S $(VENV)/src/kenlm-$(KENLM_VERSION) -B $(VENV)/src/kenlm-build \
-		-DKENLM_MAX_ORDER=6 -DCMAKE_BUILD_TYPE=Release > $(VENV)/src/kenlm-cmake.log 2>&1
-	$(MAKE) -s -C $(VENV)/src/kenlm-build -j2 lmplz build_binary > $(VENV)/src/kenlm-make.log 2>&1
+		-DKENLM_MAX_ORDER=6 -DCMAKE_BUILD_TYPE=Release -DCMAKE_POSITION_INDEPENDENT_CODE=ON \
+		> $(VENV)/src/kenlm-cmake.log 2>&1
+	$(MAKE) -s -C $(VENV)/src/kenlm-build -j2 lmplz build_binary kenlm kenlm_util \
+		> $(VENV)/src/kenlm-make.log 2>&1
 	cp $(VENV)/src/kenlm-build/bin/build_binary $(VENV)/bin/
 	cp $(VENV)/src/kenlm-build/bin/lmplz $@
 

@@ -16,6 +16,7 @@ Writes benchmarks/results/decoder.json, decoder.md and decoder.png.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header, in_child, table, write_results  # noqa: E402
+from common import RESULTS, header, in_child, table, write_results  # noqa: E402
 
 # imported here, not in the functions, so that each spawned child has them loaded before
 # its peak memory is reset: "peak MiB" is what decoding costs, not what importing does
@@ -60,11 +61,12 @@ def run_greedy(path: str) -> tuple[dict[str, str], float, float]:
     return hyps, time.perf_counter() - start, sum(p.duration for p in posteriors)
 
 
-def run_ours(path: str, beam: int, lm: str, vocab: str, alpha: float, beta: float):
+def run_ours(path: str, beam: int, lm: str, vocab: str, alpha: float, beta: float,
+             engine: str = "compiled"):
     posteriors, table = _load(path)
     decoder = BeamSearchDecoder(
         table, [LMScorer(KenLM(lm), unigrams=read_unigrams(vocab)), WordBonus()],
-        {"lm": alpha, "word_bonus": beta}, SearchOptions(beam_size=beam))
+        {"lm": alpha, "word_bonus": beta}, SearchOptions(beam_size=beam, engine=engine))
     start = time.perf_counter()
     hyps = {p.utt_id: decoder.decode(p).best.text for p in posteriors}
     return hyps, time.perf_counter() - start, sum(p.duration for p in posteriors)
@@ -109,10 +111,10 @@ def write_lexicon(words: list[str], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--split", action="append", required=True, metavar="NAME=POSTERIORS")
-    parser.add_argument("--manifests", type=Path, required=True, help="folder of NAME.jsonl")
-    parser.add_argument("--lm", type=Path, required=True, help="word n-gram ARPA")
-    parser.add_argument("--char-lm", type=Path, required=True, help="character n-gram ARPA")
+    parser.add_argument("--split", action="append", metavar="NAME=POSTERIORS")
+    parser.add_argument("--manifests", type=Path, help="folder of NAME.jsonl")
+    parser.add_argument("--lm", type=Path, help="word n-gram ARPA")
+    parser.add_argument("--char-lm", type=Path, help="character n-gram ARPA")
     parser.add_argument("--alpha", type=float, default=0.5, help="LM weight (nats)")
     parser.add_argument("--beta", type=float, default=1.0, help="word bonus")
     parser.add_argument("--lexfree-alpha", type=float, default=0.5,
@@ -125,7 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cmusphinx", action="store_true", help="also the cmusphinx 3-gram")
     parser.add_argument("--beams", type=int, nargs="+", default=list(BEAMS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/asrfuse-bench"))
+    parser.add_argument("--skip-python", action="store_true",
+                        help="leave out our Python search (the compiled one always runs)")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite decoder.md and decoder.png from decoder.json")
     args = parser.parse_args(argv)
+    if args.render:
+        data = json.loads((RESULTS / "decoder.json").read_text())
+        (RESULTS / "decoder.md").write_text(markdown(data))
+        plot(data["rows"], RESULTS / "decoder.png")
+        return 0
+    missing = [f for f in ("split", "manifests", "lm", "char_lm") if not getattr(args, f)]
+    if missing:
+        parser.error("needed: " + ", ".join("--" + f.replace("_", "-") for f in missing))
     args.work.mkdir(parents=True, exist_ok=True)
     lexfree_grid = []
     if args.tune_lexfree:
@@ -163,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             for beam in args.beams:
                 measure("ours", lm_name, beam, run_ours, post, beam, str(lm_path), vocab,
                         args.alpha, args.beta)
+                if not args.skip_python:
+                    measure("ours-python", lm_name, beam, run_ours, post, beam, str(lm_path),
+                            vocab, args.alpha, args.beta, "python")
                 measure("pyctcdecode", lm_name, beam, run_pyctcdecode, post, beam, str(lm_path),
                         vocab, args.alpha, args.beta)
                 measure("flashlight-lexicon", lm_name, beam, run_flashlight, post, beam,
@@ -175,18 +192,30 @@ def main(argv: list[str] | None = None) -> int:
     data = {**header(), "alpha": args.alpha, "beta": args.beta, "lexfree_alpha": args.lexfree_alpha,
             "lexfree_beta": args.lexfree_beta, "lexfree_dev_grid": lexfree_grid, "rows": rows,
             "summary": summary}
+    plot(rows, write_results("decoder", data, markdown(data))[0].with_suffix(".png"))
+    return 0
+
+
+def markdown(data: dict) -> str:
     cols = [("split", "split"), ("decoder", "decoder"), ("lm", "LM"), ("beam", "beam"),
             ("wer", "WER %"), ("cer", "CER %"), ("throughput", "x real time"),
             ("peak_mib", "peak MiB")]
-    md = (f"# Decoders\n\n{data['date']}, `{data['command']}`  \n"
-          f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores. "
-          f"LM weight {args.alpha} (nats), word bonus {args.beta} (tuned on dev with `fusion tune`); "
-          f"flashlight lexicon-free: character LM weight {args.lexfree_alpha}, word score "
-          f"{args.lexfree_beta}.\n\n"
-          + table(rows, cols) + "\n## Summary\n\n"
-          + "\n".join(f"- {k}: {v}" for k, v in summary.items()) + "\n")
-    plot(rows, write_results("decoder", data, md)[0].with_suffix(".png"))
-    return 0
+    return (f"# Decoders\n\n{data['date']}, `{data['command']}`  \n"
+            f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores. "
+            f"LM weight {data['alpha']} (nats), word bonus {data['beta']} (tuned on dev with "
+            f"`fusion tune`); flashlight lexicon-free: character LM weight {data['lexfree_alpha']}, "
+            f"word score {data['lexfree_beta']} ("
+            + ("the best of a dev grid" if data["lexfree_dev_grid"] else
+               "given: the best of the dev grid of an earlier `--tune-lexfree` run")
+            + ").\n\n"
+            "`ours` is our beam search in C++ (`fusion._ctcsearch`, the default wherever it knows "
+            "the scorers), `ours-python` the same search in Python: both give the same hypotheses. "
+            "Ours loads the n-gram twice (the Python `KenLM` the scorer wraps, and the C++ search's "
+            "own copy), which is most of its higher peak memory. Throughput is one process, one "
+            "thread of Python; ours includes the forced alignment that gives every word its times "
+            "and confidence, which pyctcdecode's `decode` does not compute.\n\n"
+            + table(data["rows"], cols) + "\n## Summary\n\n"
+            + "\n".join(f"- {k}: {v}" for k, v in data["summary"].items()) + "\n")
 
 
 def summarise(rows: list[dict]) -> dict:

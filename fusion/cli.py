@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from fusion import __version__, batch
 from fusion.config import DecodeConfig
-from fusion.decoder import BeamSearchDecoder
+from fusion.decoder import ENGINES, BeamSearchDecoder
 from fusion.distributed import add_backend_arguments
 from fusion.formats import ctm_lines, srt_cues, srt_text
 from fusion.greedy import greedy_decode
@@ -74,6 +74,9 @@ def get_parser() -> argparse.ArgumentParser:
     beam.add_argument("--config", type=Path, help="decoding config file (TOML or JSON)")
     beam.add_argument("--beam-size", type=int)
     beam.add_argument("--nbest", type=int, help="hypotheses per utterance")
+    beam.add_argument("--engine", choices=ENGINES,
+                      help="beam search in C++ or Python (default auto: C++ unless a scorer "
+                           "needs Python, e.g. hotwords; both give the same results)")
     beam.add_argument("--lm", type=Path, help="word n-gram: ARPA, ARPA.gz or KenLM binary")
     beam.add_argument("--lm-vocab", type=Path,
                       help="the LM's words (ARPA or word list) for partial-word scoring "
@@ -232,7 +235,8 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
     """The config file (if any) with the command line's flags on top."""
     config = DecodeConfig.load(args.config) if args.config else DecodeConfig()
     return config.with_overrides(
-        search={"beam_size": args.beam_size, "nbest": args.nbest},
+        search={"beam_size": args.beam_size, "nbest": args.nbest,
+                "engine": getattr(args, "engine", None)},
         weights={"lm": args.lm_weight, "word_bonus": args.word_bonus,
                  "hotwords": args.hotword_weight},
         lm=args.lm, lm_vocab=args.lm_vocab, hotwords=args.hotwords, lexicon=args.lexicon)

@@ -9,6 +9,7 @@ A file has up to four tables; every key is optional and unknown keys are errors:
     token_top_k = 16
     token_min_logprob = -12.0
     blank_skip = 0.999       # or false to disable
+    engine = "auto"          # "compiled" (C++), "python", or auto: C++ when it knows every scorer
 
     [weights]                # one per scorer in use; acoustic defaults to 1
     lm = 0.5

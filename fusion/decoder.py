@@ -14,6 +14,11 @@ reaches ``blank_skip`` only extend prefixes with blank; beams more than
 
 Token and word times of the returned hypotheses come from a CTC forced alignment of each
 hypothesis (``torchaudio.functional.forced_align``), not from search bookkeeping.
+
+The search itself runs in C++ (``fusion/csrc/ctc_search.cpp``, KenLM linked in) when it
+knows every scorer, and here otherwise (:attr:`SearchOptions.engine`). The C++ search is
+this module's search step for step, so both return the same N-best lists and scores; it
+is about ten times faster, and the Python one takes any scorer.
 """
 
 from __future__ import annotations
@@ -30,14 +35,43 @@ import torch
 import torchaudio.functional as AF
 
 from fusion.posteriors import Posteriors
-from fusion.scorers import WordScorer
+from fusion.scorers import LexiconScorer, LMScorer, WordBonus, WordScorer
 from fusion.tokens import TokenTable
 from fusion.types import DecodeResult, Hypothesis, TokenSpan, spans_to_words
+from lm.ngram import KenLM
 
-__all__ = ["BeamSearchDecoder", "SearchOptions"]
+try:
+    from fusion import _ctcsearch
+    _CTC_ERROR = ""
+except ImportError as _exc:  # not built: ``make`` builds it (see setup.py)
+    _ctcsearch = None
+    _CTC_ERROR = str(_exc)
+
+__all__ = ["ENGINES", "BeamSearchDecoder", "SearchOptions", "candidate_units", "compiled_scorers"]
 
 NEG_INF = -math.inf
 ACOUSTIC = "acoustic"
+ENGINES = ("auto", "compiled", "python")
+
+
+def compiled_scorers(scorers: Sequence[WordScorer], weights: Mapping[str, float]
+                     ) -> list[dict] | str:
+    """What the compiled search needs of ``scorers``, or why it cannot run them."""
+    spec: list[dict] = []
+    for s in scorers:
+        w = float(weights[s.name])
+        if type(s) is WordBonus:
+            spec.append({"kind": "bonus", "weight": w})
+        elif type(s) is LexiconScorer:
+            spec.append({"kind": "lexicon", "weight": w, "words": sorted(s.words),
+                         "constraint": s.constraint})
+        elif type(s) is LMScorer and type(s.lm) is KenLM and s.lm.level == "word":
+            spec.append({"kind": "kenlm", "weight": w, "path": str(s.lm.path),
+                         "unigrams": None if s.unigrams is None else list(s.unigrams)})
+        else:
+            return (f"scorer {s.name!r} ({type(s).__name__}) runs in Python only: "
+                    "use engine 'auto' or 'python'")
+    return spec
 
 
 @dataclass(frozen=True)
@@ -53,6 +87,12 @@ class SearchOptions:
         blank_skip: frames whose blank probability is at least this only extend with
             blank (``None`` disables); 0.999 loses nothing measurable on peaky CTC output.
         nbest: hypotheses returned per utterance.
+        engine: ``"compiled"`` runs the search in C++ (``fusion._ctcsearch``, KenLM linked
+            in), which knows :class:`~fusion.scorers.LMScorer` over a word-level
+            :class:`~lm.ngram.KenLM`, :class:`~fusion.scorers.WordBonus` and
+            :class:`~fusion.scorers.LexiconScorer`; ``"python"`` runs it in Python and
+            takes any scorer (a neural LM, hotwords); ``"auto"`` picks the compiled one
+            when it is built and knows every scorer. Both give the same results.
     """
 
     beam_size: int = 32
@@ -61,8 +101,11 @@ class SearchOptions:
     token_min_logprob: float = -5.0
     blank_skip: float | None = 0.999
     nbest: int = 1
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"SearchOptions.engine must be one of {ENGINES}, got {self.engine!r}")
         for name in ("beam_size", "token_top_k", "nbest"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -77,6 +120,15 @@ class SearchOptions:
         if self.blank_skip is not None and not 0.0 < self.blank_skip <= 1.0:
             raise ValueError(f"SearchOptions.blank_skip must be in (0, 1] or None, "
                              f"got {self.blank_skip}")
+
+
+def candidate_units(lp: np.ndarray, blank: int, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``top_k`` most probable non-blank units of each frame, best first (ties: the
+    lower id first), and their log-probabilities: ``(T, k)`` each."""
+    nonblank = np.delete(np.arange(lp.shape[1]), blank)  # (V - 1,)
+    sub = lp[:, nonblank]  # (T, V - 1)
+    order = np.argsort(-sub, axis=1, kind="stable")[:, : min(top_k, len(nonblank))]  # (T, k)
+    return nonblank[order], np.take_along_axis(sub, order, axis=1)
 
 
 def _lae(a: float, b: float) -> float:
@@ -141,6 +193,7 @@ class BeamSearchDecoder:
             missing or unknown name is an error, never a silent 0.
         options: search settings.
 
+
     The decoder holds no per-utterance state: one instance decodes any number of
     utterances, from any number of threads of control the caller chooses.
     """
@@ -193,6 +246,40 @@ class BeamSearchDecoder:
         wb = len(table.word_boundary)
         self._starts = tuple("" if u == table.boundary_id else table.tokens[u][wb:] if e else None
                              for u, e in enumerate(ends_word))
+        engine = options.engine
+        spec = compiled_scorers(self.scorers, self.weights) if engine != "python" else None
+        if engine == "compiled":
+            if _ctcsearch is None:
+                raise ValueError(f"engine 'compiled': fusion._ctcsearch is not built "
+                                 f"(make builds it): {_CTC_ERROR}")
+            if isinstance(spec, str):
+                raise ValueError(f"engine 'compiled': {spec}")
+        self._spec = spec if _ctcsearch is not None and not isinstance(spec, str) else None
+        self._searcher: object | None = None  # a C++ object: made here, and after unpickling
+        if self._spec is not None:
+            self._make_searcher()
+
+    def _make_searcher(self) -> object:
+        opts = self.options
+        try:
+            self._searcher = _ctcsearch.Searcher(
+                list(self.table.tokens), list(self._starts), self.table.blank_id,
+                -1 if self.table.boundary_id is None else self.table.boundary_id,
+                self.weights[ACOUSTIC], opts.beam_size, opts.beam_threshold, opts.token_top_k,
+                opts.token_min_logprob, opts.blank_skip, opts.nbest, self._spec)
+        except RuntimeError as exc:  # KenLM failed to load a model the Python side loaded
+            raise ValueError(f"compiled search: {exc}") from None
+        return self._searcher
+
+    @property
+    def engine(self) -> str:
+        """The search that runs: ``"compiled"`` or ``"python"``."""
+        return "python" if self._spec is None else "compiled"
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_searcher"] = None  # a C++ object: each process makes its own
+        return state
 
     # -- word completion ----------------------------------------------------------------
     def _prefetch(self, infos: Iterable[_Prefix], cache: dict,
@@ -315,11 +402,7 @@ class BeamSearchDecoder:
         opts, table = self.options, self.table
         blank, boundary = table.blank_id, table.boundary_id
         n_frames, vocab = lp.shape
-        k = min(opts.token_top_k, vocab - 1)
-        masked = lp.copy()
-        masked[:, blank] = NEG_INF
-        cand = np.argpartition(-masked, k - 1, axis=1)[:, :k]  # (T, k) best non-blank units
-        cand_lp = np.take_along_axis(lp, cand, axis=1)  # (T, k)
+        cand, cand_lp = candidate_units(lp, blank, opts.token_top_k)  # (T, k) each
         keep = cand_lp >= opts.token_min_logprob  # (T, k)
         # frames where no unit but blank can start: every prefix only stays (cheap path)
         blank_only = ~keep.any(axis=1)
@@ -412,6 +495,10 @@ class BeamSearchDecoder:
             beams = self._prune(list(nxt.values()), w_ac, cache)
         return self._finish(beams, cache, w_ac, parents)
 
+    def _compiled_search(self, lp: np.ndarray) -> list[_Final]:
+        searcher = self._searcher if self._searcher is not None else self._make_searcher()
+        return [_Final(*f) for f in searcher.search(lp)]  # type: ignore[attr-defined]
+
     def _cut(self, beams: list[_Beam], row: list[float], lp_blank: float, w_ac: float) -> float:
         """A total below which a new prefix (one that is not a beam now) cannot survive
         this frame's :meth:`_prune`.
@@ -476,7 +563,7 @@ class BeamSearchDecoder:
     def _finish(self, beams: list[_Beam], cache: dict, w_ac: float,
                 parents: list[tuple[int, int]]) -> list[_Final]:
         """Complete each beam's last word, add end-of-utterance scores, rank, dedupe."""
-        finals: dict[tuple, tuple[float, _Final]] = {}
+        finals: list[_Final] = []
         if self._batched:
             self._prefetch([b.info for b in beams], cache, self._batched)
         for b in beams:
@@ -496,13 +583,18 @@ class BeamSearchDecoder:
             while n:
                 n, unit = parents[n]
                 units.append(unit)
-            prefix = tuple(reversed(units))
-            key = tuple(map(tuple, self.table.words_from_ids(prefix)))  # same text, same key
-            acoustic = _lae(b.p_b, b.p_nb)
-            total = w_ac * acoustic + fused
-            if key not in finals or finals[key][0] < total:
-                finals[key] = (total, _Final(prefix, acoustic, tuple(ends), fused))
-        ranked = sorted(finals.values(), key=lambda x: x[0], reverse=True)
+            finals.append(_Final(tuple(reversed(units)), _lae(b.p_b, b.p_nb), tuple(ends), fused))
+        return self._rank(finals, w_ac)
+
+    def _rank(self, finals: Iterable[_Final], w_ac: float) -> list[_Final]:
+        """The ``nbest`` best of the finished beams, one per word sequence."""
+        best: dict[tuple, tuple[float, _Final]] = {}
+        for f in finals:
+            key = tuple(map(tuple, self.table.words_from_ids(f.prefix)))  # same text, same key
+            total = w_ac * f.acoustic + f.fused
+            if key not in best or best[key][0] < total:
+                best[key] = (total, f)
+        ranked = sorted(best.values(), key=lambda x: x[0], reverse=True)
         return [f for _, f in ranked[: self.options.nbest]]
 
     # -- results ------------------------------------------------------------------------
@@ -522,15 +614,15 @@ class BeamSearchDecoder:
     def _align(self, units: tuple[int, ...], lp: np.ndarray) -> tuple[TokenSpan, ...]:
         if not units:
             return ()
-        emissions = torch.tensor(lp).unsqueeze(0)  # (1, T, V)
+        emissions = torch.from_numpy(np.array(lp, dtype=np.float32)).unsqueeze(0)  # (1, T, V), a copy
         targets = torch.tensor([units], dtype=torch.int32)  # (1, L)
         labels, _ = AF.forced_align(emissions, targets, blank=self.table.blank_id)
-        frames = labels[0].tolist()
-        blank = self.table.blank_id
-        starts = [t for t, label in enumerate(frames)
-                  if label != blank and (t == 0 or label != frames[t - 1])]
-        ends = [t + 1 for t, label in enumerate(frames)
-                if label != blank and (t + 1 == len(frames) or label != frames[t + 1])]
+        frames = labels[0].numpy()  # (T,)
+        # a unit's span: from the frame where its label starts to the frame where it changes
+        change = np.flatnonzero(frames[1:] != frames[:-1]) + 1
+        bounds = np.concatenate(([0], change, [len(frames)]))  # runs of one label
+        runs = frames[bounds[:-1]] != self.table.blank_id
+        starts, ends = bounds[:-1][runs].tolist(), bounds[1:][runs].tolist()
         return tuple(TokenSpan(u, s, e) for u, s, e in zip(units, starts, ends))
 
     def decode(self, posteriors: Posteriors) -> DecodeResult:
@@ -544,7 +636,7 @@ class BeamSearchDecoder:
         with ExitStack() as sessions:
             for scorer in self.scorers:
                 sessions.enter_context(scorer.session())
-            beams = self._search(lp)
+            beams = self._search(lp) if self._spec is None else self._compiled_search(lp)
         nbest = tuple(self._hypothesis(b, lp, posteriors.frame_shift) for b in beams)
         return DecodeResult(posteriors.utt_id, nbest, posteriors.frame_shift, posteriors.duration)
 

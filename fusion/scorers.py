@@ -107,9 +107,11 @@ class LMScorer(WordScorer):
         self.name = name
         # a model that batches (a neural LM) gets a frame's word completions in one call
         self.batched = type(lm).score_many is not LanguageModel.score_many
+        self.unigrams: tuple[str, ...] | None = None
         self.prefixes: frozenset[str] | None = None
         if unigrams is not None:
-            self.prefixes = frozenset(w[:i] for w in unigrams for i in range(1, len(w) + 1))
+            self.unigrams = tuple(unigrams)
+            self.prefixes = frozenset(w[:i] for w in self.unigrams for i in range(1, len(w) + 1))
             self.unk_score = lm.score(lm.start(), "<unk>")[1]
 
     partial_uses_state = False

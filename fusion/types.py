@@ -114,8 +114,16 @@ class DecodeResult:
 
 def span_confidences(spans: Sequence[TokenSpan], log_probs: np.ndarray) -> list[float]:
     """Each unit's confidence: the mean of its posterior over the frames it covers."""
-    return [float(np.exp(log_probs[s.start_frame:s.end_frame, s.token_id]).mean())
-            for s in spans]
+    if not spans:
+        return []
+    span = np.array([(s.start_frame, s.end_frame, s.token_id) for s in spans])  # (N, 3)
+    ids = span[:, 2]
+    # cumulative posteriors of the units concerned, a zero row first: a span's sum is a difference
+    cum = np.zeros((log_probs.shape[0] + 1, len(ids)))  # (T + 1, N)
+    np.cumsum(np.exp(log_probs[:, ids].astype(np.float64)), axis=0, out=cum[1:])
+    cols = np.arange(len(ids))
+    sums = cum[span[:, 1], cols] - cum[span[:, 0], cols]
+    return (sums / (span[:, 1] - span[:, 0])).tolist()
 
 
 def spans_to_words(

@@ -14,9 +14,11 @@ import torch
 from fusion.am.config import (
     BatchConfig,
     BestRQConfig,
+    ConfigError,
     OptimConfig,
     PretrainConfig,
     RunConfig,
+    TokensConfig,
     TrainConfig,
 )
 from fusion.am.data import FeatureSet, make_batches
@@ -28,8 +30,10 @@ from fusion.am.model import (
     load_model,
 )
 from fusion.am.pretrain import pretrain_bestrq, span_mask
+from fusion.am.subword import SentencePieceUnits, train_sentencepiece
 from fusion.am.train import ctc_feasible, load_pretrained_encoder, train_ctc
 from fusion.am.trainer import LRSchedule
+from fusion.tokens import TokenTableError
 
 TINY = ModelConfig(subsampling_channels=8, d_model=32, n_heads=2, ff_mult=2, n_layers=2,
                    conv_kernel=5, dropout=0.1)
@@ -176,3 +180,45 @@ def test_pretrain_resume_and_finetune(corpus, tmp_path):
                    pretrained=tmp_path / "a" / "last.pt", progress=False, log=lambda m: None)
     assert ft.step == 2
     assert any((tmp_path / "ft" / "cache").iterdir())  # features cached for the next run
+
+
+def test_sentencepiece_units_train_resume_and_decode(corpus, tmp_path):
+    """Subword units: learnt from the transcripts, kept in the checkpoint, resumed exactly."""
+    train = FeatureSet.from_manifest(corpus / "train.jsonl", progress=False)
+    kw = {"progress": False, "log": lambda m: None, "train_set": train, "dev_set": None}
+    sp = replace(config(total=4), tokens=TokensConfig(kind="sentencepiece", vocab_size=12))
+    straight = train_ctc(None, None, tmp_path / "straight", sp, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        train_ctc(None, None, tmp_path / "killed", sp, stop_after=3, **kw)
+    train2 = FeatureSet.from_manifest(corpus / "train.jsonl", progress=False)
+    resumed = train_ctc(None, None, tmp_path / "killed", sp, **{**kw, "train_set": train2})
+    assert straight.step == resumed.step == 4
+    a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "killed" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    model = load_model(tmp_path / "killed" / "model.pt")
+    units = model.units
+    assert units is not None and model.token_table == units.table
+    assert model.token_table.boundary_style == "prefix" and len(model.token_table) == 13
+    assert model.config.vocab_size == 13
+    for text in WORDS + ["cab ace bad"]:  # every transcript spells and reads back
+        assert model.token_table.text_from_ids(units.encode(text)) == text
+    # the model's posteriors decode with the subword table
+    from fusion.am.infer import CTCModelAdapter, compute_posteriors
+    from fusion.greedy import greedy_decode
+    from fusion.manifest import read_manifest
+
+    posts = list(compute_posteriors(read_manifest(corpus / "dev.jsonl"), CTCModelAdapter(model)))
+    assert all(p.num_tokens == 13 for p in posts)
+    assert len(greedy_decode(posts, model.token_table)) == 3
+
+
+def test_sentencepiece_units_refuse_unknown_characters():
+    units = train_sentencepiece(["a cab", "bad ace"], 8)
+    assert units.table.tokens[0] == "<blank>"
+    with pytest.raises(TokenTableError, match="'xyz'.*does not know"):
+        units.encode("xyz")
+    with pytest.raises(TokenTableError, match="not a sentencepiece model"):
+        SentencePieceUnits(b"not a model")
+    with pytest.raises(ConfigError, match="tokens.kind"):
+        TokensConfig(kind="phones")

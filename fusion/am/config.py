@@ -1,7 +1,7 @@
 """Training configurations: frozen dataclasses read from TOML data (never executed).
 
 A config file has one table per section (``[model]``, ``[optim]``, ``[batch]``,
-``[specaug]``, ``[run]`` and, for pretraining, ``[bestrq]``); every key is optional
+``[specaug]``, ``[run]``, ``[tokens]`` and, for pretraining, ``[bestrq]``); every key is optional
 and defaults to the dataclass field. Unknown sections or keys and values of the wrong
 type are errors naming the key. Example::
 
@@ -12,6 +12,10 @@ type are errors naming the key. Example::
     [optim]
     lr = 2e-3
     total_steps = 20000
+
+    [tokens]               # subword units instead of characters
+    kind = "sentencepiece"
+    vocab_size = 256
 """
 
 from __future__ import annotations
@@ -129,12 +133,33 @@ class BestRQConfig:
 
 
 @dataclass(frozen=True)
+class TokensConfig:
+    """Output units: ``"char"`` (blank, ``|``, a-z, apostrophe) or ``"sentencepiece"``
+    (learnt from the training transcripts at the start of training: ``vocab_size``
+    pieces of a ``model_type`` model, see :mod:`fusion.am.subword`). The model's
+    ``vocab_size`` follows from the units."""
+
+    kind: Literal["char", "sentencepiece"] = "char"
+    vocab_size: int = 256
+    model_type: Literal["unigram", "bpe"] = "unigram"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("char", "sentencepiece"):
+            raise ConfigError(f"tokens.kind: expected 'char' or 'sentencepiece', got {self.kind!r}")
+        if self.model_type not in ("unigram", "bpe"):
+            raise ConfigError(f"tokens.model_type: expected 'unigram' or 'bpe', got {self.model_type!r}")
+        if self.vocab_size < 8:
+            raise ConfigError("tokens.vocab_size must be at least 8")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     specaug: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +69,18 @@ class FeatureSet:
     @property
     def total_seconds(self) -> float:
         return float(self.lengths.sum()) / 100.0
+
+    def subset(self, indices: Sequence[int]) -> FeatureSet:
+        """A new set of the utterances at ``indices`` (in that order); features are copied."""
+        idx = [int(i) for i in indices]
+        if any(not 0 <= i < len(self) for i in idx):
+            raise IndexError(f"subset: indices must lie in [0, {len(self)})")
+        chunks = [self.flat[int(self.offsets[i]): int(self.offsets[i + 1])] for i in idx]
+        offsets = torch.zeros(len(idx) + 1, dtype=torch.int64)
+        if idx:
+            offsets[1:] = torch.cumsum(self.lengths[idx], 0)
+        flat = torch.cat(chunks) if chunks else self.flat[:0].clone()
+        return FeatureSet([self.ids[i] for i in idx], [self.texts[i] for i in idx], flat, offsets)
 
     def features(self, i: int) -> torch.Tensor:
         return self.flat[int(self.offsets[i]): int(self.offsets[i + 1])].float()  # (T, F)
@@ -127,13 +139,16 @@ class FeatureSet:
             acc.add(self.flat[start: start + step])
         return acc.finish()
 
-    def targets(self, table: TokenTable) -> list[list[int]]:
-        """Token ids of every transcript (cached); unknown characters raise."""
+    def targets(self, table: TokenTable,
+                encode: Callable[[str], list[int]] | None = None) -> list[list[int]]:
+        """Token ids of every transcript, spelt by ``encode`` (subword units) or the
+        table (characters); cached. Unknown characters raise."""
         if self._targets is None:
             out = []
+            spell = encode or table.ids_from_text
             for utt_id, text in zip(self.ids, self.texts):
                 try:
-                    out.append(table.ids_from_text(text or ""))
+                    out.append(spell(text or ""))
                 except TokenTableError as exc:
                     raise TokenTableError(f"utterance {utt_id!r}: {exc}") from None
             self._targets = out

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusion.am.features import CMVN, HOP_LENGTH, N_MELS, SAMPLE_RATE
+from fusion.am.subword import SentencePieceUnits
 from fusion.manifest import atomic_write
 from fusion.tokens import TokenTable, character_table
 
@@ -303,8 +304,13 @@ class CTCModel(CMVNModule):
     """
 
     def __init__(self, config: ModelConfig, token_table: TokenTable | None = None,
-                 cmvn: CMVN | None = None) -> None:
+                 cmvn: CMVN | None = None, units: SentencePieceUnits | None = None) -> None:
         super().__init__()
+        if units is not None:
+            if token_table is not None and token_table != units.table:
+                raise ValueError("token_table differs from the sentencepiece units' table")
+            token_table = units.table
+        self.units = units  # subword units: spell transcripts; None for characters
         token_table = token_table or character_table()
         if len(token_table) != config.vocab_size:
             raise ValueError(
@@ -343,8 +349,11 @@ def model_checkpoint(model: CTCModel, **extra: Any) -> dict[str, Any]:
     Keys: ``format`` ("asrfuse-am"), ``version``, ``kind`` ("ctc"), ``config`` (the
     :class:`ModelConfig` as a dict), ``token_table`` (:meth:`TokenTable.to_dict`),
     ``cmvn`` (``{"mean": (80,), "std": (80,)}`` tensors), ``model`` (the state dict);
-    ``extra`` keys (e.g. ``train_state``) are added as given.
+    ``sentencepiece`` (the subword model's bytes, ``uint8``) for subword units; ``extra``
+    keys (e.g. ``train_state``) are added as given.
     """
+    if model.units is not None:
+        extra = {"sentencepiece": model.units.to_tensor(), **extra}
     return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -396,7 +405,8 @@ def model_from_checkpoint(data: dict[str, Any], *, source: str = "checkpoint") -
         config = ModelConfig.from_dict(dict(data["config"]))
         table = TokenTable.from_dict(dict(data["token_table"]), source=f"{source} token table")
         cmvn = CMVN.from_dict(data["cmvn"])
-        model = CTCModel(config, table, cmvn)
+        units = SentencePieceUnits.from_tensor(data["sentencepiece"]) if "sentencepiece" in data else None
+        model = CTCModel(config, table, cmvn, units)
         model.load_state_dict(data["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{source}: malformed model checkpoint: {exc}") from None

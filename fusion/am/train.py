@@ -9,12 +9,15 @@ SpecAugment on the training batches, greedy dev CER (``jiwer.cer``) every
 
 Files in ``out_dir``: ``last.pt`` (resumable training checkpoint), ``best.pt`` (model
 with the best dev CER so far), ``model.pt`` (the final model), ``log.jsonl`` (one line
-per step, plus evaluation lines), ``curves.png``. Running again with the same
-``out_dir`` resumes exactly where ``last.pt`` left off.
+per step, plus evaluation lines), ``curves.png``; with ``[tokens] kind =
+"sentencepiece"``, ``units.model`` (the subword units, learnt from the training
+transcripts when the run starts). Running again with the same ``out_dir`` resumes
+exactly where ``last.pt`` left off.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 from collections.abc import Callable
@@ -25,7 +28,7 @@ import jiwer
 import torch
 import torch.nn.functional as F
 
-from fusion.am.config import TrainConfig
+from fusion.am.config import TokensConfig, TrainConfig
 from fusion.am.data import FeatureSet, collate, load_feature_sets, make_batches
 from fusion.am.features import CMVN, SpecAugment
 from fusion.am.model import (
@@ -36,6 +39,7 @@ from fusion.am.model import (
     model_checkpoint,
     save_checkpoint,
 )
+from fusion.am.subword import SentencePieceUnits, train_sentencepiece
 from fusion.am.trainer import Trainer, TrainerState, seed_everything
 from fusion.greedy import best_path
 from fusion.tokens import TokenTable, character_table
@@ -73,7 +77,7 @@ class CTCTask:
         self.table = model.token_table
         self.augment = SpecAugment(config.specaug)
         say = log or (lambda m: print(m, file=sys.stderr, flush=True))
-        targets = train.targets(self.table)
+        targets = train.targets(self.table, model.units.encode if model.units else None)
         max_frames = int(config.batch.max_duration * 100)
         keep, too_long, infeasible = [], 0, 0
         for i in range(len(train)):
@@ -173,6 +177,22 @@ def load_pretrained_encoder(model: CTCModel, path: str | Path) -> bool:
     return False
 
 
+UNITS_FILE = "units.model"
+
+
+def subword_units(path: Path, train_set: FeatureSet, config: TokensConfig,
+                  say: Callable[[str], None]) -> SentencePieceUnits:
+    """The run's sentencepiece units: those at ``path`` (a resumed run), else learnt from
+    the training transcripts and saved there."""
+    if path.is_file():
+        return SentencePieceUnits.load(path)
+    units = train_sentencepiece((t or "" for t in train_set.texts), config.vocab_size,
+                                model_type=config.model_type)
+    units.save(path)
+    say(f"subword units: {len(units.table) - 1} sentencepiece pieces ({config.model_type}) -> {path}")
+    return units
+
+
 def train_ctc(
     train_manifest: str | Path,
     dev_manifest: str | Path | None,
@@ -208,8 +228,13 @@ def train_ctc(
             for utt_id, reason in fs.skipped[:5]:
                 say(f"  skipped {utt_id}: {reason}")
     seed_everything(config.run.seed)
-    table = token_table or character_table()
-    model = CTCModel(config.model, table, train_set.cmvn())
+    units = None
+    if config.tokens.kind == "sentencepiece":
+        units = subword_units(out_dir / UNITS_FILE, train_set, config.tokens, say)
+        config = dataclasses.replace(config, model=dataclasses.replace(
+            config.model, vocab_size=len(units.table)))
+    table = units.table if units else token_table or character_table()
+    model = CTCModel(config.model, table, train_set.cmvn(), units)
     say(f"model: {model.num_parameters() / 1e6:.2f}M parameters, "
         f"{config.model.subsampling}x subsampling ({config.model.frame_shift * 1000:.0f} ms frames)")
     task = CTCTask(model, train_set, dev_set, config, log=say)

@@ -1,0 +1,653 @@
+// The compiled search of fusion.decoder.BeamSearchDecoder (module fusion._ctcsearch).
+//
+// A line-for-line counterpart of BeamSearchDecoder._search, _finish and _rank, for the
+// scorers it knows: a word-level KenLM n-gram (LMScorer over
+// fusion's KenLM, with its partial-word estimate), WordBonus and LexiconScorer
+// (constraint or OOV penalty). The Python decoder hands it the same tables it uses
+// itself and turns what it returns into hypotheses, so both paths give the same
+// results: the same candidate units per frame in the same order, the same pruning bounds,
+// the same order of floating-point operations (tests/test_ctcsearch.py compares them).
+//
+// Per utterance, KenLM states are interned (an int per distinct state) and each
+// (scorer, state, word) completion is scored once; partial words follow character tries
+// (the LM's unigrams, the lexicon) one unit at a time instead of being looked up as
+// strings. The GIL is released during a search; one searcher runs one search at a time.
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "lm/model.hh"
+#include "lm/state.hh"
+#include "lm/virtual_interface.hh"
+
+namespace py = pybind11;
+
+namespace {
+
+constexpr double NEG_INF = -std::numeric_limits<double>::infinity();
+
+// log(exp(a) + exp(b)), -inf safe: fusion.decoder._lae.
+inline double lae(double a, double b) {
+  if (a < b) std::swap(a, b);
+  if (b == NEG_INF) return a;
+  return a + std::log1p(std::exp(b - a));
+}
+
+// A character trie over byte strings; node 0 is the root, -1 is "no such prefix". Built
+// with a hash map, then laid out flat: each node's children sorted by byte, side by side.
+class Trie {
+ public:
+  explicit Trie(const std::vector<std::string>& words) {
+    std::unordered_map<uint64_t, int32_t> next;
+    std::vector<uint8_t> is_word(1, 0);
+    for (const auto& w : words) {
+      if (w.empty()) continue;
+      int32_t node = 0;
+      for (unsigned char c : w) {
+        uint64_t key = (static_cast<uint64_t>(node) << 8) | c;
+        auto it = next.find(key);
+        if (it == next.end()) {
+          int32_t child = static_cast<int32_t>(is_word.size());
+          is_word.push_back(0);
+          next.emplace(key, child);
+          node = child;
+        } else {
+          node = it->second;
+        }
+      }
+      is_word[node] = 1;
+    }
+    const size_t n = is_word.size();
+    std::vector<std::pair<uint64_t, int32_t>> edges(next.begin(), next.end());
+    std::sort(edges.begin(), edges.end());  // by parent, then byte
+    first_.assign(n + 1, 0);
+    for (const auto& e : edges) ++first_[(e.first >> 8) + 1];
+    for (size_t i = 0; i < n; ++i) first_[i + 1] += first_[i];
+    bytes_.reserve(edges.size());
+    child_.reserve(edges.size());
+    for (const auto& e : edges) {
+      bytes_.push_back(static_cast<uint8_t>(e.first & 0xff));
+      child_.push_back(e.second);
+    }
+    is_word_ = std::move(is_word);
+  }
+  int32_t walk(int32_t node, const std::string& s) const {
+    for (unsigned char c : s) {
+      if (node < 0) return -1;
+      int32_t found = -1;
+      for (int32_t e = first_[node], end = first_[node + 1]; e < end; ++e)
+        if (bytes_[e] == c) {
+          found = child_[e];
+          break;
+        }
+      node = found;
+    }
+    return node;
+  }
+  bool is_word(int32_t node) const { return node >= 0 && is_word_[node]; }
+
+ private:
+  std::vector<int32_t> first_;  // node -> its first edge; first_[n] = number of edges
+  std::vector<uint8_t> bytes_;
+  std::vector<int32_t> child_;
+  std::vector<uint8_t> is_word_;
+};
+
+struct StateHash {
+  size_t operator()(const lm::ngram::State& s) const { return lm::ngram::hash_value(s); }
+};
+
+struct WordKey {
+  int32_t state;
+  std::string word;
+  bool operator==(const WordKey& o) const { return state == o.state && word == o.word; }
+};
+struct WordKeyHash {
+  size_t operator()(const WordKey& k) const {
+    return std::hash<std::string>()(k.word) * 1000003u ^ static_cast<size_t>(k.state);
+  }
+};
+
+enum class Kind { kKenLM, kBonus, kLexicon };
+
+// One scorer: what it needs to score words and partial words.
+struct Scorer {
+  Kind kind;
+  double weight = 0.0;
+  // kKenLM
+  std::shared_ptr<lm::base::Model> model;
+  std::unique_ptr<Trie> prefixes;  // the LM's unigrams, for the partial-word estimate
+  double unk_score = 0.0;
+  double ln10 = std::log(10.0);
+  // kLexicon
+  std::unique_ptr<Trie> words;
+  bool constraint = false;
+};
+
+// Per-utterance bookkeeping of one prefix: fusion.decoder._Prefix.
+struct Info {
+  bool valid = true;
+  std::string partial;
+  double fused = 0.0;
+  double pterm = 0.0;
+  int32_t lm_node = 0;   // node of ``partial`` in the first partial-scoring trie (-1: none)
+  int32_t lex_node = 0;  // node of ``partial`` in the constraint tries (-1: not viable)
+};
+
+struct Beam {
+  int32_t id;
+  int32_t last;
+  double p_b;
+  double p_nb;
+};
+
+struct Final {
+  std::vector<int32_t> units;
+  double acoustic;
+  std::vector<double> scores;
+  double fused;
+};
+
+class Searcher {
+ public:
+  Searcher(const std::vector<std::string>& spellings, const std::vector<std::optional<std::string>>& starts,
+           int blank, int boundary, double w_ac, int beam_size, double beam_threshold,
+           int token_top_k, double token_min_logprob, std::optional<double> blank_skip, int nbest,
+           const py::list& scorers)
+      : spellings_(spellings), starts_(starts), blank_(blank), boundary_(boundary), w_ac_(w_ac),
+        beam_size_(beam_size), nbest_(nbest), beam_threshold_(beam_threshold), top_k_(token_top_k),
+        min_lp_(static_cast<float>(token_min_logprob)) {
+    vocab_ = static_cast<int>(spellings_.size());
+    if (static_cast<int>(starts_.size()) != vocab_)
+      throw std::invalid_argument("starts and spellings differ in length");
+    if (blank_ < 0 || blank_ >= vocab_) throw std::invalid_argument("blank id out of range");
+    has_skip_ = blank_skip.has_value();
+    if (has_skip_) skip_lp_ = static_cast<float>(std::log(*blank_skip));
+    for (auto item : scorers) {
+      auto d = item.cast<py::dict>();
+      auto kind = d["kind"].cast<std::string>();
+      Scorer s;
+      s.weight = d["weight"].cast<double>();
+      if (kind == "kenlm") {
+        s.kind = Kind::kKenLM;
+        auto path = d["path"].cast<std::string>();
+        lm::ngram::Config config;
+        config.messages = nullptr;
+        s.model.reset(lm::ngram::LoadVirtual(path.c_str(), config));
+        if (!d["unigrams"].is_none()) {
+          s.prefixes = std::make_unique<Trie>(d["unigrams"].cast<std::vector<std::string>>());
+          lm::ngram::State begin, out;
+          s.model->BeginSentenceWrite(&begin);
+          s.unk_score = static_cast<double>(s.model->BaseScore(
+                            &begin, s.model->BaseVocabulary().Index(std::string("<unk>")), &out)) * s.ln10;
+        }
+      } else if (kind == "bonus") {
+        s.kind = Kind::kBonus;
+      } else if (kind == "lexicon") {
+        s.kind = Kind::kLexicon;
+        s.words = std::make_unique<Trie>(d["words"].cast<std::vector<std::string>>());
+        s.constraint = d["constraint"].cast<bool>();
+      } else {
+        throw std::invalid_argument("unknown scorer kind " + kind);
+      }
+      scorers_.push_back(std::move(s));
+    }
+    for (size_t i = 0; i < scorers_.size(); ++i) {
+      if (scorers_[i].kind == Kind::kKenLM) partial_.push_back(i);
+      if (scorers_[i].kind == Kind::kLexicon && scorers_[i].constraint) constraints_.push_back(i);
+    }
+    // the tries a prefix follows: one node per partial-scoring LM and per constraint
+    trie_scorers_ = partial_;
+    trie_scorers_.insert(trie_scorers_.end(), constraints_.begin(), constraints_.end());
+    letter_.resize(vocab_);
+    for (int u = 0; u < vocab_; ++u) letter_[u] = !starts_[u].has_value();
+  }
+
+  std::vector<Final> search(const float* lp, int64_t n_frames, int64_t vocab) {
+    if (vocab != vocab_) throw std::invalid_argument("posteriors and token table differ in width");
+    reset();
+    const size_t S = scorers_.size();
+    const size_t N = trie_scorers_.size();
+    // the candidate units of each frame, best first (ties: lower id first)
+    const int k = std::min(top_k_, vocab_ - 1);
+    std::vector<int32_t> order(vocab_);
+    std::vector<std::pair<int32_t, double>> units;
+    // root prefix
+    new_prefix(-1, -1);
+    for (size_t i = 0; i < S; ++i) states_.push_back(start_state(i));
+    for (size_t i = 0; i < S; ++i) scores_.push_back(0.0);
+    for (size_t j = 0; j < N; ++j) nodes_.push_back(0);
+    std::vector<Beam> beams{{0, -1, 0.0, NEG_INF}};
+    std::vector<Beam> nxt;
+    std::vector<double> lows, totals;
+    std::vector<int32_t> idx;
+    for (int64_t t = 0; t < n_frames; ++t) {
+      const float* row = lp + t * vocab_;
+      const double lp_blank = row[blank_];
+      units.clear();
+      if (!(has_skip_ && row[blank_] >= skip_lp_)) {
+        // the k best of the units above the floor: the floor first, it leaves few
+        int m = 0;
+        for (int u = 0; u < vocab_; ++u)
+          if (u != blank_ && row[u] >= min_lp_) order[m++] = u;
+        auto better = [row](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); };
+        const int kept = std::min(k, m);
+        std::partial_sort(order.begin(), order.begin() + kept, order.begin() + m, better);
+        for (int j = 0; j < kept; ++j) units.emplace_back(order[j], static_cast<double>(row[order[j]]));
+      }
+      if (units.empty()) {
+        for (auto& b : beams) {
+          double total = lae(b.p_b, b.p_nb);
+          b.p_nb = b.last >= 0 ? b.p_nb + row[b.last] : NEG_INF;
+          b.p_b = total + lp_blank;
+        }
+        continue;
+      }
+      const double cut = frame_cut(beams, row, lp_blank, lows);
+      ++stamp_;
+      for (const auto& b : beams) mark(live_, b.id);
+      nxt.clear();
+      for (const auto& b : beams) {
+        const int32_t bid = b.id, last = b.last;
+        const double p_b = b.p_b, p_nb = b.p_nb;
+        const double total = lae(p_b, p_nb);
+        int32_t same = find_next(bid);
+        if (same < 0) same = add_next(nxt, Beam{bid, last, NEG_INF, NEG_INF});
+        nxt[same].p_b = lae(nxt[same].p_b, total + lp_blank);
+        if (last >= 0) nxt[same].p_nb = lae(nxt[same].p_nb, p_nb + row[last]);
+        const bool has_partial = !infos_[bid].partial.empty();
+        const double fused = infos_[bid].fused;
+        for (const auto& [unit, unit_lp] : units) {
+          const double p = (unit == last ? p_b : total) + unit_lp;
+          if (p == NEG_INF) continue;
+          if (unit == boundary_ && !has_partial) {
+            if (last >= 0)
+              nxt[same].p_nb = lae(nxt[same].p_nb, p);
+            else
+              nxt[same].p_b = lae(nxt[same].p_b, p);
+            continue;
+          }
+          const size_t key = static_cast<size_t>(bid) * vocab_ + unit;
+          int32_t cid = children_[key];
+          if (cid < 0) {
+            if (letter_[unit] && w_ac_ > 0) {
+              // a new prefix that keeps its parent's word scores: its total is known now
+              double& pt = letter_pt_[key];
+              if (std::isnan(pt)) pt = letter_term(bid, unit);
+              if (w_ac_ * p + fused + pt < cut) continue;
+            }
+            cid = extend(bid, unit);
+            children_[key] = cid;
+          }
+          int32_t child = find_next(cid);
+          if (child < 0) {
+            const Info& info = infos_[cid];
+            if (info.valid && (w_ac_ * p + info.fused + info.pterm >= cut || marked(live_, cid)))
+              add_next(nxt, Beam{cid, unit, NEG_INF, p});
+          } else {
+            nxt[child].p_nb = lae(nxt[child].p_nb, p);
+          }
+        }
+      }
+      prune(nxt, beams, totals, idx);
+    }
+    return finish(beams);
+  }
+
+ private:
+  // -- per-utterance tables -------------------------------------------------------------
+  void reset() {
+    infos_.clear();
+    parents_.clear();
+    states_.clear();
+    scores_.clear();
+    nodes_.clear();
+    children_.clear();
+    letter_pt_.clear();
+    next_pos_.clear();
+    next_stamp_.clear();
+    live_.clear();
+    stamp_ = 0;
+    lm_states_.clear();
+    lm_index_.clear();
+    completions_.clear();
+  }
+
+  int32_t new_prefix(int32_t parent, int32_t unit) {
+    infos_.emplace_back();
+    parents_.emplace_back(parent, unit);
+    children_.resize(children_.size() + vocab_, -1);
+    letter_pt_.resize(letter_pt_.size() + vocab_, std::numeric_limits<double>::quiet_NaN());
+    next_stamp_.push_back(-1);
+    next_pos_.push_back(-1);
+    live_.push_back(-1);
+    return static_cast<int32_t>(infos_.size() - 1);
+  }
+
+  void mark(std::vector<int64_t>& v, int32_t id) { v[id] = stamp_; }
+  bool marked(const std::vector<int64_t>& v, int32_t id) const { return v[id] == stamp_; }
+  int32_t find_next(int32_t id) const { return next_stamp_[id] == stamp_ ? next_pos_[id] : -1; }
+  int32_t add_next(std::vector<Beam>& nxt, const Beam& b) {
+    next_stamp_[b.id] = stamp_;
+    next_pos_[b.id] = static_cast<int32_t>(nxt.size());
+    nxt.push_back(b);
+    return next_pos_[b.id];
+  }
+
+  int32_t intern(const lm::ngram::State& s) {
+    auto it = lm_index_.find(s);
+    if (it != lm_index_.end()) return it->second;
+    int32_t id = static_cast<int32_t>(lm_states_.size());
+    lm_states_.push_back(s);
+    lm_index_.emplace(s, id);
+    return id;
+  }
+
+  int32_t start_state(size_t i) {
+    const Scorer& s = scorers_[i];
+    if (s.kind != Kind::kKenLM) return 0;
+    lm::ngram::State begin;
+    s.model->BeginSentenceWrite(&begin);
+    return intern(begin);
+  }
+
+  // (next state, score) of ``word`` after ``state`` for scorer ``i``: score_word.
+  std::pair<int32_t, double> score_word(size_t i, int32_t state, const std::string& word) {
+    const Scorer& s = scorers_[i];
+    switch (s.kind) {
+      case Kind::kBonus:
+        return {0, 1.0};
+      case Kind::kLexicon:
+        return {0, s.words->is_word(s.words->walk(0, word)) ? 0.0 : -1.0};
+      case Kind::kKenLM: {
+        WordKey key{static_cast<int32_t>(i * 0x1000000 + state), word};
+        auto it = completions_.find(key);
+        if (it != completions_.end()) return it->second;
+        lm::ngram::State in = lm_states_[state], out;
+        double score = static_cast<double>(s.model->BaseScore(
+                           &in, s.model->BaseVocabulary().Index(word), &out)) * s.ln10;
+        std::pair<int32_t, double> hit{intern(out), score};
+        completions_.emplace(std::move(key), hit);
+        return hit;
+      }
+    }
+    return {0, 0.0};
+  }
+
+  double end_score(size_t i, int32_t state) {
+    const Scorer& s = scorers_[i];
+    if (s.kind != Kind::kKenLM) return 0.0;
+    lm::ngram::State in = lm_states_[state], out;
+    return static_cast<double>(s.model->BaseScore(
+               &in, s.model->BaseVocabulary().EndSentence(), &out)) * s.ln10;
+  }
+
+  // Complete ``word`` into the states/scores at ``st``/``sc`` (length S); returns fused.
+  double complete(int32_t* st, double* sc, double fused, const std::string& word) {
+    for (size_t i = 0; i < scorers_.size(); ++i) {
+      auto [state, score] = score_word(i, st[i], word);
+      st[i] = state;
+      sc[i] += score;
+      fused += scorers_[i].weight * score;
+    }
+    return fused;
+  }
+
+  bool accepted(const int32_t* nodes) const {
+    for (size_t j = partial_.size(); j < trie_scorers_.size(); ++j)
+      if (!scorers_[trie_scorers_[j]].words->is_word(nodes[j])) return false;
+    return true;
+  }
+
+  // the weighted partial-word estimate of a partial word at trie ``nodes``
+  double partial_term(const int32_t* nodes) const {
+    double term = 0.0;
+    for (size_t j = 0; j < partial_.size(); ++j) {
+      const Scorer& s = scorers_[partial_[j]];
+      term += s.weight * (s.prefixes == nullptr || nodes[j] >= 0 ? 0.0 : s.unk_score);
+    }
+    return term;
+  }
+
+  double letter_term(int32_t parent, int32_t unit) {
+    if (partial_.empty()) return 0.0;
+    const size_t N = trie_scorers_.size();
+    tmp_nodes_.resize(N);
+    for (size_t j = 0; j < partial_.size(); ++j) {
+      const Scorer& s = scorers_[partial_[j]];
+      int32_t node = nodes_[parent * N + j];
+      tmp_nodes_[j] = s.prefixes == nullptr ? 0 : s.prefixes->walk(node, spellings_[unit]);
+    }
+    return partial_term(tmp_nodes_.data());
+  }
+
+  // The prefix ``parent`` + ``unit``: fusion.decoder.BeamSearchDecoder._extend.
+  int32_t extend(int32_t parent, int32_t unit) {
+    const size_t S = scorers_.size(), N = trie_scorers_.size();
+    const int32_t id = new_prefix(parent, unit);
+    states_.resize((id + 1) * S);
+    scores_.resize((id + 1) * S);
+    nodes_.resize((id + 1) * N);
+    std::copy_n(&states_[parent * S], S, &states_[id * S]);
+    std::copy_n(&scores_[parent * S], S, &scores_[id * S]);
+    Info& info = infos_[id];
+    const Info& up = infos_[parent];
+    info.fused = up.fused;
+    int32_t* nodes = &nodes_[id * N];
+    const int32_t* up_nodes = &nodes_[parent * N];
+    if (starts_[unit].has_value()) {  // the unit ends the word in progress
+      if (!up.partial.empty()) {
+        if (!constraints_.empty() && !accepted(up_nodes)) {
+          info.valid = false;
+          return id;
+        }
+        info.fused = complete(&states_[id * S], &scores_[id * S], info.fused, up.partial);
+      }
+      info.partial = *starts_[unit];
+      for (size_t j = 0; j < N; ++j) nodes[j] = walk(j, 0, info.partial);
+    } else {
+      info.partial = up.partial + spellings_[unit];
+      for (size_t j = 0; j < N; ++j) nodes[j] = walk(j, up_nodes[j], spellings_[unit]);
+    }
+    if (!info.partial.empty()) {
+      for (size_t j = partial_.size(); j < N; ++j)
+        if (nodes[j] < 0) {
+          info.valid = false;
+          return id;
+        }
+      if (!partial_.empty()) info.pterm = partial_term(nodes);
+    }
+    return id;
+  }
+
+  int32_t walk(size_t j, int32_t node, const std::string& s) const {
+    const Scorer& sc = scorers_[trie_scorers_[j]];
+    const Trie* trie = sc.kind == Kind::kKenLM ? sc.prefixes.get() : sc.words.get();
+    return trie == nullptr ? 0 : trie->walk(node, s);
+  }
+
+  // -- pruning ----------------------------------------------------------------------------
+  double frame_cut(const std::vector<Beam>& beams, const float* row, double lp_blank,
+                   std::vector<double>& lows) const {
+    if (w_ac_ <= 0) return NEG_INF;
+    lows.clear();
+    for (const auto& b : beams) {
+      double kept = lae(lae(b.p_b, b.p_nb) + lp_blank, b.last >= 0 ? b.p_nb + row[b.last] : NEG_INF);
+      lows.push_back(w_ac_ * kept + infos_[b.id].fused + infos_[b.id].pterm);
+    }
+    double cut = *std::max_element(lows.begin(), lows.end()) - beam_threshold_;
+    if (static_cast<int>(lows.size()) >= beam_size_) {
+      std::nth_element(lows.begin(), lows.begin() + (beam_size_ - 1), lows.end(), std::greater<double>());
+      cut = std::max(cut, lows[beam_size_ - 1]);
+    }
+    return cut - 1e-6;
+  }
+
+  void prune(const std::vector<Beam>& nxt, std::vector<Beam>& beams, std::vector<double>& totals,
+             std::vector<int32_t>& idx) const {
+    totals.resize(nxt.size());
+    idx.resize(nxt.size());
+    for (size_t j = 0; j < nxt.size(); ++j) {
+      const Info& info = infos_[nxt[j].id];
+      totals[j] = w_ac_ * lae(nxt[j].p_b, nxt[j].p_nb) + info.fused + info.pterm;
+      idx[j] = static_cast<int32_t>(j);
+    }
+    std::stable_sort(idx.begin(), idx.end(), [&totals](int32_t a, int32_t b) { return totals[a] > totals[b]; });
+    const double floor = totals[idx[0]] - beam_threshold_;
+    beams.clear();
+    const size_t n = std::min(idx.size(), static_cast<size_t>(beam_size_));
+    for (size_t j = 0; j < n; ++j)
+      if (totals[idx[j]] >= floor) beams.push_back(nxt[idx[j]]);
+  }
+
+  // The words of a unit sequence as one key: units, -1 between words (words_from_ids).
+  std::vector<int32_t> word_key(const std::vector<int32_t>& units) const {
+    std::vector<int32_t> key;
+    bool in_word = false;
+    for (int32_t u : units) {
+      if (starts_[u].has_value()) {  // a boundary or a word-starting unit
+        in_word = false;
+        if (u == boundary_) continue;
+      }
+      if (!in_word && !key.empty()) key.push_back(-1);
+      key.push_back(u);
+      in_word = true;
+    }
+    return key;
+  }
+
+  // The ``nbest`` best finished beams, one per word sequence: BeamSearchDecoder._rank.
+  std::vector<Final> rank(std::vector<Final> finals) const {
+    std::vector<std::vector<int32_t>> keys;
+    std::vector<size_t> best;  // per distinct key, in order of first appearance
+    std::vector<double> totals;
+    for (size_t j = 0; j < finals.size(); ++j) {
+      auto key = word_key(finals[j].units);
+      const double total = w_ac_ * finals[j].acoustic + finals[j].fused;
+      size_t k = 0;
+      while (k < keys.size() && keys[k] != key) ++k;
+      if (k == keys.size()) {
+        keys.push_back(std::move(key));
+        best.push_back(j);
+        totals.push_back(total);
+      } else if (totals[k] < total) {
+        best[k] = j;
+        totals[k] = total;
+      }
+    }
+    std::vector<size_t> order(best.size());
+    for (size_t k = 0; k < order.size(); ++k) order[k] = k;
+    std::stable_sort(order.begin(), order.end(), [&totals](size_t a, size_t b) { return totals[a] > totals[b]; });
+    std::vector<Final> out;
+    for (size_t k = 0; k < order.size() && static_cast<int>(out.size()) < nbest_; ++k)
+      out.push_back(std::move(finals[best[order[k]]]));
+    return out;
+  }
+
+  // Each beam's last word completed and end-of-utterance scores added (rejected: skipped).
+  std::vector<Final> finish(const std::vector<Beam>& beams) {
+    const size_t S = scorers_.size(), N = trie_scorers_.size();
+    std::vector<Final> out;
+    std::vector<int32_t> st(S);
+    for (const auto& b : beams) {
+      const Info& info = infos_[b.id];
+      Final f;
+      std::copy_n(&states_[b.id * S], S, st.begin());
+      f.scores.assign(&scores_[b.id * S], &scores_[b.id * S] + S);
+      double fused = info.fused;
+      if (!info.partial.empty()) {
+        if (!constraints_.empty() && !accepted(&nodes_[b.id * N])) continue;
+        fused = complete(st.data(), f.scores.data(), fused, info.partial);
+      }
+      for (size_t i = 0; i < S; ++i) {
+        double end = end_score(i, st[i]);
+        f.scores[i] += end;
+        fused += scorers_[i].weight * end;
+      }
+      for (int32_t n = b.id; n != 0; n = parents_[n].first) f.units.push_back(parents_[n].second);
+      std::reverse(f.units.begin(), f.units.end());
+      f.acoustic = lae(b.p_b, b.p_nb);
+      f.fused = fused;
+      out.push_back(std::move(f));
+    }
+    return rank(std::move(out));
+  }
+
+ public:
+  std::mutex busy;
+
+ private:
+  std::vector<std::string> spellings_;
+  std::vector<std::optional<std::string>> starts_;
+  int vocab_ = 0, blank_, boundary_;
+  double w_ac_;
+  int beam_size_, nbest_;
+  double beam_threshold_;
+  int top_k_;
+  float min_lp_;
+  bool has_skip_ = false;
+  float skip_lp_ = 0.0f;
+  std::vector<Scorer> scorers_;
+  std::vector<size_t> partial_, constraints_, trie_scorers_;
+  std::vector<uint8_t> letter_;
+  // per utterance
+  std::vector<Info> infos_;
+  std::vector<std::pair<int32_t, int32_t>> parents_;
+  std::vector<int32_t> states_;  // S per prefix
+  std::vector<double> scores_;   // S per prefix
+  std::vector<int32_t> nodes_;   // N per prefix
+  std::vector<int32_t> tmp_nodes_;
+  std::vector<int32_t> children_;  // V per prefix: the prefix + unit, -1 if not made yet
+  std::vector<double> letter_pt_;  // V per prefix: letter_term of the prefix + unit, NaN if not yet
+  std::vector<int32_t> next_pos_;
+  std::vector<int64_t> next_stamp_, live_;
+  int64_t stamp_ = 0;
+  std::vector<lm::ngram::State> lm_states_;
+  std::unordered_map<lm::ngram::State, int32_t, StateHash> lm_index_;
+  std::unordered_map<WordKey, std::pair<int32_t, double>, WordKeyHash> completions_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_ctcsearch, m) {
+  m.doc() = "Compiled CTC prefix beam search with KenLM shallow fusion (see fusion.decoder).";
+  py::class_<Searcher>(m, "Searcher")
+      .def(py::init<const std::vector<std::string>&, const std::vector<std::optional<std::string>>&, int, int,
+                    double, int, double, int, double, std::optional<double>, int, const py::list&>(),
+           py::arg("spellings"), py::arg("starts"), py::arg("blank"), py::arg("boundary"),
+           py::arg("acoustic_weight"), py::arg("beam_size"), py::arg("beam_threshold"),
+           py::arg("token_top_k"), py::arg("token_min_logprob"), py::arg("blank_skip"),
+           py::arg("nbest"), py::arg("scorers"))
+      .def(
+          "search",
+          [](Searcher& self, py::array_t<float, py::array::c_style | py::array::forcecast> lp) {
+            if (lp.ndim() != 2) throw std::invalid_argument("log-probabilities must be T x V");
+            std::vector<Final> finals;
+            {
+              py::gil_scoped_release release;
+              std::lock_guard<std::mutex> lock(self.busy);
+              finals = self.search(lp.data(), lp.shape(0), lp.shape(1));
+            }
+            py::list out;
+            for (auto& f : finals)
+              out.append(py::make_tuple(py::tuple(py::cast(f.units)), f.acoustic,
+                                        py::tuple(py::cast(f.scores)), f.fused));
+            return out;
+          },
+          py::arg("log_probs"),
+          "Search one utterance: (units, acoustic, scores, fused) of its N best, best first.");
+}

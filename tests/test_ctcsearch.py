@@ -1,0 +1,170 @@
+"""The compiled beam search (fusion._ctcsearch) gives what the Python search gives."""
+
+import math
+import pickle
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.posteriors import Posteriors
+from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus
+from fusion.simulate import SimulationConfig, simulate_posteriors
+from fusion.tokens import TokenTable
+from lm.arpa import ArpaLM
+from lm.ngram import KenLM, build_arpa
+
+from conftest import ambiguous
+
+pytest.importorskip("fusion._ctcsearch", reason="the compiled search is not built (make builds it)")
+
+COMPILED = SearchOptions(engine="compiled")
+TEXT = """the cat sat on the mat
+the bat sat on the cat
+a cat and a bat
+the mat is flat
+that cat's hat
+on the flat mat the cat sat
+"""
+
+
+# conftest's BIASED_ARPA with a bigram (KenLM loads no unigram-only model): "bat" >> "cat"
+BIASED_ARPA = """\\data\\
+ngram 1=6
+ngram 2=1
+
+\\1-grams:
+-2.0\t<unk>\t0
+-99\t<s>\t0
+-0.5\t</s>\t0
+-0.5\tbat\t0
+-3.0\tcat\t0
+-1.0\tsat\t0
+
+\\2-grams:
+-0.2\tbat sat
+
+\\end\\
+"""
+
+
+@pytest.fixture(scope="module")
+def trigram(tmp_path_factory) -> KenLM:
+    folder = tmp_path_factory.mktemp("ngram")
+    (folder / "text.txt").write_text(TEXT * 3)
+    return KenLM(build_arpa(folder / "text.txt", folder / "3.arpa", order=3))
+
+
+@pytest.fixture(scope="module")
+def unigrams() -> list[str]:
+    return sorted(set(TEXT.split()))
+
+
+def _outputs(decoder: BeamSearchDecoder, posteriors: Posteriors) -> list[tuple]:
+    return [(h.text, h.score, dict(h.scores), h.tokens, h.words) for h in decoder.decode(posteriors).nbest]
+
+
+def _both(table, scorers, weights, options) -> tuple[BeamSearchDecoder, BeamSearchDecoder]:
+    python = BeamSearchDecoder(table, scorers, weights, replace(options, engine="python"))
+    compiled = BeamSearchDecoder(table, scorers, weights, replace(options, engine="compiled"))
+    assert (python.engine, compiled.engine) == ("python", "compiled")
+    return python, compiled
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 40), st.integers(2, 29), st.integers(0, 2**32 - 1), st.integers(1, 5),
+       st.sampled_from(["lm", "lm+unigrams", "lexicon", "constraint"]), st.integers(1, 12))
+def test_same_nbest_as_the_python_search_on_random_posteriors(
+        table, trigram, unigrams, frames, vocab_used, seed, nbest, scorers, beam):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, size=(frames, len(table)))
+    logits[:, vocab_used:] -= 20  # sometimes only a few units are plausible
+    p = Posteriors.from_array("u", logits, kind="logits", frame_shift=0.02)
+    chosen = {
+        "lm": [LMScorer(trigram), WordBonus()],
+        "lm+unigrams": [LMScorer(trigram, unigrams=unigrams), WordBonus()],
+        "lexicon": [LMScorer(trigram, unigrams=unigrams), LexiconScorer(unigrams)],
+        "constraint": [LexiconScorer(unigrams, constraint=True), LMScorer(trigram), WordBonus()],
+    }[scorers]
+    weights = {s.name: w for s, w in zip(chosen, (0.8, 1.5, 0.6))}
+    options = SearchOptions(beam_size=max(beam, nbest), nbest=nbest, token_top_k=int(rng.integers(1, 29)),
+                            beam_threshold=float(rng.choice([5.0, 15.0, math.inf])),
+                            blank_skip=None if seed % 3 == 0 else 0.999)
+    python, compiled = _both(table, chosen, weights, options)
+    assert _outputs(compiled, p) == _outputs(python, p)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_same_nbest_on_simulated_speech(table, trigram, unigrams, seed):
+    rng = np.random.default_rng(seed)
+    scorers = [LMScorer(trigram, unigrams=unigrams), WordBonus()]
+    python, compiled = _both(table, scorers, {"lm": 0.9, "word_bonus": 1.2},
+                             SearchOptions(beam_size=16, nbest=5))
+    for i, text in enumerate(["the cat sat on the mat", "a bat and a cat", "that cat's flat hat"]):
+        p, _ = simulate_posteriors(f"u{i}", text, table, rng,
+                                   SimulationConfig(confusion=0.3, noise=1.5, peak=4))
+        assert _outputs(compiled, p) == _outputs(python, p)
+
+
+def test_same_nbest_on_a_word_piece_table(tmp_path):
+    """Units that start words (sentencepiece's ``▁``) instead of a boundary unit."""
+    table = TokenTable(("<b>", "▁the", "▁c", "▁b", "at", "▁sat", "s", "'"), blank_id=0,
+                       word_boundary="▁", boundary_style="prefix")
+    (tmp_path / "b.arpa").write_text(BIASED_ARPA)
+    lm = KenLM(tmp_path / "b.arpa")
+    rng = np.random.default_rng(7)
+    for unigrams in (None, ["bat", "cat", "sat"]):
+        python, compiled = _both(table, [LMScorer(lm, unigrams=unigrams), WordBonus()],
+                                 {"lm": 0.5, "word_bonus": 0.5}, SearchOptions(beam_size=6, nbest=3))
+        for _ in range(10):
+            p = Posteriors.from_array("u", rng.normal(0, 2, size=(12, len(table))), kind="logits",
+                                      frame_shift=0.04)
+            assert _outputs(compiled, p) == _outputs(python, p)
+
+
+def test_compiled_search_fuses_the_lm(table, tmp_path):
+    (tmp_path / "b.arpa").write_text(BIASED_ARPA)
+    lm = KenLM(tmp_path / "b.arpa")
+    p = ambiguous(table)
+    assert BeamSearchDecoder(table, options=COMPILED).decode(p).best.text == "cat sat"
+    fused = BeamSearchDecoder(table, [LMScorer(lm)], {"lm": 0.5}, COMPILED).decode(p).best
+    assert fused.text == "bat sat"
+    assert fused.scores["lm"] == pytest.approx(lm.score_sentence(["bat", "sat"]))
+    constrained = BeamSearchDecoder(table, [LexiconScorer(["bat", "sat"], constraint=True)],
+                                    {"lexicon": 1.0}, COMPILED).decode(p).best
+    assert constrained.text == "bat sat"
+
+
+def test_engine_choice(table, tmp_path):
+    (tmp_path / "b.arpa").write_text(BIASED_ARPA)
+    kenlm_scorer = LMScorer(KenLM(tmp_path / "b.arpa"))
+    assert BeamSearchDecoder(table, [kenlm_scorer], {"lm": 1.0}).engine == "compiled"
+    hot = HotwordScorer(["bat sat"])
+    # auto: hotwords, or an LM the compiled search does not know, run in Python
+    assert BeamSearchDecoder(table, [kenlm_scorer, hot], {"lm": 1.0, "hotwords": 1.0}).engine == "python"
+    arpa = LMScorer(ArpaLM(tmp_path / "b.arpa"))
+    assert BeamSearchDecoder(table, [arpa], {"lm": 1.0}).engine == "python"
+    with pytest.raises(ValueError, match="'hotwords' \\(HotwordScorer\\) runs in Python only"):
+        BeamSearchDecoder(table, [hot], {"hotwords": 1.0}, COMPILED)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        SearchOptions(engine="gpu")
+
+
+def test_a_pickled_decoder_makes_its_own_searcher(table, trigram, unigrams, rng):
+    decoder = BeamSearchDecoder(table, [LMScorer(trigram, unigrams=unigrams), WordBonus()],
+                                {"lm": 0.9, "word_bonus": 1.0}, SearchOptions(beam_size=8, nbest=2))
+    copy = pickle.loads(pickle.dumps(decoder))
+    assert copy.engine == "compiled"
+    p, _ = simulate_posteriors("u", "the cat sat", table, rng, SimulationConfig(noise=1.0, peak=5))
+    assert _outputs(copy, p) == _outputs(decoder, p)
+
+
+def test_compiled_search_rejects_bad_posteriors(table):
+    decoder = BeamSearchDecoder(table, options=COMPILED)
+    with pytest.raises(ValueError, match="'u'.*5 columns"):
+        decoder.decode(Posteriors("u", np.zeros((3, 5)), 0.04))
+    # empty utterances decode to nothing
+    assert decoder.decode(Posteriors("e", np.zeros((0, len(table))), 0.04)).best.text == ""
