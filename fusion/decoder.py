@@ -35,7 +35,7 @@ import torch
 import torchaudio.functional as AF
 
 from fusion.posteriors import Posteriors
-from fusion.scorers import LexiconScorer, LMScorer, WordBonus, WordScorer
+from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
 from fusion.tokens import TokenTable
 from fusion.types import DecodeResult, Hypothesis, TokenSpan, spans_to_words
 from lm.ngram import KenLM
@@ -65,6 +65,8 @@ def compiled_scorers(scorers: Sequence[WordScorer], weights: Mapping[str, float]
         elif type(s) is LexiconScorer:
             spec.append({"kind": "lexicon", "weight": w, "words": sorted(s.words),
                          "constraint": s.constraint})
+        elif type(s) is HotwordScorer:
+            spec.append({"kind": "hotwords", "weight": w, **s.automaton()})
         elif type(s) is LMScorer and type(s.lm) is KenLM and s.lm.level == "word":
             spec.append({"kind": "kenlm", "weight": w, "path": str(s.lm.path),
                          "unigrams": None if s.unigrams is None else list(s.unigrams)})
@@ -89,9 +91,10 @@ class SearchOptions:
         nbest: hypotheses returned per utterance.
         engine: ``"compiled"`` runs the search in C++ (``fusion._ctcsearch``, KenLM linked
             in), which knows :class:`~fusion.scorers.LMScorer` over a word-level
-            :class:`~lm.ngram.KenLM`, :class:`~fusion.scorers.WordBonus` and
-            :class:`~fusion.scorers.LexiconScorer`; ``"python"`` runs it in Python and
-            takes any scorer (a neural LM, hotwords); ``"auto"`` picks the compiled one
+            :class:`~lm.ngram.KenLM`, :class:`~fusion.scorers.WordBonus`,
+            :class:`~fusion.scorers.LexiconScorer` and :class:`~fusion.scorers.HotwordScorer`;
+            ``"python"`` runs it in Python and takes any scorer (a neural LM);
+            ``"auto"`` picks the compiled one
             when it is built and knows every scorer. Both give the same results.
     """
 

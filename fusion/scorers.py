@@ -251,6 +251,12 @@ class HotwordScorer(WordScorer):
                 queue.append(child)
         return fail
 
+    def automaton(self) -> dict[str, list]:
+        """The automaton as plain lists (for the compiled search): per node its ``goto``
+        words, ``fail`` link, ``bonus`` and whether a phrase ends there (``final``)."""
+        return {"goto": [dict(g) for g in self._goto], "fail": list(self._fail),
+                "bonus": list(self._bonus), "final": list(self._final)}
+
     def start(self) -> int:
         return 0
 

@@ -22,6 +22,8 @@ from conftest import ambiguous
 pytest.importorskip("fusion._ctcsearch", reason="the compiled search is not built (make builds it)")
 
 COMPILED = SearchOptions(engine="compiled")
+# overlapping phrases, one inside another, with their own weights
+HOTWORDS = {"the cat": 2.0, "cat sat on": 1.5, "a bat": 3.0, "sat": 0.5, "the flat mat": 1.0}
 TEXT = """the cat sat on the mat
 the bat sat on the cat
 a cat and a bat
@@ -76,7 +78,7 @@ def _both(table, scorers, weights, options) -> tuple[BeamSearchDecoder, BeamSear
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 40), st.integers(2, 29), st.integers(0, 2**32 - 1), st.integers(1, 5),
-       st.sampled_from(["lm", "lm+unigrams", "lexicon", "constraint"]), st.integers(1, 12))
+       st.sampled_from(["lm", "lm+unigrams", "lexicon", "constraint", "hotwords"]), st.integers(1, 12))
 def test_same_nbest_as_the_python_search_on_random_posteriors(
         table, trigram, unigrams, frames, vocab_used, seed, nbest, scorers, beam):
     rng = np.random.default_rng(seed)
@@ -88,6 +90,7 @@ def test_same_nbest_as_the_python_search_on_random_posteriors(
         "lm+unigrams": [LMScorer(trigram, unigrams=unigrams), WordBonus()],
         "lexicon": [LMScorer(trigram, unigrams=unigrams), LexiconScorer(unigrams)],
         "constraint": [LexiconScorer(unigrams, constraint=True), LMScorer(trigram), WordBonus()],
+        "hotwords": [LMScorer(trigram, unigrams=unigrams), HotwordScorer(HOTWORDS), WordBonus()],
     }[scorers]
     weights = {s.name: w for s, w in zip(chosen, (0.8, 1.5, 0.6))}
     options = SearchOptions(beam_size=max(beam, nbest), nbest=nbest, token_top_k=int(rng.integers(1, 29)),
@@ -98,11 +101,15 @@ def test_same_nbest_as_the_python_search_on_random_posteriors(
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_same_nbest_on_simulated_speech(table, trigram, unigrams, seed):
+@pytest.mark.parametrize("hotwords", [False, True])
+def test_same_nbest_on_simulated_speech(table, trigram, unigrams, seed, hotwords):
     rng = np.random.default_rng(seed)
     scorers = [LMScorer(trigram, unigrams=unigrams), WordBonus()]
-    python, compiled = _both(table, scorers, {"lm": 0.9, "word_bonus": 1.2},
-                             SearchOptions(beam_size=16, nbest=5))
+    weights = {"lm": 0.9, "word_bonus": 1.2}
+    if hotwords:
+        scorers.append(HotwordScorer(HOTWORDS))
+        weights["hotwords"] = 0.8
+    python, compiled = _both(table, scorers, weights, SearchOptions(beam_size=16, nbest=5))
     for i, text in enumerate(["the cat sat on the mat", "a bat and a cat", "that cat's flat hat"]):
         p, _ = simulate_posteriors(f"u{i}", text, table, rng,
                                    SimulationConfig(confusion=0.3, noise=1.5, peak=4))
@@ -136,19 +143,21 @@ def test_compiled_search_fuses_the_lm(table, tmp_path):
     constrained = BeamSearchDecoder(table, [LexiconScorer(["bat", "sat"], constraint=True)],
                                     {"lexicon": 1.0}, COMPILED).decode(p).best
     assert constrained.text == "bat sat"
+    hot = BeamSearchDecoder(table, [HotwordScorer({"bat sat": 2.0})], {"hotwords": 1.0},
+                            COMPILED).decode(p).best
+    assert hot.text == "bat sat" and hot.scores["hotwords"] == pytest.approx(4.0)
 
 
 def test_engine_choice(table, tmp_path):
     (tmp_path / "b.arpa").write_text(BIASED_ARPA)
     kenlm_scorer = LMScorer(KenLM(tmp_path / "b.arpa"))
-    assert BeamSearchDecoder(table, [kenlm_scorer], {"lm": 1.0}).engine == "compiled"
     hot = HotwordScorer(["bat sat"])
-    # auto: hotwords, or an LM the compiled search does not know, run in Python
-    assert BeamSearchDecoder(table, [kenlm_scorer, hot], {"lm": 1.0, "hotwords": 1.0}).engine == "python"
-    arpa = LMScorer(ArpaLM(tmp_path / "b.arpa"))
-    assert BeamSearchDecoder(table, [arpa], {"lm": 1.0}).engine == "python"
-    with pytest.raises(ValueError, match="'hotwords' \\(HotwordScorer\\) runs in Python only"):
-        BeamSearchDecoder(table, [hot], {"hotwords": 1.0}, COMPILED)
+    assert BeamSearchDecoder(table, [kenlm_scorer, hot], {"lm": 1.0, "hotwords": 1.0}).engine == "compiled"
+    # auto: an LM the compiled search does not know (a neural LM, our ARPA reader) runs in Python
+    arpa = LMScorer(ArpaLM(tmp_path / "b.arpa"), name="arpa")
+    assert BeamSearchDecoder(table, [arpa, hot], {"arpa": 1.0, "hotwords": 1.0}).engine == "python"
+    with pytest.raises(ValueError, match="'arpa' \\(LMScorer\\) runs in Python only"):
+        BeamSearchDecoder(table, [arpa], {"arpa": 1.0}, COMPILED)
     with pytest.raises(ValueError, match="engine must be one of"):
         SearchOptions(engine="gpu")
 

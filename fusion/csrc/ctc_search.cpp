@@ -99,6 +99,7 @@ class Trie {
     return node;
   }
   bool is_word(int32_t node) const { return node >= 0 && is_word_[node]; }
+  int32_t size() const { return static_cast<int32_t>(is_word_.size()); }
 
  private:
   std::vector<int32_t> first_;  // node -> its first edge; first_[n] = number of edges
@@ -122,7 +123,7 @@ struct WordKeyHash {
   }
 };
 
-enum class Kind { kKenLM, kBonus, kLexicon };
+enum class Kind { kKenLM, kBonus, kLexicon, kHotwords };
 
 // One scorer: what it needs to score words and partial words.
 struct Scorer {
@@ -136,6 +137,17 @@ struct Scorer {
   // kLexicon
   std::unique_ptr<Trie> words;
   bool constraint = false;
+  // kHotwords: fusion.scorers.HotwordScorer's Aho-Corasick automaton over words (the state
+  // is a node), and per node a trie of the words that continue it with, at each trie
+  // node, the best bonus of a word through it (its partial-word estimate)
+  std::vector<std::unordered_map<std::string, int32_t>> go;
+  std::vector<int32_t> fail;
+  std::vector<double> bonus;
+  std::vector<uint8_t> final;
+  std::vector<Trie> cont;
+  std::vector<std::vector<double>> best;
+  // where this scorer keeps its partial-word trie positions in a prefix's slots
+  int slot = -1;
 };
 
 // Per-utterance bookkeeping of one prefix: fusion.decoder._Prefix.
@@ -144,8 +156,6 @@ struct Info {
   std::string partial;
   double fused = 0.0;
   double pterm = 0.0;
-  int32_t lm_node = 0;   // node of ``partial`` in the first partial-scoring trie (-1: none)
-  int32_t lex_node = 0;  // node of ``partial`` in the constraint tries (-1: not viable)
 };
 
 struct Beam {
@@ -201,18 +211,47 @@ class Searcher {
         s.kind = Kind::kLexicon;
         s.words = std::make_unique<Trie>(d["words"].cast<std::vector<std::string>>());
         s.constraint = d["constraint"].cast<bool>();
+      } else if (kind == "hotwords") {
+        s.kind = Kind::kHotwords;
+        s.go = d["goto"].cast<std::vector<std::unordered_map<std::string, int32_t>>>();
+        s.fail = d["fail"].cast<std::vector<int32_t>>();
+        s.bonus = d["bonus"].cast<std::vector<double>>();
+        for (bool f : d["final"].cast<std::vector<bool>>()) s.final.push_back(f);
+        const size_t n = s.go.size();
+        if (s.fail.size() != n || s.bonus.size() != n || s.final.size() != n)
+          throw std::invalid_argument("hotwords: goto, fail, bonus and final differ in length");
+        for (size_t node = 0; node < n; ++node) {
+          std::vector<std::string> words;
+          for (const auto& [word, child] : s.go[node]) words.push_back(word);
+          s.cont.emplace_back(words);
+          std::vector<double> best(s.cont.back().size(), 0.0);
+          for (const auto& [word, child] : s.go[node]) {
+            int32_t pos = 0;
+            for (char c : word) {
+              pos = s.cont.back().walk(pos, std::string(1, c));
+              best[pos] = std::max(best[pos], s.bonus[child]);
+            }
+          }
+          s.best.push_back(std::move(best));
+        }
       } else {
         throw std::invalid_argument("unknown scorer kind " + kind);
       }
       scorers_.push_back(std::move(s));
     }
+    // the trie positions a prefix keeps (slots): one per LM with unigrams and per lexicon
+    // constraint, two per hotword scorer (in its state's trie and in the root's)
     for (size_t i = 0; i < scorers_.size(); ++i) {
-      if (scorers_[i].kind == Kind::kKenLM) partial_.push_back(i);
-      if (scorers_[i].kind == Kind::kLexicon && scorers_[i].constraint) constraints_.push_back(i);
+      Scorer& sc = scorers_[i];
+      if (sc.kind == Kind::kKenLM || sc.kind == Kind::kHotwords) partial_.push_back(i);
+      if (sc.kind == Kind::kLexicon && sc.constraint) constraints_.push_back(i);
+      int used = (sc.kind == Kind::kKenLM && sc.prefixes) || (sc.kind == Kind::kLexicon && sc.constraint)
+                     ? 1 : sc.kind == Kind::kHotwords ? 2 : 0;
+      if (used) {
+        sc.slot = static_cast<int>(n_slots_);
+        n_slots_ += used;
+      }
     }
-    // the tries a prefix follows: one node per partial-scoring LM and per constraint
-    trie_scorers_ = partial_;
-    trie_scorers_.insert(trie_scorers_.end(), constraints_.begin(), constraints_.end());
     letter_.resize(vocab_);
     for (int u = 0; u < vocab_; ++u) letter_[u] = !starts_[u].has_value();
   }
@@ -221,7 +260,7 @@ class Searcher {
     if (vocab != vocab_) throw std::invalid_argument("posteriors and token table differ in width");
     reset();
     const size_t S = scorers_.size();
-    const size_t N = trie_scorers_.size();
+    const size_t N = n_slots_;
     // the candidate units of each frame, best first (ties: lower id first)
     const int k = std::min(top_k_, vocab_ - 1);
     std::vector<int32_t> order(vocab_);
@@ -373,6 +412,14 @@ class Searcher {
         return {0, 1.0};
       case Kind::kLexicon:
         return {0, s.words->is_word(s.words->walk(0, word)) ? 0.0 : -1.0};
+      case Kind::kHotwords: {
+        int32_t next = state;
+        while (next && s.go[next].find(word) == s.go[next].end()) next = s.fail[next];
+        auto it = s.go[next].find(word);
+        next = it == s.go[next].end() ? 0 : it->second;
+        // a completed phrase keeps its bonus: matching starts afresh after it
+        return {s.final[next] ? 0 : next, s.bonus[next] - s.bonus[state]};
+      }
       case Kind::kKenLM: {
         WordKey key{static_cast<int32_t>(i * 0x1000000 + state), word};
         auto it = completions_.find(key);
@@ -390,6 +437,7 @@ class Searcher {
 
   double end_score(size_t i, int32_t state) {
     const Scorer& s = scorers_[i];
+    if (s.kind == Kind::kHotwords) return -s.bonus[state];  // an unfinished phrase
     if (s.kind != Kind::kKenLM) return 0.0;
     lm::ngram::State in = lm_states_[state], out;
     return static_cast<double>(s.model->BaseScore(
@@ -408,36 +456,78 @@ class Searcher {
   }
 
   bool accepted(const int32_t* nodes) const {
-    for (size_t j = partial_.size(); j < trie_scorers_.size(); ++j)
-      if (!scorers_[trie_scorers_[j]].words->is_word(nodes[j])) return false;
+    for (size_t i : constraints_)
+      if (!scorers_[i].words->is_word(nodes[scorers_[i].slot])) return false;
     return true;
   }
 
-  // the weighted partial-word estimate of a partial word at trie ``nodes``
-  double partial_term(const int32_t* nodes) const {
+  bool viable(const int32_t* nodes) const {
+    for (size_t i : constraints_)
+      if (nodes[scorers_[i].slot] < 0) return false;
+    return true;
+  }
+
+  // The slots of a word that starts with ``partial`` after states ``st``.
+  void start_slots(int32_t* nodes, const int32_t* st, const std::string& partial) const {
+    for (size_t i = 0; i < scorers_.size(); ++i) {
+      const Scorer& s = scorers_[i];
+      if (s.slot < 0) continue;
+      if (s.kind == Kind::kHotwords) {
+        nodes[s.slot] = s.cont[st[i]].walk(0, partial);
+        nodes[s.slot + 1] = s.cont[0].walk(0, partial);
+      } else {
+        nodes[s.slot] = (s.kind == Kind::kKenLM ? s.prefixes : s.words)->walk(0, partial);
+      }
+    }
+  }
+
+  // The slots after ``spelling`` is appended to the word in progress.
+  void advance_slots(int32_t* nodes, const int32_t* up, const int32_t* st, const std::string& spelling) const {
+    for (size_t i = 0; i < scorers_.size(); ++i) {
+      const Scorer& s = scorers_[i];
+      if (s.slot < 0) continue;
+      if (s.kind == Kind::kHotwords) {
+        nodes[s.slot] = s.cont[st[i]].walk(up[s.slot], spelling);
+        nodes[s.slot + 1] = s.cont[0].walk(up[s.slot + 1], spelling);
+      } else {
+        nodes[s.slot] = (s.kind == Kind::kKenLM ? s.prefixes : s.words)->walk(up[s.slot], spelling);
+      }
+    }
+  }
+
+  // The weighted partial-word estimate of a (non-empty) word in progress: _partial_term.
+  double partial_term(const int32_t* nodes, const int32_t* st) const {
     double term = 0.0;
-    for (size_t j = 0; j < partial_.size(); ++j) {
-      const Scorer& s = scorers_[partial_[j]];
-      term += s.weight * (s.prefixes == nullptr || nodes[j] >= 0 ? 0.0 : s.unk_score);
+    for (size_t i : partial_) {
+      const Scorer& s = scorers_[i];
+      double value;
+      if (s.kind == Kind::kKenLM) {
+        value = s.prefixes == nullptr || nodes[s.slot] >= 0 ? 0.0 : s.unk_score;
+      } else {  // hotwords: HotwordScorer.partial_score
+        const int32_t node = st[i], pos = nodes[s.slot], root = nodes[s.slot + 1];
+        if (pos >= 0) {
+          value = s.best[node][pos] - s.bonus[node];
+        } else {
+          const double restarted = node && root >= 0 ? s.best[0][root] : 0.0;
+          value = restarted - s.bonus[node];
+        }
+      }
+      term += s.weight * value;
     }
     return term;
   }
 
   double letter_term(int32_t parent, int32_t unit) {
     if (partial_.empty()) return 0.0;
-    const size_t N = trie_scorers_.size();
-    tmp_nodes_.resize(N);
-    for (size_t j = 0; j < partial_.size(); ++j) {
-      const Scorer& s = scorers_[partial_[j]];
-      int32_t node = nodes_[parent * N + j];
-      tmp_nodes_[j] = s.prefixes == nullptr ? 0 : s.prefixes->walk(node, spellings_[unit]);
-    }
-    return partial_term(tmp_nodes_.data());
+    tmp_nodes_.resize(n_slots_);
+    const int32_t* st = &states_[parent * scorers_.size()];
+    advance_slots(tmp_nodes_.data(), &nodes_[parent * n_slots_], st, spellings_[unit]);
+    return partial_term(tmp_nodes_.data(), st);
   }
 
   // The prefix ``parent`` + ``unit``: fusion.decoder.BeamSearchDecoder._extend.
   int32_t extend(int32_t parent, int32_t unit) {
-    const size_t S = scorers_.size(), N = trie_scorers_.size();
+    const size_t S = scorers_.size(), N = n_slots_;
     const int32_t id = new_prefix(parent, unit);
     states_.resize((id + 1) * S);
     scores_.resize((id + 1) * S);
@@ -448,36 +538,29 @@ class Searcher {
     const Info& up = infos_[parent];
     info.fused = up.fused;
     int32_t* nodes = &nodes_[id * N];
-    const int32_t* up_nodes = &nodes_[parent * N];
+    const int32_t* st = &states_[id * S];
     if (starts_[unit].has_value()) {  // the unit ends the word in progress
       if (!up.partial.empty()) {
-        if (!constraints_.empty() && !accepted(up_nodes)) {
+        if (!constraints_.empty() && !accepted(&nodes_[parent * N])) {
           info.valid = false;
           return id;
         }
         info.fused = complete(&states_[id * S], &scores_[id * S], info.fused, up.partial);
       }
       info.partial = *starts_[unit];
-      for (size_t j = 0; j < N; ++j) nodes[j] = walk(j, 0, info.partial);
+      start_slots(nodes, st, info.partial);
     } else {
       info.partial = up.partial + spellings_[unit];
-      for (size_t j = 0; j < N; ++j) nodes[j] = walk(j, up_nodes[j], spellings_[unit]);
+      advance_slots(nodes, &nodes_[parent * N], st, spellings_[unit]);
     }
     if (!info.partial.empty()) {
-      for (size_t j = partial_.size(); j < N; ++j)
-        if (nodes[j] < 0) {
-          info.valid = false;
-          return id;
-        }
-      if (!partial_.empty()) info.pterm = partial_term(nodes);
+      if (!constraints_.empty() && !viable(nodes)) {
+        info.valid = false;
+        return id;
+      }
+      if (!partial_.empty()) info.pterm = partial_term(nodes, st);
     }
     return id;
-  }
-
-  int32_t walk(size_t j, int32_t node, const std::string& s) const {
-    const Scorer& sc = scorers_[trie_scorers_[j]];
-    const Trie* trie = sc.kind == Kind::kKenLM ? sc.prefixes.get() : sc.words.get();
-    return trie == nullptr ? 0 : trie->walk(node, s);
   }
 
   // -- pruning ----------------------------------------------------------------------------
@@ -560,7 +643,7 @@ class Searcher {
 
   // Each beam's last word completed and end-of-utterance scores added (rejected: skipped).
   std::vector<Final> finish(const std::vector<Beam>& beams) {
-    const size_t S = scorers_.size(), N = trie_scorers_.size();
+    const size_t S = scorers_.size(), N = n_slots_;
     std::vector<Final> out;
     std::vector<int32_t> st(S);
     for (const auto& b : beams) {
@@ -602,14 +685,15 @@ class Searcher {
   bool has_skip_ = false;
   float skip_lp_ = 0.0f;
   std::vector<Scorer> scorers_;
-  std::vector<size_t> partial_, constraints_, trie_scorers_;
+  std::vector<size_t> partial_, constraints_;  // scorers with a partial-word estimate; constraints
+  size_t n_slots_ = 0;
   std::vector<uint8_t> letter_;
   // per utterance
   std::vector<Info> infos_;
   std::vector<std::pair<int32_t, int32_t>> parents_;
   std::vector<int32_t> states_;  // S per prefix
   std::vector<double> scores_;   // S per prefix
-  std::vector<int32_t> nodes_;   // N per prefix
+  std::vector<int32_t> nodes_;   // n_slots_ per prefix: trie positions of the word in progress
   std::vector<int32_t> tmp_nodes_;
   std::vector<int32_t> children_;  // V per prefix: the prefix + unit, -1 if not made yet
   std::vector<double> letter_pt_;  // V per prefix: letter_term of the prefix + unit, NaN if not yet
