@@ -2,11 +2,12 @@
 extraction speed, and what BEST-RQ pretraining buys when labels are scarce.
 
 Part ``eval``
-    The model (``--model``, default the embedded one) computes posteriors for ``test``,
-    ``test-unseen-voices`` and the real-speech dev set with ``--eval-threads`` torch
-    threads; greedy CTC decoding, CER and WER after normalisation. ``rtfx`` is audio
-    seconds per wall second of ``fusion.am.infer.compute_posteriors`` (reading audio,
-    features and the network; the cost of the first batch included).
+    The model (``--model``, default the embedded one) computes posteriors for ``dev``,
+    ``test``, ``test-unseen-voices`` and the real-speech dev set with ``--eval-threads``
+    torch threads; greedy CTC decoding, CER and WER after normalisation, and beam search
+    (beam 32) with the embedded word 3-gram at the default weights (``fusion decode``'s).
+    ``rtfx`` is audio seconds per wall second of ``fusion.am.infer.compute_posteriors``
+    (reading audio, features and the network; the cost of the first batch included).
 
 Part ``pretraining``
     The same architecture as ``--model`` is pretrained by BEST-RQ on the training
@@ -44,6 +45,10 @@ from common import header, table, write_results  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "fusion" / "models" / "am-default" / "model.pt"
 SPLITS = ("test", "test-unseen-voices", "real-speech")
+#: fine-tuning starts: random, the BEST-RQ encoder, the BEST-RQ encoder held fixed at first
+INITS = ("random", "bestrq", "bestrq-frozen")
+INIT_NAMES = {"random": "random", "bestrq": "BEST-RQ", "bestrq-frozen": "BEST-RQ, encoder frozen first"}
+EVAL_SPLITS = ("dev", *SPLITS)
 
 
 def asrfuse_home() -> Path:
@@ -66,8 +71,9 @@ def parse_subsets(text: str) -> list[tuple[str, float, int]]:
     return sorted(out, key=lambda s: s[1])
 
 
-def greedy_scores(model: Any, manifest: Path, *, threads: int) -> dict[str, Any]:
-    """Greedy CER/WER of ``model`` on ``manifest`` and the posterior extraction speed."""
+def greedy_scores(model: Any, manifest: Path, *, threads: int, lm: bool = False) -> dict[str, Any]:
+    """Greedy CER/WER of ``model`` on ``manifest`` and the posterior extraction speed; with
+    ``lm``, also beam 32 with the embedded word 3-gram (``lm_cer``, ``lm_wer``)."""
     import torch
 
     from fusion.am.infer import CTCModelAdapter, compute_posteriors
@@ -86,26 +92,39 @@ def greedy_scores(model: Any, manifest: Path, *, threads: int) -> dict[str, Any]
     wall = time.perf_counter() - t0
     audio = sum(p.duration for p in posts)
     hyps = {r.utt_id: r.best.text for r in greedy_decode(posts, model.token_table)}
-    score = score_corpus({u.id: u.text for u in utts}, hyps)
-    return {
+    refs = {u.id: u.text for u in utts}
+    score = score_corpus(refs, hyps)
+    out = {
         "utterances": len(utts), "failed": [str(f) for f in failed],
         "audio_seconds": round(audio, 2), "wall_seconds": round(wall, 3),
         "rtfx": round(audio / wall, 1), "threads": threads,
         "cer": round(100 * score.cer, 2), "wer": round(100 * score.wer, 2),
     }
+    if lm:
+        from fusion.cli import DEFAULT_LM, DEFAULT_WEIGHTS, lm_scorers
+        from fusion.decoder import BeamSearchDecoder, SearchOptions
+
+        decoder = BeamSearchDecoder(model.token_table, lm_scorers(DEFAULT_LM),
+                                    {k: DEFAULT_WEIGHTS[k] for k in ("lm", "word_bonus")},
+                                    SearchOptions(beam_size=32))
+        fused = score_corpus(refs, {p.utt_id: decoder.decode(p).best.text for p in posts})
+        out.update(lm_cer=round(100 * fused.cer, 2), lm_wer=round(100 * fused.wer, 2))
+    return out
 
 
 def part_eval(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from fusion.am.model import load_model
 
     model = load_model(args.model)
-    manifests = {"test": args.corpus / "test.jsonl",
+    manifests = {"dev": args.corpus / "dev.jsonl", "test": args.corpus / "test.jsonl",
                  "test-unseen-voices": args.corpus / "test-unseen-voices.jsonl",
                  "real-speech": args.real_speech}
-    out: dict[str, Any] = {"model": str(args.model), "parameters": model.num_parameters()}
-    for split in SPLITS:
+    path = args.model.resolve()
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    out: dict[str, Any] = {"model": str(shown), "parameters": model.num_parameters()}
+    for split in EVAL_SPLITS:
         print(f"eval: {split}", file=sys.stderr, flush=True)
-        out[split] = greedy_scores(model, manifests[split], threads=args.eval_threads)
+        out[split] = greedy_scores(model, manifests[split], threads=args.eval_threads, lm=True)
     return out
 
 
@@ -170,18 +189,19 @@ def part_pretraining(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rows = []
     for (name, _, steps), indices in zip(subsets, picked):
         labelled = train.subset(indices)
-        for init in ("random", "bestrq"):
+        for init in INITS:
             out_dir = work / f"finetune-{name}-{init}"
+            freeze = int(steps * args.freeze_fraction) if init == "bestrq-frozen" else 0
             config = TrainConfig(
                 model=model_config, batch=batch,
                 optim=OptimConfig(lr=args.finetune_lr, warmup_steps=max(1, steps // 6),
-                                  total_steps=steps),
+                                  total_steps=steps, freeze_encoder_steps=freeze),
                 run=RunConfig(**run, eval_every_steps=max(1, steps // 6)))
             print(f"fine-tune {name} ({labelled.total_seconds / 60:.1f} min, {len(labelled)} utts) "
                   f"from {init}", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
             train_ctc(None, None, out_dir, config,
-                      pretrained=pre_dir / "last.pt" if init == "bestrq" else None,
+                      pretrained=pre_dir / "last.pt" if init != "random" else None,
                       progress=True, train_set=labelled, dev_set=dev)
             seconds = time.perf_counter() - t0
             model = load_model(out_dir / "model.pt")
@@ -189,6 +209,7 @@ def part_pretraining(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             rows.append({
                 "labelled": name, "labelled_minutes": round(labelled.total_seconds / 60, 1),
                 "utterances": len(labelled), "init": init, "steps": steps,
+                "frozen_encoder_steps": freeze,
                 "train_seconds_this_call": round(seconds, 1),
                 "dev_cer": round(100 * final_metric(out_dir / "log.jsonl", "dev_cer"), 2),
                 "test_cer": test["cer"], "test_wer": test["wer"],
@@ -216,9 +237,8 @@ def plot(pre: dict[str, Any], png: Path) -> None:
     for row in pre["runs"]:
         pts = [json.loads(line) for line in Path(row["log"]).read_text().splitlines()]
         pts = [(p["step"], 100 * p["dev_cer"]) for p in pts if "dev_cer" in p]
-        init = "BEST-RQ" if row["init"] == "bestrq" else "random"
-        ax.plot(*zip(*pts), marker="o", ms=3, ls="-" if row["init"] == "bestrq" else "--",
-                label=f"{row['labelled']} labelled, {init} init")
+        ax.plot(*zip(*pts), marker="o", ms=3, ls="--" if row["init"] == "random" else "-",
+                label=f"{row['labelled']} labelled, {INIT_NAMES[row['init']]}")
     ax.set(xlabel="fine-tuning step", ylabel="dev CER (%)", title="CTC fine-tuning")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8)
@@ -243,13 +263,16 @@ def markdown(data: dict[str, Any]) -> str:
              f"- machine: {h['machine']['cpu']}, {h['machine']['cores']} cores", ""]
     ev = data.get("eval")
     if ev:
-        lines += [f"## Embedded model ({ev['parameters'] / 1e6:.2f}M parameters), greedy", "",
+        lines += [f"## Model `{ev['model']}` ({ev['parameters'] / 1e6:.2f}M parameters)", "",
                   "Targets: CER at most 3% on `test`, at most 10% on `test-unseen-voices`; "
                   "posterior extraction at least 50x real time on the 2 cores.", ""]
-        rows = [{"split": s, **ev[s]} for s in SPLITS]
+        rows = [{"split": s, **ev[s]} for s in EVAL_SPLITS if s in ev]
         lines.append(table(rows, [("split", "split"), ("utterances", "utts"),
                                   ("audio_seconds", "audio s"), ("cer", "CER %"), ("wer", "WER %"),
+                                  ("lm_cer", "+ 3-gram CER %"), ("lm_wer", "+ 3-gram WER %"),
                                   ("rtfx", "posteriors x real time"), ("threads", "threads")]))
+        lines.append("`+ 3-gram`: beam 32 with the embedded word 3-gram (`lm/models/word-3gram`) "
+                     "at `fusion decode`'s default weights.\n")
     pre = data.get("pretraining")
     if pre:
         p = pre["pretrain"]
@@ -265,10 +288,11 @@ def markdown(data: dict[str, Any]) -> str:
                                          ("test_cer", "test CER %"), ("test_wer", "test WER %")]))
         for name in dict.fromkeys(r["labelled"] for r in pre["runs"]):
             by = {r["init"]: r for r in pre["runs"] if r["labelled"] == name}
-            if {"random", "bestrq"} <= set(by):
-                a, b = by["random"]["test_cer"], by["bestrq"]["test_cer"]
-                lines.append(f"- {name}: pretraining changes test CER {a} -> {b} "
-                             f"({100 * (a - b) / a:+.1f}% relative reduction)")
+            for init in INITS[1:]:
+                if "random" in by and init in by:
+                    a, b = by["random"]["test_cer"], by[init]["test_cer"]
+                    lines.append(f"- {name}, {INIT_NAMES[init]}: test CER {a} -> {b} "
+                                 f"({100 * (a - b) / a:+.1f}% relative reduction)")
         lines += ["", "![curves](acoustic.png)", ""]
     return "\n".join(lines) + "\n"
 
@@ -290,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
     p.add_argument("--subsets", default="10min=300,1h=450", help="NAME=STEPS, NAME like 10min or 1h")
     p.add_argument("--finetune-lr", type=float, default=1.5e-3)
+    p.add_argument("--freeze-fraction", type=float, default=1 / 3,
+                   help="bestrq-frozen: the share of fine-tuning steps with the encoder fixed")
     p.add_argument("--dev-utterances", type=int, default=200)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--redo", action="store_true", help="recompute parts whose results exist")

@@ -222,3 +222,39 @@ def test_sentencepiece_units_refuse_unknown_characters():
         SentencePieceUnits(b"not a model")
     with pytest.raises(ConfigError, match="tokens.kind"):
         TokensConfig(kind="phones")
+
+
+def test_frozen_encoder_steps_train_only_the_head(corpus, tmp_path):
+    train = FeatureSet.from_manifest(corpus / "train.jsonl", progress=False)
+    kw = {"progress": False, "log": lambda m: None, "train_set": train, "dev_set": None}
+    optim = OptimConfig(lr=3e-3, warmup_steps=1, total_steps=3, freeze_encoder_steps=3)
+    frozen = replace(config(total=3), optim=optim)
+    train_ctc(None, None, tmp_path / "frozen", frozen, **kw)
+    first = load_model(tmp_path / "frozen" / "model.pt")
+    # the same seed makes the same initial model: the encoder never moved, the head did
+    seeded = train_ctc(None, None, tmp_path / "one", replace(frozen, optim=replace(
+        frozen.optim, total_steps=1)), **kw)
+    assert seeded.step == 1
+    one = load_model(tmp_path / "one" / "model.pt")
+    for (name, a), b in zip(first.encoder.state_dict().items(), one.encoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(first.head.weight, one.head.weight)
+    # after the freeze the encoder learns
+    thawed = replace(frozen, optim=replace(frozen.optim, total_steps=4, freeze_encoder_steps=2))
+    train_ctc(None, None, tmp_path / "thawed", thawed, **kw)
+    moved = load_model(tmp_path / "thawed" / "model.pt")
+    pairs = zip(moved.encoder.state_dict().values(), one.encoder.state_dict().values())
+    assert any(not torch.equal(a, b) for a, b in pairs)
+
+
+def test_resume_fills_config_keys_added_since(corpus, tmp_path):
+    """A checkpoint written before a config key existed resumes with the key's default."""
+    train = FeatureSet.from_manifest(corpus / "train.jsonl", progress=False)
+    kw = {"progress": False, "log": lambda m: None, "train_set": train, "dev_set": None}
+    with pytest.raises(KeyboardInterrupt):
+        train_ctc(None, None, tmp_path / "run", config(total=4), stop_after=2, **kw)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    del ckpt["train_state"]["config"]["tokens"]  # as written before [tokens] existed
+    del ckpt["train_state"]["config"]["optim"]["freeze_encoder_steps"]
+    torch.save(ckpt, tmp_path / "run" / "last.pt")
+    assert train_ctc(None, None, tmp_path / "run", config(total=4), **kw).step == 4

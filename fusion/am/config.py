@@ -71,8 +71,13 @@ class OptimConfig:
     total_steps: int = 20_000
     min_lr_ratio: float = 0.02
     clip_norm: float = 5.0
+    #: CTC fine-tuning: the encoder stays fixed for the first this many updates (only the
+    #: output layer learns), as wav2vec 2.0 fine-tuning does with a pretrained encoder
+    freeze_encoder_steps: int = 0
 
     def __post_init__(self) -> None:
+        if self.freeze_encoder_steps < 0:
+            raise ConfigError("optim.freeze_encoder_steps must be >= 0")
         if self.lr <= 0 or self.total_steps <= 0 or self.warmup_steps < 0 or self.clip_norm <= 0:
             raise ConfigError("optim: lr, total_steps and clip_norm must be > 0, warmup_steps >= 0")
         if self.schedule not in ("cosine", "noam", "constant"):

@@ -101,6 +101,12 @@ class CTCTask:
     def num_train_items(self) -> int:
         return len(self.keep)
 
+    def at_step(self, step: int) -> None:
+        """Before update ``step`` (0-based): the encoder learns once the freeze is over."""
+        learn = step >= self.config.optim.freeze_encoder_steps
+        for p in self.model.encoder.parameters():
+            p.requires_grad_(learn)
+
     def epoch_batches(self, seed: int, epoch: int) -> list[list[int]]:
         b = self.config.batch
         local = make_batches(self._keep_lengths, max_frames=b.max_frames,

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fusion.am.config import OptimConfig, RunConfig, to_dict
+from fusion.am.config import ConfigError, OptimConfig, RunConfig, from_dict, to_dict
 from fusion.am.model import CheckpointError, load_checkpoint, save_checkpoint
 from fusion.manifest import atomic_write
 
@@ -133,6 +133,7 @@ class Trainer:
         self.optim_config = optim
         self.run_config = run
         self.config = to_dict(config)
+        self._config_type = type(config)
         self.progress = progress
         self.say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.stop_after = stop_after
@@ -185,7 +186,12 @@ class Trainer:
         ts = data.get("train_state")
         if not isinstance(ts, dict):
             raise CheckpointError(f"{self.last_path}: no training state to resume from")
-        saved, mine = _resume_view(ts["config"]), _resume_view(self.config)
+        saved_config = ts["config"]
+        try:  # keys added to the config since the checkpoint was written take their defaults
+            saved_config = to_dict(from_dict(self._config_type, saved_config))
+        except (ConfigError, TypeError):
+            pass
+        saved, mine = _resume_view(saved_config), _resume_view(self.config)
         if saved != mine:
             diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
             raise CheckpointError(
@@ -287,6 +293,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.task.module.train()
+        at_step = getattr(self.task, "at_step", None)
+        if at_step is not None:
+            at_step(st.step)
         t0 = time.perf_counter()
         loss, info = self.task.train_step(batch)
         self.optimizer.zero_grad(set_to_none=True)
