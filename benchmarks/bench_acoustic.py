@@ -237,7 +237,10 @@ def plot(pre: dict[str, Any], png: Path) -> None:
     for row in pre["runs"]:
         pts = [json.loads(line) for line in Path(row["log"]).read_text().splitlines()]
         pts = [(p["step"], 100 * p["dev_cer"]) for p in pts if "dev_cer" in p]
-        ax.plot(*zip(*pts), marker="o", ms=3, ls="--" if row["init"] == "random" else "-",
+        sizes = list(dict.fromkeys(r["labelled"] for r in pre["runs"]))
+        ax.plot(*zip(*pts), marker="os^v"[sizes.index(row["labelled"]) % 4], ms=3,
+                ls=("--", "-", ":", "-.")[sizes.index(row["labelled"]) % 4],
+                color={"random": "tab:gray", "bestrq": "tab:blue"}.get(row["init"], "tab:green"),
                 label=f"{row['labelled']} labelled, {INIT_NAMES[row['init']]}")
     ax.set(xlabel="fine-tuning step", ylabel="dev CER (%)", title="CTC fine-tuning")
     ax.set_ylim(0, 105)
@@ -279,12 +282,15 @@ def markdown(data: dict[str, Any]) -> str:
         lines += ["## What BEST-RQ pretraining buys", "",
                   f"BEST-RQ on {pre['unlabelled_hours']} h of training audio (transcripts unused), "
                   f"{p['steps']} steps at lr {p['lr']}; final dev masked-prediction loss "
-                  f"{p['final_dev_loss']}, accuracy {p['final_dev_accuracy']}. Then CTC fine-tuning "
-                  f"on nested labelled subsets, same recipe and seed from both starts "
-                  f"(lr {pre['finetune_lr']}); greedy CER/WER on the whole `test` split, dev CER on "
+                  f"{p['final_dev_loss']:.3f}, accuracy {p['final_dev_accuracy']:.3f} (1,024 codes). "
+                  f"Then CTC fine-tuning on nested labelled subsets, the same recipe and seed from "
+                  f"every start (lr {pre['finetune_lr']}): a random encoder, the BEST-RQ encoder, and "
+                  f"the BEST-RQ encoder held fixed for the first updates (`frozen`: only the output "
+                  f"layer learns). Greedy CER/WER on the whole `test` split, dev CER on "
                   f"{pre['dev_utterances']} dev utterances.", ""]
         lines.append(table(pre["runs"], [("labelled", "labelled"), ("labelled_minutes", "minutes"),
-                                         ("init", "init"), ("steps", "steps"), ("dev_cer", "dev CER %"),
+                                         ("init", "init"), ("steps", "steps"),
+                                         ("frozen_encoder_steps", "frozen"), ("dev_cer", "dev CER %"),
                                          ("test_cer", "test CER %"), ("test_wer", "test WER %")]))
         for name in dict.fromkeys(r["labelled"] for r in pre["runs"]):
             by = {r["init"]: r for r in pre["runs"] if r["labelled"] == name}

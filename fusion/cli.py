@@ -75,8 +75,8 @@ def get_parser() -> argparse.ArgumentParser:
     beam.add_argument("--beam-size", type=int)
     beam.add_argument("--nbest", type=int, help="hypotheses per utterance")
     beam.add_argument("--engine", choices=ENGINES,
-                      help="beam search in C++ or Python (default auto: C++ unless a scorer "
-                           "needs Python, e.g. hotwords; both give the same results)")
+                      help="beam search in C++ or Python (default auto: C++ whenever it knows "
+                           "every scorer; both give the same results)")
     beam.add_argument("--lm", type=Path, help="word n-gram: ARPA, ARPA.gz or KenLM binary")
     beam.add_argument("--lm-vocab", type=Path,
                       help="the LM's words (ARPA or word list) for partial-word scoring "

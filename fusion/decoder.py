@@ -93,9 +93,9 @@ class SearchOptions:
             in), which knows :class:`~fusion.scorers.LMScorer` over a word-level
             :class:`~lm.ngram.KenLM`, :class:`~fusion.scorers.WordBonus`,
             :class:`~fusion.scorers.LexiconScorer` and :class:`~fusion.scorers.HotwordScorer`;
-            ``"python"`` runs it in Python and takes any scorer (a neural LM);
-            ``"auto"`` picks the compiled one
-            when it is built and knows every scorer. Both give the same results.
+            ``"python"`` runs it in Python and takes any scorer (a neural LM); ``"auto"``
+            picks the compiled one when it is built and knows every scorer. Both give the
+            same results.
     """
 
     beam_size: int = 32
@@ -195,7 +195,6 @@ class BeamSearchDecoder:
         weights: one weight per scorer name; ``"acoustic"`` may be omitted (1.0). A
             missing or unknown name is an error, never a silent 0.
         options: search settings.
-
 
     The decoder holds no per-utterance state: one instance decodes any number of
     utterances, from any number of threads of control the caller chooses.

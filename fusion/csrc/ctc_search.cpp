@@ -1,17 +1,19 @@
 // The compiled search of fusion.decoder.BeamSearchDecoder (module fusion._ctcsearch).
 //
 // A line-for-line counterpart of BeamSearchDecoder._search, _finish and _rank, for the
-// scorers it knows: a word-level KenLM n-gram (LMScorer over
-// fusion's KenLM, with its partial-word estimate), WordBonus and LexiconScorer
-// (constraint or OOV penalty). The Python decoder hands it the same tables it uses
-// itself and turns what it returns into hypotheses, so both paths give the same
+// scorers it knows: a word-level KenLM n-gram (LMScorer over fusion's KenLM, with its
+// partial-word estimate), WordBonus, LexiconScorer (constraint or OOV penalty) and
+// HotwordScorer (its Aho-Corasick automaton). The Python decoder hands it the same tables
+// it uses itself and turns what it returns into hypotheses, so both paths give the same
 // results: the same candidate units per frame in the same order, the same pruning bounds,
 // the same order of floating-point operations (tests/test_ctcsearch.py compares them).
+// Thresholds on log-probabilities compare in float32, as NumPy does with float32 arrays.
 //
 // Per utterance, KenLM states are interned (an int per distinct state) and each
 // (scorer, state, word) completion is scored once; partial words follow character tries
-// (the LM's unigrams, the lexicon) one unit at a time instead of being looked up as
-// strings. The GIL is released during a search; one searcher runs one search at a time.
+// (the LM's unigrams, the lexicon, the words that continue a hotword match) one unit at
+// a time instead of being looked up as strings, and a prefix's children are found by
+// index. The GIL is released during a search; one searcher runs one search at a time.
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
