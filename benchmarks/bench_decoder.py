@@ -1,7 +1,8 @@
 """Decoder benchmark: ours against pyctcdecode and flashlight (torchaudio) side by side.
 
 On the posteriors of the test splits (``fusion posteriors``), with the same word n-gram
-and weights for ours and pyctcdecode: greedy; ours and pyctcdecode at beams 8/32/128;
+and weights for ours and pyctcdecode: greedy; ours (the C++ search, and the same search
+in Python as ``ours-python`` unless ``--skip-python``) and pyctcdecode at beams 8/32/128;
 flashlight's ``ctc_decoder`` with a lexicon and the word LM, and lexicon-free with a
 character n-gram (its lexicon-free search queries the LM per token). Columns: WER, CER,
 throughput (audio seconds per wall second, decoding only, one process) and the peak
@@ -10,7 +11,8 @@ memory growth of the process that decoded. Every decoder runs in a fresh process
     python benchmarks/bench_decoder.py --split test=POST.npz --split test-unseen-voices=POST.npz \\
         --manifests CORPUS_DIR --lm WORD.arpa --char-lm CHAR.arpa [--cmusphinx]
 
-Writes benchmarks/results/decoder.json, decoder.md and decoder.png.
+Writes benchmarks/results/decoder.json, decoder.md and decoder.png (``--render`` only
+rewrites the last two from the first).
 """
 
 from __future__ import annotations

@@ -258,3 +258,13 @@ def test_resume_fills_config_keys_added_since(corpus, tmp_path):
     del ckpt["train_state"]["config"]["optim"]["freeze_encoder_steps"]
     torch.save(ckpt, tmp_path / "run" / "last.pt")
     assert train_ctc(None, None, tmp_path / "run", config(total=4), **kw).step == 4
+
+
+def test_feature_subset_keeps_the_chosen_utterances(corpus):
+    full = FeatureSet.from_manifest(corpus / "train.jsonl", progress=False)
+    part = full.subset([3, 1])
+    assert part.ids == ["u3", "u1"] and part.texts == [WORDS[3], WORDS[1]]
+    assert torch.equal(part.features(0), full.features(3)) and torch.equal(part.features(1), full.features(1))
+    assert len(full.subset([])) == 0
+    with pytest.raises(IndexError, match="subset"):
+        full.subset([len(full)])
