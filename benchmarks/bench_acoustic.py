@@ -71,9 +71,9 @@ def parse_subsets(text: str) -> list[tuple[str, float, int]]:
     return sorted(out, key=lambda s: s[1])
 
 
-def greedy_scores(model: Any, manifest: Path, *, threads: int, lm: bool = False) -> dict[str, Any]:
+def greedy_scores(model: Any, manifest: Path, *, threads: int, decoder: Any = None) -> dict[str, Any]:
     """Greedy CER/WER of ``model`` on ``manifest`` and the posterior extraction speed; with
-    ``lm``, also beam 32 with the embedded word 3-gram (``lm_cer``, ``lm_wer``)."""
+    a beam-search ``decoder``, also its CER/WER (``lm_cer``, ``lm_wer``)."""
     import torch
 
     from fusion.am.infer import CTCModelAdapter, compute_posteriors
@@ -100,13 +100,7 @@ def greedy_scores(model: Any, manifest: Path, *, threads: int, lm: bool = False)
         "rtfx": round(audio / wall, 1), "threads": threads,
         "cer": round(100 * score.cer, 2), "wer": round(100 * score.wer, 2),
     }
-    if lm:
-        from fusion.cli import DEFAULT_LM, DEFAULT_WEIGHTS, lm_scorers
-        from fusion.decoder import BeamSearchDecoder, SearchOptions
-
-        decoder = BeamSearchDecoder(model.token_table, lm_scorers(DEFAULT_LM),
-                                    {k: DEFAULT_WEIGHTS[k] for k in ("lm", "word_bonus")},
-                                    SearchOptions(beam_size=32))
+    if decoder is not None:
         fused = score_corpus(refs, {p.utt_id: decoder.decode(p).best.text for p in posts})
         out.update(lm_cer=round(100 * fused.cer, 2), lm_wer=round(100 * fused.wer, 2))
     return out
@@ -114,8 +108,13 @@ def greedy_scores(model: Any, manifest: Path, *, threads: int, lm: bool = False)
 
 def part_eval(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from fusion.am.model import load_model
+    from fusion.cli import DEFAULT_LM, DEFAULT_WEIGHTS, lm_scorers
+    from fusion.decoder import BeamSearchDecoder, SearchOptions
 
     model = load_model(args.model)
+    decoder = BeamSearchDecoder(model.token_table, lm_scorers(DEFAULT_LM),
+                                {k: DEFAULT_WEIGHTS[k] for k in ("lm", "word_bonus")},
+                                SearchOptions(beam_size=32))
     manifests = {"dev": args.corpus / "dev.jsonl", "test": args.corpus / "test.jsonl",
                  "test-unseen-voices": args.corpus / "test-unseen-voices.jsonl",
                  "real-speech": args.real_speech}
@@ -124,7 +123,8 @@ def part_eval(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"model": str(shown), "parameters": model.num_parameters()}
     for split in EVAL_SPLITS:
         print(f"eval: {split}", file=sys.stderr, flush=True)
-        out[split] = greedy_scores(model, manifests[split], threads=args.eval_threads, lm=True)
+        out[split] = greedy_scores(model, manifests[split], threads=args.eval_threads,
+                                   decoder=decoder)
     return out
 
 

@@ -600,9 +600,10 @@ class BeamSearchDecoder:
         return [f for _, f in ranked[: self.options.nbest]]
 
     # -- results ------------------------------------------------------------------------
-    def _hypothesis(self, beam: _Final, lp: np.ndarray, frame_shift: float) -> Hypothesis:
+    def _hypothesis(self, beam: _Final, lp: np.ndarray, emissions: torch.Tensor,
+                    frame_shift: float) -> Hypothesis:
         acoustic = beam.acoustic
-        spans = self._align(beam.prefix, lp)
+        spans = self._align(beam.prefix, emissions)
         words = spans_to_words(self.table, spans, frame_shift, lp)
         scores = {ACOUSTIC: acoustic, **{s.name: v for s, v in zip(self.scorers, beam.scores)}}
         return Hypothesis(
@@ -613,10 +614,10 @@ class BeamSearchDecoder:
             words=words,
         )
 
-    def _align(self, units: tuple[int, ...], lp: np.ndarray) -> tuple[TokenSpan, ...]:
+    def _align(self, units: tuple[int, ...], emissions: torch.Tensor) -> tuple[TokenSpan, ...]:
+        """Token spans of ``units`` in ``emissions`` ``(1, T, V)`` by CTC forced alignment."""
         if not units:
             return ()
-        emissions = torch.from_numpy(np.array(lp, dtype=np.float32)).unsqueeze(0)  # (1, T, V), a copy
         targets = torch.tensor([units], dtype=torch.int32)  # (1, L)
         labels, _ = AF.forced_align(emissions, targets, blank=self.table.blank_id)
         frames = labels[0].numpy()  # (T,)
@@ -639,7 +640,8 @@ class BeamSearchDecoder:
             for scorer in self.scorers:
                 sessions.enter_context(scorer.session())
             beams = self._search(lp) if self._spec is None else self._compiled_search(lp)
-        nbest = tuple(self._hypothesis(b, lp, posteriors.frame_shift) for b in beams)
+        emissions = torch.from_numpy(np.array(lp)).unsqueeze(0)  # (1, T, V): one writable copy
+        nbest = tuple(self._hypothesis(b, lp, emissions, posteriors.frame_shift) for b in beams)
         return DecodeResult(posteriors.utt_id, nbest, posteriors.frame_shift, posteriors.duration)
 
     def decode_batch(self, batch: Sequence[Posteriors]) -> list[DecodeResult]:
