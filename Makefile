@@ -47,7 +47,7 @@ $(TORCH): | $(PY)
 	touch $@
 
 # KENLM_ROOT/KENLM_LIB: setup.py builds the compiled beam search (fusion._ctcsearch) with them.
-$(DEPS): setup.cfg setup.py pyproject.toml fusion/csrc/ctc_search.cpp $(TORCH) $(KENLM) | $(APT)
+$(DEPS): setup.cfg setup.py pyproject.toml fusion/csrc/ctc_search.cpp fusion/csrc/ctc_align.h $(TORCH) $(KENLM) | $(APT)
 	KENLM_ROOT=$(abspath $(VENV)/src/kenlm-$(KENLM_VERSION)) KENLM_LIB=$(abspath $(VENV)/src/kenlm-build/lib) \
 		$(PIP) install -e '.[dev,bench,corpus,ray]'
 	$(PY) -c "import fusion._ctcsearch"

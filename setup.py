@@ -19,6 +19,7 @@ if root and lib:
     ext_modules.append(Pybind11Extension(
         "fusion._ctcsearch",
         ["fusion/csrc/ctc_search.cpp"],
+        depends=["fusion/csrc/ctc_align.h"],
         include_dirs=[root],
         library_dirs=[lib],
         libraries=["kenlm", "kenlm_util", "z", "bz2", "lzma"],

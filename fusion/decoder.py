@@ -13,7 +13,8 @@ reaches ``blank_skip`` only extend prefixes with blank; beams more than
 ``beam_threshold`` below the best are dropped, then all but the best ``beam_size``.
 
 Token and word times of the returned hypotheses come from a CTC forced alignment of each
-hypothesis (``torchaudio.functional.forced_align``), not from search bookkeeping.
+hypothesis, not from search bookkeeping: ``fusion._ctcsearch.align`` when built (the same
+spans as ``torchaudio.functional.forced_align``, ties included), torchaudio's otherwise.
 
 The search itself runs in C++ (``fusion/csrc/ctc_search.cpp``, KenLM linked in) when it
 knows every scorer, and here otherwise (:attr:`SearchOptions.engine`). The C++ search is
@@ -600,11 +601,11 @@ class BeamSearchDecoder:
         return [f for _, f in ranked[: self.options.nbest]]
 
     # -- results ------------------------------------------------------------------------
-    def _hypothesis(self, beam: _Final, lp: np.ndarray, emissions: torch.Tensor,
-                    frame_shift: float) -> Hypothesis:
+    def _hypothesis(self, beam: _Final, lp: np.ndarray, probs: np.ndarray | None,
+                    emissions: torch.Tensor | None, frame_shift: float) -> Hypothesis:
         acoustic = beam.acoustic
-        spans = self._align(beam.prefix, emissions)
-        words = spans_to_words(self.table, spans, frame_shift, lp)
+        spans, conf = self._align(beam.prefix, lp, probs, emissions)
+        words = spans_to_words(self.table, spans, frame_shift, lp, confidences=conf)
         scores = {ACOUSTIC: acoustic, **{s.name: v for s, v in zip(self.scorers, beam.scores)}}
         return Hypothesis(
             text=" ".join(w.word for w in words),
@@ -614,10 +615,21 @@ class BeamSearchDecoder:
             words=words,
         )
 
-    def _align(self, units: tuple[int, ...], emissions: torch.Tensor) -> tuple[TokenSpan, ...]:
-        """Token spans of ``units`` in ``emissions`` ``(1, T, V)`` by CTC forced alignment."""
+    def _align(self, units: tuple[int, ...], lp: np.ndarray, probs: np.ndarray | None,
+               emissions: torch.Tensor | None) -> tuple[tuple[TokenSpan, ...], list[float] | None]:
+        """Token spans of ``units`` in ``lp`` ``(T, V)`` by CTC forced alignment, and their
+        confidences when the compiled aligner works them out (else None).
+
+        The compiled aligner (``fusion._ctcsearch.align``) gives the spans that
+        ``torchaudio.functional.forced_align`` gives, and given ``probs`` (``lp``'s
+        posteriors in float64) the confidences that :func:`~fusion.types.span_confidences`
+        gives. Without it, torchaudio aligns ``emissions``, ``lp`` as a ``(1, T, V)`` tensor.
+        """
         if not units:
-            return ()
+            return (), None
+        if _ctcsearch is not None:
+            starts, ends, conf = _ctcsearch.align(lp, units, self.table.blank_id, probs)
+            return tuple(map(TokenSpan, units, starts, ends)), conf
         targets = torch.tensor([units], dtype=torch.int32)  # (1, L)
         labels, _ = AF.forced_align(emissions, targets, blank=self.table.blank_id)
         frames = labels[0].numpy()  # (T,)
@@ -626,7 +638,7 @@ class BeamSearchDecoder:
         bounds = np.concatenate(([0], change, [len(frames)]))  # runs of one label
         runs = frames[bounds[:-1]] != self.table.blank_id
         starts, ends = bounds[:-1][runs].tolist(), bounds[1:][runs].tolist()
-        return tuple(TokenSpan(u, s, e) for u, s, e in zip(units, starts, ends))
+        return tuple(TokenSpan(u, s, e) for u, s, e in zip(units, starts, ends)), None
 
     def decode(self, posteriors: Posteriors) -> DecodeResult:
         """Decode one utterance: its N-best list, best first."""
@@ -635,13 +647,18 @@ class BeamSearchDecoder:
                 f"utterance {posteriors.utt_id!r}: posteriors have {posteriors.num_tokens} "
                 f"columns but the token table has {len(self.table)} tokens"
             )
-        lp = np.asarray(posteriors.log_probs, dtype=np.float32)
+        lp = np.ascontiguousarray(posteriors.log_probs, dtype=np.float32)  # (T, V)
         with ExitStack() as sessions:
             for scorer in self.scorers:
                 sessions.enter_context(scorer.session())
             beams = self._search(lp) if self._spec is None else self._compiled_search(lp)
-        emissions = torch.from_numpy(np.array(lp)).unsqueeze(0)  # (1, T, V): one writable copy
-        nbest = tuple(self._hypothesis(b, lp, emissions, posteriors.frame_shift) for b in beams)
+        probs = emissions = None
+        if _ctcsearch is not None:  # the units' confidences sum these (NumPy's exp, not C's)
+            probs = np.exp(lp.astype(np.float64)) if beams else None  # (T, V)
+        else:  # torchaudio aligns a (1, T, V) tensor: one writable copy per utterance
+            emissions = torch.from_numpy(np.array(lp)).unsqueeze(0)
+        nbest = tuple(self._hypothesis(b, lp, probs, emissions, posteriors.frame_shift)
+                      for b in beams)
         return DecodeResult(posteriors.utt_id, nbest, posteriors.frame_shift, posteriors.duration)
 
     def decode_batch(self, batch: Sequence[Posteriors]) -> list[DecodeResult]:

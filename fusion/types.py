@@ -128,16 +128,18 @@ def span_confidences(spans: Sequence[TokenSpan], log_probs: np.ndarray) -> list[
 
 def spans_to_words(
     table: TokenTable, spans: Sequence[TokenSpan], frame_shift: float,
-    log_probs: np.ndarray | None = None,
+    log_probs: np.ndarray | None = None, *, confidences: Sequence[float] | None = None,
 ) -> tuple[WordSpan, ...]:
     """Group emitted unit spans into words with start/end times in seconds.
 
     A word starts at its first unit's first frame and ends at its last unit's last frame.
     Given the posteriors, each word gets a confidence: the lowest of its units' (one badly
     matched letter makes the word doubtful), a unit's being the mean of its posterior
-    over its frames.
+    over its frames. ``confidences``, the units' own already worked out (one per span,
+    as :func:`span_confidences` gives them), stand in for the posteriors.
     """
-    conf = span_confidences(spans, log_probs) if log_probs is not None else None
+    conf = confidences if confidences is not None else \
+        span_confidences(spans, log_probs) if log_probs is not None else None
     groups = table.words_from_ids([s.token_id for s in spans])
     words: list[WordSpan] = []
     i = 0

@@ -14,6 +14,9 @@
 // (the LM's unigrams, the lexicon, the words that continue a hotword match) one unit at
 // a time instead of being looked up as strings, and a prefix's children are found by
 // index. The GIL is released during a search; one searcher runs one search at a time.
+//
+// The module also aligns hypotheses to their frames (``align``, ctc_align.h): the forced
+// alignment the decoder gives every hypothesis its times and confidences with.
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -32,6 +35,7 @@
 #include <utility>
 #include <vector>
 
+#include "ctc_align.h"
 #include "lm/model.hh"
 #include "lm/state.hh"
 #include "lm/virtual_interface.hh"
@@ -254,6 +258,16 @@ class Searcher {
         n_slots_ += used;
       }
     }
+    // an upper bound of every partial-word term (none: +inf), summed as partial_term sums
+    // (rounding is monotone): an LM's term is 0 or its weighted <unk> score
+    for (size_t i : partial_) {
+      const Scorer& sc = scorers_[i];
+      if (sc.kind != Kind::kKenLM) {
+        pt_bound_ = std::numeric_limits<double>::infinity();
+        break;
+      }
+      pt_bound_ += sc.prefixes == nullptr ? sc.weight * 0.0 : std::max(sc.weight * 0.0, sc.weight * sc.unk_score);
+    }
     letter_.resize(vocab_);
     for (int u = 0; u < vocab_; ++u) letter_[u] = !starts_[u].has_value();
   }
@@ -312,6 +326,7 @@ class Searcher {
         if (last >= 0) nxt[same].p_nb = lae(nxt[same].p_nb, p_nb + row[last]);
         const bool has_partial = !infos_[bid].partial.empty();
         const double fused = infos_[bid].fused;
+        const size_t base = children_of(bid);
         for (const auto& [unit, unit_lp] : units) {
           const double p = (unit == last ? p_b : total) + unit_lp;
           if (p == NEG_INF) continue;
@@ -322,11 +337,13 @@ class Searcher {
               nxt[same].p_b = lae(nxt[same].p_b, p);
             continue;
           }
-          const size_t key = static_cast<size_t>(bid) * vocab_ + unit;
+          const size_t key = base + unit;
           int32_t cid = children_[key];
           if (cid < 0) {
             if (letter_[unit] && w_ac_ > 0) {
-              // a new prefix that keeps its parent's word scores: its total is known now
+              // a new prefix that keeps its parent's word scores: its total is known now,
+              // and below the cut whatever its partial-word term when its bound is
+              if (w_ac_ * p + fused + pt_bound_ < cut) continue;
               double& pt = letter_pt_[key];
               if (std::isnan(pt)) pt = letter_term(bid, unit);
               if (w_ac_ * p + fused + pt < cut) continue;
@@ -359,6 +376,7 @@ class Searcher {
     nodes_.clear();
     children_.clear();
     letter_pt_.clear();
+    block_.clear();
     next_pos_.clear();
     next_stamp_.clear();
     live_.clear();
@@ -371,12 +389,22 @@ class Searcher {
   int32_t new_prefix(int32_t parent, int32_t unit) {
     infos_.emplace_back();
     parents_.emplace_back(parent, unit);
-    children_.resize(children_.size() + vocab_, -1);
-    letter_pt_.resize(letter_pt_.size() + vocab_, std::numeric_limits<double>::quiet_NaN());
+    block_.push_back(-1);
     next_stamp_.push_back(-1);
     next_pos_.push_back(-1);
     live_.push_back(-1);
     return static_cast<int32_t>(infos_.size() - 1);
+  }
+
+  // Where prefix ``id``'s children are kept (V slots in children_ and letter_pt_), made
+  // when it first extends: most prefixes never do (pruned the frame they are made).
+  size_t children_of(int32_t id) {
+    if (block_[id] < 0) {
+      block_[id] = static_cast<int64_t>(children_.size());
+      children_.resize(children_.size() + vocab_, -1);
+      letter_pt_.resize(letter_pt_.size() + vocab_, std::numeric_limits<double>::quiet_NaN());
+    }
+    return static_cast<size_t>(block_[id]);
   }
 
   void mark(std::vector<int64_t>& v, int32_t id) { v[id] = stamp_; }
@@ -591,12 +619,30 @@ class Searcher {
       totals[j] = w_ac_ * lae(nxt[j].p_b, nxt[j].p_nb) + info.fused + info.pterm;
       idx[j] = static_cast<int32_t>(j);
     }
-    std::stable_sort(idx.begin(), idx.end(), [&totals](int32_t a, int32_t b) { return totals[a] > totals[b]; });
-    const double floor = totals[idx[0]] - beam_threshold_;
     beams.clear();
-    const size_t n = std::min(idx.size(), static_cast<size_t>(beam_size_));
-    for (size_t j = 0; j < n; ++j)
-      if (totals[idx[j]] >= floor) beams.push_back(nxt[idx[j]]);
+    const double best = *std::max_element(totals.begin(), totals.end());
+    if (std::any_of(totals.begin(), totals.end(), [](double x) { return std::isnan(x); })) {
+      // no order to select by: the stable sort of _prune, to the letter
+      std::stable_sort(idx.begin(), idx.end(), [&totals](int32_t a, int32_t b) { return totals[a] > totals[b]; });
+      const double floor = totals[idx[0]] - beam_threshold_;
+      const size_t n = std::min(idx.size(), static_cast<size_t>(beam_size_));
+      for (size_t j = 0; j < n; ++j)
+        if (totals[idx[j]] >= floor) beams.push_back(nxt[idx[j]]);
+      return;
+    }
+    // the first beam_size of a stable sort, best first, above the floor: those above the
+    // floor (in order), the best beam_size of them by total, then by position
+    const double floor = best - beam_threshold_;
+    size_t m = 0;
+    for (size_t j = 0; j < idx.size(); ++j)
+      if (totals[j] >= floor) idx[m++] = static_cast<int32_t>(j);
+    const size_t n = std::min(m, static_cast<size_t>(beam_size_));
+    auto before = [&totals](int32_t a, int32_t b) {
+      return totals[a] > totals[b] || (totals[a] == totals[b] && a < b);
+    };
+    if (n < m) std::nth_element(idx.begin(), idx.begin() + n, idx.begin() + m, before);
+    std::sort(idx.begin(), idx.begin() + n, before);
+    for (size_t j = 0; j < n; ++j) beams.push_back(nxt[idx[j]]);
   }
 
   // The words of a unit sequence as one key: units, -1 between words (words_from_ids).
@@ -689,6 +735,7 @@ class Searcher {
   std::vector<Scorer> scorers_;
   std::vector<size_t> partial_, constraints_;  // scorers with a partial-word estimate; constraints
   size_t n_slots_ = 0;
+  double pt_bound_ = 0.0;  // >= any partial_term
   std::vector<uint8_t> letter_;
   // per utterance
   std::vector<Info> infos_;
@@ -697,8 +744,9 @@ class Searcher {
   std::vector<double> scores_;   // S per prefix
   std::vector<int32_t> nodes_;   // n_slots_ per prefix: trie positions of the word in progress
   std::vector<int32_t> tmp_nodes_;
-  std::vector<int32_t> children_;  // V per prefix: the prefix + unit, -1 if not made yet
-  std::vector<double> letter_pt_;  // V per prefix: letter_term of the prefix + unit, NaN if not yet
+  std::vector<int64_t> block_;     // per prefix: its children's offset (children_of), -1: none yet
+  std::vector<int32_t> children_;  // V per block: the prefix + unit, -1 if not made yet
+  std::vector<double> letter_pt_;  // V per block: letter_term of the prefix + unit, NaN if not yet
   std::vector<int32_t> next_pos_;
   std::vector<int64_t> next_stamp_, live_;
   int64_t stamp_ = 0;
@@ -736,4 +784,30 @@ PYBIND11_MODULE(_ctcsearch, m) {
           },
           py::arg("log_probs"),
           "Search one utterance: (units, acoustic, scores, fused) of its N best, best first.");
+  m.def(
+      "align",
+      [](py::array_t<float, py::array::c_style | py::array::forcecast> lp, const std::vector<int32_t>& units,
+         int32_t blank, std::optional<py::array_t<double, py::array::c_style | py::array::forcecast>> probs) {
+        if (lp.ndim() != 2) throw std::invalid_argument("log-probabilities must be T x V");
+        const double* p = nullptr;
+        if (probs) {
+          if (probs->ndim() != 2 || probs->shape(0) != lp.shape(0) || probs->shape(1) != lp.shape(1))
+            throw std::invalid_argument("probs must have the shape of log_probs");
+          p = probs->data();
+        }
+        ctcalign::Spans spans;
+        {
+          py::gil_scoped_release release;
+          spans = ctcalign::align(lp.data(), lp.shape(0), lp.shape(1), units.data(),
+                                  static_cast<int64_t>(units.size()), blank, p);
+        }
+        py::object conf = py::none();
+        if (p != nullptr) conf = py::cast(spans.confidence);
+        return py::make_tuple(py::cast(spans.start), py::cast(spans.end), conf);
+      },
+      py::arg("log_probs"), py::arg("units"), py::arg("blank"), py::arg("probs") = py::none(),
+      "CTC forced alignment of ``units`` in ``log_probs`` (T x V): the spans of "
+      "torchaudio.functional.forced_align, its ties broken alike, as (starts, ends, "
+      "confidences) in frames, [start, end). Confidences (fusion.types.span_confidences) "
+      "only given ``probs``, the posteriors (np.exp of log_probs in float64); else None.");
 }
