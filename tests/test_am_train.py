@@ -268,3 +268,42 @@ def test_feature_subset_keeps_the_chosen_utterances(corpus):
     assert len(full.subset([])) == 0
     with pytest.raises(IndexError, match="subset"):
         full.subset([len(full)])
+
+
+def test_run_config_device_and_budget_checked():
+    for bad in ("gpu", "cuda:x", ""):
+        with pytest.raises(ConfigError, match="run.device"):
+            RunConfig(device=bad)
+    with pytest.raises(ConfigError, match="time_budget_minutes"):
+        RunConfig(time_budget_minutes=-1)
+    assert RunConfig(device="cuda:1").device == "cuda:1"
+
+
+def test_cuda_device_refused_without_cuda(corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    train = FeatureSet.from_manifest(corpus / "train.jsonl", progress=False)
+    kw = {"progress": False, "log": lambda m: None, "train_set": train, "dev_set": None}
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        train_ctc(None, None, tmp_path / "run", config(device="cuda"), **kw)
+    # "auto" falls back to the CPU
+    assert train_ctc(None, None, tmp_path / "auto", config(total=2, device="auto"), **kw).step == 2
+
+
+def test_time_budget_sets_the_schedule_and_resume_keeps_it(corpus, tmp_path, monkeypatch):
+    """The run times its probe steps and fits total_steps to the budget; a resumed run
+    keeps the length chosen (saved in the checkpoint), whatever the config says."""
+    import fusion.am.trainer as trainer_mod
+
+    clock = iter(range(0, 10_000, 10))  # every reading of the clock is 10 s later
+    monkeypatch.setattr(trainer_mod.time, "monotonic", lambda: float(next(clock)))
+    train = FeatureSet.from_manifest(corpus / "train.jsonl", progress=False)
+    said: list[str] = []
+    kw = {"progress": False, "log": said.append, "train_set": train, "dev_set": None}
+    run = {"time_budget_minutes": 10.0, "budget_probe_steps": 3}
+    with pytest.raises(KeyboardInterrupt):
+        train_ctc(None, None, tmp_path / "run", config(total=1000, **run), stop_after=4, **kw)
+    total = load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["config"]["optim"]["total_steps"]
+    assert any(f"schedule runs to step {total}" in m for m in said)
+    assert 3 < total < 1000
+    state = train_ctc(None, None, tmp_path / "run", config(total=1000, **run), **kw)
+    assert state.step == total

@@ -21,6 +21,7 @@ type are errors naming the key. Example::
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -104,20 +105,36 @@ class BatchConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Seeds, threads, checkpointing and evaluation cadence."""
+    """Seeds, threads, device, checkpointing and evaluation cadence.
+
+    ``device`` is ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``), or ``"auto"`` (CUDA when
+    available). ``time_budget_minutes`` (0: off) fits the schedule to a wall-clock
+    budget: a fresh run times its first ``budget_probe_steps`` steps, then sets
+    ``optim.total_steps`` so that the schedule ends inside the budget, and refits it
+    after each evaluation (whose time then counts too). The steps chosen are saved with
+    the checkpoints; a resumed run keeps them.
+    """
 
     seed: int = 1
     num_threads: int = 2
+    device: str = "cpu"
     max_epochs: int = 10_000
     checkpoint_minutes: float = 5.0
     checkpoint_every_steps: int = 0  # 0: only by time (and at the end)
     eval_every_steps: int = 500
     dev_max_utterances: int = 300
     log_every_steps: int = 1
+    time_budget_minutes: float = 0.0
+    budget_probe_steps: int = 50
 
     def __post_init__(self) -> None:
         if self.num_threads <= 0 or self.eval_every_steps <= 0 or self.log_every_steps <= 0:
             raise ConfigError("run: num_threads, eval_every_steps and log_every_steps must be > 0")
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
+            raise ConfigError(f"run.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', "
+                              f"got {self.device!r}")
+        if self.time_budget_minutes < 0 or self.budget_probe_steps < 1:
+            raise ConfigError("run: time_budget_minutes must be >= 0 and budget_probe_steps >= 1")
 
 
 @dataclass(frozen=True)

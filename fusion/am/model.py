@@ -360,8 +360,8 @@ def model_checkpoint(model: CTCModel, **extra: Any) -> dict[str, Any]:
         "kind": "ctc",
         "config": model.config.to_dict(),
         "token_table": model.token_table.to_dict(),
-        "cmvn": model.cmvn.to_dict(),
-        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "cmvn": {k: v.cpu() for k, v in model.cmvn.to_dict().items()},
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         **extra,
     }
 

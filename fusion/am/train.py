@@ -97,6 +97,12 @@ class CTCTask:
         self.keep = keep
         self._keep_lengths = train.lengths[keep]
         self._dev_batches: list[list[int]] | None = None
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> None:
+        """Train on ``device``: the model moves there, and each batch when it is made."""
+        self.device = device
+        self.model.to(device)
 
     def num_train_items(self) -> int:
         return len(self.keep)
@@ -115,10 +121,12 @@ class CTCTask:
 
     def train_step(self, batch: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         data = collate(self.train, batch, self.table)
-        log_probs, out_lengths = self.model(data.feats, data.lengths, augment=self.augment)
+        dev = self.device
+        log_probs, out_lengths = self.model(data.feats.to(dev), data.lengths.to(dev),
+                                            augment=self.augment)
         loss = F.ctc_loss(
             log_probs.transpose(0, 1),  # (B, T', V) -> (T', B, V)
-            data.targets, out_lengths, data.target_lengths,
+            data.targets.to(dev), out_lengths, data.target_lengths.to(dev),
             blank=self.table.blank_id, reduction="sum", zero_infinity=True,
         ) / data.target_lengths.sum()
         return loss, {"audio_seconds": data.num_frames / 100.0, "utterances": len(batch),
@@ -140,8 +148,9 @@ class CTCTask:
         refs, hyps = [], []
         for batch in self.dev_batches():
             data = collate(self.dev, batch)
-            log_probs, out_lengths = self.model(data.feats, data.lengths)
-            hyps += greedy_texts(log_probs, out_lengths, self.table)
+            log_probs, out_lengths = self.model(data.feats.to(self.device),
+                                                data.lengths.to(self.device))
+            hyps += greedy_texts(log_probs.cpu(), out_lengths.cpu(), self.table)
             refs += [self.dev.texts[i] or "" for i in batch]
         pairs = [(r, h) for r, h in zip(refs, hyps) if r.strip()]
         if not pairs:

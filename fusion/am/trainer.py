@@ -15,6 +15,7 @@ log is cut back to the checkpoint's step on resume, so no step appears twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -49,12 +50,26 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_device(name: str) -> torch.device:
+    """``run.device`` as a torch device (``"auto"``: CUDA when available)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"run.device = {name!r}, but torch sees no CUDA device")
+    return torch.device(name)
 
 
 class LRSchedule:
@@ -98,6 +113,9 @@ class Task(Protocol):
 
     def load_payload(self, data: dict[str, Any]) -> None: ...
 
+    # Optional: ``to(device)`` moves the model (and where batches go) to a device;
+    # a task without it trains on the CPU only.
+
 
 @dataclass
 class TrainerState:
@@ -138,6 +156,15 @@ class Trainer:
         self.say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.stop_after = stop_after
         self.schedule = LRSchedule(optim)
+        self.device = resolve_device(run.device)
+        if self.device.type != "cpu":
+            move = getattr(task, "to", None)
+            if move is None:
+                raise ConfigError(f"run.device = {run.device!r}: {task.kind} training runs "
+                                  f"on the CPU only")
+            move(self.device)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.optimizer = self._make_optimizer()
         self.state = TrainerState()
         self._stop_signal: int | None = None
@@ -199,7 +226,9 @@ class Trainer:
                 f"{', '.join(diff)}); use another --out or the same config"
             )
         before = ts["config"].get("optim", {}).get("total_steps")
-        if before != self.optim_config.total_steps:
+        if self.run_config.time_budget_minutes > 0 and before is not None:
+            self._set_total_steps(int(before))  # the length the budget chose stays
+        elif before != self.optim_config.total_steps:
             self.say(f"schedule changed on resume: total_steps {before} -> "
                      f"{self.optim_config.total_steps} (the LR follows the new schedule from "
                      f"step {ts['trainer']['step']})")
@@ -223,6 +252,28 @@ class Trainer:
         with atomic_write(self.log_path) as fh:
             fh.write("".join(line + "\n" for line in keep))
 
+    def _set_total_steps(self, total: int) -> None:
+        self.optim_config = dataclasses.replace(self.optim_config, total_steps=total)
+        self.schedule = LRSchedule(self.optim_config)
+        self.config.setdefault("optim", {})["total_steps"] = total
+
+    def _fit_budget(self, started: float, probe: tuple[float, int]) -> int:
+        """Total steps that end a budgeted run inside its budget, from the wall time per
+        step since ``probe`` (the time and step at which timing began, after the first
+        steps, which pay for warming up); ``started`` is when the run began. Called after
+        the probe steps and again after each evaluation, so that evaluations and
+        checkpoints are counted; the schedule's length changes by little each time."""
+        run = self.run_config
+        now = time.monotonic()
+        per_step = (now - probe[0]) / max(1, self.state.step - probe[1])
+        left = run.time_budget_minutes * 60 - (now - started)
+        total = self.state.step + max(1, int(0.97 * left / per_step))
+        if total != self.optim_config.total_steps:
+            self._set_total_steps(total)
+            self.say(f"time budget {run.time_budget_minutes:g} min: {per_step * 1000:.0f} ms "
+                     f"per step, so the schedule runs to step {total}")
+        return total
+
     # -- the loop -----------------------------------------------------------------------
     def _handle_signal(self, signum: int, frame: Any) -> None:
         self._stop_signal = signum
@@ -245,6 +296,9 @@ class Trainer:
                    desc="train", dynamic_ncols=True, mininterval=2)
         last_save = time.monotonic()
         steps_this_run = 0
+        budget = run.time_budget_minutes > 0 and self.state.step == 0
+        started = time.monotonic()
+        probe = (started, 0)
         log_fh = self.log_path.open("a", encoding="utf-8")
         try:
             while self.state.step < total and self.state.epoch < run.max_epochs:
@@ -253,6 +307,10 @@ class Trainer:
                     record = self._step(batches[self.state.batch_in_epoch])
                     steps_this_run += 1
                     st = self.state
+                    if budget and steps_this_run == min(5, run.budget_probe_steps - 1):
+                        probe = (time.monotonic(), st.step)
+                    if budget and steps_this_run == run.budget_probe_steps:
+                        total = bar.total = self._fit_budget(started, probe)
                     if st.step % run.log_every_steps == 0:
                         log_fh.write(json.dumps(record) + "\n")
                         log_fh.flush()
@@ -261,6 +319,9 @@ class Trainer:
                                     ep=st.epoch, refresh=False)
                     if st.step % run.eval_every_steps == 0 or st.step == total:
                         self._evaluate(log_fh)
+                        if budget and steps_this_run > run.budget_probe_steps and st.step < total:
+                            # the rate now counts evaluations and checkpoints as well
+                            total = bar.total = self._fit_budget(started, probe)
                     due_time = time.monotonic() - last_save >= run.checkpoint_minutes * 60
                     due_step = (run.checkpoint_every_steps > 0
                                 and st.step % run.checkpoint_every_steps == 0)
