@@ -139,7 +139,7 @@ class TokenTable:
 
     def word_text(self, ids: Sequence[int]) -> str:
         """Spelling of one word given its unit ids."""
-        text = "".join(self.tokens[i] for i in ids)
+        text = "".join(map(self.tokens.__getitem__, ids))
         return text.replace(self.word_boundary, "") if self.boundary_style == "prefix" else text
 
     def text_from_ids(self, ids: Iterable[int]) -> str:

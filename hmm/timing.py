@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -145,7 +145,7 @@ class BoundaryCalibration:
                 mid = (starts[i] + ends[i - 1]) / 2
                 mid = min(max(mid, starts[i - 1]), ends[i])
                 ends[i - 1] = starts[i] = mid
-        return tuple(replace(w, start=float(s), end=float(e)) for w, s, e in zip(words, starts, ends))
+        return tuple(w._replace(start=float(s), end=float(e)) for w, s, e in zip(words, starts, ends))
 
     # -- files ------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -14,6 +14,7 @@ from fusion import decoder as decoder_module
 from fusion.decoder import BeamSearchDecoder, SearchOptions
 from fusion.posteriors import Posteriors, PosteriorsReader
 from fusion.simulate import SimulationConfig, simulate_posteriors
+from fusion.tokens import TokenTable, character_table
 from fusion.types import TokenSpan, span_confidences
 
 _ctcsearch = pytest.importorskip("fusion._ctcsearch",
@@ -151,3 +152,30 @@ def test_same_spans_as_torchaudio_on_real_posteriors(table):
                 assert conf == span_confidences(spans, lp)
                 checked += 1
     assert checked > 100
+
+
+PREFIX_TABLE = TokenTable(("<b>", "▁the", "▁c", "▁b", "at", "▁sat", "s", "'", "▁"), blank_id=0,
+                          word_boundary="▁", boundary_style="prefix")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["separate", "prefix"]), st.data())
+def test_word_groups_as_the_token_table_makes_them(style, data):
+    """group_words == TokenTable.words_from_ids, boundaries and lone prefix marks included."""
+    table = character_table() if style == "separate" else PREFIX_TABLE
+    decoder = BeamSearchDecoder(table)
+    units = data.draw(st.lists(st.integers(1, len(table) - 1), max_size=30))
+    first, last = _ctcsearch.group_words(units, decoder._word_kind)
+    assert [units[f:e + 1] for f, e in zip(first, last)] == table.words_from_ids(units)
+
+
+def test_prefix_table_decoder_output_unchanged_by_the_compiled_aligner(monkeypatch):
+    rng = np.random.default_rng(2)
+    T, V = 60, len(PREFIX_TABLE)
+    lp = torch.log_softmax(torch.from_numpy(rng.normal(0, 3, (T, V))).float(), -1).numpy()
+    posts = Posteriors("u", lp, 0.04)
+    decoder = BeamSearchDecoder(PREFIX_TABLE, options=SearchOptions(beam_size=8, nbest=6))
+    ours = _outputs(decoder, posts)
+    assert len(ours) == 6 and any(len(h[4]) > 1 for h in ours)
+    monkeypatch.setattr(decoder_module, "_ctcsearch", None)
+    assert _outputs(decoder, posts) == ours

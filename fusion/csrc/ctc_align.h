@@ -30,6 +30,41 @@ struct Spans {
   std::vector<double> confidence;   // per unit, given the posteriors
 };
 
+// How a unit bears on word grouping (TokenTable.words_from_ids): an ordinary unit, the
+// boundary unit (ends a word and belongs to none), or a unit that begins a new word
+// (prefix-style tables: sentencepiece's "\u2581...").
+enum WordKind : int8_t { kInWord = 0, kBoundary = 1, kStartsWord = 2 };
+
+struct Words {
+  std::vector<int32_t> first, last;  // each word's first and last unit (indices into units)
+};
+
+// The words of a blank-free unit sequence, as TokenTable.words_from_ids groups them
+// (boundary units dropped, no empty words), as unit index ranges; ``kind`` per unit id.
+inline Words group_words(const int32_t* units, int64_t L, const int8_t* kind, int64_t V) {
+  Words out;
+  int32_t open = -1;  // first unit of the word being read, or none
+  for (int32_t j = 0; j < static_cast<int32_t>(L); ++j) {
+    const int32_t u = units[j];
+    if (u < 0 || u >= V) throw std::invalid_argument("unit out of range of the word kinds");
+    const int8_t k = kind[u];
+    if (k == kBoundary || (k == kStartsWord && open >= 0)) {
+      if (open >= 0) {
+        out.first.push_back(open);
+        out.last.push_back(j - 1);
+      }
+      open = k == kBoundary ? -1 : j;
+    } else if (open < 0) {
+      open = j;
+    }
+  }
+  if (open >= 0) {
+    out.first.push_back(open);
+    out.last.push_back(static_cast<int32_t>(L) - 1);
+  }
+  return out;
+}
+
 // The frame labels of the best CTC path of ``targets`` through ``lp`` (T x V, row-major):
 // torchaudio's forced_align_impl, batch of one. ``path`` gets T labels.
 inline void viterbi(const float* lp, int64_t T, int64_t V, const int32_t* targets, int64_t L,

@@ -810,4 +810,16 @@ PYBIND11_MODULE(_ctcsearch, m) {
       "torchaudio.functional.forced_align, its ties broken alike, as (starts, ends, "
       "confidences) in frames, [start, end). Confidences (fusion.types.span_confidences) "
       "only given ``probs``, the posteriors (np.exp of log_probs in float64); else None.");
+  m.def(
+      "group_words",
+      [](const std::vector<int32_t>& units, py::array_t<int8_t, py::array::c_style | py::array::forcecast> kind) {
+        if (kind.ndim() != 1) throw std::invalid_argument("word kinds must be one per unit id");
+        const ctcalign::Words w = ctcalign::group_words(units.data(), static_cast<int64_t>(units.size()),
+                                                        kind.data(), kind.shape(0));
+        return py::make_tuple(py::cast(w.first), py::cast(w.last));
+      },
+      py::arg("units"), py::arg("kind"),
+      "The words of a blank-free unit sequence as TokenTable.words_from_ids groups them: "
+      "(first, last) unit indices of each word. ``kind`` (int8, one per unit id): 0 an "
+      "ordinary unit, 1 the word boundary (dropped), 2 a unit that begins a word.");
 }
