@@ -573,15 +573,20 @@ class BeamSearchDecoder:
 
     def _finish(self, beams: list[_Beam], cache: dict, w_ac: float,
                 parents: list[tuple[int, int]]) -> list[_Final]:
-        """Complete each beam's last word, add end-of-utterance scores, rank, dedupe."""
+        """Complete each beam's last word, add end-of-utterance scores, rank, dedupe.
+
+        A beam whose last word a constraint refuses is dropped, unless every beam's is
+        (the audio ends inside a word): then none is, rather than return nothing."""
         finals: list[_Final] = []
         if self._batched:
             self._prefetch([b.info for b in beams], cache, self._batched)
+        waive = all(b.info.partial and any(not c.accepts(b.info.partial) for c in self._constraints)
+                    for b in beams)
         for b in beams:
             info = b.info
             states, scores, fused = info.states, info.scores, info.fused
             if info.partial:
-                if any(not c.accepts(info.partial) for c in self._constraints):
+                if not waive and any(not c.accepts(info.partial) for c in self._constraints):
                     continue
                 states, scores, fused = self._complete(states, scores, fused, info.partial, cache)
             ends = list(scores)

@@ -39,7 +39,11 @@ class KenLM(LanguageModel):
 
     States are ``kenlm.State`` values, hashable and compared by content. The wrapper
     never writes to a state it has handed out: each call fills a fresh one. A word
-    outside the vocabulary scores as KenLM's ``<unk>``.
+    outside the vocabulary scores as KenLM's ``<unk>``; a model without ``<unk>`` (for
+    which KenLM substitutes log10 -100, making every unknown word a dead end that a
+    search escapes by leaving the rest of an utterance unsaid) scores it at
+    :attr:`MISSING_UNK_LOG10` instead, pyctcdecode's unknown-word offset. The compiled
+    search (``fusion/csrc/ctc_search.cpp``) does the same.
 
     Args:
         path: ARPA (``.arpa``, ``.arpa.gz``) or KenLM binary file.
@@ -61,6 +65,12 @@ class KenLM(LanguageModel):
                 read_arpa(self.path)
             raise LMError(f"{self.path}: KenLM cannot load it: {exc}") from None
         self.order = self._model.order
+        out = kenlm.State()
+        # KenLM puts exactly -100 where an ARPA file lacks <unk>
+        self._unk_missing = self._model.BaseScore(self.null_state(), "<unk>", out) == -100.0
+
+    #: log10 probability of an unknown word under a model that has no ``<unk>``.
+    MISSING_UNK_LOG10 = -10.0
 
     @staticmethod
     def is_arpa(path: str | Path) -> bool:
@@ -86,7 +96,10 @@ class KenLM(LanguageModel):
 
     def score(self, state: kenlm.State, unit: str) -> tuple[kenlm.State, float]:
         out = kenlm.State()
-        return out, self._model.BaseScore(state, unit, out) * LN10
+        log10 = self._model.BaseScore(state, unit, out)
+        if self._unk_missing and unit not in self._model:
+            log10 = self.MISSING_UNK_LOG10
+        return out, log10 * LN10
 
     def finish(self, state: kenlm.State) -> float:
         return self._model.BaseScore(state, "</s>", kenlm.State()) * LN10

@@ -177,3 +177,37 @@ def test_compiled_search_rejects_bad_posteriors(table):
         decoder.decode(Posteriors("u", np.zeros((3, 5)), 0.04))
     # empty utterances decode to nothing
     assert decoder.decode(Posteriors("e", np.zeros((0, len(table))), 0.04)).best.text == ""
+
+
+NO_UNK_ARPA = BIASED_ARPA.replace("-2.0\t<unk>\t0\n", "").replace("ngram 1=6", "ngram 1=5")
+
+
+def test_an_lm_without_unk_scores_unknown_words_at_pyctcdecodes_offset(table, tmp_path):
+    """KenLM puts log10 -100 where <unk> is missing; we put -10 (both engines alike), so
+    an unknown word is a cost, not a dead end the search avoids by saying nothing."""
+    (tmp_path / "n.arpa").write_text(NO_UNK_ARPA)
+    lm = KenLM(tmp_path / "n.arpa")
+    assert lm.score(lm.start(), "zebra")[1] == pytest.approx(-10 * math.log(10))
+    assert lm.score(lm.start(), "bat")[1] == pytest.approx(-0.5 * math.log(10))
+    assert LMScorer(lm, unigrams=["bat", "cat", "sat"]).unk_score == pytest.approx(-10 * math.log(10))
+    rng = np.random.default_rng(3)
+    for unigrams in (None, ["bat", "cat", "sat"]):
+        python, compiled = _both(table, [LMScorer(lm, unigrams=unigrams), WordBonus()],
+                                 {"lm": 0.7, "word_bonus": 1.0}, SearchOptions(beam_size=8, nbest=4))
+        for _ in range(8):
+            p = Posteriors.from_array("u", rng.normal(0, 3, size=(15, len(table))), kind="logits",
+                                      frame_shift=0.04)
+            assert _outputs(compiled, p) == _outputs(python, p)
+
+
+@pytest.mark.parametrize("engine", ["python", "compiled"])
+def test_a_constraint_is_waived_when_every_beam_ends_inside_a_word(table, engine):
+    """Audio that ends in the middle of a listed word: the best beam, not nothing."""
+    p, _ = simulate_posteriors("u", "the ca", table, np.random.default_rng(0),
+                               SimulationConfig(confusion=0.0, noise=0.0, peak=8))
+    decoder = BeamSearchDecoder(table, [LexiconScorer(["the", "cat"], constraint=True)],
+                                {"lexicon": 1.0}, SearchOptions(beam_size=4, engine=engine))
+    assert decoder.decode(p).best.text == "the ca"
+    whole, _ = simulate_posteriors("v", "the cat", table, np.random.default_rng(0),
+                                   SimulationConfig(confusion=0.0, noise=0.0, peak=8))
+    assert decoder.decode(whole).best.text == "the cat"

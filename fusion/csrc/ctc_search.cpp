@@ -140,6 +140,14 @@ struct Scorer {
   std::unique_ptr<Trie> prefixes;  // the LM's unigrams, for the partial-word estimate
   double unk_score = 0.0;
   double ln10 = std::log(10.0);
+  // lm.ngram.KenLM's rule: a model without <unk> (KenLM puts log10 -100 there) scores an
+  // unknown word at KenLM.MISSING_UNK_LOG10
+  bool unk_missing = false;
+  static constexpr double kMissingUnkLog10 = -10.0;
+  double word_log10(const lm::ngram::State& in, lm::WordIndex index, lm::ngram::State& out) const {
+    const double log10 = static_cast<double>(model->BaseScore(&in, index, &out));
+    return unk_missing && index == 0 ? kMissingUnkLog10 : log10;
+  }
   // kLexicon
   std::unique_ptr<Trie> words;
   bool constraint = false;
@@ -204,12 +212,16 @@ class Searcher {
         lm::ngram::Config config;
         config.messages = nullptr;
         s.model.reset(lm::ngram::LoadVirtual(path.c_str(), config));
+        {
+          lm::ngram::State null, out;
+          s.model->NullContextWrite(&null);
+          s.unk_missing = s.model->BaseScore(&null, 0, &out) == -100.0f;
+        }
         if (!d["unigrams"].is_none()) {
           s.prefixes = std::make_unique<Trie>(d["unigrams"].cast<std::vector<std::string>>());
           lm::ngram::State begin, out;
           s.model->BeginSentenceWrite(&begin);
-          s.unk_score = static_cast<double>(s.model->BaseScore(
-                            &begin, s.model->BaseVocabulary().Index(std::string("<unk>")), &out)) * s.ln10;
+          s.unk_score = s.word_log10(begin, s.model->BaseVocabulary().Index(std::string("<unk>")), out) * s.ln10;
         }
       } else if (kind == "bonus") {
         s.kind = Kind::kBonus;
@@ -455,8 +467,7 @@ class Searcher {
         auto it = completions_.find(key);
         if (it != completions_.end()) return it->second;
         lm::ngram::State in = lm_states_[state], out;
-        double score = static_cast<double>(s.model->BaseScore(
-                           &in, s.model->BaseVocabulary().Index(word), &out)) * s.ln10;
+        double score = s.word_log10(in, s.model->BaseVocabulary().Index(word), out) * s.ln10;
         std::pair<int32_t, double> hit{intern(out), score};
         completions_.emplace(std::move(key), hit);
         return hit;
@@ -694,6 +705,10 @@ class Searcher {
     const size_t S = scorers_.size(), N = n_slots_;
     std::vector<Final> out;
     std::vector<int32_t> st(S);
+    // a beam whose last word a constraint refuses is dropped, unless every beam's is
+    bool waive = !constraints_.empty();
+    for (const auto& b : beams)
+      waive = waive && !infos_[b.id].partial.empty() && !accepted(&nodes_[b.id * N]);
     for (const auto& b : beams) {
       const Info& info = infos_[b.id];
       Final f;
@@ -701,7 +716,7 @@ class Searcher {
       f.scores.assign(&scores_[b.id * S], &scores_[b.id * S] + S);
       double fused = info.fused;
       if (!info.partial.empty()) {
-        if (!constraints_.empty() && !accepted(&nodes_[b.id * N])) continue;
+        if (!waive && !constraints_.empty() && !accepted(&nodes_[b.id * N])) continue;
         fused = complete(st.data(), f.scores.data(), fused, info.partial);
       }
       for (size_t i = 0; i < S; ++i) {
