@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     from fusion.cli import lm_scorers
     from fusion.cli import main as fusion_main
 
-    tune_dir = args.work / "tune"
+    tune_dir = args.work / f"tune-{post['dev'].parent.name.removeprefix('posteriors-')}"  # per model
     tune_argv = ["tune", str(post["dev"]), "--dev", str(SPLITS["dev"]), "--lm", str(args.lm),
                  "-o", str(tune_dir), "--beam-size", str(args.beam_size), "--nbest", str(args.nbest),
                  "--workers", str(args.workers), "--rescore-trials", str(args.rescore_trials), "--pick-beam",

@@ -14,6 +14,7 @@ Steps (each resumable; a rerun with the same arguments skips what is logged):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -166,11 +167,56 @@ def toml_text(tables: dict[str, dict[str, Any]], header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+INPUTS = "inputs.json"
+
+
+def _file_id(path: Path | None) -> dict[str, Any] | None:
+    """A file as its resolved path, size and content hash (None stays None)."""
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return {"path": str(Path(path).resolve()), "bytes": Path(path).stat().st_size,
+            "sha256": h.hexdigest()}
+
+
+def check_inputs(out: Path, args: argparse.Namespace) -> None:
+    """Record what the trials in ``out`` depend on; refuse to resume from other inputs.
+
+    A rerun may add trials (``--random-trials``, ``--tpe-trials``) or change
+    ``--workers``; other posteriors, references, LM, grids, beam, N-best or rescorers
+    would mix trials of two different questions in one log."""
+    nlm = str(args.nlm)
+    mine = {"posteriors": _file_id(args.posteriors), "dev": _file_id(args.dev),
+            "lm": _file_id(args.lm), "lm_vocab": _file_id(args.lm_vocab),
+            "lm_grid": list(args.lm_grid), "bonus_grid": list(args.bonus_grid),
+            "beam_size": args.beam_size, "beams": [float(b) for b in args.beams],
+            "pick_beam": bool(args.pick_beam), "nbest": args.nbest,
+            "nlm": _file_id(Path(nlm)) if Path(nlm).is_file() else nlm, "hmm": args.hmm,
+            "hmm_fit_utterances": args.hmm_fit_utterances, "seed": args.seed}
+    path = out / INPUTS
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+        if diff:
+            raise ValueError(f"{out}: its trials were run on other inputs ({', '.join(diff)} "
+                             f"differ); use another --out-dir, or the same inputs to resume")
+    elif (out / "trials.jsonl").exists():
+        raise ValueError(f"{out}: holds trials but no {INPUTS} (written by an older version): "
+                         f"use another --out-dir")
+    else:
+        with atomic_write(path) as fh:
+            fh.write(json.dumps(mine, indent=1) + "\n")
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from fusion.cli import lm_scorers
 
     out: Path = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
+    check_inputs(out, args)
     log = TrialLog(out / "trials.jsonl")
     table, posteriors, refs = _load_dev(args)
     scorers = lm_scorers(args.lm, args.lm_vocab)

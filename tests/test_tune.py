@@ -161,7 +161,7 @@ def test_first_pass_objective_in_process_equals_pool(dev, table):
     assert part["wer"] == pytest.approx(100 * expected.wer)
 
 
-def test_fusion_tune_end_to_end(dev, tmp_path):
+def test_fusion_tune_end_to_end(dev, tmp_path, capsys):
     out = tmp_path / "tune"
     argv = [str(dev / "dev.npz"), "--dev", str(dev / "dev.jsonl"), "--lm", str(dev / "lm.arpa"),
             "-o", str(out), "--lm-grid", "0:1:2", "--bonus-grid=0:2:2", "--random-trials", "1",
@@ -182,6 +182,12 @@ def test_fusion_tune_end_to_end(dev, tmp_path):
     assert loaded.rescore_hmm == out / "hmm.json" and loaded.search.nbest == 4
     # a rerun has nothing left to do: same log, same summary
     assert main(["tune", *argv]) == 0
+    assert len(TrialLog(out / "trials.jsonl").trials) == len(trials)
+    # other posteriors (say, of a retrained model) are refused, not mixed into the log
+    other = tmp_path / "other.npz"
+    other.write_bytes((dev / "dev.npz").read_bytes() + b"\0")
+    assert main(["tune", str(other), *argv[1:]]) == 2
+    assert "other inputs (posteriors differ)" in capsys.readouterr().err
     assert len(TrialLog(out / "trials.jsonl").trials) == len(trials)
     # and fusion decode reads the tuned config, rescoring included
     hyp = tmp_path / "hyp.jsonl"
