@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from pyctcdecode import Alphabet, BeamSearchDecoderCTC, LanguageModel  # noqa: E402
 from torchaudio.models.decoder import ctc_decoder  # noqa: E402
 
-from fusion.decoder import BeamSearchDecoder, SearchOptions  # noqa: E402
+from fusion.decoder import BeamSearchDecoder, SearchOptions, lexicon_pruning  # noqa: E402
 from fusion.greedy import greedy_decode  # noqa: E402
 from fusion.manifest import read_manifest  # noqa: E402
 from fusion.metrics import score_corpus  # noqa: E402
@@ -64,14 +64,6 @@ def run_greedy(path: str) -> tuple[dict[str, str], float, float]:
     return hyps, time.perf_counter() - start, sum(p.duration for p in posteriors)
 
 
-def lexicon_options(beam: int, table) -> SearchOptions:
-    """Our search under a lexicon constraint: every unit a candidate down to log-prob -12
-    (a misspelt word's right letter is often far below the -5 floor) and flashlight's
-    beam threshold of this benchmark (25); chosen on dev."""
-    return SearchOptions(beam_size=beam, token_top_k=len(table) - 1, token_min_logprob=-12.0,
-                         beam_threshold=25.0)
-
-
 def run_ours(path: str, beam: int, lm: str, vocab: str, alpha: float, beta: float,
              engine: str = "compiled", lexicon: str | None = None):
     posteriors, table = _load(path)
@@ -81,7 +73,7 @@ def run_ours(path: str, beam: int, lm: str, vocab: str, alpha: float, beta: floa
     if lexicon is not None:  # flashlight's lexicon: the output only ever has its words
         scorers.append(LexiconScorer.from_file(lexicon, constraint=True))
         weights["lexicon"] = 1.0
-        options = replace(lexicon_options(beam, table), engine=engine)
+        options = replace(options, **lexicon_pruning(len(table)))  # what fusion decode uses
     decoder = BeamSearchDecoder(table, scorers, weights, options)
     start = time.perf_counter()
     hyps = {p.utt_id: decoder.decode(p).best.text for p in posteriors}

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from tqdm import tqdm
 
 from fusion import __version__, batch
 from fusion.config import DecodeConfig
-from fusion.decoder import ENGINES, BeamSearchDecoder
+from fusion.decoder import ENGINES, BeamSearchDecoder, lexicon_pruning
 from fusion.distributed import add_backend_arguments
 from fusion.formats import ctm_lines, srt_cues, srt_text
 from fusion.greedy import greedy_decode
@@ -269,7 +270,12 @@ def _beam_decoder(args: argparse.Namespace, table: TokenTable
             table, FusionLanguageModel(scorers, weights) if scorers else None,
             beam_size=config.search.beam_size, nbest=config.search.nbest)
     else:
-        first = BeamSearchDecoder(table, scorers, weights, config.search)
+        options = config.search
+        if config.lexicon:  # a constraint wants wider candidates, unless told otherwise
+            wide = {k: v for k, v in lexicon_pruning(len(table)).items()
+                    if k not in config.search_keys}
+            options = replace(options, **wide)
+        first = BeamSearchDecoder(table, scorers, weights, options)
     return rescoring_decoder(config, first) if config.rescore_weights is not None else first
 
 

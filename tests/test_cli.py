@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from fusion.cli import main
+from fusion.decoder import SearchOptions
 from fusion.posteriors import Posteriors, PosteriorsWriter
 from fusion.simulate import simulate_posteriors
 
@@ -164,3 +165,23 @@ def test_align_writes_json_ctm_srt_and_records_failures(corpus, tmp_path):
               for x in (tmp_path / "al.errors.jsonl").read_text().splitlines()}
     assert set(errors) == {"u3", "missing"} and "no posteriors" in errors["missing"]
     assert "'u3'" in errors["u3"]
+
+
+def test_a_lexicon_widens_the_candidates_unless_the_config_sets_them(corpus, tmp_path):
+    from fusion.cli import _beam_decoder, get_parser
+    from fusion.posteriors import PosteriorsReader
+
+    (tmp_path / "words.txt").write_text("hello\nworld\n")
+    with PosteriorsReader(corpus / "post.npz") as reader:
+        table = reader.token_table
+    base = ["decode", str(corpus / "post.npz"), "-o", str(tmp_path / "h.jsonl"), "--decoder", "beam"]
+    plain = _beam_decoder(get_parser().parse_args(base), table).options
+    assert plain == SearchOptions()
+    args = get_parser().parse_args([*base, "--lexicon", str(tmp_path / "words.txt")])
+    wide = _beam_decoder(args, table).options
+    assert (wide.token_top_k, wide.token_min_logprob, wide.beam_threshold) == (len(table) - 1, -12.0, 25.0)
+    (tmp_path / "dec.toml").write_text("[search]\ntoken_min_logprob = -7.0\n")
+    args = get_parser().parse_args([*base, "--lexicon", str(tmp_path / "words.txt"),
+                                    "--config", str(tmp_path / "dec.toml"), "--beam-size", "4"])
+    mixed = _beam_decoder(args, table).options
+    assert (mixed.token_min_logprob, mixed.token_top_k, mixed.beam_size) == (-7.0, len(table) - 1, 4)
