@@ -136,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     from fusion.cli import lm_scorers
     from fusion.cli import main as fusion_main
 
-    tune_dir = args.work / f"tune-{post['dev'].parent.name.removeprefix('posteriors-')}"  # per model
+    # everything tuned or cached below belongs to this acoustic model: one folder per model
+    run_dir = args.work / f"run-{post['dev'].parent.name.removeprefix('posteriors-')}"
+    tune_dir = run_dir / "tune"
     tune_argv = ["tune", str(post["dev"]), "--dev", str(SPLITS["dev"]), "--lm", str(args.lm),
                  "-o", str(tune_dir), "--beam-size", str(args.beam_size), "--nbest", str(args.nbest),
                  "--workers", str(args.workers), "--rescore-trials", str(args.rescore_trials), "--pick-beam",
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ngram_scorers = lm_scorers(args.lm, args.lm_vocab)
     scorers = [*ngram_scorers, LMScorer(nlm, "nlm")]
     dev = load(post["dev"])
-    log = TrialLog(args.work / "ablation-trials.jsonl")  # the ablation's own studies
+    log = TrialLog(run_dir / "ablation-trials.jsonl")  # the ablation's own studies
     subset = dev[: args.nlm_dev_utterances]
     # first-pass weights are tuned at --beam-size; the beam itself is the dev sweep's best
     beam = summary["search"]["beam_size"]
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return results, seconds
 
     # dev N-best of stage 3, for the rescoring weights of stages 4 and 5
-    dev_cache = args.work / f"dev-nbest-{beam}-{args.nbest}.npz"
+    dev_cache = run_dir / f"dev-nbest-{beam}-{args.nbest}.npz"
     if dev_cache.exists():
         dev_table = NbestTable.load(dev_cache)
     else:
