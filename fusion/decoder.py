@@ -51,7 +51,8 @@ except ImportError as _exc:  # not built: ``make`` builds it (see setup.py)
 
 _new_tuple = tuple.__new__
 
-__all__ = ["ENGINES", "BeamSearchDecoder", "SearchOptions", "candidate_units", "compiled_scorers"]
+__all__ = ["ENGINES", "BeamSearchDecoder", "SearchOptions", "candidate_units", "compiled_scorers",
+           "lexicon_pruning"]
 
 NEG_INF = -math.inf
 ACOUSTIC = "acoustic"

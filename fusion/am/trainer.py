@@ -11,6 +11,11 @@ step, the torch and Python RNG states and the position in the epoch (epoch numbe
 batches done; an epoch's batches are a function of ``(seed, epoch)``). Training N steps
 straight and training k steps, being killed, and resuming give identical weights. The
 log is cut back to the checkpoint's step on resume, so no step appears twice.
+
+``run.device`` trains on a GPU (a task with ``to(device)``; checkpoints hold CPU tensors,
+and the CUDA RNG states when CUDA is in use, though CUDA kernels need not repeat
+bit for bit). ``run.time_budget_minutes`` fits the schedule's length to a wall-clock
+budget (:meth:`Trainer._fit_budget`).
 """
 
 from __future__ import annotations
