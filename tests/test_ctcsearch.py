@@ -76,6 +76,17 @@ def _both(table, scorers, weights, options) -> tuple[BeamSearchDecoder, BeamSear
     return python, compiled
 
 
+def _agree_on_random_posteriors(table, lm, weights, options, rng, *, frames, scale, times) -> None:
+    """Both engines give the same N-best with ``lm`` (without and with its unigrams) and a
+    word bonus, on ``times`` random utterances of ``frames`` frames."""
+    for unigrams in (None, ["bat", "cat", "sat"]):
+        python, compiled = _both(table, [LMScorer(lm, unigrams=unigrams), WordBonus()], weights, options)
+        for _ in range(times):
+            p = Posteriors.from_array("u", rng.normal(0, scale, size=(frames, len(table))),
+                                      kind="logits", frame_shift=0.04)
+            assert _outputs(compiled, p) == _outputs(python, p)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 40), st.integers(2, 29), st.integers(0, 2**32 - 1), st.integers(1, 5),
        st.sampled_from(["lm", "lm+unigrams", "lexicon", "constraint", "hotwords"]), st.integers(1, 12))
@@ -122,14 +133,9 @@ def test_same_nbest_on_a_word_piece_table(tmp_path):
                        word_boundary="▁", boundary_style="prefix")
     (tmp_path / "b.arpa").write_text(BIASED_ARPA)
     lm = KenLM(tmp_path / "b.arpa")
-    rng = np.random.default_rng(7)
-    for unigrams in (None, ["bat", "cat", "sat"]):
-        python, compiled = _both(table, [LMScorer(lm, unigrams=unigrams), WordBonus()],
-                                 {"lm": 0.5, "word_bonus": 0.5}, SearchOptions(beam_size=6, nbest=3))
-        for _ in range(10):
-            p = Posteriors.from_array("u", rng.normal(0, 2, size=(12, len(table))), kind="logits",
-                                      frame_shift=0.04)
-            assert _outputs(compiled, p) == _outputs(python, p)
+    _agree_on_random_posteriors(table, lm, {"lm": 0.5, "word_bonus": 0.5},
+                                SearchOptions(beam_size=6, nbest=3), np.random.default_rng(7),
+                                frames=12, scale=2.0, times=10)
 
 
 def test_compiled_search_fuses_the_lm(table, tmp_path):
@@ -190,14 +196,9 @@ def test_an_lm_without_unk_scores_unknown_words_at_pyctcdecodes_offset(table, tm
     assert lm.score(lm.start(), "zebra")[1] == pytest.approx(-10 * math.log(10))
     assert lm.score(lm.start(), "bat")[1] == pytest.approx(-0.5 * math.log(10))
     assert LMScorer(lm, unigrams=["bat", "cat", "sat"]).unk_score == pytest.approx(-10 * math.log(10))
-    rng = np.random.default_rng(3)
-    for unigrams in (None, ["bat", "cat", "sat"]):
-        python, compiled = _both(table, [LMScorer(lm, unigrams=unigrams), WordBonus()],
-                                 {"lm": 0.7, "word_bonus": 1.0}, SearchOptions(beam_size=8, nbest=4))
-        for _ in range(8):
-            p = Posteriors.from_array("u", rng.normal(0, 3, size=(15, len(table))), kind="logits",
-                                      frame_shift=0.04)
-            assert _outputs(compiled, p) == _outputs(python, p)
+    _agree_on_random_posteriors(table, lm, {"lm": 0.7, "word_bonus": 1.0},
+                                SearchOptions(beam_size=8, nbest=4), np.random.default_rng(3),
+                                frames=15, scale=3.0, times=8)
 
 
 @pytest.mark.parametrize("engine", ["python", "compiled"])
