@@ -18,6 +18,8 @@ LIMIT=${LIMIT:-580}
 LEFT=$(( LIMIT - ($(date +%s) - T0) ))
 export BUDGET_MIN=$(python3 -c "print(round(($LEFT - 100) / 60, 2))")
 echo "training budget $BUDGET_MIN min"
+# cont.toml continued the model embedded then, the CPU-trained d-144 one
+# (git show 390e5c3:fusion/models/am-default/model.pt); model.pt is now big.toml's result
 timeout -s TERM $(( LEFT - 55 )) python3 fusion/models/am-default/recipe/gpu_train.py train /tmp/feats fusion/models/am-default/recipe/cont.toml /tmp/cont fusion/models/am-default/model.pt > $OUT/cont.log 2>&1 &
 timeout -s TERM $(( LEFT - 55 )) python3 fusion/models/am-default/recipe/gpu_train.py train /tmp/feats fusion/models/am-default/recipe/big.toml /tmp/big > $OUT/big.log 2>&1 &
 sleep 20; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
