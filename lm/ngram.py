@@ -105,6 +105,8 @@ class KenLM(LanguageModel):
         return self._model.BaseScore(state, "</s>", kenlm.State()) * LN10
 
     def score_sentence(self, units: Iterable[str], *, eos: bool = True) -> float:
+        if self._unk_missing:  # unknown words as :meth:`score` scores them
+            return super().score_sentence(units, eos=eos)
         return self._model.score(" ".join(units), bos=True, eos=eos) * LN10
 
 

@@ -196,6 +196,11 @@ def test_an_lm_without_unk_scores_unknown_words_at_pyctcdecodes_offset(table, tm
     assert lm.score(lm.start(), "zebra")[1] == pytest.approx(-10 * math.log(10))
     assert lm.score(lm.start(), "bat")[1] == pytest.approx(-0.5 * math.log(10))
     assert LMScorer(lm, unigrams=["bat", "cat", "sat"]).unk_score == pytest.approx(-10 * math.log(10))
+    state, total = lm.start(), 0.0  # whole sentences (N-best rescoring) score them alike
+    for word in ("bat", "zebra", "sat"):
+        state, lp = lm.score(state, word)
+        total += lp
+    assert lm.score_sentence(["bat", "zebra", "sat"]) == pytest.approx(total + lm.finish(state))
     _agree_on_random_posteriors(table, lm, {"lm": 0.7, "word_bonus": 1.0},
                                 SearchOptions(beam_size=8, nbest=4), np.random.default_rng(3),
                                 frames=15, scale=3.0, times=8)
