@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(data: dict) -> str:
+    wide = lexicon_pruning(2)
     cols = [("split", "split"), ("decoder", "decoder"), ("lm", "LM"), ("beam", "beam"),
             ("wer", "WER %"), ("cer", "CER %"), ("throughput", "x real time"),
             ("peak_mib", "peak MiB")]
@@ -221,8 +222,9 @@ def markdown(data: dict) -> str:
             "`ours` is our beam search in C++ (`fusion._ctcsearch`, the default wherever it knows "
             "the scorers), `ours-python` the same search in Python: both give the same hypotheses. "
             "`ours-lexicon` is ours with flashlight's lexicon as a constraint (`LexiconScorer`, "
-            "`constraint=True`: only the LM's words), every unit a candidate down to log-prob -12 "
-            "and flashlight's beam threshold (25). "
+            "`constraint=True`: only the LM's words) and `fusion decode --lexicon`'s pruning "
+            f"(`lexicon_pruning`: every unit a candidate down to log-prob {wide['token_min_logprob']:g}, "
+            f"beam threshold {wide['beam_threshold']:g}). "
             "Ours loads the n-gram twice (the Python `KenLM` the scorer wraps, and the C++ search's "
             "own copy), which is most of its higher peak memory. Throughput is one process, one "
             "thread of Python; ours includes the forced alignment that gives every word its times "

@@ -593,14 +593,15 @@ class BeamSearchDecoder:
         finals: list[_Final] = []
         if self._batched:
             self._prefetch([b.info for b in beams], cache, self._batched)
-        waive = all(b.info.partial and any(not c.accepts(b.info.partial) for c in self._constraints)
-                    for b in beams)
-        for b in beams:
+        refused = [bool(b.info.partial) and any(not c.accepts(b.info.partial)
+                                                for c in self._constraints) for b in beams]
+        waive = all(refused)
+        for b, refuse in zip(beams, refused):
+            if refuse and not waive:
+                continue
             info = b.info
             states, scores, fused = info.states, info.scores, info.fused
             if info.partial:
-                if not waive and any(not c.accepts(info.partial) for c in self._constraints):
-                    continue
                 states, scores, fused = self._complete(states, scores, fused, info.partial, cache)
             ends = list(scores)
             for i, scorer in enumerate(self.scorers):

@@ -162,9 +162,8 @@ class LexiconScorer(WordScorer):
 
     With ``constraint=True`` the search produces listed words only (its weight then only
     matters for nothing: no word scores -1); otherwise the weight is an OOV penalty. A
-    constraint wants wider per-frame candidates than the defaults: the right letter of a
-    word the acoustic model misspells is often below the -5 floor (the decoder benchmark
-    uses ``token_top_k`` = all units, ``token_min_logprob=-12``, ``beam_threshold=25``).
+    constraint wants wider per-frame candidates than the default search options give
+    (:func:`fusion.decoder.lexicon_pruning`, which ``fusion decode --lexicon`` applies).
     """
 
     def __init__(self, words: Iterable[str], name: str = "lexicon", *,

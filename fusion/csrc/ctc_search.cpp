@@ -706,17 +706,22 @@ class Searcher {
     std::vector<Final> out;
     std::vector<int32_t> st(S);
     // a beam whose last word a constraint refuses is dropped, unless every beam's is
-    bool waive = !constraints_.empty();
-    for (const auto& b : beams)
-      waive = waive && !infos_[b.id].partial.empty() && !accepted(&nodes_[b.id * N]);
-    for (const auto& b : beams) {
+    std::vector<char> refused(beams.size());
+    bool waive = true;
+    for (size_t j = 0; j < beams.size(); ++j) {
+      const int32_t id = beams[j].id;
+      refused[j] = !constraints_.empty() && !infos_[id].partial.empty() && !accepted(&nodes_[id * N]);
+      waive = waive && refused[j];
+    }
+    for (size_t j = 0; j < beams.size(); ++j) {
+      if (refused[j] && !waive) continue;
+      const Beam& b = beams[j];
       const Info& info = infos_[b.id];
       Final f;
       std::copy_n(&states_[b.id * S], S, st.begin());
       f.scores.assign(&scores_[b.id * S], &scores_[b.id * S] + S);
       double fused = info.fused;
       if (!info.partial.empty()) {
-        if (!waive && !constraints_.empty() && !accepted(&nodes_[b.id * N])) continue;
         fused = complete(st.data(), f.scores.data(), fused, info.partial);
       }
       for (size_t i = 0; i < S; ++i) {
