@@ -100,6 +100,16 @@ def greedy_scores(model: Any, manifest: Path, *, threads: int, decoder: Any = No
         "rtfx": round(audio / wall, 1), "threads": threads,
         "cer": round(100 * score.cer, 2), "wer": round(100 * score.wer, 2),
     }
+    voices: dict[str, list[str]] = {}  # synthetic splits: the voice (variants pooled)
+    for u in utts:
+        if "voice" in u.extra:
+            voices.setdefault(str(u.extra["voice"]).split("+")[0], []).append(u.id)
+    if voices:
+        out["voices"] = {}
+        for voice, ids in sorted(voices.items()):
+            part = score_corpus({u: refs[u] for u in ids}, hyps)
+            out["voices"][voice] = {"utterances": len(ids), "cer": round(100 * part.cer, 2),
+                                    "wer": round(100 * part.wer, 2)}
     if decoder is not None:
         fused = score_corpus(refs, {p.utt_id: decoder.decode(p).best.text for p in posts})
         out.update(lm_cer=round(100 * fused.cer, 2), lm_wer=round(100 * fused.wer, 2))
@@ -276,6 +286,14 @@ def markdown(data: dict[str, Any]) -> str:
                                   ("rtfx", "posteriors x real time"), ("threads", "threads")]))
         lines.append("`+ 3-gram`: beam 32 with the embedded word 3-gram (`lm/models/word-3gram`) "
                      "at `fusion decode`'s default weights.\n")
+        rows = [{"split": s, "voice": v, **r} for s in EVAL_SPLITS if s in ev
+                for v, r in sorted(ev[s].get("voices", {}).items(), key=lambda kv: -kv[1]["cer"])]
+        if rows:
+            lines += ["Greedy error rates per voice (a voice's espeak-ng variants pooled), "
+                      "worst first:", ""]
+            lines.append(table(rows, [("split", "split"), ("voice", "voice"),
+                                      ("utterances", "utts"), ("cer", "CER %"),
+                                      ("wer", "WER %")]))
     pre = data.get("pretraining")
     if pre:
         p = pre["pretrain"]

@@ -22,6 +22,7 @@ from fusion.am.config import (
     TrainConfig,
 )
 from fusion.am.data import FeatureSet, make_batches
+from fusion.am.features import CMVN
 from fusion.am.model import (
     CheckpointError,
     CTCModel,
@@ -127,9 +128,12 @@ def test_exact_resume_after_kill(corpus, tmp_path):
     model = load_model(killed / "model.pt")
     assert model.config == TINY
     assert load_model(killed / "best.pt").config == TINY
-    cont = CTCModel(TINY)  # continuing a finished CTC model copies its head too
+    # continuing a finished CTC model copies its head and its feature normalisation too
+    cont = CTCModel(TINY, cmvn=CMVN(torch.ones(TINY.n_mels), torch.full((TINY.n_mels,), 2.0)))
     assert load_pretrained_encoder(cont, killed / "model.pt")
     assert torch.equal(cont.head.weight, model.head.weight)
+    assert torch.equal(cont.cmvn.mean, model.cmvn.mean)
+    assert torch.equal(cont.cmvn.std, model.cmvn.std)
 
     other = replace(config(), optim=OptimConfig(lr=1e-3, warmup_steps=2, total_steps=7))
     with pytest.raises(CheckpointError, match="different config \\(sections optim\\)"):

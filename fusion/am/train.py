@@ -169,8 +169,10 @@ class CTCTask:
 def load_pretrained_encoder(model: CTCModel, path: str | Path) -> bool:
     """Copy the encoder weights of a BEST-RQ or CTC checkpoint into ``model``.
 
-    From a CTC checkpoint with the same token table the CTC head is copied too (to
-    continue training a finished model under a new schedule); returns whether it was.
+    The checkpoint's feature normalisation comes with them: the encoder learnt on
+    features scaled by those statistics, not by the new training set's. From a CTC
+    checkpoint with the same token table the CTC head is copied too (to continue training
+    a finished model under a new schedule); returns whether it was.
     """
     data = load_checkpoint(path)
     if data.get("kind") not in ("bestrq", "ctc"):
@@ -185,6 +187,7 @@ def load_pretrained_encoder(model: CTCModel, path: str | Path) -> bool:
     prefix = "encoder."
     state = {k[len(prefix):]: v for k, v in data["model"].items() if k.startswith(prefix)}
     model.encoder.load_state_dict(state)
+    model.set_cmvn(CMVN.from_dict(data["cmvn"]))
     if data["kind"] == "ctc" and data.get("token_table") == model.token_table.to_dict():
         model.head.load_state_dict({k[len("head."):]: v for k, v in data["model"].items()
                                     if k.startswith("head.")})
@@ -260,7 +263,8 @@ def train_ctc(
             f"(epoch {trainer.state.epoch}, batch {trainer.state.batch_in_epoch})")
     elif pretrained is not None:
         with_head = load_pretrained_encoder(model, pretrained)
-        say(f"encoder{' and CTC head' if with_head else ''} initialised from {pretrained}")
+        say(f"encoder{', CTC head' if with_head else ''} and feature normalisation "
+            f"initialised from {pretrained}")
     state = trainer.train()
     save_checkpoint(out_dir / "model.pt", model_checkpoint(model))
     return state
