@@ -23,12 +23,17 @@ from fusion.am.config import (
 )
 from fusion.am.data import FeatureSet, make_batches
 from fusion.am.features import CMVN
+from fusion.am import cli as am_cli
 from fusion.am.model import (
     CheckpointError,
     CTCModel,
     ModelConfig,
+    average_checkpoints,
     load_checkpoint,
     load_model,
+    model_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
 )
 from fusion.am.pretrain import pretrain_bestrq, span_mask
 from fusion.am.subword import SentencePieceUnits, train_sentencepiece
@@ -103,7 +108,12 @@ def test_exact_resume_after_kill(corpus, tmp_path):
         train.lengths, max_frames=300, max_utterances=4, seed=1, epoch=0, pool=2)) >= 3
 
     straight = tmp_path / "straight"
-    train_ctc(None, None, straight, config(), **kw)
+    train_ctc(None, None, straight, config(keep_snapshots=2), **kw)
+    # evaluations at steps 3, 6 and 7: the model of the last two is kept
+    snaps = sorted((straight / "snapshots").iterdir())
+    assert [p.name for p in snaps] == ["step-00000006.pt", "step-00000007.pt"]
+    for k, v in weights(straight / "last.pt").items():
+        assert torch.equal(weights(snaps[-1])[k], v), k
 
     killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):  # dies after step 5; last checkpoint at step 4
@@ -311,3 +321,61 @@ def test_time_budget_sets_the_schedule_and_resume_keeps_it(corpus, tmp_path, mon
     assert 3 < total < 1000
     state = train_ctc(None, None, tmp_path / "run", config(total=1000, **run), **kw)
     assert state.step == total
+
+
+def _ctc_checkpoint(path: Path, seed: int, **changes) -> Path:
+    torch.manual_seed(seed)
+    cmvn = CMVN(torch.zeros(TINY.n_mels), torch.ones(TINY.n_mels))
+    model = CTCModel(replace(TINY, **changes), cmvn=cmvn)
+    save_checkpoint(path, model_checkpoint(model, train_state={"step": seed}))
+    return path
+
+
+def test_average_checkpoints(tmp_path):
+    a, b, c = (_ctc_checkpoint(tmp_path / f"{n}.pt", seed) for n, seed in
+               (("a", 1), ("b", 2), ("c", 3)))
+    avg = average_checkpoints([a, b, c], half=False)
+    assert "train_state" not in avg
+    for k, v in weights(a).items():
+        if v.is_floating_point():
+            mean = (v.double() + weights(b)[k].double() + weights(c)[k].double()) / 3
+            assert torch.allclose(avg["model"][k].double(), mean, atol=1e-6), k
+            assert avg["model"][k].dtype == torch.float32
+    one = average_checkpoints([a], half=False)  # one checkpoint averages to itself
+    assert all(torch.equal(one["model"][k], v) for k, v in weights(a).items())
+    half = average_checkpoints([a, b])
+    assert all(v.dtype == torch.float16 for v in half["model"].values() if v.is_floating_point())
+    model = model_from_checkpoint(avg)  # loads as a model, with a's config and units
+    assert model.config == TINY
+
+    with pytest.raises(CheckpointError, match="at least one"):
+        average_checkpoints([])
+    other = _ctc_checkpoint(tmp_path / "other.pt", 4, n_layers=3)
+    with pytest.raises(CheckpointError, match=r"other\.pt: its config differs"):
+        average_checkpoints([a, other])
+    data = load_checkpoint(b)
+    data["cmvn"] = {"mean": torch.ones(TINY.n_mels), "std": torch.ones(TINY.n_mels)}
+    save_checkpoint(tmp_path / "cmvn.pt", data)
+    with pytest.raises(CheckpointError, match=r"cmvn\.pt: its feature normalisation differs"):
+        average_checkpoints([a, tmp_path / "cmvn.pt"])
+    data = load_checkpoint(b)
+    data["token_table"] = {**data["token_table"], "blank": "<b>"}
+    save_checkpoint(tmp_path / "table.pt", data)
+    with pytest.raises(CheckpointError, match=r"table\.pt: its token_table differs"):
+        average_checkpoints([a, tmp_path / "table.pt"])
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        average_checkpoints([a, tmp_path / "junk.pt"])
+
+
+def test_average_cli(tmp_path, capsys):
+    paths = [_ctc_checkpoint(tmp_path / f"step-{i:08d}.pt", i) for i in (3, 1, 2)]
+    out = tmp_path / "avg.pt"
+    assert am_cli.main(["average", *map(str, paths), "-o", str(out), "--last", "2",
+                        "--fp32"]) == 0
+    assert "step-00000002.pt, step-00000003.pt" in capsys.readouterr().err
+    want = average_checkpoints(sorted(paths)[1:], half=False)["model"]
+    assert all(torch.equal(want[k], v) for k, v in weights(out).items())
+    assert am_cli.main(["average", str(paths[0]), "-o", str(out), "--last", "0"]) == 2
+    assert am_cli.main(["average", str(tmp_path / "missing.pt"), "-o", str(out)]) == 2
+    assert "missing.pt: no such checkpoint" in capsys.readouterr().err

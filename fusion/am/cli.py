@@ -1,6 +1,7 @@
-"""Command-line hooks of the acoustic model: ``train``, ``pretrain`` and ``posteriors``.
+"""Command-line hooks of the acoustic model: ``train``, ``pretrain``, ``posteriors`` and
+``average``.
 
-:func:`add_parsers` registers the three subcommands on an ``argparse`` subparsers
+:func:`add_parsers` registers the four subcommands on an ``argparse`` subparsers
 object; each sets ``func`` to its ``run_*`` function, which takes the parsed
 arguments and returns an exit code (0 success, 1 some utterances failed, 2 bad input,
 130 stopped by a signal with a checkpoint written).
@@ -36,6 +37,7 @@ __all__ = [
     "add_parsers",
     "default_model_path",
     "main",
+    "run_average",
     "run_posteriors",
     "run_pretrain",
     "run_train",
@@ -60,7 +62,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(subparsers: Any) -> None:
-    """Register ``train``, ``pretrain`` and ``posteriors`` on ``subparsers``."""
+    """Register ``train``, ``pretrain``, ``posteriors`` and ``average`` on ``subparsers``."""
     p = subparsers.add_parser(
         "train", help="train the Conformer CTC acoustic model (resumable)",
         description="Train a Conformer CTC model on a manifest; rerun to resume.")
@@ -101,6 +103,19 @@ def add_parsers(subparsers: Any) -> None:
                    help="failed utterances JSONL (default: OUTPUT with .errors.jsonl)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_posteriors)
+
+    p = subparsers.add_parser(
+        "average", help="average the weights of CTC checkpoints of one run -> a model",
+        description="Checkpoint averaging: the mean of the checkpoints' weights, written "
+                    "as a deployable model (fp16 unless --fp32). A run keeps its last "
+                    "snapshots in RUN/snapshots with run.keep_snapshots.")
+    p.add_argument("checkpoints", type=Path, nargs="+",
+                   help="CTC checkpoints (model, best, last or snapshot files) of one model")
+    p.add_argument("-o", "--output", type=Path, required=True, help="model .pt to write")
+    p.add_argument("--last", type=int, metavar="K",
+                   help="only the last K of the checkpoints given (snapshot names sort by step)")
+    p.add_argument("--fp32", action="store_true", help="keep fp32 weights")
+    p.set_defaults(func=run_average)
 
 
 def _fail(cmd: str, exc: Exception) -> int:
@@ -143,6 +158,24 @@ def run_pretrain(args: argparse.Namespace) -> int:
     except (ConfigError, CheckpointError, ManifestError, ValueError, FileNotFoundError) as exc:
         return _fail("pretrain", exc)
     print(f"pretrained {state.step} steps -> {args.out / 'last.pt'}", file=sys.stderr)
+    return 0
+
+
+def run_average(args: argparse.Namespace) -> int:
+    from fusion.am.model import average_checkpoints, save_checkpoint
+
+    paths = list(args.checkpoints)
+    if args.last is not None:
+        if args.last < 1:
+            return _fail("average", ValueError(f"--last must be >= 1, got {args.last}"))
+        paths = sorted(paths)[-args.last:]
+    try:
+        data = average_checkpoints(paths, half=not args.fp32)
+        save_checkpoint(args.output, data)
+    except (CheckpointError, OSError) as exc:
+        return _fail("average", exc)
+    print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) "
+          f"-> {args.output}", file=sys.stderr)
     return 0
 
 
@@ -198,7 +231,7 @@ def run_posteriors(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fusion.am.cli {train,pretrain,posteriors} ...`` (same as ``fusion ...``)."""
+    """``python -m fusion.am.cli {train,pretrain,posteriors,average} ...`` (same as ``fusion ...``)."""
     parser = argparse.ArgumentParser(prog="python -m fusion.am.cli")
     add_parsers(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
     args = parser.parse_args(argv)

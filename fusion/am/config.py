@@ -112,7 +112,9 @@ class RunConfig:
     budget: a fresh run times its first ``budget_probe_steps`` steps, then sets
     ``optim.total_steps`` so that the schedule ends inside the budget, and refits it
     after each evaluation (whose time then counts too). The steps chosen are saved with
-    the checkpoints; a resumed run keeps them.
+    the checkpoints; a resumed run keeps them. ``keep_snapshots`` (0: none) keeps the
+    model of each of the last that many evaluations in ``out_dir/snapshots``, for
+    checkpoint averaging (``fusion average``).
     """
 
     seed: int = 1
@@ -126,6 +128,7 @@ class RunConfig:
     log_every_steps: int = 1
     time_budget_minutes: float = 0.0
     budget_probe_steps: int = 50
+    keep_snapshots: int = 0
 
     def __post_init__(self) -> None:
         if self.num_threads <= 0 or self.eval_every_steps <= 0 or self.log_every_steps <= 0:
@@ -135,6 +138,8 @@ class RunConfig:
                               f"got {self.device!r}")
         if self.time_budget_minutes < 0 or self.budget_probe_steps < 1:
             raise ConfigError("run: time_budget_minutes must be >= 0 and budget_probe_steps >= 1")
+        if self.keep_snapshots < 0:
+            raise ConfigError(f"run.keep_snapshots must be >= 0, got {self.keep_snapshots}")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "CheckpointError",
     "ConformerEncoder",
     "ModelConfig",
+    "average_checkpoints",
     "export_model",
     "load_checkpoint",
     "load_model",
@@ -422,6 +424,53 @@ def export_model(src: str | Path, dst: str | Path, *, half: bool = True) -> dict
                          for k, v in data["model"].items()}
     save_checkpoint(dst, data)
     return data
+
+
+def average_checkpoints(paths: Sequence[str | Path], *, half: bool = True) -> dict[str, Any]:
+    """The deployable checkpoint whose weights are the mean of ``paths``' (checkpoint
+    averaging, as icefall's and ESPnet's ``--avg``: snapshots of one run's last steps
+    average into a model that is usually better than any of them).
+
+    Means are taken in float64 and stored as fp16 when ``half``. Everything but the
+    weights (config, token table, feature normalisation, subword model) comes from the
+    first checkpoint and must be the same in every other; training state is dropped.
+
+    Raises:
+        CheckpointError: no paths, an unreadable or non-CTC checkpoint, or one that
+            differs from the first in architecture, units, normalisation or weight names
+            and shapes (the message names the file and what differs).
+    """
+    if not paths:
+        raise CheckpointError("checkpoint averaging needs at least one checkpoint")
+    first = load_checkpoint(paths[0], kind="ctc")
+    sums = {k: v.double() for k, v in first["model"].items() if v.is_floating_point()}
+    for path in paths[1:]:
+        data = load_checkpoint(path, kind="ctc")
+        for key in ("config", "token_table"):
+            if data.get(key) != first.get(key):
+                raise CheckpointError(f"{path}: its {key} differs from that of {paths[0]}")
+        same_cmvn = all(torch.equal(data["cmvn"][k], first["cmvn"][k]) for k in ("mean", "std"))
+        same_units = ("sentencepiece" in data) == ("sentencepiece" in first) and (
+            "sentencepiece" not in data or torch.equal(data["sentencepiece"], first["sentencepiece"]))
+        if not (same_cmvn and same_units):
+            what = "feature normalisation" if not same_cmvn else "subword model"
+            raise CheckpointError(f"{path}: its {what} differs from that of {paths[0]}")
+        weights = data["model"]
+        if weights.keys() != first["model"].keys():
+            raise CheckpointError(f"{path}: its weights are named differently from {paths[0]}'s")
+        for k, v in weights.items():
+            if v.shape != first["model"][k].shape:
+                raise CheckpointError(f"{path}: weight {k} has shape {tuple(v.shape)}, "
+                                      f"{tuple(first['model'][k].shape)} in {paths[0]}")
+            if k in sums:
+                sums[k] += v.double()
+            elif not torch.equal(v, first["model"][k]):
+                raise CheckpointError(f"{path}: integer tensor {k} differs from {paths[0]}'s")
+    dtype = torch.float16 if half else torch.float32
+    out = {k: v for k, v in first.items() if k != "train_state"}
+    out["model"] = {k: (sums[k] / len(paths)).to(dtype) if k in sums else v
+                    for k, v in first["model"].items()}
+    return out
 
 
 def load_model(path: str | Path) -> CTCModel:

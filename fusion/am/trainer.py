@@ -44,6 +44,7 @@ from fusion.manifest import atomic_write
 __all__ = ["LRSchedule", "Task", "Trainer", "TrainerState", "plot_log", "seed_everything"]
 
 LAST = "last.pt"
+SNAPSHOTS = "snapshots"
 LOG = "log.jsonl"
 PLOT = "curves.png"
 
@@ -399,6 +400,8 @@ class Trainer:
         log_fh.flush()
         shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         self.say(f"step {st.step} epoch {st.epoch}: {shown} (training at {rt:.0f}x real time)")
+        if self.run_config.keep_snapshots:
+            self._snapshot()
         metric = self.task.metric
         if metric and metric in metrics:
             value = metrics[metric]
@@ -406,6 +409,16 @@ class Trainer:
                 st.best_metric = value
                 save_checkpoint(self.out_dir / "best.pt", self.task.model_payload())
         plot_log(self.log_path, self.out_dir / PLOT)
+
+    def _snapshot(self) -> None:
+        """The model now, as ``snapshots/step-NNNNNNNN.pt``; older ones beyond
+        ``run.keep_snapshots`` are deleted."""
+        folder = self.out_dir / SNAPSHOTS
+        folder.mkdir(exist_ok=True)
+        save_checkpoint(folder / f"step-{self.state.step:08d}.pt", self.task.model_payload())
+        kept = sorted(folder.glob("step-*.pt"))
+        for old in kept[:-self.run_config.keep_snapshots]:
+            old.unlink()
 
 
 def plot_log(log_path: str | Path, png_path: str | Path) -> bool:
