@@ -113,8 +113,9 @@ class RunConfig:
     ``optim.total_steps`` so that the schedule ends inside the budget, and refits it
     after each evaluation (whose time then counts too). The steps chosen are saved with
     the checkpoints; a resumed run keeps them. ``keep_snapshots`` (0: none) keeps the
-    model of each of the last that many evaluations in ``out_dir/snapshots``, for
-    checkpoint averaging (``fusion average``).
+    model at the last that many evaluation points (every ``eval_every_steps`` steps and
+    at the end, with or without a dev set) in ``out_dir/snapshots``, for checkpoint
+    averaging (``fusion average``).
     """
 
     seed: int = 1

@@ -387,6 +387,8 @@ class Trainer:
 
     def _evaluate(self, log_fh: Any) -> None:
         st = self.state
+        if self.run_config.keep_snapshots:  # also without a dev set
+            self._snapshot()
         self.task.module.eval()
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -400,8 +402,6 @@ class Trainer:
         log_fh.flush()
         shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         self.say(f"step {st.step} epoch {st.epoch}: {shown} (training at {rt:.0f}x real time)")
-        if self.run_config.keep_snapshots:
-            self._snapshot()
         metric = self.task.metric
         if metric and metric in metrics:
             value = metrics[metric]
