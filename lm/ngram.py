@@ -42,8 +42,9 @@ class KenLM(LanguageModel):
     outside the vocabulary scores as KenLM's ``<unk>``; a model without ``<unk>`` (for
     which KenLM substitutes log10 -100, making every unknown word a dead end that a
     search escapes by leaving the rest of an utterance unsaid) scores it at
-    :attr:`MISSING_UNK_LOG10` instead, pyctcdecode's unknown-word offset. The compiled
-    search (``fusion/csrc/ctc_search.cpp``) does the same.
+    :attr:`MISSING_UNK_LOG10` instead (the size of pyctcdecode's unknown-word offset,
+    which pyctcdecode itself adds to KenLM's -100). The compiled search
+    (``fusion/csrc/ctc_search.cpp``) does the same.
 
     Args:
         path: ARPA (``.arpa``, ``.arpa.gz``) or KenLM binary file.

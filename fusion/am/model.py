@@ -426,6 +426,20 @@ def export_model(src: str | Path, dst: str | Path, *, half: bool = True) -> dict
     return data
 
 
+#: what the parts of a checkpoint other than its weights are, for messages
+_PARTS = {"cmvn": "feature normalisation", "sentencepiece": "subword model"}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of checkpoint parts: plain data, tensors, and dicts of either."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                and a.shape == b.shape and torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
 def average_checkpoints(paths: Sequence[str | Path], *, half: bool = True) -> dict[str, Any]:
     """The deployable checkpoint whose weights are the mean of ``paths``' (checkpoint
     averaging, as icefall's and ESPnet's ``--avg``: snapshots of one run's last steps
@@ -446,15 +460,10 @@ def average_checkpoints(paths: Sequence[str | Path], *, half: bool = True) -> di
     sums = {k: v.double() for k, v in first["model"].items() if v.is_floating_point()}
     for path in paths[1:]:
         data = load_checkpoint(path, kind="ctc")
-        for key in ("config", "token_table"):
-            if data.get(key) != first.get(key):
-                raise CheckpointError(f"{path}: its {key} differs from that of {paths[0]}")
-        same_cmvn = all(torch.equal(data["cmvn"][k], first["cmvn"][k]) for k in ("mean", "std"))
-        same_units = ("sentencepiece" in data) == ("sentencepiece" in first) and (
-            "sentencepiece" not in data or torch.equal(data["sentencepiece"], first["sentencepiece"]))
-        if not (same_cmvn and same_units):
-            what = "feature normalisation" if not same_cmvn else "subword model"
-            raise CheckpointError(f"{path}: its {what} differs from that of {paths[0]}")
+        for key in sorted((first.keys() | data.keys()) - {"model", "train_state"}):
+            if not _same(data.get(key), first.get(key)):
+                raise CheckpointError(f"{path}: its {_PARTS.get(key, key)} differs from that "
+                                      f"of {paths[0]}")
         weights = data["model"]
         if weights.keys() != first["model"].keys():
             raise CheckpointError(f"{path}: its weights are named differently from {paths[0]}'s")
