@@ -9,7 +9,12 @@ throughput (audio seconds per wall second, decoding only, one process) and the p
 memory growth of the process that decoded. Every decoder runs in a fresh process.
 
     python benchmarks/bench_decoder.py --split test=POST.npz --split test-unseen-voices=POST.npz \\
-        --manifests CORPUS_DIR --lm WORD.arpa --char-lm CHAR.arpa [--cmusphinx]
+        --manifests CORPUS_DIR --lm WORD.arpa --char-lm CHAR.arpa [--cmusphinx] \\
+        [--tuned ours-4gram=TUNE/best.toml --tuned cmusphinx-3gram=TUNE2/best.toml]
+
+Each LM's weights (and our pruning threshold) come from ``fusion tune``'s ``best.toml``
+for that LM where ``--tuned`` names one, else from ``--alpha``/``--beta``; pyctcdecode and
+flashlight get the same weights.
 
 Writes benchmarks/results/decoder.json, decoder.md and decoder.png (``--render`` only
 rewrites the last two from the first).
@@ -22,6 +27,7 @@ import json
 import math
 import sys
 import time
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,6 +53,7 @@ from fusion.scorers import LexiconScorer, LMScorer, WordBonus  # noqa: E402
 from lm.ngram import KenLM, read_unigrams  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+PEERS = ("pyctcdecode", "flashlight-lexicon")  # the peers with the same word LM
 CMUSPHINX = REPO.parent / "shared" / "data" / "lm" / "cmusphinx-en-us.arpa.gz"
 BEAMS = (8, 32, 128)
 
@@ -65,11 +72,11 @@ def run_greedy(path: str) -> tuple[dict[str, str], float, float]:
 
 
 def run_ours(path: str, beam: int, lm: str, vocab: str, alpha: float, beta: float,
-             engine: str = "compiled", lexicon: str | None = None):
+             threshold: float, engine: str = "compiled", lexicon: str | None = None):
     posteriors, table = _load(path)
     scorers = [LMScorer(KenLM(lm), unigrams=read_unigrams(vocab)), WordBonus()]
     weights = {"lm": alpha, "word_bonus": beta}
-    options = SearchOptions(beam_size=beam, engine=engine)
+    options = SearchOptions(beam_size=beam, beam_threshold=threshold, engine=engine)
     if lexicon is not None:  # flashlight's lexicon: the output only ever has its words
         scorers.append(LexiconScorer.from_file(lexicon, constraint=True))
         weights["lexicon"] = 1.0
@@ -133,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="choose the lexicon-free weights by a grid on these dev posteriors "
                         "(beam 32) instead of --lexfree-alpha/--lexfree-beta")
     parser.add_argument("--cmusphinx", action="store_true", help="also the cmusphinx 3-gram")
+    parser.add_argument("--tuned", action="append", default=[], metavar="LM=BEST_TOML",
+                        help="the weights and pruning threshold of LM (ours-4gram, "
+                        "cmusphinx-3gram) from fusion tune's best.toml")
     parser.add_argument("--beams", type=int, nargs="+", default=list(BEAMS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/asrfuse-bench"))
     parser.add_argument("--skip-python", action="store_true",
@@ -163,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     lms = {"ours-4gram": args.lm}
     if args.cmusphinx:
         lms["cmusphinx-3gram"] = CMUSPHINX
+    weights = lm_weights(args, lms)
     rows = []
     for spec in args.split:
         split, post = spec.split("=", 1)
@@ -182,28 +193,55 @@ def main(argv: list[str] | None = None) -> int:
         for lm_name, lm_path in lms.items():
             vocab = str(lm_path)
             lexicon = write_lexicon(read_unigrams(lm_path), args.work / f"{lm_name}.lexicon")
+            w = weights[lm_name]
+            ours = (str(lm_path), vocab, w["alpha"], w["beta"], w["beam_threshold"])
             for beam in args.beams:
-                measure("ours", lm_name, beam, run_ours, post, beam, str(lm_path), vocab,
-                        args.alpha, args.beta)
-                measure("ours-lexicon", lm_name, beam, run_ours, post, beam, str(lm_path), vocab,
-                        args.alpha, args.beta, "compiled", str(lexicon))
+                measure("ours", lm_name, beam, run_ours, post, beam, *ours)
+                measure("ours-lexicon", lm_name, beam, run_ours, post, beam, *ours,
+                        "compiled", str(lexicon))
                 if not args.skip_python:
-                    measure("ours-python", lm_name, beam, run_ours, post, beam, str(lm_path),
-                            vocab, args.alpha, args.beta, "python")
+                    measure("ours-python", lm_name, beam, run_ours, post, beam, *ours, "python")
                 measure("pyctcdecode", lm_name, beam, run_pyctcdecode, post, beam, str(lm_path),
-                        vocab, args.alpha, args.beta)
+                        vocab, w["alpha"], w["beta"])
                 measure("flashlight-lexicon", lm_name, beam, run_flashlight, post, beam,
-                        str(lm_path), str(lexicon), args.alpha, args.beta)
+                        str(lm_path), str(lexicon), w["alpha"], w["beta"])
         for beam in args.beams:
             measure("flashlight-lexfree", "char-ngram", beam, run_flashlight, post, beam,
                     str(args.char_lm), None, args.lexfree_alpha, args.lexfree_beta)
 
     summary = summarise(rows)
-    data = {**header(), "alpha": args.alpha, "beta": args.beta, "lexfree_alpha": args.lexfree_alpha,
+    data = {**header(), "weights": weights, "lexfree_alpha": args.lexfree_alpha,
             "lexfree_beta": args.lexfree_beta, "lexfree_dev_grid": lexfree_grid, "rows": rows,
             "summary": summary}
     plot(rows, write_results("decoder", data, markdown(data))[0].with_suffix(".png"))
     return 0
+
+
+def lm_weights(args: argparse.Namespace, lms: dict[str, Path]) -> dict[str, dict]:
+    """Each LM's weights and our pruning threshold: from ``--tuned`` or the defaults."""
+    out = {name: {"alpha": args.alpha, "beta": args.beta,
+                  "beam_threshold": SearchOptions().beam_threshold, "source": "given"}
+           for name in lms}
+    for spec in args.tuned:
+        name, _, path = spec.partition("=")
+        if name not in lms:
+            raise SystemExit(f"--tuned {spec}: no LM {name!r} in this run (have {sorted(lms)})")
+        config = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        out[name] = {"alpha": config["weights"]["lm"], "beta": config["weights"]["word_bonus"],
+                     "beam_threshold": config["search"].get("beam_threshold",
+                                                            SearchOptions().beam_threshold),
+                     "source": f"fusion tune: {path}"}
+    return out
+
+
+def _weights_text(data: dict) -> str:
+    if "weights" not in data:  # results of a version with one set of weights for every LM
+        return (f"LM weight {data['alpha']} (nats), word bonus {data['beta']} "
+                "(tuned on dev with `fusion tune`)")
+    return "; ".join(f"{name}: LM weight {w['alpha']:.3f} (nats), word bonus {w['beta']:.3f}, our "
+                     f"pruning threshold {w['beam_threshold']:g}"
+                     + (" (tuned on dev with `fusion tune`)" if w["source"] != "given" else "")
+                     for name, w in data["weights"].items())
 
 
 def markdown(data: dict) -> str:
@@ -213,8 +251,8 @@ def markdown(data: dict) -> str:
             ("peak_mib", "peak MiB")]
     return (f"# Decoders\n\n{data['date']}, `{data['command']}`  \n"
             f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores. "
-            f"LM weight {data['alpha']} (nats), word bonus {data['beta']} (tuned on dev with "
-            f"`fusion tune`); flashlight lexicon-free: character LM weight {data['lexfree_alpha']}, "
+            f"{_weights_text(data)}; pyctcdecode and flashlight get the same weights; "
+            f"flashlight lexicon-free: character LM weight {data['lexfree_alpha']}, "
             f"word score {data['lexfree_beta']} ("
             + ("the best of a dev grid" if data["lexfree_dev_grid"] else
                "given: the best of the dev grid of an earlier `--tune-lexfree` run")
@@ -260,6 +298,17 @@ def summarise(rows: list[dict]) -> dict:
         chosen[peer] = f"{best['decoder']} beam {best['beam']}"
         return best["throughput"] / p["throughput"]
 
+    # every (split, LM, beam) point: does our best configuration match the best peer's WER?
+    losses = []
+    points = sorted({(r["split"], r["lm"], r["beam"]) for r in rows if r["decoder"] in mine})
+    for point in points:
+        wers = {r["decoder"]: r["wer"] for r in rows if (r["split"], r["lm"], r["beam"]) == point}
+        ours_wer = min(wers[d] for d in mine if d in wers)
+        peer_wer = min((wers[d] for d in PEERS if d in wers), default=math.inf)
+        if ours_wer > peer_wer:
+            losses.append(f"{point[0]} / {point[1]} / beam {point[2]}: {ours_wer:.2f} "
+                          f"against {peer_wer:.2f}")
+
     unseen = [r for r in rows if r["split"] == "test-unseen-voices"]
     reduction = None
     if unseen:
@@ -271,7 +320,10 @@ def summarise(rows: list[dict]) -> dict:
             "speedup_vs_pyctcdecode": speedup("pyctcdecode"),
             "speedup_vs_flashlight": speedup("flashlight-lexicon"),
             "speedup_rows": chosen,
-            "fusion_relative_wer_reduction": reduction}
+            "fusion_relative_wer_reduction": reduction,
+            "ours_at_most_best_peer": f"{len(points) - len(losses)} of {len(points)} "
+                                      "(split, LM, beam) points",
+            "ours_behind_best_peer": losses}
 
 
 def plot(rows: list[dict], path: Path) -> None:

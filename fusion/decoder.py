@@ -290,6 +290,9 @@ class BeamSearchDecoder:
 
     def _make_searcher(self) -> object:
         opts = self.options
+        for s in self.scorers:  # the search loads its own copy: one copy in memory, not two
+            if type(s) is LMScorer and type(s.lm) is KenLM:
+                s.lm.release()
         try:
             self._searcher = _ctcsearch.Searcher(
                 list(self.table.tokens), list(self._starts), self.table.blank_id,

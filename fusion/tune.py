@@ -2,10 +2,11 @@
 
 Two stages, both logged trial by trial to one JSONL file and resumable:
 
-* **First pass**: the beam search's weights (LM weight, word bonus, optionally the beam)
-  over cached dev posteriors, by grid, random and Bayesian (Optuna TPE) search. Each
-  trial decodes the whole dev set in a pool of worker processes that hold the posteriors
-  and the scorers for the whole run (one trial ships only its weights).
+* **First pass**: the beam search's weights (LM weight, word bonus; optionally the beam
+  and its pruning threshold) over cached dev posteriors, by grid, random and Bayesian
+  (Optuna TPE) search. Each trial decodes the whole dev set in a pool of worker processes
+  that hold the posteriors and the scorers for the whole run (one trial ships only its
+  weights).
 * **Rescoring**: the weights of every score of the dev N-best lists (first-pass scores
   plus sentence scorers such as the neural LM and the HMM alignment score), over a cached
   :class:`fusion.rescore.NbestTable`: no re-decoding, a trial costs milliseconds.
@@ -46,6 +47,9 @@ __all__ = ["RESCORE_RANGES", "FirstPassObjective", "Param", "TrialLog", "grid_po
            "rescore_param", "run_study"]
 
 SAMPLERS = ("grid", "random", "tpe")
+
+#: parameters of a first-pass trial that set the search, not a scorer's weight
+SEARCH_PARAMS = ("beam_size", "beam_threshold")
 
 
 @dataclass(frozen=True)
@@ -225,7 +229,8 @@ class FirstPassObjective:
         scorers: the word scorers (loaded once; workers get them once).
         posteriors: the dev set, in memory.
         refs: reference texts by utterance (those of ``posteriors`` are scored).
-        options: search options; a ``beam_size`` parameter overrides the beam.
+        options: search options; ``beam_size`` and ``beam_threshold`` parameters override
+            them.
         fixed: weights not tuned (e.g. ``{"hotwords": 2.0}``).
         workers: processes (1: decode in this process); with Ray, the parallel tasks.
         backend: ``"local"`` (a process pool on this machine) or ``"ray"``.
@@ -278,13 +283,14 @@ class FirstPassObjective:
 
     def split(self, params: Mapping[str, float]) -> tuple[dict[str, float], SearchOptions]:
         """The decoder weights and search options of one parameter set."""
-        weights = {**self.fixed, **{k: float(v) for k, v in params.items() if k != "beam_size"}}
-        options = self.options
+        weights = {**self.fixed, **{k: float(v) for k, v in params.items() if k not in SEARCH_PARAMS}}
+        search = dict(self.options.__dict__)
         if "beam_size" in params:
-            beam = int(params["beam_size"])
-            options = SearchOptions(**{**options.__dict__, "beam_size": beam,
-                                       "nbest": min(options.nbest, beam)})
-        return weights, options
+            search["beam_size"] = int(params["beam_size"])
+            search["nbest"] = min(search["nbest"], search["beam_size"])
+        if "beam_threshold" in params:
+            search["beam_threshold"] = float(params["beam_threshold"])
+        return weights, SearchOptions(**search)
 
     def decode(self, params: Mapping[str, float]) -> tuple[dict[str, str], float]:
         """``({utt_id: text}, wall seconds)`` of the dev set under ``params``."""

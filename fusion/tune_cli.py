@@ -3,7 +3,10 @@
 Steps (each resumable; a rerun with the same arguments skips what is logged):
 
 1. first-pass weights (``lm``, ``word_bonus``) by grid, random and TPE studies;
-2. a beam sweep at the best weights (WER and throughput per beam);
+2. a sweep of the pruning threshold at the best weights (the lowest dev WER is kept:
+   an LM whose unknown-word cost times its weight exceeds the threshold drops every
+   hypothesis that starts an unknown word, so the best threshold depends on the LM),
+   then a beam sweep at the best weights and threshold (WER and throughput per beam);
 3. the dev N-best lists at the best weights, with the rescoring scores (neural LM
    sentence log-probability, HMM alignment log-likelihood under a duration model fitted
    on dev) cached as an N-best table; its oracle WER;
@@ -42,6 +45,11 @@ from fusion.tune import (
 
 __all__ = ["add_parser", "cmd_tune"]
 
+#: the pruning thresholds swept by default (natural log): SearchOptions' default first
+BEAM_THRESHOLDS = (10.0, 15.0, 20.0, 25.0)
+#: inputs.json keys added after the first version, with what a directory without them ran
+_INPUTS_BEFORE = {"beam_thresholds": [10.0]}
+
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
@@ -77,6 +85,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--tpe-trials", type=int, help="default: a quarter of the grid")
     p.add_argument("--beams", type=_floats, default=(8, 16, 32, 64, 128),
                    help="beam sweep at the best weights (default: 8,16,32,64,128)")
+    p.add_argument("--beam-thresholds", type=_floats, default=BEAM_THRESHOLDS,
+                   help="pruning thresholds swept at the best weights; the best on dev goes "
+                   "into the config (default: %(default)s; the weight studies run at the "
+                   "first)")
     p.add_argument("--pick-beam", action="store_true",
                    help="take the beam of the sweep with the lowest dev WER for the N-best lists "
                    "and the config (default: keep --beam-size)")
@@ -193,12 +205,13 @@ def check_inputs(out: Path, args: argparse.Namespace) -> None:
             "lm": _file_id(args.lm), "lm_vocab": _file_id(args.lm_vocab),
             "lm_grid": list(args.lm_grid), "bonus_grid": list(args.bonus_grid),
             "beam_size": args.beam_size, "beams": [float(b) for b in args.beams],
+            "beam_thresholds": [float(t) for t in args.beam_thresholds],
             "pick_beam": bool(args.pick_beam), "nbest": args.nbest,
             "nlm": _file_id(Path(nlm)) if Path(nlm).is_file() else nlm, "hmm": args.hmm,
             "hmm_fit_utterances": args.hmm_fit_utterances, "seed": args.seed}
     path = out / INPUTS
     if path.exists():
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = {**_INPUTS_BEFORE, **json.loads(path.read_text(encoding="utf-8"))}
         diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
         if diff:
             raise ValueError(f"{out}: its trials were run on other inputs ({', '.join(diff)} "
@@ -215,6 +228,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from fusion.cli import lm_scorers
 
     out: Path = args.out_dir
+    if not args.beam_thresholds or any(not t > 0 for t in args.beam_thresholds):
+        raise ValueError(f"--beam-thresholds must be positive, got {args.beam_thresholds}")
     out.mkdir(parents=True, exist_ok=True)
     check_inputs(out, args)
     log = TrialLog(out / "trials.jsonl")
@@ -223,7 +238,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     params = [Param.linspace("lm", *args.lm_grid), Param.linspace("word_bonus", *args.bonus_grid)]
     grid_size = len(params[0].grid) * len(params[1].grid)
     quarter = max(1, grid_size // 4)
-    options = SearchOptions(beam_size=args.beam_size)
+    options = SearchOptions(beam_size=args.beam_size, beam_threshold=args.beam_thresholds[0])
     summary: dict[str, Any] = {"dev": str(args.dev), "posteriors": str(args.posteriors),
                                "lm": str(args.lm), "utterances": len(posteriors),
                                "audio_seconds": sum(p.duration for p in posteriors)}
@@ -233,9 +248,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
                            args.tpe_trials or quarter, args.seed)
         summary["first_pass"] = {**_summary_of(studies), **_bayes_gap(studies, "")}
         best_params = summary["first_pass"]["best"]["params"]
+        thresholds = []
+        for value in tqdm(args.beam_thresholds, desc="threshold sweep", disable=None):
+            (trial,) = objective([{**best_params, "beam_threshold": value}])
+            thresholds.append({"beam_threshold": value, "wer": trial["wer"], "cer": trial["cer"],
+                               "throughput": trial["audio_seconds"] / trial["decode_seconds"]})
+        summary["threshold_sweep"] = thresholds
+        threshold = min(thresholds, key=lambda r: (r["wer"], r["cer"], r["beam_threshold"]))["beam_threshold"]
         sweep = []
         for beam in tqdm(args.beams, desc="beam sweep", disable=None):
-            (trial,) = objective([{**best_params, "beam_size": int(beam)}])
+            (trial,) = objective([{**best_params, "beam_size": int(beam), "beam_threshold": threshold}])
             sweep.append({"beam_size": int(beam), "wer": trial["wer"], "cer": trial["cer"],
                           "throughput": trial["audio_seconds"] / trial["decode_seconds"]})
         summary["beam_sweep"] = sweep
@@ -243,9 +265,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.pick_beam and sweep:
         beam = min(sweep, key=lambda r: (r["wer"], r["beam_size"]))["beam_size"]
     summary["search"] = {"beam_size": beam, "nbest": min(args.nbest, beam),
+                         "beam_threshold": threshold,
                          "picked_from_sweep": bool(args.pick_beam and sweep)}
     weights = {"lm": best_params["lm"], "word_bonus": best_params["word_bonus"]}
-    print(f"first pass: best WER {summary['first_pass']['best']['wer']:.2f} at {weights}", file=sys.stderr)
+    print(f"first pass: best WER {summary['first_pass']['best']['wer']:.2f} at {weights}; "
+          f"pruning threshold {threshold:g}", file=sys.stderr)
 
     nbest_path = out / "nbest.npz"
     if nbest_path.exists():  # a resumed run: the scorers are not even loaded
@@ -253,7 +277,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     else:
         rescorers = _rescorers(args, table, posteriors, refs, out)
         decoder = BeamSearchDecoder(table, scorers, weights,
-                                    SearchOptions(beam_size=beam, nbest=min(args.nbest, beam)))
+                                    SearchOptions(beam_size=beam, nbest=min(args.nbest, beam),
+                                                  beam_threshold=threshold))
         results = []
         for p in tqdm(posteriors, desc="N-best + rescoring scores", unit="utt", disable=None):
             results.append(add_scores(decoder.decode(p), p, rescorers))
@@ -318,7 +343,8 @@ def _write_config(args: argparse.Namespace, out: Path, weights: dict[str, float]
     if args.hmm == "yes":
         rescore["hmm"] = "hmm.json"
     beam = summary["search"]["beam_size"]
-    search = {"beam_size": beam, "nbest": min(args.nbest, beam)}
+    search = {"beam_size": beam, "nbest": min(args.nbest, beam),
+              "beam_threshold": summary["search"]["beam_threshold"]}
     tables = {"search": search, "weights": weights,
               "lm": lm_table, "rescore": rescore, "rescore.weights": rescore_weights}
     fp, rs = summary["first_pass"]["best"], summary["rescore"]["best"]

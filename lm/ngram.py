@@ -59,7 +59,7 @@ class KenLM(LanguageModel):
         if not self.path.is_file():
             raise LMError(f"{self.path}: no such LM file")
         try:
-            self._model = kenlm.Model(str(self.path))
+            self._loaded: kenlm.Model | None = kenlm.Model(str(self.path))
         except (OSError, RuntimeError) as exc:
             # KenLM says little about where an ARPA file is broken: our reader does.
             if _looks_like_arpa(self.path):
@@ -72,6 +72,25 @@ class KenLM(LanguageModel):
 
     #: log10 probability of an unknown word under a model that has no ``<unk>``.
     MISSING_UNK_LOG10 = -10.0
+
+    @property
+    def _model(self) -> kenlm.Model:
+        model = self._loaded
+        if model is None:  # released: load again (the file loaded once, so it loads)
+            model = self._loaded = kenlm.Model(str(self.path))
+        return model
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory (see :meth:`release`)."""
+        return self._loaded is not None
+
+    def release(self) -> None:
+        """Free the model's memory; the next query loads it again from its file.
+
+        The compiled search loads its own copy of the file: a decoder that runs it
+        releases this one, so that a model is in memory once, not twice."""
+        self._loaded = None
 
     @staticmethod
     def is_arpa(path: str | Path) -> bool:

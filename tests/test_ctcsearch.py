@@ -154,6 +154,23 @@ def test_compiled_search_fuses_the_lm(table, tmp_path):
     assert hot.text == "bat sat" and hot.scores["hotwords"] == pytest.approx(4.0)
 
 
+def test_the_compiled_search_holds_the_only_copy_of_a_kenlm_model(table, tmp_path):
+    """Its own copy serves the search: the Python one is released, not queried while
+    decoding, and loads again (same scores) when the Python search needs it."""
+    (tmp_path / "b.arpa").write_text(BIASED_ARPA)
+    lm = KenLM(tmp_path / "b.arpa")
+    before = lm.score_sentence(["bat", "sat"])
+    scorers, weights = [LMScorer(lm, unigrams=["bat", "cat", "sat"])], {"lm": 0.5}
+    compiled = BeamSearchDecoder(table, scorers, weights, COMPILED)
+    assert not lm.loaded
+    p = ambiguous(table)
+    best = compiled.decode(p).best
+    assert not lm.loaded and best.text == "bat sat"
+    python = BeamSearchDecoder(table, scorers, weights, replace(COMPILED, engine="python"))
+    assert _outputs(python, p) == _outputs(compiled, p) and lm.loaded
+    assert lm.score_sentence(["bat", "sat"]) == before == pytest.approx(best.scores["lm"])
+
+
 def test_engine_choice(table, tmp_path):
     (tmp_path / "b.arpa").write_text(BIASED_ARPA)
     kenlm_scorer = LMScorer(KenLM(tmp_path / "b.arpa"))

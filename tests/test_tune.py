@@ -173,13 +173,17 @@ def test_fusion_tune_end_to_end(dev, tmp_path, capsys):
     assert len([t for t in trials if t["stage"] == "first_pass"]) == 4 + 1 + 1
     assert summary["first_pass"]["best"]["wer"] == min(t["wer"] for t in trials if t["stage"] == "first_pass")
     assert [s["beam_size"] for s in summary["beam_sweep"]] == [4, 8]
-    assert summary["search"] == {"beam_size": 8, "nbest": 4, "picked_from_sweep": False}
+    assert [s["beam_threshold"] for s in summary["threshold_sweep"]] == [10.0, 15.0, 20.0, 25.0]
+    threshold = min(summary["threshold_sweep"], key=lambda r: (r["wer"], r["cer"], r["beam_threshold"]))
+    assert summary["search"] == {"beam_size": 8, "nbest": 4, "beam_threshold": threshold["beam_threshold"],
+                                 "picked_from_sweep": False}
     assert summary["oracle_wer"] <= summary["rescore"]["best"]["wer"]
     assert summary["rescore"]["bayes_trial_fraction"] == pytest.approx(3 / 5 ** 3)
     config = tomllib.loads((out / "best.toml").read_text())
     assert set(config["rescore"]["weights"]) == {"acoustic", "lm", "word_bonus", "hmm"}
     loaded = DecodeConfig.load(out / "best.toml")
     assert loaded.rescore_hmm == out / "hmm.json" and loaded.search.nbest == 4
+    assert loaded.search.beam_threshold == threshold["beam_threshold"]
     # a rerun has nothing left to do: same log, same summary
     assert main(["tune", *argv]) == 0
     assert len(TrialLog(out / "trials.jsonl").trials) == len(trials)
@@ -228,3 +232,44 @@ def test_fusion_tune_picks_the_sweeps_best_beam(dev, tmp_path):
     assert summary["search"]["beam_size"] == best and summary["search"]["picked_from_sweep"]
     config = DecodeConfig.load(out / "best.toml")  # a valid config whatever the beam
     assert config.search.beam_size == best and config.search.nbest == min(4, best)
+
+
+def test_fusion_tune_keeps_the_threshold_with_the_lowest_dev_wer(dev, tmp_path, capsys):
+    """A threshold so tight that only the best beam survives each frame loses to a wide one
+    (or ties it, and then the tighter, faster one is kept); the weight studies run at the
+    first threshold of the sweep, and the config carries the one kept."""
+    out = tmp_path / "tune"
+    argv = [str(dev / "dev.npz"), "--dev", str(dev / "dev.jsonl"), "--lm", str(dev / "lm.arpa"),
+            "-o", str(out), "--lm-grid", "0:1:2", "--bonus-grid=0:2:2", "--random-trials", "1",
+            "--tpe-trials", "1", "--beams", "8", "--beam-size", "8", "--nbest", "4",
+            "--nlm", "none", "--hmm", "no", "--rescore-trials", "2", "--beam-thresholds", "25,0.01"]
+    assert main(["tune", *argv]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    wide, tight = summary["threshold_sweep"]
+    assert (wide["beam_threshold"], tight["beam_threshold"]) == (25.0, 0.01)
+    assert wide["wer"] <= tight["wer"] or wide["cer"] <= tight["cer"]
+    kept = 0.01 if (tight["wer"], tight["cer"]) <= (wide["wer"], wide["cer"]) else 25.0
+    assert summary["search"]["beam_threshold"] == kept
+    assert DecodeConfig.load(out / "best.toml").search.beam_threshold == kept
+    # the sweep decides the N-best lists: other thresholds are other inputs
+    assert main(["tune", *argv[:-1], "25,15"]) == 2
+    assert "beam_thresholds differ" in capsys.readouterr().err
+    # a threshold must be positive
+    assert main(["tune", *argv[:-1], "10,0"]) == 2
+    assert "--beam-thresholds must be positive" in capsys.readouterr().err
+
+
+def test_tune_directory_of_an_older_version_resumes_at_the_old_threshold(dev, tmp_path, capsys):
+    """inputs.json written before the threshold sweep existed means a sweep of just 10."""
+    out = tmp_path / "tune"
+    argv = [str(dev / "dev.npz"), "--dev", str(dev / "dev.jsonl"), "--lm", str(dev / "lm.arpa"),
+            "-o", str(out), "--lm-grid", "0:1:2", "--bonus-grid=0:2:2", "--random-trials", "1",
+            "--tpe-trials", "1", "--beams", "8", "--beam-size", "8", "--nbest", "4",
+            "--nlm", "none", "--hmm", "no", "--rescore-trials", "2", "--beam-thresholds", "10"]
+    assert main(["tune", *argv]) == 0
+    inputs = json.loads((out / "inputs.json").read_text())
+    del inputs["beam_thresholds"]
+    (out / "inputs.json").write_text(json.dumps(inputs))
+    assert main(["tune", *argv]) == 0
+    assert main(["tune", *argv[:-2]]) == 2  # the default sweep is not what that directory ran
+    assert "beam_thresholds differ" in capsys.readouterr().err
