@@ -271,10 +271,12 @@ def _beam_decoder(args: argparse.Namespace, table: TokenTable
             beam_size=config.search.beam_size, nbest=config.search.nbest)
     else:
         options = config.search
-        if config.lexicon:  # a constraint wants wider candidates, unless told otherwise
-            wide = {k: v for k, v in lexicon_pruning(len(table)).items()
-                    if k not in config.search_keys}
-            options = replace(options, **wide)
+        if config.lexicon:  # a constraint wants wide candidates: at least lexicon_pruning's
+            wide = lexicon_pruning(len(table))
+            options = replace(options, token_top_k=max(options.token_top_k, wide["token_top_k"]),
+                              token_min_logprob=min(options.token_min_logprob,
+                                                    wide["token_min_logprob"]),
+                              beam_threshold=max(options.beam_threshold, wide["beam_threshold"]))
         first = BeamSearchDecoder(table, scorers, weights, options)
     return rescoring_decoder(config, first) if config.rescore_weights is not None else first
 

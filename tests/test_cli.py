@@ -167,7 +167,9 @@ def test_align_writes_json_ctm_srt_and_records_failures(corpus, tmp_path):
     assert "'u3'" in errors["u3"]
 
 
-def test_a_lexicon_widens_the_candidates_unless_the_config_sets_them(corpus, tmp_path):
+def test_a_lexicon_widens_the_candidates_to_at_least_lexicon_pruning(corpus, tmp_path):
+    """Wider settings of the config or flags are kept, narrower ones (a tuned config's
+    threshold, chosen for a search without the constraint) widened."""
     from fusion.cli import _beam_decoder, get_parser
     from fusion.posteriors import PosteriorsReader
 
@@ -180,8 +182,14 @@ def test_a_lexicon_widens_the_candidates_unless_the_config_sets_them(corpus, tmp
     args = get_parser().parse_args([*base, "--lexicon", str(tmp_path / "words.txt")])
     wide = _beam_decoder(args, table).options
     assert (wide.token_top_k, wide.token_min_logprob, wide.beam_threshold) == (len(table) - 1, -12.0, 25.0)
-    (tmp_path / "dec.toml").write_text("[search]\ntoken_min_logprob = -7.0\n")
+    (tmp_path / "dec.toml").write_text("[search]\ntoken_min_logprob = -15.0\nbeam_threshold = 10.0\n")
     args = get_parser().parse_args([*base, "--lexicon", str(tmp_path / "words.txt"),
                                     "--config", str(tmp_path / "dec.toml"), "--beam-size", "4"])
     mixed = _beam_decoder(args, table).options
-    assert (mixed.token_min_logprob, mixed.token_top_k, mixed.beam_size) == (-7.0, len(table) - 1, 4)
+    assert (mixed.token_min_logprob, mixed.token_top_k, mixed.beam_size, mixed.beam_threshold) == \
+        (-15.0, len(table) - 1, 4, 25.0)
+    (tmp_path / "narrow.toml").write_text("[search]\ntoken_min_logprob = -7.0\nbeam_threshold = 30.0\n")
+    args = get_parser().parse_args([*base, "--lexicon", str(tmp_path / "words.txt"),
+                                    "--config", str(tmp_path / "narrow.toml")])
+    widened = _beam_decoder(args, table).options
+    assert (widened.token_min_logprob, widened.beam_threshold) == (-12.0, 30.0)
