@@ -93,8 +93,9 @@ class SearchOptions:
             gave 18.00% WER against 18.65% with 15, and decoded 1.5x faster. Where an LM's
             unknown-word cost times its weight exceeds it, the search drops hypotheses
             that start an unknown word and may leave the rest of an utterance unsaid: with
-            the cmusphinx 3-gram (no ``<unk>``, 23 nats) at weight 1.08, beam 8 cut 19 of
-            287 test outputs short, and a threshold of 15 only 6.
+            the cmusphinx 3-gram (no ``<unk>``, 23 nats) at the word 4-gram's weight 1.08,
+            beam 8 cut 19 of 287 test outputs short, and a threshold of 15 only 6. So
+            ``fusion tune`` tunes the weights per LM and then sweeps this threshold.
         token_top_k: candidate non-blank units per frame.
         token_min_logprob: candidates below this log-probability are skipped.
         blank_skip: frames whose blank probability is at least this only extend with
@@ -144,7 +145,7 @@ def lexicon_pruning(num_units: int) -> dict[str, float | int]:
     floor of -5, and a constraint then leaves no good path. On the stage-1 embedded
     model's test posteriors (word 4-gram, beam 32; chosen on dev) the constraint with these
     settings gave 14.2% WER, with the defaults 22.6%, and the LM alone 16.9% (on the
-    current model's: 11.7% against 12.4% for the LM alone)."""
+    current model's: 11.1% against 11.6% for the LM alone)."""
     return {"token_top_k": max(1, num_units - 1), "token_min_logprob": -12.0,
             "beam_threshold": 25.0}
 
