@@ -71,7 +71,6 @@ class DecodeConfig:
     rescore_weights: dict[str, float] | None = None  # None: no rescoring
     rescore_nlm: str | Path | None = None  # "default" or a checkpoint
     rescore_hmm: Path | None = None
-    search_keys: frozenset[str] = frozenset()  # the [search] keys the file or flags set
 
     @classmethod
     def load(cls, path: str | Path) -> DecodeConfig:
@@ -130,7 +129,7 @@ class DecodeConfig:
                 if value is not None and not isinstance(value, str):
                     raise ConfigError(f"{source}: [{table}] {key} must be a path string")
                 paths[f"{table}_{key}"] = (base / value) if value else None
-        return cls(search=options, weights=weights, search_keys=frozenset(search),
+        return cls(search=options, weights=weights,
                    lm=paths["lm_path"], lm_vocab=paths["lm_vocab"],
                    hotwords=paths["hotwords_path"], lexicon=paths["lexicon_path"],
                    rescore_weights=(_numbers(rescore["weights"], "[rescore.weights]", source)
@@ -149,8 +148,7 @@ class DecodeConfig:
             options = replace(self.search, **search)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        return replace(self, search=options, weights={**self.weights, **weights},
-                       search_keys=self.search_keys | set(search), **paths)
+        return replace(self, search=options, weights={**self.weights, **weights}, **paths)
 
 
 def _numbers(table: Any, name: str, source: str) -> dict[str, float]:

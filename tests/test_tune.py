@@ -221,12 +221,18 @@ def test_first_pass_objective_on_ray_equals_local(dev, table):
         [(x["wer"], x["cer"]) for x in c]
 
 
+def _quick_tune(dev, out, *extra: str) -> list[str]:
+    """``fusion tune`` arguments of a small run without rescorers: a 2 x 2 grid, one random
+    and one TPE trial, beam 8, 4-best."""
+    return [str(dev / "dev.npz"), "--dev", str(dev / "dev.jsonl"), "--lm", str(dev / "lm.arpa"),
+            "-o", str(out), "--lm-grid", "0:1:2", "--bonus-grid=0:2:2", "--random-trials", "1",
+            "--tpe-trials", "1", "--beam-size", "8", "--nbest", "4", "--nlm", "none", "--hmm", "no",
+            "--rescore-trials", "2", *extra]
+
+
 def test_fusion_tune_picks_the_sweeps_best_beam(dev, tmp_path):
     out = tmp_path / "tune"
-    assert main(["tune", str(dev / "dev.npz"), "--dev", str(dev / "dev.jsonl"), "--lm", str(dev / "lm.arpa"),
-                 "-o", str(out), "--lm-grid", "0:1:2", "--bonus-grid=0:2:2", "--random-trials", "1",
-                 "--tpe-trials", "1", "--beams", "1,2,8", "--beam-size", "8", "--nbest", "4",
-                 "--nlm", "none", "--hmm", "no", "--rescore-trials", "2", "--pick-beam"]) == 0
+    assert main(["tune", *_quick_tune(dev, out, "--beams", "1,2,8", "--pick-beam")]) == 0
     summary = json.loads((out / "summary.json").read_text())
     best = min(summary["beam_sweep"], key=lambda r: (r["wer"], r["beam_size"]))["beam_size"]
     assert summary["search"]["beam_size"] == best and summary["search"]["picked_from_sweep"]
@@ -239,10 +245,7 @@ def test_fusion_tune_keeps_the_threshold_with_the_lowest_dev_wer(dev, tmp_path, 
     (or ties it, and then the tighter, faster one is kept); the weight studies run at the
     first threshold of the sweep, and the config carries the one kept."""
     out = tmp_path / "tune"
-    argv = [str(dev / "dev.npz"), "--dev", str(dev / "dev.jsonl"), "--lm", str(dev / "lm.arpa"),
-            "-o", str(out), "--lm-grid", "0:1:2", "--bonus-grid=0:2:2", "--random-trials", "1",
-            "--tpe-trials", "1", "--beams", "8", "--beam-size", "8", "--nbest", "4",
-            "--nlm", "none", "--hmm", "no", "--rescore-trials", "2", "--beam-thresholds", "25,0.01"]
+    argv = _quick_tune(dev, out, "--beams", "8", "--beam-thresholds", "25,0.01")
     assert main(["tune", *argv]) == 0
     summary = json.loads((out / "summary.json").read_text())
     wide, tight = summary["threshold_sweep"]
@@ -262,10 +265,7 @@ def test_fusion_tune_keeps_the_threshold_with_the_lowest_dev_wer(dev, tmp_path, 
 def test_tune_directory_of_an_older_version_resumes_at_the_old_threshold(dev, tmp_path, capsys):
     """inputs.json written before the threshold sweep existed means a sweep of just 10."""
     out = tmp_path / "tune"
-    argv = [str(dev / "dev.npz"), "--dev", str(dev / "dev.jsonl"), "--lm", str(dev / "lm.arpa"),
-            "-o", str(out), "--lm-grid", "0:1:2", "--bonus-grid=0:2:2", "--random-trials", "1",
-            "--tpe-trials", "1", "--beams", "8", "--beam-size", "8", "--nbest", "4",
-            "--nlm", "none", "--hmm", "no", "--rescore-trials", "2", "--beam-thresholds", "10"]
+    argv = _quick_tune(dev, out, "--beams", "8", "--beam-thresholds", "10")
     assert main(["tune", *argv]) == 0
     inputs = json.loads((out / "inputs.json").read_text())
     del inputs["beam_thresholds"]
