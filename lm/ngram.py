@@ -115,9 +115,9 @@ class KenLM(LanguageModel):
         return state
 
     def score(self, state: kenlm.State, unit: str) -> tuple[kenlm.State, float]:
-        out = kenlm.State()
-        log10 = self._model.BaseScore(state, unit, out)
-        if self._unk_missing and unit not in self._model:
+        out, model = kenlm.State(), self._model
+        log10 = model.BaseScore(state, unit, out)
+        if self._unk_missing and unit not in model:
             log10 = self.MISSING_UNK_LOG10
         return out, log10 * LN10
 
