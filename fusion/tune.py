@@ -204,7 +204,10 @@ def _init_worker(table: TokenTable, scorers: Sequence[WordScorer],
 
 def _decode_slice(weights: dict[str, float], options: SearchOptions, start: int, stop: int
                   ) -> list[tuple[str, str]]:
-    decoder = BeamSearchDecoder(_worker["table"], _worker["scorers"], weights, options)
+    # made while the previous trial's decoder still holds the n-gram, which the compiled
+    # search then shares instead of loading the file again
+    decoder = _worker["decoder"] = BeamSearchDecoder(_worker["table"], _worker["scorers"],
+                                                     weights, options)
     return [(p.utt_id, decoder.decode(p).best.text) for p in _worker["posteriors"][start:stop]]
 
 

@@ -1,6 +1,7 @@
 """The compiled beam search (fusion._ctcsearch) gives what the Python search gives."""
 
 import math
+import os
 import pickle
 from dataclasses import replace
 
@@ -169,6 +170,29 @@ def test_the_compiled_search_holds_the_only_copy_of_a_kenlm_model(table, tmp_pat
     python = BeamSearchDecoder(table, scorers, weights, replace(COMPILED, engine="python"))
     assert _outputs(python, p) == _outputs(compiled, p) and lm.loaded
     assert lm.score_sentence(["bat", "sat"]) == before == pytest.approx(best.scores["lm"])
+
+
+def test_searchers_share_a_loaded_kenlm_file_until_it_changes(table, tmp_path):
+    """A second searcher over the same file reuses the loaded model (fusion tune makes one
+    per trial): an ARPA file changed in the meantime is not seen; one rewritten with another
+    size is loaded anew."""
+    path = tmp_path / "b.arpa"
+    path.write_text(BIASED_ARPA)
+    p = ambiguous(table)
+
+    def best(lm_file):
+        return BeamSearchDecoder(table, [LMScorer(KenLM(lm_file))], {"lm": 0.5}, COMPILED).decode(p).best
+
+    first = BeamSearchDecoder(table, [LMScorer(KenLM(path))], {"lm": 0.5}, COMPILED)
+    assert first.decode(p).best.text == "bat sat"
+    flipped = BIASED_ARPA.replace("-0.5\tbat", "-3.0\tbat").replace("-3.0\tcat", "-0.5\tcat")
+    stat = path.stat()
+    path.write_text(flipped)  # same size: only the time tells, and we keep it the same
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert best(path).text == "bat sat"  # the first searcher's model, shared
+    path.write_text(flipped + "\n")  # another size: loaded anew
+    assert best(path).text == "cat sat"
+    del first
 
 
 def test_engine_choice(table, tmp_path):

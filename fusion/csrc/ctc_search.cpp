@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -40,9 +41,30 @@
 #include "lm/state.hh"
 #include "lm/virtual_interface.hh"
 
+#include <sys/stat.h>
+
 namespace py = pybind11;
 
 namespace {
+
+// A KenLM file loaded once while any searcher holds it: fusion tune makes a searcher for
+// every trial, and an ARPA file would otherwise be parsed again each time. A file
+// rewritten in place (other size or time) is loaded anew.
+std::shared_ptr<lm::base::Model> load_kenlm(const std::string& path) {
+  static std::mutex mu;
+  static std::map<std::string, std::weak_ptr<lm::base::Model>> loaded;
+  std::string key = path;
+  struct stat st {};
+  if (stat(path.c_str(), &st) == 0)
+    key += "|" + std::to_string(st.st_size) + "|" + std::to_string(st.st_mtime);
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto model = loaded[key].lock()) return model;
+  lm::ngram::Config config;
+  config.messages = nullptr;
+  std::shared_ptr<lm::base::Model> model(lm::ngram::LoadVirtual(path.c_str(), config));
+  loaded[key] = model;
+  return model;
+}
 
 constexpr double NEG_INF = -std::numeric_limits<double>::infinity();
 
@@ -208,10 +230,7 @@ class Searcher {
       s.weight = d["weight"].cast<double>();
       if (kind == "kenlm") {
         s.kind = Kind::kKenLM;
-        auto path = d["path"].cast<std::string>();
-        lm::ngram::Config config;
-        config.messages = nullptr;
-        s.model.reset(lm::ngram::LoadVirtual(path.c_str(), config));
+        s.model = load_kenlm(d["path"].cast<std::string>());
         {
           lm::ngram::State null, out;
           s.model->NullContextWrite(&null);
