@@ -199,6 +199,7 @@ def _init_worker(table: TokenTable, scorers: Sequence[WordScorer],
     import torch
 
     torch.set_num_threads(threads)
+    _worker.clear()  # a decoder of other scorers must not stay alive
     _worker.update(table=table, scorers=tuple(scorers), posteriors=tuple(posteriors))
 
 
@@ -279,6 +280,7 @@ class FirstPassObjective:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+        _worker.clear()  # decoding in this process: its last decoder holds the n-gram
 
     @property
     def audio_seconds(self) -> float:

@@ -21,13 +21,14 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <sys/stat.h>  // stat: a changed n-gram file is loaded anew
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <memory>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -40,8 +41,6 @@
 #include "lm/model.hh"
 #include "lm/state.hh"
 #include "lm/virtual_interface.hh"
-
-#include <sys/stat.h>
 
 namespace py = pybind11;
 
