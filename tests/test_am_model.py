@@ -24,14 +24,19 @@ from fusion.am.features import (
     SpecAugment,
     SpecAugmentConfig,
     num_feature_frames,
+    vtlp_source_bins,
+    warp_frequency,
 )
 from fusion.am.model import (
     CheckpointError,
     CTCModel,
+    Dropout,
     ModelConfig,
+    SelfAttention,
     load_checkpoint,
     load_model,
     model_checkpoint,
+    rotary_tables,
     save_checkpoint,
     subsampled_length,
 )
@@ -91,6 +96,56 @@ def test_padding_does_not_change_outputs():
     assert out[1] == nb[0]
     torch.testing.assert_close(lp[0], la[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(lp[1, : int(nb[0])], lb[0], atol=1e-5, rtol=1e-4)
+
+
+def test_dropout_rate_scale_and_modes():
+    x = torch.ones(1000, 1000)
+    drop = Dropout(0.1)
+    torch.manual_seed(0)
+    y = drop(x)
+    dropped = float((y == 0).float().mean())
+    assert dropped == pytest.approx(26 / 256, abs=2e-3)  # 0.1 rounds to 26/256
+    assert y.unique().tolist() == [0.0, pytest.approx(256 / 230)]  # kept ones scaled by 1/P(keep)
+    assert float(y.mean()) == pytest.approx(1.0, abs=5e-3)  # inverted: the mean is kept
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # seeded
+    drop.eval()
+    assert drop(x) is x
+    assert Dropout(0.001).train()(x) is x  # rounds to 0/256: nothing dropped
+    w = torch.randn(7, 5, requires_grad=True)
+    out = Dropout(0.5)(w)
+    out.sum().backward()
+    assert torch.equal(w.grad, torch.where(out == 0, 0.0, 2.0))
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)
+
+
+def test_attention_explicit_path_equals_fused_kernel():
+    """The training path (explicit softmax, for weight dropout) computes what the
+    fused kernel does, padding mask included."""
+    torch.manual_seed(0)
+    attn = SelfAttention(32, 4, dropout=0.1)
+    x = torch.randn(2, 9, 32)
+    mask = torch.tensor([[True] * 9, [True] * 6 + [False] * 3])
+    rope = rotary_tables(9, 8, torch.device("cpu"))
+    attn.eval()
+    fused = attn(x, mask, rope)
+    attn.train()
+    attn.drop.p = 0.0  # the output dropout off; weight dropout kept but passing all
+    attn.weight_drop.forward = lambda w: w
+    torch.testing.assert_close(attn(x, mask, rope), fused, atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_autocast_keeps_float32_log_probs():
+    model = tiny()
+    x = torch.randn(2, 120, 80)
+    with torch.no_grad():
+        ref, _ = model(x, torch.tensor([120, 100]))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lp, _ = model(x, torch.tensor([120, 100]))
+    assert lp.dtype == torch.float32
+    assert torch.allclose(lp.exp().sum(-1), torch.ones(2, lp.shape[1]), atol=1e-5)
+    assert float((lp.argmax(-1) == ref.argmax(-1)).float().mean()) > 0.9
 
 
 def test_checkpoint_round_trip_weights_only(tmp_path):
@@ -156,6 +211,33 @@ def test_specaugment_only_in_training():
     assert y.shape == x.shape and (y == 0).any() and not torch.equal(x, y)
 
 
+def test_vtlp_warp_by_hand():
+    # alpha 1.25 over 11 bins (0..10): boundary 0.8 * 10 / 1.25 = 6.4 source -> 8.0 output;
+    # below, source = j / 1.25; above, 6.4 + (j - 8) * (10 - 6.4) / (10 - 8)
+    src = vtlp_source_bins(torch.tensor([1.25, 1.0, 0.8]), 11)
+    torch.testing.assert_close(src[0], torch.tensor(
+        [0, 0.8, 1.6, 2.4, 3.2, 4.0, 4.8, 5.6, 6.4, 8.2, 10.0]))
+    torch.testing.assert_close(src[1], torch.arange(11.0))  # no warp
+    # alpha 0.8: boundary 8 source -> 6.4 output, then (6.4, 8) .. (10, 10)
+    torch.testing.assert_close(src[2, :7], torch.tensor([0, 1.25, 2.5, 3.75, 5, 6.25, 7.5]))
+    assert src[2, -1] == 10 and bool((src[2].diff() > 0).all())
+    ramp = torch.arange(11.0).expand(2, 3, 11)  # feature value = its bin
+    warped = warp_frequency(ramp, torch.tensor([1.25, 1.0]))
+    torch.testing.assert_close(warped[0, 1], src[0])  # linear interpolation is exact on a ramp
+    torch.testing.assert_close(warped[1], ramp[1])
+
+
+def test_specaugment_freq_warp_only_in_training():
+    aug = SpecAugment(SpecAugmentConfig(freq_masks=0, time_masks=0, freq_warp=0.1))
+    x = torch.randn(4, 50, 80)
+    assert torch.equal(aug.eval()(x), x)
+    torch.manual_seed(0)
+    y = aug.train()(x)
+    assert y.shape == x.shape and not torch.equal(x, y)
+    torch.testing.assert_close(y[..., 0], x[..., 0])  # the axis' ends stay put
+    torch.testing.assert_close(y[..., -1], x[..., -1])
+
+
 def test_toml_config(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text('[model]\nn_layers = 3\nsubsampling = 8\n[optim]\nlr = 1e-3\n'
@@ -168,6 +250,8 @@ def test_toml_config(tmp_path):
                         ("[model]\nn_layers = 'three'\n", "integer"),
                         ("[model]\nsubsampling = 5\n", "subsampling"),
                         ("[optim]\nschedule = 'linear'\n", "schedule"),
+                        ("[run]\nprecision = 'fp16'\n", "run.precision"),
+                        ("[specaug]\nfreq_warp = 0.7\n", "freq_warp"),
                         ("model = [", "invalid TOML")]:
         bad = tmp_path / "bad.toml"
         bad.write_text(text)

@@ -100,7 +100,8 @@ def test_ctc_feasible():
     assert ctc_feasible([1, 1, 2], 4) and not ctc_feasible([], 5)
 
 
-def test_exact_resume_after_kill(corpus, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_exact_resume_after_kill(corpus, tmp_path, precision):
     train = FeatureSet.from_manifest(corpus / "train.jsonl", progress=False)
     dev = FeatureSet.from_manifest(corpus / "dev.jsonl", progress=False)
     kw = {"progress": False, "log": lambda m: None, "train_set": train, "dev_set": dev}
@@ -108,7 +109,7 @@ def test_exact_resume_after_kill(corpus, tmp_path):
         train.lengths, max_frames=300, max_utterances=4, seed=1, epoch=0, pool=2)) >= 3
 
     straight = tmp_path / "straight"
-    train_ctc(None, None, straight, config(keep_snapshots=2), **kw)
+    train_ctc(None, None, straight, config(keep_snapshots=2, precision=precision), **kw)
     # evaluations at steps 3, 6 and 7: the model of the last two is kept
     snaps = sorted((straight / "snapshots").iterdir())
     assert [p.name for p in snaps] == ["step-00000006.pt", "step-00000007.pt"]
@@ -117,11 +118,11 @@ def test_exact_resume_after_kill(corpus, tmp_path):
 
     killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):  # dies after step 5; last checkpoint at step 4
-        train_ctc(None, None, killed, config(), stop_after=5, **kw)
+        train_ctc(None, None, killed, config(precision=precision), stop_after=5, **kw)
     ckpt = load_checkpoint(killed / "last.pt")
     assert ckpt["train_state"]["trainer"]["step"] == 4
     assert ckpt["train_state"]["trainer"]["batch_in_epoch"] > 0  # killed mid-epoch
-    state = train_ctc(None, None, killed, config(), **kw)
+    state = train_ctc(None, None, killed, config(precision=precision), **kw)
     assert state.step == 7
 
     a, b = weights(straight / "last.pt"), weights(killed / "last.pt")

@@ -52,6 +52,8 @@ __all__ = [
 
 T = TypeVar("T")
 
+PRECISIONS = ("fp32", "bf16")  # run.precision: of the training forward pass
+
 
 class ConfigError(ValueError):
     """A config file or dict with unknown keys, wrong types or invalid values."""
@@ -115,7 +117,9 @@ class RunConfig:
     the checkpoints; a resumed run keeps them. ``keep_snapshots`` (0: none) keeps the
     model at the last that many evaluation points (every ``eval_every_steps`` steps and
     at the end, with or without a dev set) in ``out_dir/snapshots``, for checkpoint
-    averaging (``fusion average``).
+    averaging (``fusion average``). ``precision = "bf16"`` runs the training forward pass
+    under ``torch.autocast`` in bfloat16 (weights, optimizer and the CTC head stay float32):
+    on a CPU with AMX or AVX-512 BF16 a step takes about 0.6 of the float32 time.
     """
 
     seed: int = 1
@@ -130,8 +134,12 @@ class RunConfig:
     time_budget_minutes: float = 0.0
     budget_probe_steps: int = 50
     keep_snapshots: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"run.precision must be one of {', '.join(PRECISIONS)}, "
+                              f"got {self.precision!r}")
         if self.num_threads <= 0 or self.eval_every_steps <= 0 or self.log_every_steps <= 0:
             raise ConfigError("run: num_threads, eval_every_steps and log_every_steps must be > 0")
         if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):

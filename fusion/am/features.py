@@ -38,6 +38,8 @@ __all__ = [
     "load_audio",
     "num_feature_frames",
     "prepare_waveform",
+    "vtlp_source_bins",
+    "warp_frequency",
 ]
 
 SAMPLE_RATE = 16_000
@@ -190,13 +192,50 @@ class SpecAugmentConfig:
     time_masks: int = 5
     time_width: int = 40
     time_max_ratio: float = 0.05  # a time mask covers at most this fraction of the batch
+    freq_warp: float = 0.0  # VTLP: warp each utterance's mel axis by a factor in 1 +- this
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.freq_warp < 0.5:
+            raise ValueError(f"specaug.freq_warp must be in [0, 0.5), got {self.freq_warp}")
+
+
+def vtlp_source_bins(alpha: torch.Tensor, n_bins: int, boundary: float = 0.8) -> torch.Tensor:
+    """Fractional source bin of each output bin under vocal tract length perturbation.
+
+    The warp (Jaitly & Hinton, 2013) maps source bin ``f`` to ``alpha * f`` up to a
+    boundary (``boundary`` of the axis, times ``min(1, 1/alpha)`` so that it stays on
+    the axis) and linearly from there to the last bin, which stays put. Returns its
+    inverse, ``(B, n_bins)`` source positions for ``alpha (B,)``.
+    """
+    top = float(n_bins - 1)
+    b = boundary * top * torch.clamp(1.0 / alpha, max=1.0)  # (B,) source boundary
+    j = torch.arange(n_bins, dtype=alpha.dtype, device=alpha.device)  # (D,)
+    lower = j / alpha[:, None]  # (B, D)
+    upper = b[:, None] + (j - (alpha * b)[:, None]) * ((top - b) / (top - alpha * b))[:, None]
+    return torch.where(j <= (alpha * b)[:, None], lower, upper).clamp(0.0, top)
+
+
+def warp_frequency(feats: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``(B, T, D)`` features with each utterance's frequency axis warped by ``alpha (B,)``
+    (linear interpolation between neighbouring bins, see :func:`vtlp_source_bins`)."""
+    b, t, d = feats.shape
+    src = vtlp_source_bins(alpha.to(torch.float32), d)  # (B, D)
+    lo = src.floor().long().clamp(max=d - 1)
+    hi = (lo + 1).clamp(max=d - 1)
+    frac = (src - lo).to(feats.dtype)[:, None, :]  # (B, 1, D)
+    at_lo = feats.gather(2, lo[:, None, :].expand(b, t, d))
+    at_hi = feats.gather(2, hi[:, None, :].expand(b, t, d))
+    return at_lo + (at_hi - at_lo) * frac
 
 
 class SpecAugment(nn.Module):
     """Frequency and time masks on normalised ``(B, T, D)`` features, in training mode only.
 
     Masked values become 0 (the global mean after CMVN). Every utterance of a batch gets
-    its own masks. Randomness comes from torch's global generator (saved on checkpoints).
+    its own masks. With ``freq_warp > 0`` each utterance's mel axis is first warped by a
+    factor drawn uniformly from ``1 +- freq_warp`` (VTLP: a longer or shorter vocal tract,
+    a new speaker to the model). Randomness comes from torch's global generator (saved on
+    checkpoints).
     """
 
     def __init__(self, config: SpecAugmentConfig) -> None:
@@ -209,6 +248,9 @@ class SpecAugment(nn.Module):
         cfg = self.config
         if not (self.training and cfg.enabled):
             return feats
+        if cfg.freq_warp > 0:
+            alpha = 1.0 + cfg.freq_warp * (2 * torch.rand(feats.shape[0]) - 1)  # (B,)
+            feats = warp_frequency(feats, alpha.to(feats.device))
         x = feats.transpose(1, 2).unsqueeze(1)  # (B, T, D) -> (B, 1, D, T)
         for _ in range(cfg.freq_masks):
             x = self.freq(x)

@@ -364,7 +364,9 @@ class Trainer:
         if at_step is not None:
             at_step(st.step)
         t0 = time.perf_counter()
-        loss, info = self.task.train_step(batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.run_config.precision == "bf16"):
+            loss, info = self.task.train_step(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(
