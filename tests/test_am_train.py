@@ -164,13 +164,15 @@ def test_span_mask():
     assert not m[1, 20:].any() and not m[2, 3:].any()
 
 
-def test_pretrain_resume_and_finetune(corpus, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_pretrain_resume_and_finetune(corpus, tmp_path, precision):
     train = FeatureSet.from_manifest(corpus / "train.jsonl", require_text=False, progress=False)
     cfg = PretrainConfig(
         model=TINY, optim=OptimConfig(lr=2e-3, warmup_steps=1, total_steps=5),
         batch=BatchConfig(max_frames=300, max_utterances=4, pool=2),
         bestrq=BestRQConfig(codebook_size=32, codebook_dim=8, mask_prob=0.1, mask_span=3),
-        run=RunConfig(num_threads=1, eval_every_steps=5, checkpoint_every_steps=2),
+        run=RunConfig(num_threads=1, eval_every_steps=5, checkpoint_every_steps=2,
+                      precision=precision),
     )
     kw = {"progress": False, "log": lambda m: None, "train_set": train, "dev_set": train}
     pretrain_bestrq(None, None, tmp_path / "a", cfg, **kw)

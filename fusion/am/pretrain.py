@@ -97,7 +97,7 @@ class BestRQModel(CMVNModule):
         b, t, _f = x.shape
         out_lengths = subsampled_length(lengths, s)  # (B,)
         t_out = int(subsampled_length(t, s))
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # float32 targets
             targets = self.targets(x, t_out)  # (B, T')
             mask = span_mask(out_lengths, t_out, cfg.mask_prob, cfg.mask_span, generator)  # (B, T')
             mask_in = torch.zeros(b, t, dtype=torch.bool)  # (B, T)
@@ -105,7 +105,8 @@ class BestRQModel(CMVNModule):
             noise = torch.randn(x.shape, generator=generator) * cfg.noise_std  # (B, T, F)
             x = torch.where(mask_in.unsqueeze(-1), noise, x)
         h, _ = self.encoder(x, lengths)  # (B, T', D)
-        logits = self.head(h[mask])  # (M, K) at masked output frames
+        with torch.autocast(h.device.type, enabled=False):  # the head in float32 under autocast
+            logits = self.head(h[mask].float())  # (M, K) at masked output frames
         goal = targets[mask]  # (M,)
         loss = F.cross_entropy(logits, goal)
         acc = float((logits.argmax(-1) == goal).float().mean()) if goal.numel() else 0.0
