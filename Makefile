@@ -15,11 +15,11 @@ KENLM   := $(VENV)/bin/lmplz
 KENLM_VERSION := 0.3.0
 
 # Debian packages the project needs: KenLM's estimator (boost, compression libraries);
-# TTS voices and English texts for the speech and LM corpora.
+# TTS voices and English texts for the speech and LM corpora; jemalloc for CPU training.
 APT_PACKAGES := cmake libboost-program-options-dev libboost-system-dev libboost-thread-dev \
 	libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev \
 	espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
-	r-cran-janeaustenr bible-kjv sword-text-web diatheke wordnet-base chromium
+	r-cran-janeaustenr bible-kjv sword-text-web diatheke wordnet-base chromium libjemalloc2
 
 .PHONY: install demo test lint clean
 

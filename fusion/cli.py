@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fusion import __version__, batch
+from fusion.am import cli as am_cli
 from fusion.config import DecodeConfig
 from fusion.decoder import ENGINES, BeamSearchDecoder, lexicon_pruning
 from fusion.distributed import add_backend_arguments
@@ -143,7 +144,6 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-json", type=Path, help="the decoder benchmark (decoder.json)")
     p.set_defaults(func=cmd_report)
 
-    from fusion.am import cli as am_cli
     from fusion import tune_cli
     from fusion.corpus import cli as corpus_cli
     from lm import cli as lm_cli
@@ -160,6 +160,8 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
+    if argv is None:  # a process of its own: training may restart under jemalloc
+        am_cli.prefer_jemalloc(args.command)
     try:
         return int(args.func(args))
     except (ManifestError, PosteriorsError, TokenTableError, LMError, FileNotFoundError,

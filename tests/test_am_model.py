@@ -286,3 +286,29 @@ def test_checkpoint_save_is_atomic(tmp_path):
         save_checkpoint(path, {"x": Boom()})
     assert load_checkpoint(path)["kind"] == "ctc"
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_prefer_jemalloc_restarts_training_commands_only(monkeypatch):
+    from fusion.am import cli as am_cli
+
+    calls = []
+
+    def execve(path, args, env):
+        calls.append((path, args, env))
+
+    monkeypatch.setattr(am_cli.ctypes.util, "find_library",
+                        lambda name: "libjemalloc.so.2" if name == "jemalloc" else None)
+    argv = ["/venv/bin/python", "/venv/bin/fusion", "train", "--out", "am"]
+    env = {"PATH": "/bin", "LD_PRELOAD": "libfoo.so"}
+    assert am_cli.prefer_jemalloc("train", environ=env, argv=argv, execve=execve)
+    path, args, new_env = calls.pop()
+    assert args[1:] == argv[1:] and path == args[0]
+    assert new_env == {"PATH": "/bin", "LD_PRELOAD": "libjemalloc.so.2:libfoo.so"}
+    assert env["LD_PRELOAD"] == "libfoo.so"  # the caller's mapping is left alone
+    # not again once preloaded, not for other commands, not when opted out
+    for command, environ in [("train", new_env), ("decode", env), ("posteriors", env),
+                             ("pretrain", {**env, "FUSION_MALLOC": "system"})]:
+        assert not am_cli.prefer_jemalloc(command, environ=environ, argv=argv, execve=execve)
+    monkeypatch.setattr(am_cli.ctypes.util, "find_library", lambda name: None)
+    assert not am_cli.prefer_jemalloc("pretrain", environ=env, argv=argv, execve=execve)
+    assert not calls

@@ -8,13 +8,23 @@ arguments and returns an exit code (0 success, 1 some utterances failed, 2 bad i
 
 Configs are TOML files read as data (``tomllib``); ``--set section.key=VALUE`` (VALUE
 in TOML syntax) overrides single keys. Unknown sections and keys are errors.
+
+Training allocates and frees large tensors of a new shape at every step. Under glibc's
+malloc that cost grows as its heap fragments: over 500 CPU steps of the embedded model,
+allocation reached a quarter of the step time, and steps slowed from 1.8 to 3.0 s.
+:func:`prefer_jemalloc` therefore restarts ``train`` and ``pretrain``, run from the
+command line, under jemalloc (Debian ``libjemalloc2``) when it is installed;
+``FUSION_MALLOC=system`` keeps glibc's malloc.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import json
+import os
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +47,7 @@ __all__ = [
     "add_parsers",
     "default_model_path",
     "main",
+    "prefer_jemalloc",
     "run_average",
     "run_posteriors",
     "run_pretrain",
@@ -47,6 +58,42 @@ __all__ = [
 def default_model_path() -> Path:
     """The embedded acoustic model (``fusion/models/am-default/model.pt``)."""
     return Path(__file__).resolve().parents[1] / "models" / "am-default" / "model.pt"
+
+
+ALLOCATOR_COMMANDS = ("train", "pretrain")
+
+
+def prefer_jemalloc(command: str | None, *, environ: Mapping[str, str] | None = None,
+                    argv: Sequence[str] | None = None,
+                    execve: Callable[[str, list[str], dict[str, str]], Any] = os.execve) -> bool:
+    """Restart this process under jemalloc for a training ``command``, if possible.
+
+    Does nothing (returns False) for other commands, with ``FUSION_MALLOC=system``,
+    when jemalloc is already preloaded, or when ``libjemalloc`` is not installed.
+    Otherwise ``execve`` replaces the process with the same command line (``argv``:
+    ``sys.orig_argv``) and environment (``environ``: ``os.environ``), with jemalloc
+    first in ``LD_PRELOAD``.
+    """
+    env = dict(os.environ if environ is None else environ)
+    preload = env.get("LD_PRELOAD", "")
+    if (command not in ALLOCATOR_COMMANDS or env.get("FUSION_MALLOC", "jemalloc") == "system"
+            or "jemalloc" in preload):
+        return False
+    lib = ctypes.util.find_library("jemalloc")
+    if lib is None:
+        return False
+    env["LD_PRELOAD"] = f"{lib}:{preload}" if preload else lib
+    sys.stdout.flush()
+    sys.stderr.flush()
+    execve(sys.executable, [sys.executable, *(sys.orig_argv if argv is None else argv)[1:]], env)
+    return True
+
+
+def allocator_name() -> str:
+    """The allocator this process runs under, for training logs."""
+    if "jemalloc" in os.environ.get("LD_PRELOAD", ""):
+        return "jemalloc"
+    return "glibc malloc (install Debian libjemalloc2 for faster CPU training)"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -126,6 +173,7 @@ def _fail(cmd: str, exc: Exception) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from fusion.am.train import train_ctc
 
+    print(f"memory allocator: {allocator_name()}", file=sys.stderr)
     try:
         overrides = parse_overrides(args.set)
         if args.threads:
@@ -146,6 +194,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_pretrain(args: argparse.Namespace) -> int:
     from fusion.am.pretrain import pretrain_bestrq
 
+    print(f"memory allocator: {allocator_name()}", file=sys.stderr)
     try:
         overrides = parse_overrides(args.set)
         if args.threads:
@@ -235,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusion.am.cli")
     add_parsers(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
     args = parser.parse_args(argv)
+    if argv is None:  # a process of its own: training may restart under jemalloc
+        prefer_jemalloc(args.command)
     return int(args.func(args))
 
 
