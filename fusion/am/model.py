@@ -209,8 +209,13 @@ class Dropout(nn.Module):
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
 
+    @property
+    def active(self) -> bool:
+        """Whether a call drops anything (training, and ``p`` not rounded to 0)."""
+        return self.training and round(self.p * 256) > 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or round(self.p * 256) == 0:
+        if not self.active:
             return x
         keep, scale = dropout_keep_mask(x.shape, self.p, x.device)
         return torch.where(keep, x * scale, 0.0)
@@ -238,7 +243,7 @@ class SelfAttention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, Dh) each
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         attn_mask = mask[:, None, None, :]  # (B, T) -> (B, 1, 1, T): which keys to attend
-        if self.training and round(self.weight_drop.p * 256):
+        if self.weight_drop.active:
             scores = (q @ k.transpose(-2, -1)) * (d // h) ** -0.5  # (B, H, T, T)
             scores = scores.masked_fill(~attn_mask, float("-inf"))
             weights = self.weight_drop(torch.softmax(scores, dim=-1))
