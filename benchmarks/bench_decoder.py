@@ -265,9 +265,8 @@ def markdown(data: dict) -> str:
             f"beam threshold {wide['beam_threshold']:g}). "
             "The C++ search loads its own copy of the n-gram and releases the Python `KenLM`'s "
             "(which the scorer loaded first), so the model is in memory once. Throughput is one "
-            "process, one "
-            "thread of Python; ours includes the forced alignment that gives every word its times "
-            "and confidence, which pyctcdecode's `decode` does not compute.\n\n"
+            "process, one thread of Python; ours includes the forced alignment that gives every "
+            "word its times and confidence, which pyctcdecode's `decode` does not compute.\n\n"
             + table(data["rows"], cols) + "\n## Summary\n\n"
             + "\n".join(f"- {k}: {v}" for k, v in data["summary"].items()) + "\n")
 
