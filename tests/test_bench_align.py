@@ -49,3 +49,25 @@ def test_festival_reports_word_times(tmp_path):
     times = [t for _, a, b in matched for t in (a, b)]
     assert times == sorted(times) and times[0] > 0
     assert (tmp_path / "u1.raw.wav").stat().st_size > 1000
+
+
+def test_cross_fitted_errors_score_each_fold_out_of_sample():
+    from fusion.types import WordSpan
+
+    utts, words = [], []
+    for i in range(10):
+        s = 0.1 * i
+        ref = (("pat", s, s + 0.3), ("tame", s + 0.8, s + 1.1))
+        utts.append(bench_align.RefUtterance(f"u{i}", "pat tame", "v", 1.0, "", 2.0, ref))
+        # every start 0.04 late; the last utterance's end of "tame" 0.2 early (an outlier)
+        late_end = 0.2 if i == 9 else 0.0
+        words.append((WordSpan("pat", s + 0.04, s + 0.3), WordSpan("tame", s + 0.84, s + 1.1 - late_end)))
+    dev = bench_align.Aligned(utts, words, 1.0)
+    errs = bench_align.cross_fitted_errors(dev, 0.04, folds=5)
+    assert set(errs) == {"", " + offset", " + context offsets", " + context and letter offsets"}
+    raw = bench_align.errors(dev)
+    assert sorted(errs[""].start) == pytest.approx(sorted(raw.start))  # nothing fitted: same errors
+    # the constant start lag is fitted on the other folds and removed from each held-out one
+    np.testing.assert_allclose(errs[" + offset"].start, 0.0, atol=1e-6)  # ms
+    assert sorted(np.abs(errs[" + offset"].end))[-1] == pytest.approx(200.0)  # the outlier stays
+    assert errs[" + offset"].voice.tolist() == ["v"] * 20

@@ -47,6 +47,33 @@ def test_fit_recovers_shifts_per_context_and_falls_back_when_rare():
     assert set(rare.start_shift) == {"all"} and set(rare.end_shift) == {"all"}
 
 
+def test_letter_layer_fits_what_the_context_shift_leaves():
+    rng = np.random.default_rng(5)
+    aligned, refs = [], []
+    for s in rng.uniform(0, 1, size=30):
+        # every word follows a pause; "take" ends 0.06 early (its silent e), "pat" starts
+        # 0.03 late (the stop's release), "mob" is on time; "zoo" (rare) starts 0.2 late
+        ref = [(s, s + 0.3), (s + 0.6, s + 0.9), (s + 1.2, s + 1.5)]
+        aligned.append((WordSpan("take", s, s + 0.24), WordSpan("pat", s + 0.63, s + 0.9),
+                        WordSpan("mob", s + 1.2, s + 1.5)))
+        refs.append(ref)
+    aligned.append((WordSpan("zoo", 0.2, 0.5),))
+    refs.append([(0.0, 0.5)])
+    cal = BoundaryCalibration.fit(aligned, refs, FS, min_count=1000, letter_min_count=10)
+    # contexts too rare: pooled medians (starts 0, ends 0); letters carry the rest
+    assert cal.start_shift == {"all": pytest.approx(0.0)} and cal.end_shift == {"all": pytest.approx(0.0)}
+    assert cal.start_letter == {"t": pytest.approx(0.0), "p": pytest.approx(0.03), "m": pytest.approx(0.0)}
+    assert cal.end_letter == {"e": pytest.approx(-0.06), "t": pytest.approx(0.0), "b": pytest.approx(0.0)}
+    assert cal.counts["start-letter:z"] == 1 and "z" not in cal.start_letter
+    for ws, ref in zip(aligned[:-1], refs[:-1]):
+        np.testing.assert_allclose([(w.start, w.end) for w in cal.apply(ws)], ref, atol=1e-9)
+    assert cal.apply(aligned[-1])[0].start == pytest.approx(0.2)  # unknown letter: no shift
+    without = BoundaryCalibration.fit(aligned, refs, FS, min_count=1000, letter_min_count=None)
+    assert without.start_letter == {} and without.end_letter == {}
+    with pytest.raises(CalibrationError, match="letter_min_count"):
+        BoundaryCalibration.fit(aligned, refs, FS, letter_min_count=0)
+
+
 def test_apply_clips_orders_and_never_overlaps():
     cal = BoundaryCalibration.constant(FS, start=-0.1, end=0.1)  # push starts later, ends earlier
     ws = cal.apply(words((0.0, 0.3), (0.3, 0.35), (0.4, 0.6)), duration=0.5)
@@ -63,7 +90,8 @@ def test_apply_clips_orders_and_never_overlaps():
 
 
 def test_files_round_trip_and_bad_input(tmp_path):
-    cal = BoundaryCalibration(FS, 3, {"all": 0.05, "gap1": 0.06}, {"all": -0.01}, {"start:gap1": 7})
+    cal = BoundaryCalibration(FS, 3, {"all": 0.05, "gap1": 0.06}, {"all": -0.01}, {"start:gap1": 7},
+                              {"p": 0.02}, {"e": -0.05})
     path = tmp_path / "cal.json"
     cal.save(path)
     back = BoundaryCalibration.load(path)
@@ -78,6 +106,14 @@ def test_files_round_trip_and_bad_input(tmp_path):
         BoundaryCalibration(FS, start_shift={"gap1": 0.0})
     with pytest.raises(CalibrationError, match="frame_shift"):
         BoundaryCalibration(0.0)
+    with pytest.raises(CalibrationError, match="single letters"):
+        BoundaryCalibration(FS, start_letter={"ph": 0.01})
+    with pytest.raises(CalibrationError, match="finite"):
+        BoundaryCalibration(FS, end_letter={"e": float("nan")})
+    # a file without the letter layer (written before it existed) loads with none
+    old = cal.to_dict()
+    del old["start_letter"], old["end_letter"]
+    assert BoundaryCalibration.from_dict(old).start_letter == {}
     with pytest.raises(CalibrationError, match="max_gap"):
         BoundaryCalibration(FS, max_gap=0)
     with pytest.raises(CalibrationError, match="reference"):
