@@ -100,19 +100,27 @@ def greedy_scores(model: Any, manifest: Path, *, threads: int, decoder: Any = No
         "rtfx": round(audio / wall, 1), "threads": threads,
         "cer": round(100 * score.cer, 2), "wer": round(100 * score.wer, 2),
     }
-    voices: dict[str, list[str]] = {}  # synthetic splits: the voice (variants pooled)
-    for u in utts:
-        if "voice" in u.extra:
-            voices.setdefault(str(u.extra["voice"]).split("+")[0], []).append(u.id)
-    if voices:
-        out["voices"] = {}
-        for voice, ids in sorted(voices.items()):
-            part = score_corpus({u: refs[u] for u in ids}, hyps)
-            out["voices"][voice] = {"utterances": len(ids), "cer": round(100 * part.cer, 2),
-                                    "wer": round(100 * part.wer, 2)}
+    fused_hyps = None
     if decoder is not None:
-        fused = score_corpus(refs, {p.utt_id: decoder.decode(p).best.text for p in posts})
+        fused_hyps = {p.utt_id: decoder.decode(p).best.text for p in posts}
+        fused = score_corpus(refs, fused_hyps)
         out.update(lm_cer=round(100 * fused.cer, 2), lm_wer=round(100 * fused.wer, 2))
+    # the voice of a synthetic utterance (espeak-ng variants pooled), the source corpus
+    # of a real one
+    groups: dict[str, list[str]] = {}
+    for u in utts:
+        if "voice" in u.extra or "source" in u.extra:
+            key = str(u.extra["voice"]).split("+")[0] if "voice" in u.extra else str(u.extra["source"])
+            groups.setdefault(key, []).append(u.id)
+    if groups:
+        out["voices"] = {}
+        for group, ids in sorted(groups.items()):
+            part = score_corpus({u: refs[u] for u in ids}, hyps)
+            out["voices"][group] = {"utterances": len(ids), "cer": round(100 * part.cer, 2),
+                                    "wer": round(100 * part.wer, 2)}
+            if fused_hyps is not None:
+                part = score_corpus({u: refs[u] for u in ids}, fused_hyps)
+                out["voices"][group].update(lm_cer=round(100 * part.cer, 2), lm_wer=round(100 * part.wer, 2))
     return out
 
 
@@ -289,11 +297,11 @@ def markdown(data: dict[str, Any]) -> str:
         rows = [{"split": s, "voice": v, **r} for s in EVAL_SPLITS if s in ev
                 for v, r in sorted(ev[s].get("voices", {}).items(), key=lambda kv: -kv[1]["cer"])]
         if rows:
-            lines += ["Greedy error rates per voice (a voice's espeak-ng variants pooled), "
-                      "worst first:", ""]
-            lines.append(table(rows, [("split", "split"), ("voice", "voice"),
-                                      ("utterances", "utts"), ("cer", "CER %"),
-                                      ("wer", "WER %")]))
+            lines += ["Error rates per voice (a voice's espeak-ng variants pooled) or, for real "
+                      "speech, per source corpus, worst first:", ""]
+            lines.append(table(rows, [("split", "split"), ("voice", "voice / source"),
+                                      ("utterances", "utts"), ("cer", "CER %"), ("wer", "WER %"),
+                                      ("lm_cer", "+ 3-gram CER %"), ("lm_wer", "+ 3-gram WER %")]))
     pre = data.get("pretraining")
     if pre:
         p = pre["pretrain"]

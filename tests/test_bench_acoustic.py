@@ -1,0 +1,45 @@
+"""Helpers of the acoustic benchmark (benchmarks/bench_acoustic.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from fusion.am.model import CTCModel, ModelConfig
+from fusion.tokens import character_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_acoustic  # noqa: E402
+
+
+def test_greedy_scores_group_by_voice_or_source(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [("a", {"voice": "espeak-ng:en-us+m3"}), ("b", {"voice": "espeak-ng:en-us+f2"}),
+            ("c", {"source": "ljspeech"}), ("d", {})]
+    with (tmp_path / "m.jsonl").open("w") as fh:
+        for utt_id, extra in rows:
+            sf.write(tmp_path / f"{utt_id}.wav", (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
+            fh.write(json.dumps({"id": utt_id, "audio": f"{utt_id}.wav", "text": "a cat", **extra}) + "\n")
+    torch.manual_seed(0)
+    model = CTCModel(ModelConfig(subsampling_channels=8, d_model=32, n_heads=2, ff_mult=2, n_layers=2,
+                                 conv_kernel=5, dropout=0.0), character_table()).eval()
+    out = bench_acoustic.greedy_scores(model, tmp_path / "m.jsonl", threads=1)
+    assert out["utterances"] == 4 and not out["failed"]
+    # espeak-ng variants pool into their voice; a real utterance counts under its source;
+    # one with neither is in the split's totals only
+    assert {k: v["utterances"] for k, v in out["voices"].items()} == {"espeak-ng:en-us": 2, "ljspeech": 1}
+    assert "lm_cer" not in out["voices"]["ljspeech"]  # no decoder given
+    # with a decoder (no LM: a beam search over the same posteriors), each group gets its rates
+    from fusion.decoder import BeamSearchDecoder
+
+    fused = bench_acoustic.greedy_scores(model, tmp_path / "m.jsonl", threads=1,
+                                         decoder=BeamSearchDecoder(character_table()))
+    for group in ("ljspeech", "espeak-ng:en-us"):
+        assert set(fused["voices"][group]) >= {"lm_cer", "lm_wer"}
+    assert fused["voices"]["ljspeech"]["cer"] == out["voices"]["ljspeech"]["cer"]  # greedy unchanged
