@@ -396,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--em-iter", type=int, default=6, help="EM iterations of the HMM")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", default="align", help="result file stem")
+    parser.add_argument("--export", type=Path, metavar="DIR",
+                        help="also write the chosen duration HMM and both methods' context-and-letter "
+                             "calibrations here, for `fusion align --hmm/--calibration` (the "
+                             "embedded model's: fusion/models/am-default/align)")
     parser.add_argument("--results-dir", type=Path, default=common.RESULTS,
                         help="where the results go (default: benchmarks/results)")
     args = parser.parse_args(argv)
@@ -442,14 +446,21 @@ def main(argv: list[str] | None = None) -> int:
     hmm_path = args.cache / f"duration-hmm-{file_digest(args.model)}.json"
     hmm.save(hmm_path)
     hmm_test = align_all(test_utts, posteriors, table, hmm)
+    if args.export is not None:
+        args.export.mkdir(parents=True, exist_ok=True)
+        hmm.save(args.export / "duration-hmm.json")
 
     rows, curves, saved = [], {}, {}
     for base, dev_aligned, test_aligned in (("ctc", ctc_dev, ctc_test), ("hmm", hmm_dev, hmm_test)):
         variants = calibrations(dev_aligned, frame_shift)
         dev_errors = cross_fitted_errors(dev_aligned, frame_shift)
         cal_path = args.cache / f"boundary-calibration-{base}-{file_digest(args.model)}.json"
-        variants[f" + {BEST_CALIBRATION.replace('_', ' ')}"].save(cal_path)  # type: ignore[attr-defined]
+        best_cal = variants[f" + {BEST_CALIBRATION.replace('_', ' ')}"]
+        best_cal.save(cal_path)  # type: ignore[attr-defined]
         saved[base] = str(cal_path)
+        if args.export is not None:
+            args.export.mkdir(parents=True, exist_ok=True)
+            best_cal.save(args.export / f"boundary-calibration-{base}.json")  # type: ignore[attr-defined]
         for suffix, cal in variants.items():
             dev_err, test_err = dev_errors[suffix], errors(test_aligned, cal)
             curves[base + suffix] = test_err.absolute()

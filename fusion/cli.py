@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
@@ -129,7 +130,15 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctm", type=Path, help="also write CTM")
     p.add_argument("--srt", type=Path, help="also write SRT subtitles (utterances in order)")
     p.add_argument("--method", choices=("auto", "ctc", "hmm"), default="auto",
-                   help="ctc: torchaudio forced_align; hmm: HMM Viterbi (default: %(default)s)")
+                   help="ctc: torchaudio forced_align; hmm: HMM Viterbi (default: %(default)s: "
+                        "hmm with --hmm, else ctc)")
+    p.add_argument("--hmm", metavar="FILE|default",
+                   help="trained duration HMM (JSON, as benchmarks/bench_align.py writes); "
+                        "'default': the embedded acoustic model's")
+    p.add_argument("--calibration", metavar="FILE|default",
+                   help="word-time calibration (hmm.timing JSON) applied to the word times; "
+                        "'default': the embedded acoustic model's, for the method used. Both "
+                        "defaults fit only posteriors of the embedded model")
     p.add_argument("--tokens", type=Path, help="token table JSON, for a plain .npz")
     p.add_argument("--kind", choices=KINDS, help="what a plain .npz holds")
     p.add_argument("--frame-shift", type=float, help="seconds per frame, for a plain .npz")
@@ -318,13 +327,40 @@ def read_hotwords(path: Path) -> dict[str, float]:
 
 
 # -- align ------------------------------------------------------------------------------
+#: the embedded acoustic model's alignment files (benchmarks/bench_align.py --export)
+EMBEDDED_ALIGN = Path(__file__).resolve().parent / "models" / "am-default" / "align"
+
+
+def _embedded_align_file(name: str) -> Path:
+    path = EMBEDDED_ALIGN / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the embedded model has no {name} (run benchmarks/bench_align.py "
+                                f"--export {EMBEDDED_ALIGN})")
+    return path
+
+
 def cmd_align(args: argparse.Namespace) -> int:
     from hmm.align import AlignerConfig, align
+    from hmm.model import TiedDurationHMM
+    from hmm.timing import BoundaryCalibration
     from hmm.topology import AlignmentError
 
     reader, table = _open_posteriors(args)
     texts = {u.id: u.text for u in read_manifest(args.text, require=("text",))}
     config = AlignerConfig(method=args.method)
+    model = None
+    if args.hmm is not None:
+        model = TiedDurationHMM.load(_embedded_align_file("duration-hmm.json") if args.hmm == "default"
+                                     else args.hmm)
+        if model.table != table:
+            raise ValueError(f"{args.hmm}: the duration HMM's token table is not the posteriors' "
+                             f"({len(model.table)} and {len(table)} tokens)")
+    method = args.method if args.method != "auto" else ("hmm" if model is not None else "ctc")
+    calibration = None
+    if args.calibration is not None:
+        calibration = BoundaryCalibration.load(
+            _embedded_align_file(f"boundary-calibration-{method}.json") if args.calibration == "default"
+            else args.calibration)
     failures: list[dict] = []
     offset, cues = 0.0, []
     with ExitStack() as stack:
@@ -336,13 +372,19 @@ def cmd_align(args: argparse.Namespace) -> int:
                 if utt_id not in reader:
                     raise PosteriorsError(f"{args.posteriors}: no posteriors for {utt_id!r}")
                 post = reader[utt_id]
-                result = align(post, normalize_text(texts[utt_id]), table, config=config)
+                if calibration is not None and not math.isclose(post.frame_shift, calibration.frame_shift):
+                    raise AlignmentError(f"utterance {utt_id!r}: {post.frame_shift:g} s frames, but the "
+                                         f"calibration {args.calibration} is for "
+                                         f"{calibration.frame_shift:g} s frames")
+                result = align(post, normalize_text(texts[utt_id]), table, model=model, config=config)
             except (PosteriorsError, AlignmentError, TokenTableError) as exc:
                 failures.append({"id": utt_id, "error": str(exc)})
                 continue
+            words = result.words if calibration is None else calibration.apply(result.words, post.duration)
             out.write(json.dumps({
                 "id": utt_id, "method": result.method, "log_likelihood": result.log_likelihood,
-                "words": [w.to_dict() for w in result.words],
+                "calibrated": calibration is not None,
+                "words": [w.to_dict() for w in words],
                 "tokens": [{"token": table.tokens[t.token_id],
                             "start": round(t.start_frame * post.frame_shift, 4),
                             "end": round(t.end_frame * post.frame_shift, 4),
@@ -350,8 +392,8 @@ def cmd_align(args: argparse.Namespace) -> int:
                            for t, c in zip(result.tokens, result.token_confidences)],
             }, ensure_ascii=False) + "\n")
             if ctm:
-                ctm.writelines(ctm_lines(utt_id, result.words))
-            cues += [(a + offset, b + offset, text) for a, b, text in srt_cues(result.words)]
+                ctm.writelines(ctm_lines(utt_id, words))
+            cues += [(a + offset, b + offset, text) for a, b, text in srt_cues(words)]
             offset += post.duration
     if args.srt:
         with atomic_write(args.srt) as fh:

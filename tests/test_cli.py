@@ -167,6 +167,51 @@ def test_align_writes_json_ctm_srt_and_records_failures(corpus, tmp_path):
     assert "'u3'" in errors["u3"]
 
 
+def test_align_with_a_duration_hmm_and_a_calibration(corpus, tmp_path, table, monkeypatch, capsys):
+    import fusion.cli as cli
+    from hmm.emissions import ScaledLikelihoods
+    from hmm.model import TiedDurationHMM
+    from hmm.timing import BoundaryCalibration
+    from fusion.tokens import TokenTable
+
+    (tmp_path / "text.jsonl").write_text('{"id": "u1", "text": "hello world"}\n')
+    base = ["align", str(corpus / "post.npz"), "--text", str(tmp_path / "text.jsonl")]
+
+    def words(name: str, *extra: str) -> tuple[dict, list]:
+        assert main([*base, "-o", str(tmp_path / name), *extra]) == 0
+        (row,) = [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+        return row, [(w["start"], w["end"]) for w in row["words"]]
+
+    plain_row, plain = words("plain.jsonl")
+    assert plain_row["method"] == "ctc" and plain_row["calibrated"] is False
+    # starts 0.04 s later, ends 0.04 s earlier (the words are apart enough not to meet)
+    BoundaryCalibration.constant(0.04, start=-0.04, end=0.04).save(tmp_path / "cal.json")
+    row, shifted = words("cal.jsonl", "--calibration", str(tmp_path / "cal.json"))
+    assert row["calibrated"] is True
+    np.testing.assert_allclose(shifted, [(a + 0.04, b - 0.04) for a, b in plain], atol=1e-4)
+    TiedDurationHMM(table, ScaledLikelihoods()).save(tmp_path / "hmm.json")
+    row, _ = words("hmm.jsonl", "--hmm", str(tmp_path / "hmm.json"))
+    assert row["method"] == "hmm"
+    # the embedded files: picked by method; absent ones named
+    monkeypatch.setattr(cli, "EMBEDDED_ALIGN", tmp_path / "embedded")
+    assert main([*base, "-o", str(tmp_path / "x.jsonl"), "--calibration", "default"]) == 2
+    assert "boundary-calibration-ctc.json" in capsys.readouterr().err
+    (tmp_path / "embedded").mkdir()
+    (tmp_path / "cal.json").rename(tmp_path / "embedded" / "boundary-calibration-hmm.json")
+    (tmp_path / "hmm.json").rename(tmp_path / "embedded" / "duration-hmm.json")
+    row, _ = words("emb.jsonl", "--hmm", "default", "--calibration", "default")
+    assert row["method"] == "hmm" and row["calibrated"] is True
+    # bad input: another frame shift (per utterance, recorded), another token table (an error)
+    BoundaryCalibration.constant(0.02, 0.0, 0.0).save(tmp_path / "cal20.json")
+    assert main([*base, "-o", str(tmp_path / "y.jsonl"), "--calibration", str(tmp_path / "cal20.json")]) == 1
+    (err,) = [json.loads(x) for x in (tmp_path / "y.errors.jsonl").read_text().splitlines()]
+    assert err["id"] == "u1" and "0.02 s frames" in err["error"]
+    other = TokenTable(tuple(table.tokens[:-1]), table.blank_id, table.word_boundary)
+    TiedDurationHMM(other, ScaledLikelihoods()).save(tmp_path / "other.json")
+    assert main([*base, "-o", str(tmp_path / "z.jsonl"), "--hmm", str(tmp_path / "other.json")]) == 2
+    assert "token table" in capsys.readouterr().err
+
+
 def test_a_lexicon_widens_the_candidates_to_at_least_lexicon_pruning(corpus, tmp_path):
     """Wider settings of the config or flags are kept, narrower ones (a tuned config's
     threshold, chosen for a search without the constraint) widened."""
