@@ -17,9 +17,9 @@ The distance also depends on the letter: a final silent ``e`` fires its spike wi
 previous sound, a word-initial stop only at its release. On top of the context shift,
 an optional second layer holds one shift per word-initial letter (for starts) and per
 word-final letter (for ends): the median of what the context shift leaves of the
-errors, for letters seen at least ``letter_min_count`` times. On the alignment
-benchmark's dev set (stage-4 model, CTC path) it took the test median from 39.8 to
-38.4 ms and the 90th percentile from 102 to 97.5.
+errors, for letters seen at least ``letter_min_count`` times. In the alignment
+benchmark (fitted on its dev set, scored on its test set; the stage-4 model, HMM path)
+it took the median error from 39.2 to 37.4 ms and the 90th percentile from 102 to 97.
 
 :meth:`BoundaryCalibration.apply` subtracts the shifts; words stay within the audio,
 in order and non-overlapping. Fit it on data that is not scored, for the model (and
