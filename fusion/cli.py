@@ -355,6 +355,9 @@ def cmd_align(args: argparse.Namespace) -> int:
         if model.table != table:
             raise ValueError(f"{args.hmm}: the duration HMM's token table is not the posteriors' "
                              f"({len(model.table)} and {len(table)} tokens)")
+        if args.method == "ctc" and not model.config.topology.is_ctc:
+            raise ValueError(f"{args.hmm}: --method ctc needs CTC's topology; this HMM has "
+                             f"{model.config.topology}")
     method = args.method if args.method != "auto" else ("hmm" if model is not None else "ctc")
     calibration = None
     if args.calibration is not None:

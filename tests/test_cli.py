@@ -170,9 +170,10 @@ def test_align_writes_json_ctm_srt_and_records_failures(corpus, tmp_path):
 def test_align_with_a_duration_hmm_and_a_calibration(corpus, tmp_path, table, monkeypatch, capsys):
     import fusion.cli as cli
     from hmm.emissions import ScaledLikelihoods
-    from hmm.model import TiedDurationHMM
-    from hmm.timing import BoundaryCalibration
     from fusion.tokens import TokenTable
+    from hmm.model import DurationConfig, TiedDurationHMM
+    from hmm.timing import BoundaryCalibration
+    from hmm.topology import TopologyConfig
 
     (tmp_path / "text.jsonl").write_text('{"id": "u1", "text": "hello world"}\n')
     base = ["align", str(corpus / "post.npz"), "--text", str(tmp_path / "text.jsonl")]
@@ -192,6 +193,11 @@ def test_align_with_a_duration_hmm_and_a_calibration(corpus, tmp_path, table, mo
     TiedDurationHMM(table, ScaledLikelihoods()).save(tmp_path / "hmm.json")
     row, _ = words("hmm.jsonl", "--hmm", str(tmp_path / "hmm.json"))
     assert row["method"] == "hmm"
+    TiedDurationHMM(table, ScaledLikelihoods(), DurationConfig(topology=TopologyConfig(blank="word"))).save(
+        tmp_path / "word-blanks.json")
+    assert main([*base, "-o", str(tmp_path / "w.jsonl"), "--method", "ctc",
+                 "--hmm", str(tmp_path / "word-blanks.json")]) == 2
+    assert "CTC's topology" in capsys.readouterr().err
     # the embedded files: picked by method; absent ones named
     monkeypatch.setattr(cli, "EMBEDDED_ALIGN", tmp_path / "embedded")
     assert main([*base, "-o", str(tmp_path / "x.jsonl"), "--calibration", "default"]) == 2
