@@ -124,8 +124,7 @@ class BoundaryCalibration:
             raise CalibrationError(f"{len(aligned)} aligned utterances but {len(reference)} references")
         if letter_min_count is not None and letter_min_count < 1:
             raise CalibrationError(f"letter_min_count must be >= 1 or None, got {letter_min_count!r}")
-        errors: dict[str, dict[str, list[float]]] = {"start": {}, "end": {}}
-        # (kind, context, letter, error) of every boundary, for the letter layer
+        # (kind, context, letter, error) of every boundary
         boundaries: list[tuple[str, str, str, float]] = []
         for n, (words, ref) in enumerate(zip(aligned, reference)):
             if len(words) != len(ref):
@@ -133,12 +132,13 @@ class BoundaryCalibration:
                                        "reference spans")
             for w, (ref_start, ref_end), (c_start, c_end) in zip(words, ref,
                                                                  contexts(words, frame_shift, max_gap)):
-                errors["start"].setdefault(c_start, []).append(w.start - ref_start)
-                errors["end"].setdefault(c_end, []).append(w.end - ref_end)
                 boundaries += [("start", c_start, w.word[:1], w.start - ref_start),
                                ("end", c_end, w.word[-1:], w.end - ref_end)]
-        if not errors["start"]:
+        if not boundaries:
             raise CalibrationError("no words to calibrate on")
+        errors: dict[str, dict[str, list[float]]] = {"start": {}, "end": {}}
+        for kind, context, _, err in boundaries:
+            errors[kind].setdefault(context, []).append(err)
         shifts: dict[str, dict[str, float]] = {}
         counts: dict[str, int] = {}
         for kind, by_context in errors.items():
