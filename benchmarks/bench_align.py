@@ -440,27 +440,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hmm kappa={kappa} blank={blank}: dev median {row['dev']['median_ms']:.1f} ms "
                   f"(+context and letter offsets {key[0]:.1f}), EM {fit_s:.0f} s", file=sys.stderr)
             if best is None or key < best[0]:
-                best = (key, row, hmm, dev_aligned)
+                best = (key, row, hmm, dev_aligned, dev_errors)
     assert best is not None
-    _, hmm_row, hmm, hmm_dev = best
-    hmm_path = args.cache / f"duration-hmm-{file_digest(args.model)}.json"
+    _, hmm_row, hmm, hmm_dev, hmm_dev_errors = best
+    digest = file_digest(args.model)
+    hmm_path = args.cache / f"duration-hmm-{digest}.json"
     hmm.save(hmm_path)
     hmm_test = align_all(test_utts, posteriors, table, hmm)
-    if args.export is not None:
-        args.export.mkdir(parents=True, exist_ok=True)
-        hmm.save(args.export / "duration-hmm.json")
 
-    rows, curves, saved = [], {}, {}
-    for base, dev_aligned, test_aligned in (("ctc", ctc_dev, ctc_test), ("hmm", hmm_dev, hmm_test)):
+    rows, curves, saved, best_cals = [], {}, {}, {}
+    for base, dev_aligned, dev_errors, test_aligned in (
+            ("ctc", ctc_dev, cross_fitted_errors(ctc_dev, frame_shift), ctc_test),
+            ("hmm", hmm_dev, hmm_dev_errors, hmm_test)):
         variants = calibrations(dev_aligned, frame_shift)
-        dev_errors = cross_fitted_errors(dev_aligned, frame_shift)
-        cal_path = args.cache / f"boundary-calibration-{base}-{file_digest(args.model)}.json"
-        best_cal = variants[f" + {BEST_CALIBRATION.replace('_', ' ')}"]
-        best_cal.save(cal_path)  # type: ignore[attr-defined]
+        cal_path = args.cache / f"boundary-calibration-{base}-{digest}.json"
+        best_cals[base] = variants[f" + {BEST_CALIBRATION.replace('_', ' ')}"]
+        best_cals[base].save(cal_path)  # type: ignore[attr-defined]
         saved[base] = str(cal_path)
-        if args.export is not None:
-            args.export.mkdir(parents=True, exist_ok=True)
-            best_cal.save(args.export / f"boundary-calibration-{base}.json")  # type: ignore[attr-defined]
         for suffix, cal in variants.items():
             dev_err, test_err = dev_errors[suffix], errors(test_aligned, cal)
             curves[base + suffix] = test_err.absolute()
@@ -475,6 +471,11 @@ def main(argv: list[str] | None = None) -> int:
                 "x_real_time": test_aligned.x_real_time,
                 "by_voice": {v: stats(test_err.absolute(v)) for v in sorted(set(test_err.voice))},
             })
+    if args.export is not None:
+        args.export.mkdir(parents=True, exist_ok=True)
+        hmm.save(args.export / "duration-hmm.json")
+        for base, cal in best_cals.items():
+            cal.save(args.export / f"boundary-calibration-{base}.json")  # type: ignore[attr-defined]
     # the summary's method is the one best on dev (never chosen on test)
     chosen = min(rows, key=lambda r: (r["dev"]["median_ms"], r["dev"]["p90_ms"]))
     test_audio = sum(u.duration for u in test_utts)
@@ -489,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             "x_real_time": chosen["x_real_time"],
             "chosen_by": "lowest dev median (then p90); test utterances are only scored",
         },
-        "acoustic_model": {"path": str(args.model), "sha256_12": file_digest(args.model),
+        "acoustic_model": {"path": str(args.model), "sha256_12": digest,
                            "frame_shift_s": frame_shift, "posteriors_seconds": am_seconds,
                            "x_real_time": audio_s / am_seconds},
         "test_speech": {"engine": "festival", "voices": sorted(VOICES), "text": str(args.text),
