@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -83,17 +84,26 @@ def test_chunked_equals_unchunked_for_a_local_model(tmp_path):
     np.testing.assert_allclose(chunked.log_probs, whole.log_probs, atol=1e-5)
 
 
-def test_chunked_conformer_matches_unchunked(tmp_path):
+@pytest.mark.parametrize("upsample", [1, 2])
+def test_chunked_conformer_matches_unchunked(tmp_path, upsample):
     # Self-attention sees the whole input, so chunks cannot be bit-identical to the whole:
     # frame counts are exact; frames agree to the tolerance below (max |diff| of the
     # probabilities), measured on this random-weight model with 3 s chunks, 1 s overlap.
+    # With an upsampling head chunks start on encoder frames (640 samples), not on its
+    # 20-ms output frames: a start between encoder frames would shift every frame.
     sf.write(tmp_path / "long.wav", tone(11.0), 16000)
-    ad = CTCModelAdapter(tiny_model())
+    model = tiny_model()
+    if upsample > 1:
+        torch.manual_seed(3)
+        model = CTCModel(replace(TINY, upsample=upsample), TABLE).eval()
+        nn.init.normal_(model.split.proj.weight, std=0.3)
+    ad = CTCModelAdapter(model)
+    assert ad.stride_samples == 640
     [whole] = compute_posteriors([utt("x", tmp_path / "long.wav")], ad, chunk_seconds=60)
     [chunked] = compute_posteriors([utt("x", tmp_path / "long.wav")], ad, chunk_seconds=3,
-                                   overlap_seconds=1)
+                                   overlap_seconds=1.02)  # steps of 49.5 encoder frames, cut to 49
     assert whole.num_frames == chunked.num_frames == int(ad.model.output_lengths(11 * 100 + 1))
-    assert whole.frame_shift == pytest.approx(0.04)
+    assert whole.frame_shift == pytest.approx(0.04 / upsample)
     diff = np.abs(np.exp(chunked.log_probs) - np.exp(whole.log_probs))
     assert diff.max() < 0.05
     assert (chunked.log_probs.argmax(1) == whole.log_probs.argmax(1)).mean() > 0.95

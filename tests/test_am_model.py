@@ -75,6 +75,37 @@ def test_shapes_and_frame_counts(sub):
         assert subsampled_length(t - 3 * sub, sub) == subsampled_length(t, sub) - 3
 
 
+def test_upsampling_head_splits_each_encoder_frame():
+    model = tiny(upsample=2)
+    assert model.frame_shift == pytest.approx(0.02)
+    base = tiny()  # the same encoder and head, without the split
+    base.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("split.")})
+    lengths = torch.tensor([200, 131, 57])
+    feats = torch.randn(3, 200, 80)  # (B, T, F)
+    with torch.no_grad():
+        lp, out = model(feats, lengths)
+        lp1, out1 = base(feats, lengths)
+    assert lp.shape == (3, 2 * int(subsampled_length(200, 4)), 29)
+    assert out.tolist() == [2 * subsampled_length(int(n), 4) for n in lengths]
+    assert out.tolist() == [int(model.output_lengths(int(n))) for n in lengths]
+    # The split starts at zero, which is frame repetition: the unsplit model's frames twice.
+    torch.testing.assert_close(lp, lp1.repeat_interleave(2, dim=1))
+    assert out.tolist() == (2 * out1).tolist()
+    # Once trained, the halves of a frame differ.
+    with torch.no_grad():
+        model.split.proj.weight.normal_(0, 0.1)
+        lp2, _ = model(feats, lengths)
+    assert not torch.allclose(lp2[:, 0::2], lp2[:, 1::2])
+    # The split is head-only: the encoder signature ignores it.
+    assert model.config.encoder_signature() == base.config.encoder_signature()
+
+
+@pytest.mark.parametrize("bad", [0, -2, 3, 7])
+def test_upsample_must_divide_the_encoder_frame(bad):
+    with pytest.raises(ValueError, match="upsample must be a positive divisor"):
+        ModelConfig(upsample=bad)
+
+
 def test_logmel_frame_count():
     logmel = LogMel()
     for n in (1, 100, 400, 16000, 16001, 24321):

@@ -264,6 +264,36 @@ def test_frozen_encoder_steps_train_only_the_head(corpus, tmp_path):
     assert any(not torch.equal(a, b) for a, b in pairs)
 
 
+def test_upsampling_head_continues_a_trained_model(corpus, tmp_path):
+    """A finished model continued with ``model.upsample = 2`` starts with its transcripts,
+    learns the split, and a continuation of that keeps the split."""
+    train = FeatureSet.from_manifest(corpus / "train.jsonl", progress=False)
+    kw = {"progress": False, "log": lambda m: None, "train_set": train, "dev_set": None}
+    train_ctc(None, None, tmp_path / "base", config(total=3), **kw)
+    base = load_model(tmp_path / "base" / "model.pt")
+    up = replace(TINY, upsample=2)
+    fresh = CTCModel(up).eval()
+    assert load_pretrained_encoder(fresh, tmp_path / "base" / "model.pt")
+    feats, lengths = torch.randn(2, 120, TINY.n_mels), torch.tensor([120, 77])
+    with torch.no_grad():
+        a, na = base(feats, lengths)
+        b, nb = fresh(feats, lengths)
+    torch.testing.assert_close(b, a.repeat_interleave(2, dim=1))
+    assert nb.tolist() == (2 * na).tolist()
+
+    cfg = replace(config(total=3), model=up)
+    said: list[str] = []
+    train_ctc(None, None, tmp_path / "up", cfg, pretrained=tmp_path / "base" / "model.pt",
+              **{**kw, "log": said.append})
+    assert any("2 CTC frames each (20 ms frames)" in m for m in said)
+    trained = load_model(tmp_path / "up" / "model.pt")
+    assert trained.config.upsample == 2 and trained.frame_shift == pytest.approx(0.02)
+    assert trained.split.proj.weight.abs().sum() > 0
+    again = CTCModel(up)
+    load_pretrained_encoder(again, tmp_path / "up" / "model.pt")
+    assert torch.equal(again.split.proj.weight, trained.split.proj.weight)
+
+
 def test_resume_fills_config_keys_added_since(corpus, tmp_path):
     """A checkpoint written before a config key existed resumes with the key's default."""
     train = FeatureSet.from_manifest(corpus / "train.jsonl", progress=False)

@@ -12,13 +12,14 @@ fewest samples it accepts. Three kinds ship:
 
 :func:`adapter_for` picks one for an object. :func:`compute_posteriors` runs an
 adapter over utterances in duration-sorted batches; audio longer than
-``chunk_seconds`` is cut into overlapping chunks whose starts fall on frame boundaries,
-and the chunks' outputs are stitched at the middle of each overlap, so an hour-long
-file needs memory for one chunk batch only and gets the frame count it would get
-whole. Each utterance yields a :class:`fusion.posteriors.Posteriors` or an
-:class:`UtteranceError` (unreadable, corrupt or empty audio, a model failure): one bad
-file never stops the rest. Other sample rates are resampled, multi-channel audio is
-averaged, clips shorter than the adapter's minimum are zero-padded to it.
+``chunk_seconds`` is cut into overlapping chunks whose starts fall on the model's
+stride (a frame, or an encoder frame for an upsampling head), and the chunks' outputs
+are stitched at the middle of each overlap, so an hour-long file needs memory for one
+chunk batch only and gets the frame count it would get whole. Each utterance yields a
+:class:`fusion.posteriors.Posteriors` or an :class:`UtteranceError` (unreadable, corrupt
+or empty audio, a model failure): one bad file never stops the rest. Other sample rates
+are resampled, multi-channel audio is averaged, clips shorter than the adapter's minimum
+are zero-padded to it.
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ class Adapter(ABC):
     frame_shift: float
     min_samples: int = 1
     sample_rate: int = SAMPLE_RATE
+    #: output frames per step of the model's input alignment: dropping ``k * frames_per_stride
+    #: * frame_shift`` seconds drops ``k * frames_per_stride`` frames (an upsampling head)
+    frames_per_stride: int = 1
 
     @property
     def hop_samples(self) -> int:
@@ -91,6 +95,11 @@ class Adapter(ABC):
         if abs(hop - round(hop)) > 1e-6:
             raise ValueError(f"frame shift {self.frame_shift} s is not a whole number of samples")
         return round(hop)
+
+    @property
+    def stride_samples(self) -> int:
+        """Samples between the starts at which chunks may be cut."""
+        return self.hop_samples * self.frames_per_stride
 
     @abstractmethod
     def __call__(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -104,6 +113,7 @@ class CTCModelAdapter(Adapter):
         self.model = model.eval()
         self.token_table = model.token_table
         self.frame_shift = model.frame_shift
+        self.frames_per_stride = model.config.upsample
         self.min_samples = (min_input_frames(model.config.subsampling) - 1) * HOP_LENGTH
         self._logmel = LogMel(model.config.n_mels)
 
@@ -321,23 +331,23 @@ def compute_posteriors(
     should cover the model's useful context; 4 s by default) and stitched.
     """
     ad = adapter_for(adapter, **adapter_kwargs)
-    hop = ad.hop_samples
-    chunk = max(hop, int(chunk_seconds * ad.sample_rate) // hop * hop)
+    hop, stride = ad.hop_samples, ad.stride_samples
+    chunk = max(stride, int(chunk_seconds * ad.sample_rate) // stride * stride)
     overlap = min(int(overlap_seconds * ad.sample_rate), chunk // 2)
     utts = list(utterances)
     bar = tqdm(total=len(utts), desc="posteriors", disable=not progress, mininterval=2)
     try:
         for g in range(0, len(utts), group_size):
             group = utts[g: g + group_size]
-            yield from _run_group(group, ad, hop, chunk, overlap, max_batch_seconds,
+            yield from _run_group(group, ad, hop, stride, chunk, overlap, max_batch_seconds,
                                   max_batch_size)
             bar.update(len(group))
     finally:
         bar.close()
 
 
-def _run_group(group: Sequence[Utterance], ad: Adapter, hop: int, chunk: int, overlap: int,
-               max_batch_seconds: float, max_batch_size: int
+def _run_group(group: Sequence[Utterance], ad: Adapter, hop: int, stride: int, chunk: int,
+               overlap: int, max_batch_seconds: float, max_batch_size: int
                ) -> Iterator[Posteriors | UtteranceError]:
     results: list[Posteriors | UtteranceError | None] = [None] * len(group)
     pieces: list[_Piece] = []
@@ -352,7 +362,8 @@ def _run_group(group: Sequence[Utterance], ad: Adapter, hop: int, chunk: int, ov
             continue
         if len(wav) < ad.min_samples:  # too short for the model: pad with silence
             wav = np.pad(wav, (0, ad.min_samples - len(wav)))
-        own = [_Piece(u, s, wav[s: s + chunk]) for s in chunk_starts(len(wav), chunk, overlap, hop)]
+        starts = chunk_starts(len(wav), chunk, overlap, stride)
+        own = [_Piece(u, s, wav[s: s + chunk]) for s in starts]
         by_owner[u] = own
         pieces.extend(own)
     # Duration-sorted batches of pieces.

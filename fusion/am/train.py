@@ -93,7 +93,7 @@ class CTCTask:
         if too_long or infeasible:
             say(f"training on {len(keep)} of {len(train)} utterances: {too_long} longer than "
                 f"{config.batch.max_duration} s, {infeasible} with more characters than the "
-                f"{model.config.subsampling}x-subsampled frames can hold")
+                f"{model.frame_shift * 1000:g}-ms CTC frames can hold")
         self.keep = keep
         self._keep_lengths = train.lengths[keep]
         self._dev_batches: list[list[int]] | None = None
@@ -172,7 +172,9 @@ def load_pretrained_encoder(model: CTCModel, path: str | Path) -> bool:
     The checkpoint's feature normalisation comes with them: the encoder learnt on
     features scaled by those statistics, not by the new training set's. From a CTC
     checkpoint with the same token table the CTC head is copied too (to continue training
-    a finished model under a new schedule); returns whether it was.
+    a finished model under a new schedule), and its subframe split when it has one of
+    the same ``upsample`` (otherwise ``model``'s new split starts as frame repetition,
+    which leaves the copied model's transcripts unchanged); returns whether the head was.
     """
     data = load_checkpoint(path)
     if data.get("kind") not in ("bestrq", "ctc"):
@@ -191,6 +193,10 @@ def load_pretrained_encoder(model: CTCModel, path: str | Path) -> bool:
     if data["kind"] == "ctc" and data.get("token_table") == model.token_table.to_dict():
         model.head.load_state_dict({k[len("head."):]: v for k, v in data["model"].items()
                                     if k.startswith("head.")})
+        split = {k[len("split."):]: v for k, v in data["model"].items() if k.startswith("split.")}
+        same_split = dict(data["config"]).get("upsample") == model.config.upsample
+        if model.split is not None and split and same_split:
+            model.split.load_state_dict(split)  # else: new, starts as frame repetition
         return True
     return False
 
@@ -254,7 +260,9 @@ def train_ctc(
     table = units.table if units else token_table or character_table()
     model = CTCModel(config.model, table, train_set.cmvn(), units)
     say(f"model: {model.num_parameters() / 1e6:.2f}M parameters, "
-        f"{config.model.subsampling}x subsampling ({config.model.frame_shift * 1000:.0f} ms frames)")
+        f"{config.model.subsampling}x subsampling"
+        + (f", {config.model.upsample} CTC frames each" if config.model.upsample > 1 else "")
+        + f" ({config.model.frame_shift * 1000:g} ms frames)")
     task = CTCTask(model, train_set, dev_set, config, log=say)
     trainer = Trainer(task, out_dir, optim=config.optim, run=config.run, config=config,
                       progress=progress, log=say, stop_after=stop_after)
