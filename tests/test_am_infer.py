@@ -88,7 +88,7 @@ def test_chunked_equals_unchunked_for_a_local_model(tmp_path):
 def test_chunked_conformer_matches_unchunked(tmp_path, upsample):
     # Self-attention sees the whole input, so chunks cannot be bit-identical to the whole:
     # frame counts are exact; frames agree to the tolerance below (max |diff| of the
-    # probabilities), measured on this random-weight model with 3 s chunks, 1 s overlap.
+    # probabilities), measured on this random-weight model with 3 s chunks, 1.02 s overlap.
     # With an upsampling head chunks start on encoder frames (640 samples), not on its
     # 20-ms output frames: a start between encoder frames would shift every frame.
     sf.write(tmp_path / "long.wav", tone(11.0), 16000)
