@@ -331,7 +331,7 @@ def compute_posteriors(
     should cover the model's useful context; 4 s by default) and stitched.
     """
     ad = adapter_for(adapter, **adapter_kwargs)
-    hop, stride = ad.hop_samples, ad.stride_samples
+    stride = ad.stride_samples  # validates the frame shift too
     chunk = max(stride, int(chunk_seconds * ad.sample_rate) // stride * stride)
     overlap = min(int(overlap_seconds * ad.sample_rate), chunk // 2)
     utts = list(utterances)
@@ -339,15 +339,14 @@ def compute_posteriors(
     try:
         for g in range(0, len(utts), group_size):
             group = utts[g: g + group_size]
-            yield from _run_group(group, ad, hop, stride, chunk, overlap, max_batch_seconds,
-                                  max_batch_size)
+            yield from _run_group(group, ad, chunk, overlap, max_batch_seconds, max_batch_size)
             bar.update(len(group))
     finally:
         bar.close()
 
 
-def _run_group(group: Sequence[Utterance], ad: Adapter, hop: int, stride: int, chunk: int,
-               overlap: int, max_batch_seconds: float, max_batch_size: int
+def _run_group(group: Sequence[Utterance], ad: Adapter, chunk: int, overlap: int,
+               max_batch_seconds: float, max_batch_size: int
                ) -> Iterator[Posteriors | UtteranceError]:
     results: list[Posteriors | UtteranceError | None] = [None] * len(group)
     pieces: list[_Piece] = []
@@ -362,7 +361,7 @@ def _run_group(group: Sequence[Utterance], ad: Adapter, hop: int, stride: int, c
             continue
         if len(wav) < ad.min_samples:  # too short for the model: pad with silence
             wav = np.pad(wav, (0, ad.min_samples - len(wav)))
-        starts = chunk_starts(len(wav), chunk, overlap, stride)
+        starts = chunk_starts(len(wav), chunk, overlap, ad.stride_samples)
         own = [_Piece(u, s, wav[s: s + chunk]) for s in starts]
         by_owner[u] = own
         pieces.extend(own)
@@ -399,7 +398,7 @@ def _run_group(group: Sequence[Utterance], ad: Adapter, hop: int, stride: int, c
             results[u] = InferenceError(utt.id, f"model failed: {failed[u]}", utt.audio)
             continue
         try:
-            array = stitch(own, hop)
+            array = stitch(own, ad.hop_samples)
             results[u] = Posteriors.from_array(utt.id, array, kind="log_probs",
                                                frame_shift=ad.frame_shift,
                                                token_table=ad.token_table)

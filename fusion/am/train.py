@@ -186,17 +186,16 @@ def load_pretrained_encoder(model: CTCModel, path: str | Path) -> bool:
         raise CheckpointError(
             f"{path}: encoder architecture differs from this config in {', '.join(diff)}"
         )
-    prefix = "encoder."
-    state = {k[len(prefix):]: v for k, v in data["model"].items() if k.startswith(prefix)}
-    model.encoder.load_state_dict(state)
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in data["model"].items() if k.startswith(prefix)}
+
+    model.encoder.load_state_dict(part("encoder."))
     model.set_cmvn(CMVN.from_dict(data["cmvn"]))
     if data["kind"] == "ctc" and data.get("token_table") == model.token_table.to_dict():
-        model.head.load_state_dict({k[len("head."):]: v for k, v in data["model"].items()
-                                    if k.startswith("head.")})
-        split = {k[len("split."):]: v for k, v in data["model"].items() if k.startswith("split.")}
-        same_split = dict(data["config"]).get("upsample") == model.config.upsample
-        if model.split is not None and split and same_split:
-            model.split.load_state_dict(split)  # else: new, starts as frame repetition
+        model.head.load_state_dict(part("head."))
+        if model.split is not None and dict(data["config"]).get("upsample") == model.config.upsample:
+            model.split.load_state_dict(part("split."))  # else: new, starts as frame repetition
         return True
     return False
 
