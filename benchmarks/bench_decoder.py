@@ -14,7 +14,9 @@ memory growth of the process that decoded. Every decoder runs in a fresh process
 
 Each LM's weights (and our pruning threshold) come from ``fusion tune``'s ``best.toml``
 for that LM where ``--tuned`` names one, else from ``--alpha``/``--beta``; pyctcdecode and
-flashlight get the same weights.
+flashlight get the same weights. ``--tuned`` may name several files for one LM, each tuned
+at its own beam (``fusion tune --beam-size``, recorded in the file): every beam then gets
+the weights tuned at the nearest beam (the best word bonus grows as the beam narrows).
 
 Writes benchmarks/results/decoder.json, decoder.md and decoder.png (``--render`` only
 rewrites the last two from the first).
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cmusphinx", action="store_true", help="also the cmusphinx 3-gram")
     parser.add_argument("--tuned", action="append", default=[], metavar="LM=BEST_TOML",
                         help="the weights and pruning threshold of LM (ours-4gram, "
-                        "cmusphinx-3gram) from fusion tune's best.toml")
+                        "cmusphinx-3gram) from fusion tune's best.toml; repeat with files "
+                        "tuned at other beams for per-beam weights")
     parser.add_argument("--beams", type=int, nargs="+", default=list(BEAMS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/asrfuse-bench"))
     parser.add_argument("--skip-python", action="store_true",
@@ -193,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         for lm_name, lm_path in lms.items():
             vocab = str(lm_path)
             lexicon = write_lexicon(read_unigrams(lm_path), args.work / f"{lm_name}.lexicon")
-            w = weights[lm_name]
-            ours = (str(lm_path), vocab, w["alpha"], w["beta"], w["beam_threshold"])
             for beam in args.beams:
+                w = weights_at(weights[lm_name], beam)
+                ours = (str(lm_path), vocab, w["alpha"], w["beta"], w["beam_threshold"])
                 measure("ours", lm_name, beam, run_ours, post, beam, *ours)
                 measure("ours-lexicon", lm_name, beam, run_ours, post, beam, *ours,
                         "compiled", str(lexicon))
@@ -218,30 +221,61 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def lm_weights(args: argparse.Namespace, lms: dict[str, Path]) -> dict[str, dict]:
-    """Each LM's weights and our pruning threshold: from ``--tuned`` or the defaults."""
+    """Each LM's weights and our pruning threshold: from ``--tuned`` or the defaults.
+
+    An LM's entry holds the weights of its first ``--tuned`` file; where several files were
+    tuned at different beams, ``per_beam`` maps each tuning beam to its weights too."""
     out = {name: {"alpha": args.alpha, "beta": args.beta,
                   "beam_threshold": SearchOptions().beam_threshold, "source": "given"}
            for name in lms}
+    tuned: dict[str, dict[int, dict]] = {}
     for spec in args.tuned:
         name, _, path = spec.partition("=")
         if name not in lms:
             raise SystemExit(f"--tuned {spec}: no LM {name!r} in this run (have {sorted(lms)})")
         config = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        out[name] = {"alpha": config["weights"]["lm"], "beta": config["weights"]["word_bonus"],
-                     "beam_threshold": config["search"].get("beam_threshold",
-                                                            SearchOptions().beam_threshold),
-                     "source": f"fusion tune: {path}"}
+        beam = int(config["search"]["beam_size"])
+        if beam in tuned.get(name, {}):
+            raise SystemExit(f"--tuned {spec}: a second file tuned at beam {beam} for {name}")
+        tuned.setdefault(name, {})[beam] = {
+            "alpha": config["weights"]["lm"], "beta": config["weights"]["word_bonus"],
+            "beam_threshold": config["search"].get("beam_threshold", SearchOptions().beam_threshold),
+            "source": f"fusion tune: {path}", "tuned_beam": beam}
+    for name, by_beam in tuned.items():
+        out[name] = dict(next(iter(by_beam.values())))
+        if len(by_beam) > 1:
+            out[name]["per_beam"] = {str(b): w for b, w in sorted(by_beam.items())}
     return out
+
+
+def weights_at(w: dict, beam: int) -> dict:
+    """The weights an LM's entry gives at ``beam``: those tuned at the nearest beam (on a log
+    scale; the narrower of two equally near) where it has per-beam weights."""
+    per_beam = w.get("per_beam")
+    if not per_beam:
+        return w
+    nearest = min(per_beam, key=lambda b: (abs(math.log(int(b) / beam)), int(b)))
+    return per_beam[nearest]
 
 
 def _weights_text(data: dict) -> str:
     if "weights" not in data:  # results of a version with one set of weights for every LM
         return (f"LM weight {data['alpha']} (nats), word bonus {data['beta']} "
                 "(tuned on dev with `fusion tune`)")
-    return "; ".join(f"{name}: LM weight {w['alpha']:.3f} (nats), word bonus {w['beta']:.3f}, our "
-                     f"pruning threshold {w['beam_threshold']:g}"
-                     + (" (tuned on dev with `fusion tune`)" if w["source"] != "given" else "")
-                     for name, w in data["weights"].items())
+
+    def one(w: dict) -> str:
+        return (f"LM weight {w['alpha']:.3f} (nats), word bonus {w['beta']:.3f}, our pruning "
+                f"threshold {w['beam_threshold']:g}")
+
+    parts = []
+    for name, w in data["weights"].items():
+        if w.get("per_beam"):
+            parts.append(f"{name}, tuned on dev with `fusion tune` at each beam: " + ", ".join(
+                f"beam {b}: {one(wb)}" for b, wb in w["per_beam"].items()))
+        else:
+            parts.append(f"{name}: {one(w)}"
+                         + (" (tuned on dev with `fusion tune`)" if w["source"] != "given" else ""))
+    return "; ".join(parts)
 
 
 def markdown(data: dict) -> str:

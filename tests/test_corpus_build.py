@@ -86,9 +86,13 @@ def test_sentence_split_depends_on_text_only() -> None:
         assert splits.count(name) / len(texts) == pytest.approx(share, abs=0.01)
 
 
-def _plan(seed: int = 3, hours: float = 0.4) -> tuple[dict[str, list[Any]], list[str]]:
+def _plan(
+    seed: int = 3, hours: float = 0.4, from_hours: float = 0.0
+) -> tuple[dict[str, list[Any]], list[str]]:
     options = CorpusOptions(dev_minutes=3, test_minutes=3, unseen_minutes=2, heldout_fraction=0.2)
-    return plan_corpus(SENTENCES, hours=hours, seed=seed, options=options, voices=catalogue())
+    return plan_corpus(
+        SENTENCES, hours=hours, seed=seed, options=options, voices=catalogue(), from_hours=from_hours
+    )
 
 
 def test_plan_splits_are_disjoint_and_heldout_voices_only_in_unseen() -> None:
@@ -123,6 +127,21 @@ def test_plan_is_deterministic_and_extends_with_hours() -> None:
     assert len(bigger["train"]) > len(first["train"])
     assert bigger["train"][: len(first["train"])] == first["train"]
     assert bigger["dev"] == first["dev"]
+
+
+def test_a_shard_of_new_sentences_is_what_a_bigger_build_adds() -> None:
+    small, shard, whole = (_plan(hours=0.4)[0], _plan(hours=0.8, from_hours=0.4)[0],
+                           _plan(hours=0.8)[0])  # fmt: skip
+    assert shard["train"]
+    assert [t.id for t in small["train"] + shard["train"]] == [t.id for t in whole["train"]]
+    for split in ("dev", "test", "test-unseen-voices"):
+        assert [t.id for t in shard[split]] == [t.id for t in whole[split]], split
+
+
+@pytest.mark.parametrize("from_hours", [-0.1, 0.4, 0.9])
+def test_plan_rejects_a_shard_outside_the_list(from_hours: float) -> None:
+    with pytest.raises(ValueError, match="from_hours"):
+        _plan(hours=0.4, from_hours=from_hours)
 
 
 # --- building with espeak-ng -----------------------------------------------------------
@@ -257,10 +276,12 @@ def test_cli_maps_flags_to_options(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(build_module, "build_corpus", fake_build)
     args = _parser().parse_args(
         ["data", "build", "--out", str(tmp_path), "--hours", "2.5", "--jobs", "1", "--seed",
-         "7", "--engines", "espeak-ng", "flite", "--sources", "kjv", "--format", "wav"]
+         "7", "--engines", "espeak-ng", "flite", "--sources", "kjv", "--format", "wav",
+         "--from-hours", "1.5"]
     )  # fmt: skip
     assert cli.run(args) == 0
     assert (seen["out_dir"], seen["hours"], seen["jobs"], seen["seed"]) == (tmp_path, 2.5, 1, 7)
+    assert seen["from_hours"] == 1.5
     options: CorpusOptions = seen["options"]
     assert options.voices == ("espeak-*", "flite-*")
     assert options.sources == ("kjv",)

@@ -193,13 +193,19 @@ def estimate_duration(sentence: str) -> float:
     return 0.45 + 0.048 * len(sentence)
 
 
-def _take(pool: Sequence[tuple[str, str]], seconds: float) -> list[tuple[str, str]]:
+def _take(
+    pool: Sequence[tuple[str, str]], seconds: float, skip: float = 0.0
+) -> list[tuple[str, str]]:
+    """The items of ``pool`` whose estimated start (the duration of all items before them)
+    lies in ``[skip, seconds)``: so ``_take(p, a)`` followed by ``_take(p, b, skip=a)`` is
+    ``_take(p, b)``."""
     taken: list[tuple[str, str]] = []
     total = 0.0
     for item in pool:
         if total >= seconds:
             break
-        taken.append(item)
+        if total >= skip:
+            taken.append(item)
         total += estimate_duration(item[1])
     return taken
 
@@ -263,6 +269,7 @@ def plan_corpus(
     seed: int,
     options: CorpusOptions,
     voices: Sequence[Voice],
+    from_hours: float = 0.0,
 ) -> tuple[dict[str, list[Task]], list[str]]:
     """Decide every utterance of every split, without synthesising anything.
 
@@ -270,12 +277,17 @@ def plan_corpus(
         sentences: ``(source, normalised sentence)`` pairs, already free of leaks.
         voices: the voices that may be used; those matching ``options.heldout_voices``
             speak only ``test-unseen-voices``.
+        from_hours: ``train`` holds only the part of the ``hours`` list that starts after
+            this many estimated hours: a shard of new sentences, exactly the utterances a
+            build of ``hours`` adds to one of ``from_hours`` (dev and test do not change).
 
     Returns:
         The tasks per split, and the held-out sentence pool (all dev and test sentences).
     """
     if hours < 0:
         raise ValueError(f"hours must be >= 0, got {hours}")
+    if from_hours != 0 and not 0 < from_hours < hours:
+        raise ValueError(f"from_hours must be 0 or in (0, hours={hours}), got {from_hours}")
     pools: dict[str, list[tuple[str, str]]] = {"train": [], "dev": [], "test": []}
     for source, text in sentences:
         pools[sentence_split(text, options.heldout_fraction)].append((source, text))
@@ -298,8 +310,12 @@ def plan_corpus(
     make = partial(
         _make_task, seed=seed, options=options, babble_pool=babble_pool, babble_voices=babble_voices
     )
+    skips = {"train": from_hours * 3600, "dev": 0.0, "test": 0.0}
     plan = {
-        split: [make(split, src, text, seen_voices) for src, text in _take(pools[split], target)]
+        split: [
+            make(split, src, text, seen_voices)
+            for src, text in _take(pools[split], target, skips[split])
+        ]
         for split, target in targets.items()
     }
     test = [(t.source, t.text) for t in plan["test"]]
@@ -378,6 +394,7 @@ def build_corpus(
     options: CorpusOptions = CorpusOptions(),
     sentences: Sequence[tuple[str, str]] | None = None,
     progress: bool = True,
+    from_hours: float = 0.0,
 ) -> BuildSummary:
     """Build (or finish building) the corpus in ``out_dir``.
 
@@ -390,6 +407,9 @@ def build_corpus(
         sentences: ``(source, sentence)`` pairs to use instead of ``options.sources``
             (normalised; leaking ones are still removed).
         progress: show a tqdm progress bar on stderr.
+        from_hours: build only the training utterances that a build of ``hours`` adds
+            to one of ``from_hours`` (new sentences for continuing a model, without
+            synthesising the earlier ones again); dev, test and unseen voices as always.
 
     Raises:
         ValueError: bad arguments, or no usable voice.
@@ -421,7 +441,9 @@ def build_corpus(
               file=sys.stderr)  # fmt: skip
     if not voices:
         raise ValueError(f"no installed voice matches {list(options.voices)}")
-    plan, heldout = plan_corpus(pairs, hours=hours, seed=seed, options=options, voices=voices)
+    plan, heldout = plan_corpus(
+        pairs, hours=hours, seed=seed, options=options, voices=voices, from_hours=from_hours
+    )
     _write_lines(out / "text" / "heldout.txt", heldout)
 
     tasks = [t for split in _BUILD_ORDER for t in plan[split]]
@@ -467,6 +489,7 @@ def build_corpus(
     info = {
         "seed": seed,
         "hours_requested": hours,
+        "from_hours": from_hours,
         "options": json.loads(json.dumps(asdict(options), default=str)),
         "voices": {
             "train": sorted(v.name for v in voices if not is_heldout(v, options.heldout_voices)),

@@ -38,6 +38,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     build.add_argument(
         "--jobs", type=int, default=2, help="worker processes (1: in this process; default 2)"
     )
+    build.add_argument(
+        "--from-hours",
+        type=float,
+        default=0.0,
+        metavar="H0",
+        help="train holds only the sentences a build of --hours adds to one of H0 hours: new "
+        "sentences for continuing a model, without synthesising the first H0 hours (default 0)",
+    )
     build.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     build.add_argument("--dev-minutes", type=float, default=18.0, help="minutes of dev audio")
     build.add_argument("--test-minutes", type=float, default=18.0, help="minutes of test audio")
@@ -150,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             options=options,
             progress=not args.no_progress,
+            from_hours=args.from_hours,
         )
     except (ValueError, FileNotFoundError, SourceUnavailableError) as exc:
         print(f"fusion data build: error: {exc}", file=sys.stderr)

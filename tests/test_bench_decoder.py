@@ -1,0 +1,61 @@
+"""Per-beam tuned weights of the decoder benchmark (benchmarks/bench_decoder.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_decoder  # noqa: E402
+
+
+def _best_toml(path: Path, beam: int, lm: float, bonus: float, threshold: float = 10.0) -> str:
+    path.write_text(f"[search]\nbeam_size = {beam}\nnbest = 8\nbeam_threshold = {threshold}\n\n"
+                    f"[weights]\nlm = {lm}\nword_bonus = {bonus}\n", encoding="utf-8")
+    return str(path)
+
+
+def _args(*tuned: str) -> argparse.Namespace:
+    return argparse.Namespace(alpha=0.5, beta=1.0, tuned=list(tuned))
+
+
+LMS = {"ours-4gram": Path("4gram.arpa"), "cmusphinx-3gram": Path("cmu.arpa")}
+
+
+def test_one_tuned_file_gives_its_weights_at_every_beam(tmp_path):
+    weights = bench_decoder.lm_weights(
+        _args("ours-4gram=" + _best_toml(tmp_path / "t.toml", 32, 0.98, 2.2, 12.0)), LMS)
+    for beam in (8, 32, 128):
+        w = bench_decoder.weights_at(weights["ours-4gram"], beam)
+        assert (w["alpha"], w["beta"], w["beam_threshold"]) == (0.98, 2.2, 12.0)
+    untuned = bench_decoder.weights_at(weights["cmusphinx-3gram"], 8)
+    assert (untuned["alpha"], untuned["beta"], untuned["source"]) == (0.5, 1.0, "given")
+
+
+def test_each_beam_takes_the_weights_tuned_at_the_nearest_beam(tmp_path):
+    weights = bench_decoder.lm_weights(_args(
+        "ours-4gram=" + _best_toml(tmp_path / "t32.toml", 32, 0.98, 2.2),
+        "ours-4gram=" + _best_toml(tmp_path / "t8.toml", 8, 0.9, 4.0)), LMS)
+    w = weights["ours-4gram"]
+    assert (w["alpha"], w["beta"]) == (0.98, 2.2)  # the first file is the LM's headline entry
+    assert sorted(w["per_beam"]) == ["32", "8"]
+    beta = {beam: bench_decoder.weights_at(w, beam)["beta"] for beam in (4, 8, 15, 17, 32, 128)}
+    # 16 is as near to 8 as to 32 on a log scale: 15 goes to 8, 17 to 32
+    assert beta == {4: 4.0, 8: 4.0, 15: 4.0, 17: 2.2, 32: 2.2, 128: 2.2}
+    assert "beam 8: LM weight 0.900" in bench_decoder._weights_text({"weights": weights})
+
+
+def test_two_files_tuned_at_one_beam_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match="second file tuned at beam 32"):
+        bench_decoder.lm_weights(_args(
+            "ours-4gram=" + _best_toml(tmp_path / "a.toml", 32, 0.98, 2.2),
+            "ours-4gram=" + _best_toml(tmp_path / "b.toml", 32, 0.9, 4.0)), LMS)
+
+
+def test_a_tuned_file_for_an_lm_not_in_the_run_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="no LM 'word-5gram'"):
+        bench_decoder.lm_weights(_args("word-5gram=" + _best_toml(tmp_path / "a.toml", 32, 1, 1)), LMS)
