@@ -156,6 +156,24 @@ def test_exact_resume_after_kill(corpus, tmp_path, precision):
     assert any("total_steps 7 -> 9" in m for m in said)
 
 
+def test_bf16_on_a_cpu_without_bf16_kernels_is_warned_about(corpus, tmp_path, monkeypatch):
+    import fusion.am.trainer as trainer
+
+    train = FeatureSet.from_manifest(corpus / "train.jsonl", progress=False)
+    said: list[str] = []
+    kw = {"progress": False, "log": said.append, "train_set": train, "dev_set": train}
+    assert isinstance(trainer.cpu_has_bf16_kernels(), bool)  # this machine's answer, either way
+    monkeypatch.setattr(trainer, "cpu_has_bf16_kernels", lambda: False)
+    train_ctc(None, None, tmp_path / "bf16", config(total=1, precision="bf16"), **kw)
+    assert sum("bf16 is emulated" in m for m in said) == 1
+    said.clear()
+    train_ctc(None, None, tmp_path / "fp32", config(total=1), **kw)
+    assert not any("bf16" in m for m in said)
+    monkeypatch.setattr(trainer, "cpu_has_bf16_kernels", lambda: True)
+    train_ctc(None, None, tmp_path / "bf16-native", config(total=1, precision="bf16"), **kw)
+    assert not any("emulated" in m for m in said)
+
+
 def test_span_mask():
     lengths = torch.tensor([50, 20, 3])
     m = span_mask(lengths, 50, 0.05, 5, torch.Generator().manual_seed(0))

@@ -119,7 +119,9 @@ class RunConfig:
     at the end, with or without a dev set) in ``out_dir/snapshots``, for checkpoint
     averaging (``fusion average``). ``precision = "bf16"`` runs the training forward pass
     under ``torch.autocast`` in bfloat16 (weights, optimizer and the CTC head stay float32):
-    on a CPU with AMX or AVX-512 BF16 a step takes about 0.6 of the float32 time.
+    on a CPU with AMX or AVX-512 BF16 a step takes about 0.6 of the float32 time; on an
+    AVX2-only CPU bfloat16 is emulated and a step took 9x the float32 time (the trainer
+    warns there).
     """
 
     seed: int = 1

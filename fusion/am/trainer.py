@@ -78,6 +78,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bf16_kernels() -> bool:
+    """Whether oneDNN has bfloat16 kernels for this CPU (AVX-512 or AMX). Without them
+    (an AVX2-only CPU), bfloat16 autocast is emulated: measured on an AVX2 AMD EPYC, a
+    training step took 40 s in bf16 against 4.5 s in fp32; on an AMX Xeon bf16 was 1.7x
+    faster than fp32. Unknown (no such check in this torch): assumed present."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return True if check is None else bool(check())
+    except RuntimeError:
+        return True
+
+
 class LRSchedule:
     """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine / noam / constant."""
 
@@ -163,6 +175,10 @@ class Trainer:
         self.stop_after = stop_after
         self.schedule = LRSchedule(optim)
         self.device = resolve_device(run.device)
+        if run.precision == "bf16" and self.device.type == "cpu" and not cpu_has_bf16_kernels():
+            self.say('warning: run.precision = "bf16", but this CPU has no bfloat16 kernels '
+                     "(no AVX-512 or AMX): bf16 is emulated and steps may be several times "
+                     'slower than in fp32; consider --set run.precision="fp32"')
         if self.device.type != "cpu":
             move = getattr(task, "to", None)
             if move is None:
