@@ -376,10 +376,13 @@ def main(argv: list[str] | None = None) -> int:
             data[split] = {"cer": ev[split]["cer"], "wer": ev[split]["wer"]}
         data["posteriors"] = {"rtfx": ev["test"]["rtfx"], "threads": ev["test"]["threads"]}
     md = markdown(data)
-    if data.get("pretraining"):
-        plot(data["pretraining"], Path(write_results("acoustic", data, md)[0]).with_suffix(".png"))
-    else:
-        write_results("acoustic", data, md)
+    json_path = Path(write_results("acoustic", data, md)[0])
+    runs = data.get("pretraining", {}).get("runs", [])
+    if runs and all(Path(r["log"]).is_file() for r in runs):
+        plot(data["pretraining"], json_path.with_suffix(".png"))
+    elif runs:  # a fresh machine: the study's numbers are kept, its training logs are not
+        print(f"pretraining: training logs not on this machine, {json_path.with_suffix('.png').name} "
+              "left as it is (rerun --parts pretraining to redraw it)", file=sys.stderr)
     return 0
 
 
