@@ -12,8 +12,8 @@ import torch
 import fusion.corpus.synth as synth_module
 from fusion.corpus.synth import (
     PEAK,
-    SynthesisError,
     SAMPLE_RATE,
+    SynthesisError,
     audio_ok,
     load_audio,
     synthesize,

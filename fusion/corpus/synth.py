@@ -1,12 +1,12 @@
 """Speak one sentence with one voice: 16 kHz mono float audio, silences trimmed.
 
 espeak-ng, flite, festival and DECtalk run as subprocesses writing a temporary WAV
-(DECtalk's ``say`` in its package folder, where it finds its dictionary and libraries). Piper runs in
-this process: a fresh ONNX Runtime session, seeded, for every utterance, which makes its
-sampling noise (and so its audio) a function of the utterance alone; a cached session's
-random state would depend on what it spoke before. Audio is read with ``soundfile``,
-downmixed, resampled with :func:`torchaudio.functional.resample` and written as 16-bit
-FLAC (or WAV) by :func:`write_audio`, atomically.
+(DECtalk's ``say`` in its package folder, where it finds its dictionary and libraries).
+Piper runs in this process: a fresh ONNX Runtime session, seeded, for every utterance,
+which makes its sampling noise (and so its audio) a function of the utterance alone; a
+cached session's random state would depend on what it spoke before. Audio is read with
+``soundfile``, downmixed, resampled with :func:`torchaudio.functional.resample` and
+written as 16-bit FLAC (or WAV) by :func:`write_audio`, atomically.
 """
 
 from __future__ import annotations

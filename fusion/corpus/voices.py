@@ -41,9 +41,9 @@ from functools import cache
 from pathlib import Path
 
 __all__ = [
+    "DECTALK_SPEAKERS",
     "ENGINES",
     "ESPEAK_DIALECTS",
-    "DECTALK_SPEAKERS",
     "ESPEAK_VARIANTS",
     "HELDOUT_VOICES",
     "TRAIN_ONLY_ENGINES",
