@@ -401,6 +401,23 @@ def _write_lines(path: Path, lines: Iterable[str]) -> None:
         fh.writelines(line + "\n" for line in lines)
 
 
+def _installed_voices(patterns: Sequence[str], pool: Sequence[Voice], role: str) -> tuple[Voice, ...]:
+    """The voices of ``pool`` matching ``patterns`` that are installed, the missing ones
+    reported on stderr. ``role`` (``""``, ``"train "``) names them in messages.
+
+    Raises:
+        ValueError: none is installed.
+    """
+    wanted = select_voices(patterns, pool)
+    voices = available_voices(wanted)
+    if missing := sorted(v.name for v in wanted if v not in voices):
+        print(f"corpus: {len(missing)} {role}voices not installed, skipped: {', '.join(missing)}",
+              file=sys.stderr)  # fmt: skip
+    if not voices:
+        raise ValueError(f"no installed voice matches {role and role + 'voices '}{list(patterns)}")
+    return voices
+
+
 def build_corpus(
     out_dir: str | Path | None = None,
     hours: float = 10.0,
@@ -449,23 +466,12 @@ def build_corpus(
             first.setdefault(text, source)
         pairs = [(source, text) for text, source in first.items() if not leakage(text)]
 
-    wanted = select_voices(options.voices)
-    voices = available_voices(wanted)
-    missing = sorted(v.name for v in wanted if v not in voices)
-    if missing:
-        print(f"corpus: {len(missing)} voices not installed, skipped: {', '.join(missing)}",
-              file=sys.stderr)  # fmt: skip
-    if not voices:
-        raise ValueError(f"no installed voice matches {list(options.voices)}")
+    voices = _installed_voices(options.voices, catalogue(), "")
     train_voices = None
     if options.train_voices is not None:
-        wanted = select_voices(options.train_voices, catalogue() + train_only_catalogue())
-        train_voices = available_voices(wanted)
-        if missing := sorted(v.name for v in wanted if v not in train_voices):
-            print(f"corpus: {len(missing)} train voices not installed, skipped: "
-                  f"{', '.join(missing)}", file=sys.stderr)  # fmt: skip
-        if not train_voices:
-            raise ValueError(f"no installed voice matches train voices {list(options.train_voices)}")
+        train_voices = _installed_voices(
+            options.train_voices, catalogue() + train_only_catalogue(), "train "
+        )
     plan, heldout = plan_corpus(
         pairs, hours=hours, seed=seed, options=options, voices=voices, from_hours=from_hours,
         train_voices=train_voices,
