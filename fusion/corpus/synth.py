@@ -93,6 +93,8 @@ def tts_command(voice: Voice, text_file: Path, wav_file: Path, prosody: Prosody)
         if voice.pitch_control.startswith("ap="):
             base = float(voice.pitch_control.partition("=")[2])
             setup += f" [:dv ap {round(base * prosody.pitch)}]"
+        if voice.settings:
+            setup += f" [:dv {voice.settings}]"
         # -e 1: 16-bit PCM at 11,025 Hz.
         return [*_dectalk_program(folder), "-e", "1", "-fo", str(wav_file), "-pre", setup,
                 "-fi", str(text_file)]  # fmt: skip

