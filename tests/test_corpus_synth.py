@@ -119,6 +119,8 @@ def test_dectalk_variants_are_new_speakers_named_after_their_settings(
     cmd = tts_command(voice, tmp_path / "t.txt", tmp_path / "o.wav", Prosody(rate=1.0, pitch=1.1))
     pitch = round(DECTALK_SPEAKERS["harry"][1] * 1.1)
     assert cmd[-3] == f"[:nh] [:ra 180] [:dv ap {pitch}] [:dv {voice.settings}]"
+    with pytest.raises(ValueError, match="'flite-x': settings are DECtalk's, not flite's"):
+        Voice("flite-x", "flite", "slt", settings="hs 90")
 
 
 def test_write_audio_round_trip(tmp_path: Path) -> None:

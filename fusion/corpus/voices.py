@@ -137,6 +137,8 @@ class Voice:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES + TRAIN_ONLY_ENGINES:
             raise ValueError(f"voice {self.name!r}: unknown engine {self.engine!r}")
+        if self.settings and self.engine != "dectalk":
+            raise ValueError(f"voice {self.name!r}: settings are DECtalk's, not {self.engine}'s")
 
 
 @dataclass(frozen=True)
