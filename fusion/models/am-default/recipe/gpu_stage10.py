@@ -1,0 +1,249 @@
+"""Stage 10 on a lent GPU: synthesise fresh training speech on the machine's CPUs, then
+continue the embedded model on its GPU, all inside one wall-clock deadline.
+
+Nothing large travels to the GPU machine (64 MiB), so the speech is made there, by
+``fusion.corpus.build`` from the TTS programs and sentence lists that
+``gpu-stage10-pack.sh`` packed, in increments of new sentences (``--from-hours`` on)
+until ``--synth-until`` seconds; Opus-packed utterances (``--packed``, pack.py) join
+them. Features are computed by every CPU, then ``train_ctc`` continues ``--pretrained``
+on the GPU for whatever time is left before ``--deadline`` less ``--export-margin``. The
+trained model comes back as fp16 model.pt and best.pt (under 16 MiB each), with
+log.jsonl, curves.png and summary.json. ``gpu-stage10.sh`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    print(f"[{time.monotonic() - T0:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
+def elapsed() -> float:
+    return time.monotonic() - T0
+
+
+def _features(paths: list[tuple[str, str]]):
+    """Log-mel features (fp16 numpy) of (utt_id, audio path) pairs, in a worker."""
+    import torch
+
+    torch.set_num_threads(1)
+    from fusion.am.features import AudioError, LogMel, load_audio
+
+    logmel = LogMel()
+    out = []
+    for utt_id, path in paths:
+        try:
+            wav = load_audio(path, utt_id=utt_id)
+        except AudioError as exc:
+            out.append((utt_id, None, exc.reason))
+            continue
+        with torch.no_grad():
+            out.append((utt_id, logmel(torch.from_numpy(wav)).half().numpy(), None))
+    return out
+
+
+def _set_of(ids: list[str], texts: list[str], feats: list, skipped: list | None = None):
+    """A FeatureSet of utterances given as (T, F) fp16 tensors."""
+    import torch
+
+    from fusion.am.data import FeatureSet
+
+    offsets = torch.zeros(len(feats) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(torch.tensor([f.shape[0] for f in feats], dtype=torch.int64), 0)
+    return FeatureSet(ids, texts, torch.cat(feats), offsets, skipped)
+
+
+def feature_set(manifests: list[Path], jobs: int):
+    """One FeatureSet over several manifests, features computed by ``jobs`` processes."""
+    import torch
+
+    from fusion.manifest import read_manifest
+
+    utts = [u for m in manifests for u in read_manifest(m, require=("audio", "text"))]
+    texts = {u.id: u.text for u in utts}
+    pairs = [(u.id, str(u.audio)) for u in utts]
+    chunks = [pairs[i::jobs * 8] for i in range(jobs * 8)]
+    ids, feats, skipped = [], [], []
+    with ProcessPoolExecutor(jobs) as pool:
+        for part in pool.map(_features, chunks):
+            for utt_id, f, reason in part:
+                if f is None:
+                    skipped.append((utt_id, reason))
+                else:
+                    ids.append(utt_id)
+                    feats.append(torch.from_numpy(f))
+    return _set_of(ids, [texts[i] for i in ids], feats, skipped)
+
+
+def packed_set(prefix: str, jobs: int):
+    """The FeatureSet of the Opus-packed utterances whose streams are present."""
+    index = json.loads(Path(prefix + ".json").read_text())
+    chunks = sorted({u["chunk"] for u in index if Path(f"{prefix}-{u['chunk']}.ogg").is_file()})
+    work = [(f"{prefix}-{k}.ogg", [u for u in index if u["chunk"] == k]) for k in chunks]
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gpu_train import chunk_features  # stage 1's reader of the same packing
+
+    with ProcessPoolExecutor(min(jobs, len(work))) as pool:
+        rows = [r for part in pool.map(chunk_features, work) for r in part]
+    return _set_of([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+
+
+def concat_sets(sets: list):
+    """One FeatureSet holding the utterances of several."""
+    return _set_of([i for fs in sets for i in fs.ids], [t for fs in sets for t in fs.texts],
+                   [fs.features(i).half() for fs in sets for i in range(len(fs))],
+                   [s for fs in sets for s in fs.skipped])
+
+
+def probe_engines() -> list[str]:
+    """Voice-name patterns of the engines that synthesise a test sentence here."""
+    from fusion.corpus.synth import synthesize
+    from fusion.corpus.voices import Prosody, available_voices, catalogue, train_only_catalogue
+
+    ok = []
+    probes = {"espeak-*": "espeak-en-us", "flite-*": "flite-slt", "festival-*": "festival-kal",
+              "dectalk-*": "dectalk-paul"}
+    voices = {v.name: v for v in (*catalogue(), *train_only_catalogue())}
+    installed = {v.name for v in available_voices(voices.values())}
+    for pattern, name in probes.items():
+        if name not in installed:
+            say(f"probe {pattern}: {name} not installed")
+            continue
+        try:
+            t = time.monotonic()
+            audio = synthesize("the quick brown fox jumps over the lazy dog", voices[name],
+                               prosody=Prosody(1.0, 1.0), seed=1)
+            say(f"probe {pattern}: {len(audio) / 16000:.2f} s of audio in "
+                f"{time.monotonic() - t:.2f} s")
+            ok.append(pattern)
+        except Exception as exc:  # noqa: BLE001 - report and go on without that engine
+            say(f"probe {pattern}: FAILED {type(exc).__name__}: {exc}")
+    return ok  # DECtalk's 36 variants stay out: stage 9 learnt them without transfer
+
+
+def build(args: argparse.Namespace, train_voices: list[str]) -> list[Path]:
+    """Build increments of new training sentences until the synthesis deadline."""
+    from fusion.corpus.build import CorpusOptions, build_corpus
+
+    made: list[Path] = []
+    lo, rate = args.from_hours, None
+
+    def options(dev_minutes: float) -> CorpusOptions:
+        return CorpusOptions(dev_minutes=dev_minutes, test_minutes=0.0, unseen_minutes=0.0,
+                             train_voices=tuple(train_voices))
+
+    while True:
+        left = args.synth_until - elapsed()
+        step = args.step_hours if rate is None else min(args.step_hours * 3, left * rate * 0.85)
+        if made and step < 1.0:  # hours: too little time left for another increment
+            break
+        hi = lo + step
+        out = args.work / f"corpus-{lo:g}-{hi:g}"
+        t = time.monotonic()
+        summary = build_corpus(out, hours=hi, from_hours=lo, jobs=args.jobs, seed=0,
+                               options=options(0.0 if made else args.dev_minutes),
+                               progress=False)
+        took = time.monotonic() - t
+        rate = summary.hours["train"] / took  # hours of audio a second
+        say(f"built {out.name}: {summary.utterances} utterances, {summary.hours} h, "
+            f"{summary.errors} errors, {took:.0f} s ({rate * 3600:.0f}x real time)")
+        made.append(out)
+        lo = hi
+    return made
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--deadline", type=float, required=True, help="seconds from start")
+    p.add_argument("--synth-until", type=float, default=200.0)
+    p.add_argument("--export-margin", type=float, default=45.0)
+    p.add_argument("--from-hours", type=float, default=86.0)
+    p.add_argument("--step-hours", type=float, default=4.0)
+    p.add_argument("--dev-minutes", type=float, default=8.0)
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--packed", default=None, help="prefix of Opus-packed utterances (pack.py)")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--pretrained", type=Path, default=Path("fusion/models/am-default/model.pt"))
+    p.add_argument("--work", type=Path, default=Path("/tmp/stage10"))
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    run = args.work / "run"
+    try:
+        import torch
+
+        say(f"torch {torch.__version__}, {os.cpu_count()} CPUs")  # CUDA untouched before forks
+        engines = probe_engines()
+        summary["engines"] = engines
+        if not engines:
+            raise RuntimeError("no TTS engine works here")
+        corpora = build(args, engines)
+        summary["corpora"] = [c.name for c in corpora]
+        trains = [c / "train.jsonl" for c in corpora]
+        t = time.monotonic()
+        train_set = feature_set(trains, args.jobs)
+        if args.packed:
+            packed = packed_set(args.packed, args.jobs)
+            say(f"packed {args.packed}: {len(packed)} utterances, "
+                f"{packed.total_seconds / 3600:.2f} h")
+            summary["packed_hours"] = round(packed.total_seconds / 3600, 3)
+            train_set = concat_sets([train_set, packed])
+        dev_set = feature_set([corpora[0] / "dev.jsonl"], args.jobs)
+        say(f"features: train {len(train_set)} utterances {train_set.total_seconds / 3600:.2f} h, "
+            f"dev {len(dev_set)}, {time.monotonic() - t:.0f} s")
+        summary["train_hours"] = round(train_set.total_seconds / 3600, 3)
+        summary["train_utterances"] = len(train_set)
+        summary["dev_utterances"] = len(dev_set)
+
+        from fusion.am.config import TrainConfig, load_config
+        from fusion.am.train import train_ctc
+
+        budget = round((args.deadline - args.export_margin - elapsed()) / 60, 2)
+        config = load_config(TrainConfig, args.config, {"run": {"time_budget_minutes": budget}})
+        say(f"training for {budget:.2f} min")
+        summary["train_budget_minutes"] = round(budget, 2)
+        state = train_ctc(None, None, run, config, pretrained=args.pretrained, progress=False,
+                          log=say, train_set=train_set, dev_set=dev_set)
+        summary["steps"] = state.step
+    except Exception:  # noqa: BLE001 - whatever was trained still comes back
+        summary["error"] = traceback.format_exc()
+        say(summary["error"])
+    finally:
+        try:
+            from fusion.am.model import average_checkpoints, save_checkpoint
+
+            for name in ("model.pt", "best.pt", "last.pt"):
+                if (run / name).is_file():
+                    save_checkpoint(args.out / "model.pt", average_checkpoints([run / name]))
+                    summary["exported"] = name
+                    say(f"exported {name} -> {args.out / 'model.pt'}")
+                    break
+            if (run / "best.pt").is_file() and summary.get("exported") != "best.pt":
+                save_checkpoint(args.out / "best.pt", average_checkpoints([run / "best.pt"]))
+            for name in ("log.jsonl", "curves.png"):
+                if (run / name).is_file():
+                    shutil.copy(run / name, args.out / name)
+        except Exception:  # noqa: BLE001
+            summary["export_error"] = traceback.format_exc()
+            say(summary["export_error"])
+        summary["seconds"] = round(elapsed(), 1)
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return 0 if "error" not in summary else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
