@@ -419,6 +419,28 @@ def test_average_checkpoints(tmp_path):
         average_checkpoints([a, tmp_path / "junk.pt"])
 
 
+def test_average_checkpoints_weighted(tmp_path):
+    a, b = (_ctc_checkpoint(tmp_path / f"{n}.pt", seed) for n, seed in (("a", 1), ("b", 2)))
+    two_to_one = average_checkpoints([a, b], half=False, weights=[2, 1])["model"]
+    repeated = average_checkpoints([a, a, b], half=False)["model"]  # the same mean, by count
+    for k, v in weights(a).items():
+        if v.is_floating_point():
+            by_hand = (2 * v.double() + weights(b)[k].double()) / 3
+            assert torch.allclose(two_to_one[k].double(), by_hand, atol=1e-6), k
+            assert torch.allclose(two_to_one[k], repeated[k], atol=1e-6), k
+    only_a = average_checkpoints([a, b], half=False, weights=[1.0, 0.0])["model"]
+    assert all(torch.equal(only_a[k], v) for k, v in weights(a).items())
+    equal = average_checkpoints([a, b], half=False, weights=[0.3, 0.3])["model"]
+    plain = average_checkpoints([a, b], half=False)["model"]
+    assert all(torch.allclose(equal[k], plain[k], atol=1e-7) for k in plain)
+
+    with pytest.raises(ValueError, match="1 weights for 2 checkpoints"):
+        average_checkpoints([a, b], weights=[1.0])
+    for bad in ([1.0, -0.5], [0.0, 0.0], [float("nan"), 1.0]):
+        with pytest.raises(ValueError, match="must be >= 0 and not all 0"):
+            average_checkpoints([a, b], weights=bad)
+
+
 def test_average_cli(tmp_path, capsys):
     paths = [_ctc_checkpoint(tmp_path / f"step-{i:08d}.pt", i) for i in (3, 1, 2)]
     out = tmp_path / "avg.pt"
@@ -427,6 +449,13 @@ def test_average_cli(tmp_path, capsys):
     assert "step-00000002.pt, step-00000003.pt" in capsys.readouterr().err
     want = average_checkpoints(sorted(paths)[1:], half=False)["model"]
     assert all(torch.equal(want[k], v) for k, v in weights(out).items())
+    assert am_cli.main(["average", *map(str, paths[:2]), "-o", str(out), "--fp32",
+                        "--weights", "1", "3"]) == 0
+    assert "weights 1 3" in capsys.readouterr().err
+    want = average_checkpoints(paths[:2], half=False, weights=[1, 3])["model"]
+    assert all(torch.equal(want[k], v) for k, v in weights(out).items())
+    assert am_cli.main(["average", *map(str, paths[:2]), "-o", str(out), "--weights", "1"]) == 2
+    assert "1 weights for 2 checkpoints" in capsys.readouterr().err
     assert am_cli.main(["average", str(paths[0]), "-o", str(out), "--last", "0"]) == 2
     assert am_cli.main(["average", str(tmp_path / "missing.pt"), "-o", str(out)]) == 2
     assert "missing.pt: no such checkpoint" in capsys.readouterr().err

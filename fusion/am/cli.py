@@ -153,12 +153,16 @@ def add_parsers(subparsers: Any) -> None:
     p.set_defaults(func=run_posteriors)
 
     p = subparsers.add_parser(
-        "average", help="average the weights of CTC checkpoints of one run -> a model",
+        "average", help="average the weights of CTC checkpoints of one model -> a model",
         description="Checkpoint averaging: the mean of the checkpoints' weights, written "
                     "as a deployable model (fp16 unless --fp32). A run keeps its last "
-                    "snapshots in RUN/snapshots with run.keep_snapshots.")
+                    "snapshots in RUN/snapshots with run.keep_snapshots. With --weights, a "
+                    "weighted mean: e.g. a model and one fine-tuned from it, interpolated.")
     p.add_argument("checkpoints", type=Path, nargs="+",
                    help="CTC checkpoints (model, best, last or snapshot files) of one model")
+    p.add_argument("--weights", type=float, nargs="+", metavar="W",
+                   help="one weight per checkpoint averaged (after --last), >= 0; "
+                        "normalised to sum to 1 (default: all equal)")
     p.add_argument("-o", "--output", type=Path, required=True, help="model .pt to write")
     p.add_argument("--last", type=int, metavar="K",
                    help="only the last K of the checkpoints given (snapshot names sort by step)")
@@ -220,11 +224,12 @@ def run_average(args: argparse.Namespace) -> int:
             return _fail("average", ValueError(f"--last must be >= 1, got {args.last}"))
         paths = sorted(paths)[-args.last:]
     try:
-        data = average_checkpoints(paths, half=not args.fp32)
+        data = average_checkpoints(paths, half=not args.fp32, weights=args.weights)
         save_checkpoint(args.output, data)
-    except (CheckpointError, OSError) as exc:
+    except (CheckpointError, OSError, ValueError) as exc:
         return _fail("average", exc)
-    print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) "
+    weights = f", weights {' '.join(f'{w:g}' for w in args.weights)}" if args.weights else ""
+    print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}{weights}) "
           f"-> {args.output}", file=sys.stderr)
     return 0
 

@@ -534,10 +534,16 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def average_checkpoints(paths: Sequence[str | Path], *, half: bool = True) -> dict[str, Any]:
+def average_checkpoints(paths: Sequence[str | Path], *, half: bool = True,
+                        weights: Sequence[float] | None = None) -> dict[str, Any]:
     """The deployable checkpoint whose weights are the mean of ``paths``' (checkpoint
     averaging, as icefall's and ESPnet's ``--avg``: snapshots of one run's last steps
     average into a model that is usually better than any of them).
+
+    ``weights`` (one per path, >= 0, not all 0; normalised to sum to 1) makes it a
+    weighted mean: with two checkpoints, a point on the line between a model and one
+    fine-tuned from it (weight-space interpolation, as WiSE-FT), which can keep what the
+    fine-tuning gained and what it lost. The embedded model is such a mean (stage 10).
 
     Means are taken in float64 and stored as fp16 when ``half``. Everything but the
     weights (config, token table, feature normalisation, subword model) comes from the
@@ -547,31 +553,39 @@ def average_checkpoints(paths: Sequence[str | Path], *, half: bool = True) -> di
         CheckpointError: no paths, an unreadable or non-CTC checkpoint, or one that
             differs from the first in architecture, units, normalisation or weight names
             and shapes (the message names the file and what differs).
+        ValueError: ``weights`` of another length than ``paths``, negative, or all 0.
     """
     if not paths:
         raise CheckpointError("checkpoint averaging needs at least one checkpoint")
+    if weights is None:
+        weights = [1.0] * len(paths)
+    if len(weights) != len(paths):
+        raise ValueError(f"{len(weights)} weights for {len(paths)} checkpoints")
+    if any(not w >= 0 for w in weights) or sum(weights) <= 0:  # `not >=` catches NaN too
+        raise ValueError(f"weights must be >= 0 and not all 0, got {list(weights)}")
+    shares = [w / sum(weights) for w in weights]
     first = load_checkpoint(paths[0], kind="ctc")
-    sums = {k: v.double() for k, v in first["model"].items() if v.is_floating_point()}
-    for path in paths[1:]:
+    sums = {k: v.double() * shares[0] for k, v in first["model"].items() if v.is_floating_point()}
+    for path, share in zip(paths[1:], shares[1:]):
         data = load_checkpoint(path, kind="ctc")
         for key in sorted((first.keys() | data.keys()) - {"model", "train_state"}):
             if not _same(data.get(key), first.get(key)):
                 raise CheckpointError(f"{path}: its {_PARTS.get(key, key)} differs from that "
                                       f"of {paths[0]}")
-        weights = data["model"]
-        if weights.keys() != first["model"].keys():
+        tensors = data["model"]
+        if tensors.keys() != first["model"].keys():
             raise CheckpointError(f"{path}: its weights are named differently from {paths[0]}'s")
-        for k, v in weights.items():
+        for k, v in tensors.items():
             if v.shape != first["model"][k].shape:
                 raise CheckpointError(f"{path}: weight {k} has shape {tuple(v.shape)}, "
                                       f"{tuple(first['model'][k].shape)} in {paths[0]}")
             if k in sums:
-                sums[k] += v.double()
+                sums[k] += v.double() * share
             elif not torch.equal(v, first["model"][k]):
                 raise CheckpointError(f"{path}: integer tensor {k} differs from {paths[0]}'s")
     dtype = torch.float16 if half else torch.float32
     out = {k: v for k, v in first.items() if k != "train_state"}
-    out["model"] = {k: (sums[k] / len(paths)).to(dtype) if k in sums else v
+    out["model"] = {k: sums[k].to(dtype) if k in sums else v
                     for k, v in first["model"].items()}
     return out
 
