@@ -34,61 +34,53 @@ def elapsed() -> float:
     return time.monotonic() - T0
 
 
-def _features(paths: list[tuple[str, str]]):
-    """Log-mel features (fp16 numpy) of (utt_id, audio path) pairs, in a worker."""
+def _chunk_features(utts: list):
+    """The FeatureSet of some utterances, in a worker (one thread: every CPU has one)."""
     import torch
 
     torch.set_num_threads(1)
-    from fusion.am.features import AudioError, LogMel, load_audio
+    from fusion.am.data import FeatureSet
 
-    logmel = LogMel()
-    out = []
-    for utt_id, path in paths:
-        try:
-            wav = load_audio(path, utt_id=utt_id)
-        except AudioError as exc:
-            out.append((utt_id, None, exc.reason))
-            continue
-        with torch.no_grad():
-            out.append((utt_id, logmel(torch.from_numpy(wav)).half().numpy(), None))
-    return out
+    return FeatureSet._compute(utts, progress=False, desc="")
 
 
-def _set_of(ids: list[str], texts: list[str], feats: list, skipped: list | None = None):
-    """A FeatureSet of utterances given as (T, F) fp16 tensors."""
+def _offsets(lengths):
+    """Offsets into a flat feature tensor of utterances of these frame counts."""
+    import torch
+
+    offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    return offsets
+
+
+def concat_sets(sets: list):
+    """One FeatureSet holding the utterances of several, in order."""
     import torch
 
     from fusion.am.data import FeatureSet
 
-    offsets = torch.zeros(len(feats) + 1, dtype=torch.int64)
-    offsets[1:] = torch.cumsum(torch.tensor([f.shape[0] for f in feats], dtype=torch.int64), 0)
-    return FeatureSet(ids, texts, torch.cat(feats), offsets, skipped)
+    return FeatureSet([i for fs in sets for i in fs.ids], [t for fs in sets for t in fs.texts],
+                      torch.cat([fs.flat for fs in sets]),
+                      _offsets(torch.cat([fs.lengths for fs in sets])),
+                      [s for fs in sets for s in fs.skipped])
 
 
 def feature_set(manifests: list[Path], jobs: int):
     """One FeatureSet over several manifests, features computed by ``jobs`` processes."""
-    import torch
-
     from fusion.manifest import read_manifest
 
     utts = [u for m in manifests for u in read_manifest(m, require=("audio", "text"))]
-    texts = {u.id: u.text for u in utts}
-    pairs = [(u.id, str(u.audio)) for u in utts]
-    chunks = [pairs[i::jobs * 8] for i in range(jobs * 8)]
-    ids, feats, skipped = [], [], []
+    chunks = [utts[i::jobs * 8] for i in range(jobs * 8)]
     with ProcessPoolExecutor(jobs) as pool:
-        for part in pool.map(_features, chunks):
-            for utt_id, f, reason in part:
-                if f is None:
-                    skipped.append((utt_id, reason))
-                else:
-                    ids.append(utt_id)
-                    feats.append(torch.from_numpy(f))
-    return _set_of(ids, [texts[i] for i in ids], feats, skipped)
+        return concat_sets(list(pool.map(_chunk_features, chunks)))
 
 
 def packed_set(prefix: str, jobs: int):
     """The FeatureSet of the Opus-packed utterances whose streams are present."""
+    import torch
+
+    from fusion.am.data import FeatureSet
+
     index = json.loads(Path(prefix + ".json").read_text())
     chunks = sorted({u["chunk"] for u in index if Path(f"{prefix}-{u['chunk']}.ogg").is_file()})
     work = [(f"{prefix}-{k}.ogg", [u for u in index if u["chunk"] == k]) for k in chunks]
@@ -97,14 +89,9 @@ def packed_set(prefix: str, jobs: int):
 
     with ProcessPoolExecutor(min(jobs, len(work))) as pool:
         rows = [r for part in pool.map(chunk_features, work) for r in part]
-    return _set_of([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
-
-
-def concat_sets(sets: list):
-    """One FeatureSet holding the utterances of several."""
-    return _set_of([i for fs in sets for i in fs.ids], [t for fs in sets for t in fs.texts],
-                   [fs.features(i).half() for fs in sets for i in range(len(fs))],
-                   [s for fs in sets for s in fs.skipped])
+    lengths = torch.tensor([r[2].shape[0] for r in rows], dtype=torch.int64)
+    return FeatureSet([r[0] for r in rows], [r[1] for r in rows], torch.cat([r[2] for r in rows]),
+                      _offsets(lengths))
 
 
 def probe_engines() -> list[str]:
