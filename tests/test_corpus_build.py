@@ -25,6 +25,7 @@ from fusion.corpus.build import (
 from fusion.corpus.synth import SynthesisError
 from fusion.corpus.voices import (
     HELDOUT_VOICES,
+    TRAIN_ONLY_ENGINES,
     catalogue,
     is_heldout,
     select_voices,
@@ -157,7 +158,7 @@ def test_train_voices_speak_train_only_and_leave_the_other_splits() -> None:
         assert names <= {v.name for v in train_voices if not is_heldout(v)}
         assert any(n.startswith("dectalk-") for n in names)
     only = {t.voice.engine for t in _plan(train_voices=extra)[0]["train"]}
-    assert only == {"dectalk"}
+    assert only == set(TRAIN_ONLY_ENGINES) == {"dectalk", "rhvoice"}
     # Held-out voices never train, even when named.
     held = select_voices(["flite-awb", "festival-kal"])
     assert {t.voice.name for t in _plan(train_voices=held)[0]["train"]} == {"festival-kal"}

@@ -543,7 +543,7 @@ def average_checkpoints(paths: Sequence[str | Path], *, half: bool = True,
     ``weights`` (one per path, >= 0, not all 0; normalised to sum to 1) makes it a
     weighted mean: with two checkpoints, a point on the line between a model and one
     fine-tuned from it (weight-space interpolation, as WiSE-FT), which can keep what the
-    fine-tuning gained and what it lost. The embedded model is such a mean (stage 10).
+    fine-tuning gained and what it lost. The embedded model is such a mean (stages 10 and 11).
 
     Means are taken in float64 and stored as fp16 when ``half``. Everything but the
     weights (config, token table, feature normalisation, subword model) comes from the
