@@ -166,7 +166,6 @@ class RHVoiceServer:
     """
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
         self.tmp = tempfile.TemporaryDirectory(prefix="asrfuse-rhvoice-")
         env = {**os.environ, "WINEPREFIX": str(folder / "wine"), "WINEDEBUG": "-all"}
         self.proc = subprocess.Popen(
@@ -209,6 +208,13 @@ class RHVoiceServer:
 _RHVOICE: dict[int, RHVoiceServer] = {}  # by process id: a forked child starts its own
 
 
+@atexit.register
+def _close_rhvoice_server() -> None:
+    server = _RHVOICE.pop(os.getpid(), None)
+    if server is not None:
+        server.close()
+
+
 def _run_rhvoice(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray, int]:
     folder = rhvoice_dir()
     if folder is None:
@@ -216,7 +222,6 @@ def _run_rhvoice(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray,
     server = _RHVOICE.get(os.getpid())
     if server is None or server.proc.poll() is not None:
         server = _RHVOICE[os.getpid()] = RHVoiceServer(folder)
-        atexit.register(server.close)
     try:
         return server.speak(text, voice, prosody)
     except SynthesisError:
