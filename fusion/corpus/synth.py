@@ -15,6 +15,7 @@ starting wine costs more than an utterance's synthesis.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import json
 import os
@@ -201,7 +202,10 @@ class RHVoiceServer:
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):  # a dead reader: flushing may break the pipe
+                pipe.close()  # type: ignore[union-attr]
         self.tmp.cleanup()
 
 
