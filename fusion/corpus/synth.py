@@ -168,6 +168,8 @@ class RHVoiceServer:
 
     def __init__(self, folder: Path) -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="asrfuse-rhvoice-")
+        self.wav = Path(self.tmp.name) / "out.wav"  # every utterance's, read back at once
+        self.wav_for_wine = _windows_path(self.wav)
         env = {**os.environ, "WINEPREFIX": str(folder / "wine"), "WINEDEBUG": "-all"}
         self.proc = subprocess.Popen(
             ["wine", str(folder / "rhsay.exe"), "RHVoice.dll", _windows_path(folder / "data")],
@@ -184,20 +186,19 @@ class RHVoiceServer:
         )
 
     def speak(self, text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray, int]:
-        wav = Path(self.tmp.name) / "out.wav"
-        wav.unlink(missing_ok=True)
+        self.wav.unlink(missing_ok=True)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
-            self.proc.stdin.write(self.job_line(_windows_path(wav), voice, prosody, text) + "\n")
+            self.proc.stdin.write(self.job_line(self.wav_for_wine, voice, prosody, text) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise SynthesisError(f"voice {voice.name}: rhsay.exe has exited") from None
         ready, _, _ = select.select([self.proc.stdout], [], [], TIMEOUT_S)
         reply = self.proc.stdout.readline() if ready else ""
-        if not reply.startswith("ok ") or not wav.is_file():
+        if not reply.startswith("ok ") or not self.wav.is_file():
             why = "timed out" if not ready else f"answered {reply.strip()!r}" if reply else "exited"
             raise SynthesisError(f"voice {voice.name}: rhsay.exe {why} on {text!r}")
-        return load_audio(wav)
+        return load_audio(self.wav)
 
     def close(self) -> None:
         if self.proc.poll() is None:
