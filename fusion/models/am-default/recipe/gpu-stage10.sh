@@ -1,5 +1,5 @@
 #!/bin/bash
-# Stage 10, step 2 (on a lent GPU machine, from the repository root): unpack what
+# Stage 10 (and 12), step 2 (on a lent GPU machine, from the repository root): unpack what
 # gpu-stage10-pack.sh put beside this script, synthesise fresh training speech on the
 # machine's CPUs, continue the embedded model on its GPU (gpu_stage10.py), and leave the
 # model in $OUT. Everything ends by LIMIT seconds (the call's limit is 600).
@@ -14,6 +14,10 @@ ROOT=${ROOT:-/}
 PY=${PY:-python3}
 CONFIG=${CONFIG:-$C/gpu-stage10.toml}
 JOBS=${JOBS:-$(nproc)}
+PACKED=""  # every Opus-packed set that travelled (pack.py's index beside its streams)
+for f in $C/piper/train.json $C/rhvoice/train.json; do
+  [ -f "$f" ] && PACKED="$PACKED --packed ${f%.json}"
+done
 if [ -z "${NO_PIP:-}" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $C/whl/*.whl || exit 1
 fi
@@ -32,7 +36,7 @@ echo "cpus: $(nproc); $(which espeak-ng flite festival text2wave | tr '\n' ' ')"
 LEFT=$(( LIMIT - ($(date +%s) - T0) ))
 echo "set-up took $(( $(date +%s) - T0 )) s; $LEFT s left"
 timeout -s INT $(( LEFT + 15 )) $PY $C/gpu_stage10.py --deadline $LEFT --synth-until ${SYNTH:-190} \
-  --jobs $JOBS --packed $C/piper/train --config $CONFIG --out $OUT ${EXTRA:-} > $OUT/stage10.log 2>&1
+  --jobs $JOBS $PACKED --config $CONFIG --out $OUT ${EXTRA:-} > $OUT/stage10.log 2>&1
 echo "stage10 rc $? at $(( $(date +%s) - T0 )) s"
 grep -v "^\s*$" $OUT/stage10.log | tail -n 70
 ls -la $OUT

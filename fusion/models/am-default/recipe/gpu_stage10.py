@@ -1,11 +1,11 @@
-"""Stage 10 on a lent GPU: synthesise fresh training speech on the machine's CPUs, then
+"""Stage 10 (and 12) on a lent GPU: synthesise fresh training speech on the machine's CPUs, then
 continue the embedded model on its GPU, all inside one wall-clock deadline.
 
 Nothing large travels to the GPU machine (64 MiB), so the speech is made there, by
 ``fusion.corpus.build`` from the TTS programs and sentence lists that
 ``gpu-stage10-pack.sh`` packed, in increments of new sentences (``--from-hours`` on)
-until ``--synth-until`` seconds; Opus-packed utterances (``--packed``, pack.py) join
-them. Features are computed by every CPU, then ``train_ctc`` continues ``--pretrained``
+until ``--synth-until`` seconds; Opus-packed utterances (``--packed``, pack.py, one or
+more prefixes) join them. Features are computed by every CPU, then ``train_ctc`` continues ``--pretrained``
 on the GPU for whatever time is left before ``--deadline`` less ``--export-margin``. The
 trained model comes back as fp16 model.pt and best.pt (under 16 MiB each), with
 log.jsonl, curves.png and summary.json. ``gpu-stage10.sh`` runs it.
@@ -160,7 +160,8 @@ def main() -> int:
     p.add_argument("--step-hours", type=float, default=4.0)
     p.add_argument("--dev-minutes", type=float, default=8.0)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--packed", default=None, help="prefix of Opus-packed utterances (pack.py)")
+    p.add_argument("--packed", action="append", default=[],
+                   help="prefix of Opus-packed utterances (pack.py); may be repeated")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--pretrained", type=Path, default=Path("fusion/models/am-default/model.pt"))
     p.add_argument("--work", type=Path, default=Path("/tmp/stage10"))
@@ -183,11 +184,11 @@ def main() -> int:
         trains = [c / "train.jsonl" for c in corpora]
         t = time.monotonic()
         train_set = feature_set(trains, args.jobs)
-        if args.packed:
-            packed = packed_set(args.packed, args.jobs)
-            say(f"packed {args.packed}: {len(packed)} utterances, "
-                f"{packed.total_seconds / 3600:.2f} h")
-            summary["packed_hours"] = round(packed.total_seconds / 3600, 3)
+        summary["packed_hours"] = {}
+        for prefix in args.packed:
+            packed = packed_set(prefix, args.jobs)
+            say(f"packed {prefix}: {len(packed)} utterances, {packed.total_seconds / 3600:.2f} h")
+            summary["packed_hours"][prefix] = round(packed.total_seconds / 3600, 3)
             train_set = concat_sets([train_set, packed])
         dev_set = feature_set([corpora[0] / "dev.jsonl"], args.jobs)
         say(f"features: train {len(train_set)} utterances {train_set.total_seconds / 3600:.2f} h, "
