@@ -37,9 +37,9 @@ from fusion.am.model import (
 )
 from fusion.am.pretrain import pretrain_bestrq, span_mask
 from fusion.am.subword import SentencePieceUnits, train_sentencepiece
-from fusion.am.train import ctc_feasible, load_pretrained_encoder, train_ctc
+from fusion.am.train import CTCTask, ctc_feasible, load_pretrained_encoder, train_ctc
 from fusion.am.trainer import LRSchedule
-from fusion.tokens import TokenTableError
+from fusion.tokens import TokenTableError, character_table
 
 TINY = ModelConfig(subsampling_channels=8, d_model=32, n_heads=2, ff_mult=2, n_layers=2,
                    conv_kernel=5, dropout=0.1)
@@ -459,3 +459,40 @@ def test_average_cli(tmp_path, capsys):
     assert am_cli.main(["average", str(paths[0]), "-o", str(out), "--last", "0"]) == 2
     assert am_cli.main(["average", str(tmp_path / "missing.pt"), "-o", str(out)]) == 2
     assert "missing.pt: no such checkpoint" in capsys.readouterr().err
+
+
+def test_feature_sets_concatenate_in_order(corpus):
+    full = FeatureSet.from_manifest(corpus / "train.jsonl", progress=False)
+    joined = FeatureSet.concat([full.subset([0, 1, 2]), full.subset([]), full.subset([3, 4])])
+    assert joined.ids == full.ids[:5] and joined.texts == full.texts[:5]
+    assert torch.equal(joined.lengths, full.lengths[:5])
+    for i in range(5):
+        assert torch.equal(joined.features(i), full.features(i))
+    with pytest.raises(ValueError, match="no feature sets"):
+        FeatureSet.concat([])
+
+
+def test_training_set_grows_between_epochs(corpus, tmp_path):
+    """Utterances ``grow`` returns join the next epoch's batches (synthesis while training)."""
+    full = FeatureSet.from_manifest(corpus / "train.jsonl", progress=False)
+    first, later = full.subset(range(5)), full.subset(range(5, 10))
+    model = CTCModel(TINY, character_table(), full.cmvn())
+    handed = iter([None, later])
+    task = CTCTask(model, first, None, config(), log=lambda m: None,
+                   grow=lambda: next(handed, None))
+    epoch0 = {i for b in task.epoch_batches(1, 0) for i in b}
+    assert epoch0 == set(range(5))
+    epoch1 = {i for b in task.epoch_batches(1, 1) for i in b}
+    assert epoch1 == set(range(10)) and task.train.ids == full.ids
+    assert {i for b in task.epoch_batches(1, 2) for i in b} == set(range(10))  # grow: None
+
+    said: list[str] = []
+    handed = iter([None, later])
+    state = train_ctc(None, None, tmp_path / "grown", config(total=12),
+                      progress=False, log=said.append, train_set=first,
+                      grow=lambda: next(handed, None))
+    assert state.step == 12 and state.epoch >= 2
+    assert any("5 utterances" in m and "joined the training set: 10 usable" in m for m in said)
+    with pytest.raises(ValueError, match="cannot resume exactly"):
+        train_ctc(None, None, tmp_path / "grown", config(total=14), progress=False,
+                  log=said.append, train_set=first, grow=lambda: None)

@@ -82,6 +82,18 @@ class FeatureSet:
         flat = torch.cat(chunks) if chunks else self.flat[:0].clone()
         return FeatureSet([self.ids[i] for i in idx], [self.texts[i] for i in idx], flat, offsets)
 
+    @classmethod
+    def concat(cls, sets: Sequence[FeatureSet]) -> FeatureSet:
+        """One set holding the utterances of ``sets``, in order (skipped lists joined)."""
+        if not sets:
+            raise ValueError("concat: no feature sets given")
+        lengths = torch.cat([fs.lengths for fs in sets])
+        offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+        offsets[1:] = torch.cumsum(lengths, 0)
+        return cls([i for fs in sets for i in fs.ids], [t for fs in sets for t in fs.texts],
+                   torch.cat([fs.flat for fs in sets]), offsets,
+                   [s for fs in sets for s in fs.skipped])
+
     def features(self, i: int) -> torch.Tensor:
         return self.flat[int(self.offsets[i]): int(self.offsets[i + 1])].float()  # (T, F)
 

@@ -68,7 +68,8 @@ class CTCTask:
     metric = "dev_cer"
 
     def __init__(self, model: CTCModel, train: FeatureSet, dev: FeatureSet | None,
-                 config: TrainConfig, log: Callable[[str], None] | None = None) -> None:
+                 config: TrainConfig, log: Callable[[str], None] | None = None,
+                 grow: Callable[[], FeatureSet | None] | None = None) -> None:
         self.module = model
         self.model = model
         self.train = train
@@ -76,28 +77,40 @@ class CTCTask:
         self.config = config
         self.table = model.token_table
         self.augment = SpecAugment(config.specaug)
-        say = log or (lambda m: print(m, file=sys.stderr, flush=True))
-        targets = train.targets(self.table, model.units.encode if model.units else None)
-        max_frames = int(config.batch.max_duration * 100)
+        self.say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.grow = grow
+        self.keep = self._usable(train, 0)
+        if not self.keep:
+            raise ValueError("no training utterance is usable (all too long or too short for CTC)")
+        self._keep_lengths = train.lengths[self.keep]
+        self._dev_batches: list[list[int]] | None = None
+        self.device = torch.device("cpu")
+
+    def _usable(self, train: FeatureSet, start: int) -> list[int]:
+        """The utterances of ``train`` from ``start`` on that CTC can train on (said why not)."""
+        targets = train.targets(self.table, self.model.units.encode if self.model.units else None)
+        max_frames = int(self.config.batch.max_duration * 100)
         keep, too_long, infeasible = [], 0, 0
-        for i in range(len(train)):
+        for i in range(start, len(train)):
             n = int(train.lengths[i])
             if n > max_frames:
                 too_long += 1
-            elif not ctc_feasible(targets[i], int(model.output_lengths(n))):
+            elif not ctc_feasible(targets[i], int(self.model.output_lengths(n))):
                 infeasible += 1
             else:
                 keep.append(i)
-        if not keep:
-            raise ValueError("no training utterance is usable (all too long or too short for CTC)")
         if too_long or infeasible:
-            say(f"training on {len(keep)} of {len(train)} utterances: {too_long} longer than "
-                f"{config.batch.max_duration} s, {infeasible} with more characters than the "
-                f"{model.frame_shift * 1000:g}-ms CTC frames can hold")
-        self.keep = keep
-        self._keep_lengths = train.lengths[keep]
-        self._dev_batches: list[list[int]] | None = None
-        self.device = torch.device("cpu")
+            self.say(f"training on {len(keep)} of {len(train) - start} utterances: {too_long} "
+                     f"longer than {self.config.batch.max_duration} s, {infeasible} with more "
+                     f"characters than the {self.model.frame_shift * 1000:g}-ms CTC frames can hold")
+        return keep
+
+    def extend(self, more: FeatureSet) -> None:
+        """Add utterances to the training set; the next epoch's batches draw on them too."""
+        start = len(self.train)
+        self.train = FeatureSet.concat([self.train, more])
+        self.keep = self.keep + self._usable(self.train, start)
+        self._keep_lengths = self.train.lengths[self.keep]
 
     def to(self, device: torch.device) -> None:
         """Train on ``device``: the model moves there, and each batch when it is made."""
@@ -114,6 +127,12 @@ class CTCTask:
             p.requires_grad_(learn)
 
     def epoch_batches(self, seed: int, epoch: int) -> list[list[int]]:
+        more = self.grow() if self.grow is not None else None
+        if more is not None and len(more):
+            self.extend(more)
+            self.say(f"epoch {epoch}: {len(more)} utterances ({more.total_seconds / 3600:.2f} h) "
+                     f"joined the training set: {len(self.keep)} usable, "
+                     f"{float(self._keep_lengths.sum()) / 360000:.2f} h")
         b = self.config.batch
         local = make_batches(self._keep_lengths, max_frames=b.max_frames,
                              max_utterances=b.max_utterances, seed=seed, epoch=epoch, pool=b.pool)
@@ -230,11 +249,15 @@ def train_ctc(
     stop_after: int | None = None,
     train_set: FeatureSet | None = None,
     dev_set: FeatureSet | None = None,
+    grow: Callable[[], FeatureSet | None] | None = None,
 ) -> TrainerState:
     """Train (or resume training) a CTC model into ``out_dir``; returns the final state.
 
     ``train_set``/``dev_set`` may be given already loaded (tests, tuning); otherwise
     the manifests are read. ``stop_after`` simulates a kill after that many steps.
+    ``grow``, called at the start of every epoch, may return utterances to add to the
+    training set (speech synthesised while the model trains); a run that grows cannot
+    resume exactly (the set it would rebuild lacks what grew), so it refuses to resume.
     """
     config = config or TrainConfig()
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -262,9 +285,12 @@ def train_ctc(
         f"{config.model.subsampling}x subsampling"
         + (f", {config.model.upsample} CTC frames each" if config.model.upsample > 1 else "")
         + f" ({config.model.frame_shift * 1000:g} ms frames)")
-    task = CTCTask(model, train_set, dev_set, config, log=say)
+    task = CTCTask(model, train_set, dev_set, config, log=say, grow=grow)
     trainer = Trainer(task, out_dir, optim=config.optim, run=config.run, config=config,
                       progress=progress, log=say, stop_after=stop_after)
+    if grow is not None and trainer.last_path.is_file():
+        raise ValueError(f"{out_dir}: holds a run to resume, but a growing training set "
+                         "cannot resume exactly; use a new directory")
     if trainer.try_resume():
         say(f"resumed from {trainer.last_path} at step {trainer.state.step} "
             f"(epoch {trainer.state.epoch}, batch {trainer.state.batch_in_epoch})")

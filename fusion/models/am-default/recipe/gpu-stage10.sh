@@ -4,6 +4,7 @@
 # machine's CPUs, continue the embedded model on its GPU (gpu_stage10.py), and leave the
 # model in $OUT. Everything ends by LIMIT seconds (the call's limit is 600).
 #   LIMIT=560 bash .dev/carry/gpu-stage10.sh
+# Synthesis beside training (untried on a GPU; dry-run here): SYNTH=400 EXTRA="--overlap".
 # Local dry run on a CPU: OUT=/tmp/o ROOT=/tmp/root NO_PIP=1 PY=.venv/bin/python
 #   CONFIG=cpu.toml LIMIT=240 SYNTH=50 JOBS=2 EXTRA="--step-hours 0.05" bash ...
 set -u
