@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 from pathlib import Path
 
 import pytest
 
+from fusion.corpus import sources as sources_module
 from fusion.corpus.sources import (
-    SOURCES,
+    ALL_SOURCES,
     LeakageFilter,
     SentenceFilter,
     SourceUnavailableError,
@@ -138,7 +140,7 @@ def test_unknown_source() -> None:
         source_sentences("nope")
 
 
-@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("source", ALL_SOURCES)
 def test_real_source_extraction_and_cache(source: str, tmp_path: Path) -> None:
     """Each installed Debian text source yields many clean, normalised sentences."""
     try:
@@ -156,3 +158,41 @@ def test_real_source_extraction_and_cache(source: str, tmp_path: Path) -> None:
     cached = list(tmp_path.glob(f"{source}-*.txt"))
     assert cached == [cache_path(source, cache_dir=tmp_path)]
     assert source_sentences(source, cache_dir=tmp_path) == sentences  # read back from cache
+
+
+# What diatheke prints for a commentary: a comment once per verse it covers, its
+# continuation lines, verse-range headings, references and an attribution.
+FAKE_COMMENTARY = """\
+Genesis 1:1:
+Genesis 1:2:  * Verses 2-3 *    God said, Let there be light; and there was light. Compare \
+what the apostle says in 1Jo 5:20.
+Genesis 1:3:  * Verses 2-3 *    God said, Let there be light; and there was light. Compare \
+what the apostle says in 1Jo 5:20.
+The darkness of the soul is lifted by grace alone. \u2014* Matthew Henry. *
+Genesis 1:4: The Hebrew word \u05d0\u05d5\u05e8 is here rendered light by the translators.
+Genesis 1:5: Those who by sin were darkness, by grace become light in the Lord!
+(MHCC)
+"""
+
+
+def test_commentary_source_from_diatheke(tmp_path: Path, monkeypatch) -> None:
+    """Each comment once, headings and attributions gone, no references or foreign script."""
+    bin_dir, mods = tmp_path / "bin", tmp_path / "mods.d"
+    bin_dir.mkdir()
+    mods.mkdir()
+    (bin_dir / "diatheke").write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *"-b MHCC -f plain -k Gen 1:1-Rev 22:21"*) ;; *) exit 3 ;; esac\n'
+        f"cat {tmp_path / 'out.txt'}\n")
+    (bin_dir / "diatheke").chmod(stat.S_IRWXU)
+    (tmp_path / "out.txt").write_text(FAKE_COMMENTARY, encoding="utf-8")
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setattr(sources_module, "SWORD_MODS_DIR", mods)
+    with pytest.raises(SourceUnavailableError, match="install the Debian package sword-comm-mhcc"):
+        source_sentences("mhcc", cache_dir=tmp_path)
+    (mods / "mhcc.conf").write_text("[MHCC]\n")
+    assert source_sentences("mhcc", cache_dir=tmp_path) == [
+        "god said let there be light and there was light",
+        "the darkness of the soul is lifted by grace alone",  # "Matthew Henry": too short
+        "those who by sin were darkness by grace become light in the lord",
+    ]  # the reference and the Hebrew sentences are left out

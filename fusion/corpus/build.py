@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from fusion.corpus.augment import AugmentConfig, apply_augmentation, plan_augmentation
 from fusion.corpus.sources import (
+    ALL_SOURCES,
     SOURCES,
     LeakageFilter,
     SentenceFilter,
@@ -132,8 +133,10 @@ class CorpusOptions:
             raise ValueError(
                 f"CorpusOptions.heldout_fraction must be in (0, 1), got {self.heldout_fraction}"
             )
-        if unknown := set(self.sources) - set(SOURCES):
-            raise ValueError(f"CorpusOptions.sources: unknown {sorted(unknown)}; known {SOURCES}")
+        if unknown := set(self.sources) - set(ALL_SOURCES):
+            raise ValueError(
+                f"CorpusOptions.sources: unknown {sorted(unknown)}; known {ALL_SOURCES}"
+            )
         if self.audio_format not in ("flac", "wav"):
             raise ValueError(
                 f"CorpusOptions.audio_format must be flac or wav, got {self.audio_format!r}"

@@ -13,7 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from fusion.corpus.sources import SOURCES, SourceUnavailableError, asrfuse_home
+from fusion.corpus.sources import (
+    ALL_SOURCES,
+    EXTRA_SOURCES,
+    SOURCES,
+    SourceUnavailableError,
+    asrfuse_home,
+)
 from fusion.corpus.voices import ENGINES, HELDOUT_VOICES
 
 __all__ = ["add_parser", "main", "run"]
@@ -56,7 +62,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="minutes of test-unseen-voices audio (held-out voices, test sentences)",
     )
     build.add_argument(
-        "--sources", nargs="+", choices=SOURCES, default=list(SOURCES), help="text sources"
+        "--sources", nargs="+", choices=ALL_SOURCES, default=list(SOURCES),
+        help=f"text sources (default: {' '.join(SOURCES)}; {' and '.join(EXTRA_SOURCES)} are "
+             "opt-in: new training sentences with the same dev and test sets, built with "
+             "--dev-minutes 0 --test-minutes 0 --unseen-minutes 0)",
     )
     build.add_argument(
         "--engines", nargs="+", choices=ENGINES, default=list(ENGINES), help="TTS engines"

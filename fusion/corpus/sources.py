@@ -1,6 +1,6 @@
 """English sentences from texts that ship in Debian packages.
 
-Four sources, each read from its installed package:
+Six sources, each read from its installed package:
 
 ========== ===================================================== =======================
 name       text                                                  Debian package
@@ -10,7 +10,14 @@ kjv        the King James Bible (its ``bible`` program)           ``bible-kjv``
 web        the World English Bible (SWORD module, ``diatheke``)   ``sword-text-web``,
                                                                   ``diatheke``
 wordnet    WordNet's quoted example sentences                     ``wordnet-base``
+mhcc       Matthew Henry's Concise Commentary (SWORD, ``diatheke``) ``sword-comm-mhcc``
+tdavid     C. H. Spurgeon's Treasury of David (SWORD, ``diatheke``) ``sword-comm-tdavid``
 ========== ===================================================== =======================
+
+The first four are the default (:data:`SOURCES`: every corpus and LM built so far). The
+two commentaries (:data:`EXTRA_SOURCES`: English prose of 1706 and 1869-85; 34,259 and
+94,520 sentences kept) are opt-in: they supply new training sentences once the default
+ones are used up, without changing the dev and test sets that the default sources define.
 
 :func:`source_sentences` splits a source into sentences, normalises each with
 :func:`fusion.text.normalize_text`, keeps those of sensible length and dedupes; the result
@@ -28,12 +35,15 @@ import subprocess
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from fusion.manifest import atomic_write, iter_jsonl
 from fusion.text import normalize_text
 
 __all__ = [
+    "ALL_SOURCES",
+    "EXTRA_SOURCES",
     "SOURCES",
     "LeakageFilter",
     "SentenceFilter",
@@ -50,6 +60,8 @@ __all__ = [
 ]
 
 SOURCES: tuple[str, ...] = ("austen", "kjv", "web", "wordnet")
+EXTRA_SOURCES: tuple[str, ...] = ("mhcc", "tdavid")
+ALL_SOURCES: tuple[str, ...] = SOURCES + EXTRA_SOURCES
 
 # Bump when extraction or cleaning changes, so cached sentence files are rebuilt.
 _EXTRACT_VERSION = 1
@@ -57,6 +69,7 @@ _EXTRACT_VERSION = 1
 AUSTEN_DATA = Path("/usr/lib/R/site-library/janeaustenr/data")
 WORDNET_DIR = Path("/usr/share/wordnet")
 WEB_MODULE = "engWEB2015eb"
+SWORD_MODS_DIR = Path("/usr/share/sword/mods.d")  # the installed SWORD modules' .conf files
 
 
 class SourceUnavailableError(RuntimeError):
@@ -208,7 +221,7 @@ _WEB_REF = re.compile(r"\b\d+:\d+: ")
 
 def _web_passages() -> Iterator[str]:
     """Verses of the World English Bible, from ``diatheke``'s OSIS output."""
-    if not Path(f"/usr/share/sword/mods.d/{WEB_MODULE}.conf").is_file():
+    if not (SWORD_MODS_DIR / f"{WEB_MODULE}.conf").is_file():
         raise SourceUnavailableError(
             f"web: SWORD module {WEB_MODULE} not found; install the Debian package sword-text-web"
         )
@@ -220,6 +233,46 @@ def _web_passages() -> Iterator[str]:
         ref = _WEB_REF.search(line)
         if ref and line[ref.end() :].strip():
             yield line[ref.end() :]
+
+
+# SWORD commentary modules: source -> (module, the keys it annotates, Debian package)
+COMMENTARIES: dict[str, tuple[str, str, str]] = {
+    "mhcc": ("MHCC", "Gen 1:1-Rev 22:21", "sword-comm-mhcc"),
+    "tdavid": ("TDavid", "Ps 1:1-Ps 150:6", "sword-comm-tdavid"),
+}
+_COMMENTARY_REF = re.compile(r"^(?:[1-3] )?[A-Z][A-Za-z ]*? \d+:\d+: ?")
+_COMMENTARY_HEADING = re.compile(r"\*\s*(?:Verses?|Ver\.)\s[\d\s,-]+\*")
+# asterisks mark headings and italics; dashes set off speakers' names ("—* Matthew Henry. *")
+_COMMENTARY_MARKS = str.maketrans({"*": " ", "\u2014": " ", "\u2013": " "})
+_TYPOGRAPHIC = frozenset("\u2018\u2019\u201c\u201d\u2026")
+
+
+def _commentary_passages(source: str) -> Iterator[str]:
+    """Paragraphs of a SWORD commentary, from ``diatheke``'s plain output.
+
+    diatheke prints a comment once for every verse it covers ("Genesis 1:2: text", the
+    same text again for 1:3 ...): each paragraph is kept once. Verse-range headings
+    (``* Verses 3-5 *``) are dropped; asterisks and dashes become spaces.
+    """
+    module, key, package = COMMENTARIES[source]
+    if not (SWORD_MODS_DIR / f"{module.lower()}.conf").is_file():
+        raise SourceUnavailableError(
+            f"{source}: SWORD module {module} not found; install the Debian package {package}"
+        )
+    text = _run(source, ["diatheke", "-b", module, "-f", "plain", "-k", key], "diatheke")
+    seen: set[str] = set()
+    for line in text.splitlines():
+        ref = _COMMENTARY_REF.match(line)
+        body = line[ref.end():] if ref else line
+        if body.strip() and body not in seen:
+            seen.add(body)
+            yield _COMMENTARY_HEADING.sub(" ", body).translate(_COMMENTARY_MARKS)
+
+
+def _commentary_sentence_ok(raw: str) -> bool:
+    """No digits (verse references, "ver. 3", dates of the quoted authors) and nothing
+    beyond ASCII but typographic quotes (Hebrew, Greek, Latin-1 names)."""
+    return not any(c.isdigit() or (ord(c) > 127 and c not in _TYPOGRAPHIC) for c in raw)
 
 
 _EXAMPLE = re.compile(r'"([^"]+)"')
@@ -247,12 +300,15 @@ PASSAGES: dict[str, Callable[[], Iterator[str]]] = {
     "kjv": _kjv_passages,
     "web": _web_passages,
     "wordnet": _wordnet_passages,
+    **{name: partial(_commentary_passages, name) for name in COMMENTARIES},
 }
+# Per source, a test on each raw sentence before it is cleaned
+RAW_FILTERS: dict[str, Callable[[str], bool]] = {name: _commentary_sentence_ok for name in COMMENTARIES}
 
 
 def _check_source(source: str) -> None:
     if source not in PASSAGES:
-        raise ValueError(f"unknown text source {source!r}; choose from {', '.join(SOURCES)}")
+        raise ValueError(f"unknown text source {source!r}; choose from {', '.join(ALL_SOURCES)}")
 
 
 def extract_sentences(source: str, sentence_filter: SentenceFilter = SentenceFilter()) -> list[str]:
@@ -263,9 +319,10 @@ def extract_sentences(source: str, sentence_filter: SentenceFilter = SentenceFil
     """
     _check_source(source)
     seen: dict[str, None] = {}
+    raw_ok = RAW_FILTERS.get(source, lambda raw: True)
     for passage in PASSAGES[source]():
         for raw in split_sentences(passage, max_words=sentence_filter.max_words):
-            sentence = clean_sentence(raw, sentence_filter)
+            sentence = clean_sentence(raw, sentence_filter) if raw_ok(raw) else None
             if sentence is not None:
                 seen.setdefault(sentence)
     return list(seen)

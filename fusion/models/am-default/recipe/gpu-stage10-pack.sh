@@ -26,6 +26,9 @@ H=${ASRFUSE_HOME:-$HOME/.cache/asrfuse}
 PY=${PY:-$REPO/.venv/bin/python}
 PIPER_CHUNKS=${PIPER_CHUNKS:-3}  # of 4 (2.45 h): what fits beside the rest
 RHV_CHUNKS=${RHV_CHUNKS:-1}  # of 6 (0.78 h each); 0 for stage 10's packing
+# sentence lists that travel (cached by an earlier build): the default sources (stages
+# 10-13), or TEXTS="mhcc tdavid" for the opt-in commentaries (run with --sources mhcc tdavid)
+TEXTS=${TEXTS:-austen kjv web wordnet}
 mkdir -p "$DEST"/{whl,text,piper}
 SITE=$($PY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 L=/usr/lib/x86_64-linux-gnu
@@ -71,7 +74,10 @@ for p in soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 jiwer==4.0.0 rapidfuzz==3
 done
 
 # 4. sentence lists, real-speech sentences, piper audio, scripts
-for f in "$H"/text/*-v1-*.txt; do xz -9 -c "$f" > "$DEST/text/$(basename "$f").xz"; done
+rm -f "$DEST"/text/*.xz
+for src in $TEXTS; do
+  for f in "$H"/text/"$src"-v1-*.txt; do xz -9 -c "$f" > "$DEST/text/$(basename "$f").xz"; done
+done
 cp "$REPO/../shared/data/real-speech/manifest.jsonl" "$DEST/real-speech.jsonl"
 if [ ! -f "$DEST/piper/train.json" ]; then
   grep '"voice": "piper-joe"' "$H/corpus/train.jsonl" > "$H/corpus/piper-train.jsonl"

@@ -131,7 +131,7 @@ def build(args: argparse.Namespace, train_voices: list[str], lo: float, until: f
 
     def options(dev: float) -> CorpusOptions:
         return CorpusOptions(dev_minutes=dev, test_minutes=0.0, unseen_minutes=0.0,
-                             train_voices=tuple(train_voices))
+                             train_voices=tuple(train_voices), sources=tuple(args.sources))
 
     while True:
         step = first_step if rate is None else min(max_step, (until - elapsed()) * rate * 0.85)
@@ -155,7 +155,7 @@ def build(args: argparse.Namespace, train_voices: list[str], lo: float, until: f
 
 def grower(args: argparse.Namespace, train_voices: list[str], lo: float, t0: float) -> None:
     """In a process of its own while the model trains: build increments until
-    ``--synth-until``, leaving each one's features in WORK/inc-K.pt for :class:`Joiner`."""
+    ``--synth-until``, leaving each one's features in WORK/inc-*.pt for :class:`Joiner`."""
     global T0
     T0 = t0  # this process's clock starts with the script's
     jobs = max(1, args.jobs - args.train_cpus)
@@ -219,6 +219,9 @@ def main() -> int:
     p.add_argument("--train-cpus", type=int, default=3,
                    help="with --overlap: CPUs left to the training process")
     p.add_argument("--dev-minutes", type=float, default=8.0)
+    p.add_argument("--sources", nargs="+", default=["austen", "kjv", "web", "wordnet"],
+                   help="text sources (their sentence lists must have travelled): the default "
+                        "four, or the opt-in commentaries (mhcc tdavid, from --from-hours 0)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     p.add_argument("--packed", action="append", default=[],
                    help="prefix of Opus-packed utterances (pack.py); may be repeated")
