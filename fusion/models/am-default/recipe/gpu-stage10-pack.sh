@@ -1,5 +1,5 @@
 #!/bin/bash
-# Stage 10 (and 12), step 1 (on this CPU machine): assemble what travels to a lent GPU machine,
+# Stages 10, 12 and 13, step 1 (on this CPU machine): assemble what travels to a lent GPU machine,
 # which takes 64 MiB and has no TTS program, Debian text package or FLAC corpus.
 #
 #   bash fusion/models/am-default/recipe/gpu-stage10-pack.sh [DEST]   (default .dev/carry)
@@ -104,5 +104,5 @@ index = json.loads(pathlib.Path(prefix + '.json').read_text())
 keep = [u for u in index if pathlib.Path(f\"{prefix}-{u['chunk']}.ogg\").is_file()]
 pathlib.Path(prefix + '.json').write_text(json.dumps(keep))" "$prefix"
 done
-cp "$R"/{gpu-stage10.sh,gpu_stage10.py,gpu_train.py,gpu-stage1[02].toml,untar.py} "$DEST/"
+cp "$R"/{gpu-stage10.sh,gpu_stage10.py,gpu_train.py,gpu-stage1*.toml,untar.py} "$DEST/"
 du -sh "$DEST"; echo "with the tracked tree this must stay under 64 MiB"

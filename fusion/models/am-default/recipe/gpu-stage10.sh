@@ -1,5 +1,5 @@
 #!/bin/bash
-# Stage 10 (and 12), step 2 (on a lent GPU machine, from the repository root): unpack what
+# Stages 10, 12 and 13, step 2 (on a lent GPU machine, from the repository root): unpack what
 # gpu-stage10-pack.sh put beside this script, synthesise fresh training speech on the
 # machine's CPUs, continue the embedded model on its GPU (gpu_stage10.py), and leave the
 # model in $OUT. Everything ends by LIMIT seconds (the call's limit is 600).

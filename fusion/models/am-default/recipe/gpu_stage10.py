@@ -219,9 +219,10 @@ def main() -> int:
     p.add_argument("--train-cpus", type=int, default=3,
                    help="with --overlap: CPUs left to the training process")
     p.add_argument("--dev-minutes", type=float, default=8.0)
-    p.add_argument("--sources", nargs="+", default=["austen", "kjv", "web", "wordnet"],
-                   help="text sources (their sentence lists must have travelled): the default "
-                        "four, or the opt-in commentaries (mhcc tdavid, from --from-hours 0)")
+    p.add_argument("--sources", nargs="+", default=None,
+                   help="text sources (their sentence lists must have travelled): by default "
+                        "fusion.corpus.sources.SOURCES, or the opt-in commentaries (mhcc "
+                        "tdavid, from --from-hours 0)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     p.add_argument("--packed", action="append", default=[],
                    help="prefix of Opus-packed utterances (pack.py); may be repeated")
@@ -230,6 +231,10 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/stage10"))
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
+    if args.sources is None:
+        from fusion.corpus.sources import SOURCES  # no torch: nothing forked later minds it
+
+        args.sources = list(SOURCES)
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
