@@ -461,7 +461,7 @@ def test_average_cli(tmp_path, capsys):
     assert "missing.pt: no such checkpoint" in capsys.readouterr().err
 
 
-def test_feature_sets_concatenate_in_order(corpus):
+def test_feature_sets_concatenate_in_order(corpus, tmp_path):
     full = FeatureSet.from_manifest(corpus / "train.jsonl", progress=False)
     joined = FeatureSet.concat([full.subset([0, 1, 2]), full.subset([]), full.subset([3, 4])])
     assert joined.ids == full.ids[:5] and joined.texts == full.texts[:5]
@@ -470,6 +470,15 @@ def test_feature_sets_concatenate_in_order(corpus):
         assert torch.equal(joined.features(i), full.features(i))
     with pytest.raises(ValueError, match="no feature sets"):
         FeatureSet.concat([])
+    parts = [full.subset([0, 1]), full.subset([2, 3, 4])]
+    table = character_table()
+    for part in parts:
+        part.targets(table)
+    assert FeatureSet.concat(parts)._targets == full.targets(table)[:5]  # cached ids carried
+    saved = tmp_path / "set.pt"
+    joined.save(saved)
+    back = FeatureSet.load(saved)
+    assert back.ids == joined.ids and torch.equal(back.flat, joined.flat)
 
 
 def test_training_set_grows_between_epochs(corpus, tmp_path):

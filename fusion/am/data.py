@@ -26,7 +26,7 @@ from fusion.am.features import CMVN, AudioError, CMVNAccumulator, LogMel, load_a
 from fusion.manifest import Utterance, atomic_write, read_manifest
 from fusion.tokens import TokenTable, TokenTableError
 
-__all__ = ["Batch", "FeatureSet", "collate", "make_batches"]
+__all__ = ["Batch", "FeatureSet", "collate", "make_batches", "offsets_of"]
 
 CACHE_VERSION = 2
 
@@ -42,6 +42,13 @@ class Batch:
     @property
     def num_frames(self) -> int:
         return int(self.lengths.sum())
+
+
+def offsets_of(lengths: torch.Tensor) -> torch.Tensor:
+    """``(N + 1,)`` int64 offsets into a flat tensor of utterances of these frame counts."""
+    offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    return offsets
 
 
 class FeatureSet:
@@ -76,23 +83,36 @@ class FeatureSet:
         if any(not 0 <= i < len(self) for i in idx):
             raise IndexError(f"subset: indices must lie in [0, {len(self)})")
         chunks = [self.flat[int(self.offsets[i]): int(self.offsets[i + 1])] for i in idx]
-        offsets = torch.zeros(len(idx) + 1, dtype=torch.int64)
-        if idx:
-            offsets[1:] = torch.cumsum(self.lengths[idx], 0)
         flat = torch.cat(chunks) if chunks else self.flat[:0].clone()
-        return FeatureSet([self.ids[i] for i in idx], [self.texts[i] for i in idx], flat, offsets)
+        return FeatureSet([self.ids[i] for i in idx], [self.texts[i] for i in idx], flat,
+                          offsets_of(self.lengths[idx]))
 
     @classmethod
     def concat(cls, sets: Sequence[FeatureSet]) -> FeatureSet:
-        """One set holding the utterances of ``sets``, in order (skipped lists joined)."""
+        """One set holding the utterances of ``sets``, in order (skipped lists joined; the
+        token ids :meth:`targets` cached, when every set has them)."""
         if not sets:
             raise ValueError("concat: no feature sets given")
-        lengths = torch.cat([fs.lengths for fs in sets])
-        offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
-        offsets[1:] = torch.cumsum(lengths, 0)
-        return cls([i for fs in sets for i in fs.ids], [t for fs in sets for t in fs.texts],
-                   torch.cat([fs.flat for fs in sets]), offsets,
-                   [s for fs in sets for s in fs.skipped])
+        joined = cls([i for fs in sets for i in fs.ids], [t for fs in sets for t in fs.texts],
+                     torch.cat([fs.flat for fs in sets]),
+                     offsets_of(torch.cat([fs.lengths for fs in sets])),
+                     [s for fs in sets for s in fs.skipped])
+        if all(fs._targets is not None for fs in sets):
+            joined._targets = [t for fs in sets for t in fs._targets]  # type: ignore[union-attr]
+        return joined
+
+    def save(self, path: str | Path) -> None:
+        """Write the set to ``path`` atomically (:meth:`load` reads it back)."""
+        with atomic_write(path, "wb") as fh:
+            torch.save({"ids": self.ids, "texts": self.texts, "feats": self.flat,
+                        "offsets": self.offsets, "skipped": [list(s) for s in self.skipped]}, fh)
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureSet:
+        """A set that :meth:`save` wrote (plain data, loaded with ``weights_only=True``)."""
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(data["ids"], data["texts"], data["feats"], data["offsets"],
+                   [tuple(s) for s in data["skipped"]])
 
     def features(self, i: int) -> torch.Tensor:
         return self.flat[int(self.offsets[i]): int(self.offsets[i + 1])].float()  # (T, F)
@@ -111,14 +131,10 @@ class FeatureSet:
             h.update(json.dumps([CACHE_VERSION, max_utterances, str(manifest.resolve())]).encode())
             cache = Path(cache_dir) / f"feats-{manifest.stem}-{h.hexdigest()[:16]}.pt"
             if cache.is_file():
-                data = torch.load(cache, map_location="cpu", weights_only=True)
-                return cls(data["ids"], data["texts"], data["feats"], data["offsets"],
-                           [tuple(s) for s in data["skipped"]])
+                return cls.load(cache)
         fs = cls._compute(utts, progress=progress, desc=manifest.name)
         if cache is not None:
-            with atomic_write(cache, "wb") as fh:
-                torch.save({"ids": fs.ids, "texts": fs.texts, "feats": fs.flat,
-                            "offsets": fs.offsets, "skipped": [list(s) for s in fs.skipped]}, fh)
+            fs.save(cache)
         return fs
 
     @classmethod

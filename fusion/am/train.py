@@ -79,37 +79,37 @@ class CTCTask:
         self.augment = SpecAugment(config.specaug)
         self.say = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self.grow = grow
-        self.keep = self._usable(train, 0)
+        self.keep = self._usable(train)
         if not self.keep:
             raise ValueError("no training utterance is usable (all too long or too short for CTC)")
         self._keep_lengths = train.lengths[self.keep]
         self._dev_batches: list[list[int]] | None = None
         self.device = torch.device("cpu")
 
-    def _usable(self, train: FeatureSet, start: int) -> list[int]:
-        """The utterances of ``train`` from ``start`` on that CTC can train on (said why not)."""
-        targets = train.targets(self.table, self.model.units.encode if self.model.units else None)
+    def _usable(self, part: FeatureSet, first: int = 0) -> list[int]:
+        """Indices (``first`` + position in ``part``) of the utterances of ``part`` that CTC
+        can train on; says why the others cannot."""
+        targets = part.targets(self.table, self.model.units.encode if self.model.units else None)
         max_frames = int(self.config.batch.max_duration * 100)
         keep, too_long, infeasible = [], 0, 0
-        for i in range(start, len(train)):
-            n = int(train.lengths[i])
+        for i in range(len(part)):
+            n = int(part.lengths[i])
             if n > max_frames:
                 too_long += 1
             elif not ctc_feasible(targets[i], int(self.model.output_lengths(n))):
                 infeasible += 1
             else:
-                keep.append(i)
+                keep.append(first + i)
         if too_long or infeasible:
-            self.say(f"training on {len(keep)} of {len(train) - start} utterances: {too_long} "
+            self.say(f"training on {len(keep)} of {len(part)} utterances: {too_long} "
                      f"longer than {self.config.batch.max_duration} s, {infeasible} with more "
                      f"characters than the {self.model.frame_shift * 1000:g}-ms CTC frames can hold")
         return keep
 
     def extend(self, more: FeatureSet) -> None:
         """Add utterances to the training set; the next epoch's batches draw on them too."""
-        start = len(self.train)
+        self.keep = self.keep + self._usable(more, len(self.train))  # spells ``more`` only
         self.train = FeatureSet.concat([self.train, more])
-        self.keep = self.keep + self._usable(self.train, start)
         self._keep_lengths = self.train.lengths[self.keep]
 
     def to(self, device: torch.device) -> None:

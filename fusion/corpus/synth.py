@@ -225,7 +225,10 @@ def _run_rhvoice(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray,
     if folder is None:
         raise SynthesisError(f"voice {voice.name}: RHVoice is not set up (make rhvoice)")
     server = _RHVOICE.get(os.getpid())
-    if server is None or server.proc.poll() is not None:
+    if server is not None and server.proc.poll() is not None:  # died since its last utterance
+        server.close()
+        server = None
+    if server is None:
         server = _RHVOICE[os.getpid()] = RHVoiceServer(folder)
     try:
         return server.speak(text, voice, prosody)

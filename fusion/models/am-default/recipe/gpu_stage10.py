@@ -53,15 +53,6 @@ def _chunk_features(utts: list):
     return FeatureSet._compute(utts, progress=False, desc="")
 
 
-def _offsets(lengths):
-    """Offsets into a flat feature tensor of utterances of these frame counts."""
-    import torch
-
-    offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
-    offsets[1:] = torch.cumsum(lengths, 0)
-    return offsets
-
-
 def feature_set(manifests: list[Path], jobs: int):
     """One FeatureSet over several manifests, features computed by ``jobs`` processes."""
     from fusion.manifest import read_manifest
@@ -78,7 +69,7 @@ def packed_set(prefix: str, jobs: int):
     """The FeatureSet of the Opus-packed utterances whose streams are present."""
     import torch
 
-    from fusion.am.data import FeatureSet
+    from fusion.am.data import FeatureSet, offsets_of
 
     index = json.loads(Path(prefix + ".json").read_text())
     chunks = sorted({u["chunk"] for u in index if Path(f"{prefix}-{u['chunk']}.ogg").is_file()})
@@ -90,7 +81,7 @@ def packed_set(prefix: str, jobs: int):
         rows = [r for part in pool.map(chunk_features, work) for r in part]
     lengths = torch.tensor([r[2].shape[0] for r in rows], dtype=torch.int64)
     return FeatureSet([r[0] for r in rows], [r[1] for r in rows], torch.cat([r[2] for r in rows]),
-                      _offsets(lengths))
+                      offsets_of(lengths))
 
 
 def probe_engines() -> list[str]:
@@ -161,13 +152,8 @@ def grower(args: argparse.Namespace, train_voices: list[str], lo: float, t0: flo
     jobs = max(1, args.jobs - args.train_cpus)
 
     def save(corpus: Path) -> None:
-        import torch
-
         fs = feature_set([corpus / "train.jsonl"], jobs)
-        path = args.work / f"inc-{corpus.name}.pt"
-        torch.save({"ids": fs.ids, "texts": fs.texts, "feats": fs.flat, "offsets": fs.offsets},
-                   path.with_suffix(".tmp"))
-        os.replace(path.with_suffix(".tmp"), path)  # whole or absent for the reader
+        fs.save(args.work / f"inc-{corpus.name}.pt")  # atomic: whole or absent for the reader
         say(f"features of {corpus.name} ready ({fs.total_seconds / 3600:.2f} h)")
 
     try:
@@ -186,8 +172,6 @@ class Joiner:
         self.joined: list[dict] = []
 
     def __call__(self):
-        import torch
-
         from fusion.am.data import FeatureSet
 
         done = {j["file"] for j in self.joined}
@@ -196,8 +180,7 @@ class Joiner:
             return None
         sets = []
         for path in new:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-            sets.append(FeatureSet(d["ids"], d["texts"], d["feats"], d["offsets"]))
+            sets.append(FeatureSet.load(path))
             self.joined.append({"file": path.name, "at_s": round(elapsed(), 1),
                                 "hours": round(sets[-1].total_seconds / 3600, 3)})
         return FeatureSet.concat(sets)
