@@ -1,5 +1,5 @@
 #!/bin/bash
-# Stages 10, 12 and 13, step 1 (on this CPU machine): assemble what travels to a lent GPU machine,
+# Stages 10, 12, 13 and 14, step 1 (on this CPU machine): assemble what travels to a lent GPU machine,
 # which takes 64 MiB and has no TTS program, Debian text package or FLAC corpus.
 #
 #   bash fusion/models/am-default/recipe/gpu-stage10-pack.sh [DEST]   (default .dev/carry)

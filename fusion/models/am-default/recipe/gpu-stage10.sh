@@ -1,10 +1,12 @@
 #!/bin/bash
-# Stages 10, 12 and 13, step 2 (on a lent GPU machine, from the repository root): unpack what
+# Stages 10, 12, 13 and 14, step 2 (on a lent GPU machine, from the repository root): unpack what
 # gpu-stage10-pack.sh put beside this script, synthesise fresh training speech on the
 # machine's CPUs, continue the embedded model on its GPU (gpu_stage10.py), and leave the
 # model in $OUT. Everything ends by LIMIT seconds (the call's limit is 600).
 #   LIMIT=560 bash .dev/carry/gpu-stage10.sh
-# Synthesis beside training (untried on a GPU; dry-run here): SYNTH=400 EXTRA="--overlap".
+# Synthesis beside training (stage 14): LIMIT=575 SYNTH=420 CONFIG=.dev/carry/gpu-stage14.toml
+#   EXTRA="--overlap --first-hours 4 --step-hours 3 --sources mhcc tdavid --from-hours 0"
+#   (packed with TEXTS="mhcc tdavid"); the GPU trained from 57 s on, as the set grew 7.5 -> 36 h.
 # Local dry run on a CPU: OUT=/tmp/o ROOT=/tmp/root NO_PIP=1 PY=.venv/bin/python
 #   CONFIG=cpu.toml LIMIT=240 SYNTH=50 JOBS=2 EXTRA="--step-hours 0.05" bash ...
 set -u

@@ -1,4 +1,4 @@
-"""Stages 10, 12 and 13 on a lent GPU: synthesise fresh training speech on the machine's
+"""Stages 10, 12, 13 and 14 on a lent GPU: synthesise fresh training speech on the machine's
 CPUs, then continue the embedded model on its GPU, all inside one wall-clock deadline.
 
 Nothing large travels to the GPU machine (64 MiB), so the speech is made there, by
@@ -15,7 +15,8 @@ Stages 10-13 spent about half of each call synthesising with the GPU idle. With
 ``--overlap`` the training starts after a first small increment (``--first-hours``) and a
 second process (``grower``, spawned: CUDA is never forked) goes on synthesising until
 ``--synth-until`` on all CPUs but ``--train-cpus``; each increment it finishes joins the
-training set at the trainer's next epoch (``train_ctc``'s ``grow``).
+training set at the trainer's next epoch (``train_ctc``'s ``grow``). Stage 14 ran so: the
+training started at 57 s instead of about 260, and 44% more steps fitted in the call.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import multiprocessing as mp
 import os
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -211,13 +213,20 @@ def main() -> int:
                    help="prefix of Opus-packed utterances (pack.py); may be repeated")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--pretrained", type=Path, default=Path("fusion/models/am-default/model.pt"))
-    p.add_argument("--work", type=Path, default=Path("/tmp/stage10"))
+    p.add_argument("--work", type=Path, default=None,
+                   help="an empty or new directory for the corpora, increments and run (default: "
+                        "a fresh one under /tmp: a warm machine keeps an earlier call's, whose "
+                        "run a growing training refuses and whose increments would join)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     if args.sources is None:
         from fusion.corpus.sources import SOURCES  # no torch: nothing forked later minds it
 
         args.sources = list(SOURCES)
+    if args.work is None:
+        args.work = Path(tempfile.mkdtemp(prefix="stage10-"))
+    elif args.work.exists() and any(args.work.iterdir()):
+        p.error(f"--work {args.work}: not empty (an earlier call's corpora and run); name a new directory")
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
