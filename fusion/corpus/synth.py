@@ -9,7 +9,9 @@ cached session's random state would depend on what it spoke before. Audio is rea
 written as 16-bit FLAC (or WAV) by :func:`write_audio`, atomically.
 RHVoice (a Windows library, see :mod:`fusion.corpus.voices`) runs as one long-lived
 ``wine rhsay.exe`` per process (:class:`RHVoiceServer`), which takes one utterance a line:
-starting wine costs more than an utterance's synthesis.
+starting wine costs more than an utterance's synthesis. SVOX Pico (PyPI ``ttspico``) runs
+in this process at 16 kHz, a fresh engine for every utterance (a few ms), as piper does: an
+engine's audio for a sentence changes with what it spoke before.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from fusion.corpus.voices import Prosody, Voice, dectalk_dir, rhvoice_dir
+from fusion.corpus.voices import Prosody, Voice, dectalk_dir, pico_lang_dir, rhvoice_dir
 
 __all__ = [
     "SAMPLE_RATE",
@@ -238,6 +240,38 @@ def _run_rhvoice(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray,
         raise
 
 
+PICO_RATE = (20, 500)  # the percent of its normal speed and pitch that Pico accepts
+PICO_PITCH = (50, 200)
+
+
+def _run_pico(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray, int]:
+    folder = pico_lang_dir()
+    if folder is None:
+        raise SynthesisError(f"voice {voice.name}: SVOX Pico is not installed (PyPI ttspico)")
+    import ttspico
+
+    try:
+        engine = ttspico.TtsEngine(voice.model, lang_dir=str(folder))
+    except RuntimeError as exc:
+        raise SynthesisError(f"voice {voice.name}: {exc}") from None
+    engine.rate = min(max(round(100 * prosody.rate), PICO_RATE[0]), PICO_RATE[1])
+    engine.pitch = min(max(round(100 * prosody.pitch), PICO_PITCH[0]), PICO_PITCH[1])
+    chunks: list[bytes] = []
+    formats: set[tuple] = set()
+
+    def collect(fmt: tuple, audio: bytes, final: bool) -> bool:
+        formats.add(tuple(fmt))
+        chunks.append(audio)
+        return True
+
+    # Pico reads its input as markup: angle brackets would open a tag
+    engine.speak(text.replace("<", " ").replace(">", " "), callback=collect)
+    if formats - {(SAMPLE_RATE, 16, 1)}:
+        raise SynthesisError(f"voice {voice.name}: unexpected audio format {sorted(formats)}")
+    pcm = np.frombuffer(b"".join(chunks), dtype=np.int16)
+    return pcm.astype(np.float32) / 32768.0, SAMPLE_RATE
+
+
 @lru_cache(maxsize=2)
 def _piper_model(package: str) -> tuple[bytes, str]:
     """The ONNX model bytes and JSON config of a piper voice shipped as a Python package."""
@@ -329,6 +363,8 @@ def synthesize(
         samples, rate = _run_piper(text, voice, prosody, seed)
     elif voice.engine == "rhvoice":
         samples, rate = _run_rhvoice(text, voice, prosody)
+    elif voice.engine == "pico":
+        samples, rate = _run_pico(text, voice, prosody)
     else:
         samples, rate = _run_engine(text, voice, prosody)
     if samples.size == 0 or not np.isfinite(samples).all() or np.abs(samples).max() < 1e-4:

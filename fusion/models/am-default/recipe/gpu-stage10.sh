@@ -18,7 +18,7 @@ PY=${PY:-python3}
 CONFIG=${CONFIG:-$C/gpu-stage10.toml}
 JOBS=${JOBS:-$(nproc)}
 PACKED=""  # every Opus-packed set that travelled (pack.py's index beside its streams)
-for f in $C/piper/train.json $C/rhvoice/train.json; do
+for f in $C/piper/train.json $C/rhvoice/train.json $C/pico/train.json; do
   [ -f "$f" ] && PACKED="$PACKED --packed ${f%.json}"
 done
 if [ -z "${NO_PIP:-}" ]; then
