@@ -84,37 +84,30 @@ for src in $TEXTS; do
   for f in "$H"/text/"$src"-v1-*.txt; do xz -9 -c "$f" > "$DEST/text/$(basename "$f").xz"; done
 done
 cp "$REPO/../shared/data/real-speech/manifest.jsonl" "$DEST/real-speech.jsonl"
-if [ ! -f "$DEST/piper/train.json" ]; then
-  grep '"voice": "piper-joe"' "$H/corpus/train.jsonl" > "$H/corpus/piper-train.jsonl"
-  (cd "$H/corpus" && $PY "$R/pack.py" piper-train.jsonl "$DEST/piper/train" 4 0.98)
-  rm "$H/corpus/piper-train.jsonl"
-fi
-for k in $(seq "$PIPER_CHUNKS" 3); do rm -f "$DEST/piper/train-$k.ogg"; done
-# RHVoice's bdl and clb utterances of stage 11's shard (stage 12 on): wine does not travel
-if [ "$RHV_CHUNKS" -gt 0 ] && [ -f "$H/corpus-rhv/train.jsonl" ]; then
-  mkdir -p "$DEST/rhvoice"
-  if [ ! -f "$DEST/rhvoice/train.json" ]; then
-    grep -v '"voice": "rhvoice-slt"' "$H/corpus-rhv/train.jsonl" > "$H/corpus-rhv/rhv-bc.jsonl"
-    (cd "$H/corpus-rhv" && $PY "$R/pack.py" rhv-bc.jsonl "$DEST/rhvoice/train" 6 0.98)
-    rm "$H/corpus-rhv/rhv-bc.jsonl"
+# pack_set NAME CORPUS PATTERN CHUNKS KEEP: the utterances of CORPUS/train.jsonl on lines
+# matching PATTERN (grep -E) as CHUNKS Opus streams in DEST/NAME (pack.py), of which the
+# first KEEP travel, the index trimmed to them
+pack_set() {
+  local name=$1 corpus=$2 pattern=$3 chunks=$4 keep=$5
+  { [ "$keep" -gt 0 ] && [ -f "$corpus/train.jsonl" ]; } || return 0
+  mkdir -p "$DEST/$name"
+  if [ ! -f "$DEST/$name/train.json" ]; then
+    grep -E -- "$pattern" "$corpus/train.jsonl" > "$corpus/pack-$name.jsonl"
+    (cd "$corpus" && $PY "$R/pack.py" "pack-$name.jsonl" "$DEST/$name/train" "$chunks" 0.98)
+    rm "$corpus/pack-$name.jsonl"
   fi
-  for k in $(seq "$RHV_CHUNKS" 5); do rm -f "$DEST/rhvoice/train-$k.ogg"; done
-fi
-# SVOX Pico's shard: its C extension is built for this Python (3.11), not the GPU image's
-if [ "$PICO_CHUNKS" -gt 0 ] && [ -f "$H/corpus-pico/train.jsonl" ]; then
-  mkdir -p "$DEST/pico"
-  [ -f "$DEST/pico/train.json" ] ||
-    (cd "$H/corpus-pico" && $PY "$R/pack.py" train.jsonl "$DEST/pico/train" 6 0.98)
-  for k in $(seq "$PICO_CHUNKS" 5); do rm -f "$DEST/pico/train-$k.ogg"; done
-fi
-for prefix in "$DEST"/piper/train "$DEST"/rhvoice/train "$DEST"/pico/train; do  # index only the streams that travel
-  [ -f "$prefix.json" ] || continue
+  for k in $(seq "$keep" $((chunks - 1))); do rm -f "$DEST/$name/train-$k.ogg"; done
   $PY -c "
 import json, pathlib, sys
 prefix = sys.argv[1]
 index = json.loads(pathlib.Path(prefix + '.json').read_text())
 keep = [u for u in index if pathlib.Path(f\"{prefix}-{u['chunk']}.ogg\").is_file()]
-pathlib.Path(prefix + '.json').write_text(json.dumps(keep))" "$prefix"
-done
+pathlib.Path(prefix + '.json').write_text(json.dumps(keep))" "$DEST/$name/train"
+}
+pack_set piper "$H/corpus" '"voice": "piper-joe"' 4 "$PIPER_CHUNKS"
+# RHVoice's bdl and clb utterances of stage 11's shard (stage 12 on): wine does not travel
+pack_set rhvoice "$H/corpus-rhv" '"voice": "rhvoice-(bdl|clb)"' 6 "$RHV_CHUNKS"
+# SVOX Pico's shard: its C extension is built for this Python (3.11), not the GPU image's
+pack_set pico "$H/corpus-pico" '"voice": "pico-' 6 "$PICO_CHUNKS"
 cp "$R"/{gpu-stage10.sh,gpu_stage10.py,gpu_train.py,gpu-stage1*.toml,untar.py} "$DEST/"
 du -sh "$DEST"; echo "with the tracked tree this must stay under 64 MiB"
