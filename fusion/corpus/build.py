@@ -36,7 +36,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -50,7 +50,7 @@ from fusion.corpus.sources import (
     corpus_sentences,
     load_forbidden_sentences,
 )
-from fusion.corpus.synth import SAMPLE_RATE, audio_ok, synthesize, write_audio
+from fusion.corpus.synth import SAMPLE_RATE, SynthesisError, audio_ok, synthesize, write_audio
 from fusion.corpus.voices import (
     HELDOUT_VOICES,
     Prosody,
@@ -63,6 +63,9 @@ from fusion.corpus.voices import (
     train_only_catalogue,
 )
 from fusion.manifest import atomic_write, write_jsonl
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "SPLITS",
@@ -346,6 +349,14 @@ def plan_corpus(
     return plan, heldout
 
 
+def _babble_talker(text: str, voice: Voice, prosody: Prosody, seed: int) -> torch.Tensor:
+    """One background talker of babble noise; a failure says it was one, not the utterance's voice."""
+    try:
+        return synthesize(text, voice, prosody=prosody, seed=seed)
+    except SynthesisError as exc:
+        raise SynthesisError(f"babble talker: {exc}") from None
+
+
 def run_task(task: Task, out_dir: Path) -> dict[str, Any]:
     """Make one utterance's audio unless a valid file is there; never raises.
 
@@ -360,7 +371,7 @@ def run_task(task: Task, out_dir: Path) -> dict[str, Any]:
         audio = synthesize(task.text, task.voice, prosody=task.prosody, seed=task.seed)
         if task.augment:
             talkers = [
-                synthesize(text, voice, prosody=prosody, seed=task.seed + i)
+                _babble_talker(text, voice, prosody, task.seed + i)
                 for i, (text, voice, prosody) in enumerate(task.babble)
             ]
             audio = apply_augmentation(
