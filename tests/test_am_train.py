@@ -21,7 +21,7 @@ from fusion.am.config import (
     TokensConfig,
     TrainConfig,
 )
-from fusion.am.data import FeatureSet, make_batches
+from fusion.am.data import FeatureSet, load_feature_sets, make_batches
 from fusion.am.features import CMVN
 from fusion.am import cli as am_cli
 from fusion.am.model import (
@@ -39,6 +39,7 @@ from fusion.am.pretrain import pretrain_bestrq, span_mask
 from fusion.am.subword import SentencePieceUnits, train_sentencepiece
 from fusion.am.train import CTCTask, ctc_feasible, load_pretrained_encoder, train_ctc
 from fusion.am.trainer import LRSchedule
+from fusion.manifest import ManifestError
 from fusion.tokens import TokenTableError, character_table
 
 TINY = ModelConfig(subsampling_channels=8, d_model=32, n_heads=2, ff_mult=2, n_layers=2,
@@ -172,6 +173,44 @@ def test_bf16_on_a_cpu_without_bf16_kernels_is_warned_about(corpus, tmp_path, mo
     monkeypatch.setattr(trainer, "cpu_has_bf16_kernels", lambda: True)
     train_ctc(None, None, tmp_path / "bf16-native", config(total=1, precision="bf16"), **kw)
     assert not any("emulated" in m for m in said)
+
+
+def test_training_on_shards_equals_training_on_their_joined_manifest(corpus, tmp_path):
+    lines = (corpus / "train.jsonl").read_text().splitlines(keepends=True)
+    for name, part in (("a", lines[:4]), ("b", lines[4:])):
+        (corpus / f"shard-{name}.jsonl").write_text("".join(part))
+    shards = [corpus / "shard-a.jsonl", corpus / "shard-b.jsonl"]
+    cache = tmp_path / "cache"
+    joined, _ = load_feature_sets(corpus / "train.jsonl", None, cache_dir=cache, progress=False)
+    both, _ = load_feature_sets(shards, None, cache_dir=cache, progress=False)
+    assert both.ids == joined.ids and both.texts == joined.texts
+    assert torch.equal(both.flat, joined.flat) and torch.equal(both.offsets, joined.offsets)
+    assert len(list(cache.glob("feats-shard-*.pt"))) == 2  # each shard cached on its own
+
+    # the CLI takes several manifests; the model is the one the joined manifest trains
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(
+        "[model]\nsubsampling_channels = 8\nd_model = 32\nn_heads = 2\nff_mult = 2\n"
+        "n_layers = 2\nconv_kernel = 5\n[optim]\nlr = 3e-3\nwarmup_steps = 2\n"
+        "total_steps = 3\n[batch]\nmax_frames = 300\nmax_utterances = 4\npool = 2\n"
+        "[run]\nnum_threads = 1\neval_every_steps = 3\n")
+    common = ["--dev", str(corpus / "dev.jsonl"), "--config", str(cfg), "--cache", str(cache),
+              "--no-progress"]
+    assert am_cli.main(["train", "--train", *map(str, shards), "--out",
+                        str(tmp_path / "shards"), *common]) == 0
+    assert am_cli.main(["train", "--train", str(corpus / "train.jsonl"), "--out",
+                        str(tmp_path / "joined"), *common]) == 0
+    a, b = weights(tmp_path / "shards" / "last.pt"), weights(tmp_path / "joined" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # an utterance in two shards is refused, naming both manifests
+    (corpus / "shard-c.jsonl").write_text(lines[3])
+    with pytest.raises(ManifestError, match=r"shard-c\.jsonl: utterance 'u3' is also in "
+                                            r".*shard-a\.jsonl"):
+        load_feature_sets([*shards, corpus / "shard-c.jsonl"], None, cache_dir=cache,
+                          progress=False)
+    assert am_cli.main(["train", "--train", *map(str, shards), str(corpus / "shard-a.jsonl"),
+                        "--out", str(tmp_path / "twice"), *common]) == 2
 
 
 def test_span_mask():

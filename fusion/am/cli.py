@@ -114,7 +114,9 @@ def add_parsers(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train", help="train the Conformer CTC acoustic model (resumable)",
         description="Train a Conformer CTC model on a manifest; rerun to resume.")
-    p.add_argument("--train", type=Path, required=True, help="training manifest (audio, text)")
+    p.add_argument("--train", type=Path, nargs="+", required=True, metavar="MANIFEST",
+                   help="training manifests (audio, text): one, or several shards, each "
+                        "featurised and cached on its own and joined in the order given")
     p.add_argument("--dev", type=Path, help="dev manifest for greedy CER")
     p.add_argument("--pretrained", type=Path, help="BEST-RQ (or CTC) checkpoint to start the encoder from")
     _common(p)
@@ -123,7 +125,8 @@ def add_parsers(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "pretrain", help="BEST-RQ self-supervised pretraining of the encoder (resumable)",
         description="Masked prediction of random-projection codes; audio only.")
-    p.add_argument("--train", type=Path, required=True, help="manifest with audio")
+    p.add_argument("--train", type=Path, nargs="+", required=True, metavar="MANIFEST",
+                   help="manifests with audio (several are joined in the order given)")
     p.add_argument("--dev", type=Path, help="dev manifest (masked-prediction loss)")
     _common(p)
     p.set_defaults(func=run_pretrain)

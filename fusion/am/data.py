@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from fusion.am.features import CMVN, AudioError, CMVNAccumulator, LogMel, load_audio
-from fusion.manifest import Utterance, atomic_write, read_manifest
+from fusion.manifest import ManifestError, Utterance, atomic_write, read_manifest
 from fusion.tokens import TokenTable, TokenTableError
 
 __all__ = ["Batch", "FeatureSet", "collate", "make_batches", "offsets_of"]
@@ -244,7 +244,7 @@ def make_batches(lengths: Sequence[int] | torch.Tensor, *, max_frames: int, max_
 
 
 def load_feature_sets(
-    train_manifest: str | Path,
+    train_manifest: str | Path | Sequence[str | Path],
     dev_manifest: str | Path | None,
     *,
     cache_dir: Path,
@@ -253,10 +253,28 @@ def load_feature_sets(
     train_set: FeatureSet | None = None,
     dev_set: FeatureSet | None = None,
 ) -> tuple[FeatureSet, FeatureSet | None]:
-    """The training and dev feature sets: those given, else read from the manifests."""
+    """The training and dev feature sets: those given, else read from the manifests.
+
+    ``train_manifest`` may be several manifests (shards): each is read and cached on its
+    own, so a new shard costs only its own features, and the set is their concatenation
+    in the order given, as one manifest of their lines would be. An utterance id in two
+    of them is an error that names both.
+    """
     if train_set is None:
-        train_set = FeatureSet.from_manifest(train_manifest, require_text=require_text,
-                                             cache_dir=cache_dir, progress=progress)
+        manifests = ([Path(train_manifest)] if isinstance(train_manifest, (str, Path))
+                     else [Path(m) for m in train_manifest])
+        if not manifests:
+            raise ValueError("no training manifest given")
+        sets = [FeatureSet.from_manifest(m, require_text=require_text, cache_dir=cache_dir,
+                                         progress=progress) for m in manifests]
+        if len(sets) > 1:
+            owner: dict[str, Path] = {}
+            for m, fs in zip(manifests, sets):
+                for utt_id in [*fs.ids, *(i for i, _ in fs.skipped)]:
+                    if owner.setdefault(utt_id, m) is not m:
+                        raise ManifestError(f"{m}: utterance {utt_id!r} is also in "
+                                            f"{owner[utt_id]}")
+        train_set = sets[0] if len(sets) == 1 else FeatureSet.concat(sets)
     if dev_set is None and dev_manifest is not None:
         dev_set = FeatureSet.from_manifest(dev_manifest, require_text=require_text,
                                            cache_dir=cache_dir, progress=progress)

@@ -18,7 +18,7 @@ Training runs through the same :class:`fusion.am.trainer.Trainer` as CTC trainin
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +187,7 @@ class BestRQTask:
 
 
 def pretrain_bestrq(
-    train_manifest: str | Path,
+    train_manifest: str | Path | Sequence[str | Path],
     dev_manifest: str | Path | None,
     out_dir: str | Path,
     config: PretrainConfig | None = None,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +236,7 @@ def subword_units(path: Path, train_set: FeatureSet, config: TokensConfig,
 
 
 def train_ctc(
-    train_manifest: str | Path,
+    train_manifest: str | Path | Sequence[str | Path],
     dev_manifest: str | Path | None,
     out_dir: str | Path,
     config: TrainConfig | None = None,
