@@ -176,10 +176,11 @@ def test_bf16_on_a_cpu_without_bf16_kernels_is_warned_about(corpus, tmp_path, mo
 
 
 def test_training_on_shards_equals_training_on_their_joined_manifest(corpus, tmp_path):
-    lines = (corpus / "train.jsonl").read_text().splitlines(keepends=True)
-    for name, part in (("a", lines[:4]), ("b", lines[4:])):
-        (corpus / f"shard-{name}.jsonl").write_text("".join(part))
-    shards = [corpus / "shard-a.jsonl", corpus / "shard-b.jsonl"]
+    rows = [json.loads(line) for line in (corpus / "train.jsonl").read_text().splitlines()]
+    lines = [json.dumps({**r, "audio": str(corpus / r["audio"])}) + "\n" for r in rows]
+    for name, part in (("a", lines[:4]), ("b", lines[4:]), ("c", lines[3:4])):
+        (tmp_path / f"shard-{name}.jsonl").write_text("".join(part))
+    shards = [tmp_path / "shard-a.jsonl", tmp_path / "shard-b.jsonl"]
     cache = tmp_path / "cache"
     joined, _ = load_feature_sets(corpus / "train.jsonl", None, cache_dir=cache, progress=False)
     both, _ = load_feature_sets(shards, None, cache_dir=cache, progress=False)
@@ -204,10 +205,9 @@ def test_training_on_shards_equals_training_on_their_joined_manifest(corpus, tmp
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     # an utterance in two shards is refused, naming both manifests
-    (corpus / "shard-c.jsonl").write_text(lines[3])
     with pytest.raises(ManifestError, match=r"shard-c\.jsonl: utterance 'u3' is also in "
                                             r".*shard-a\.jsonl"):
-        load_feature_sets([*shards, corpus / "shard-c.jsonl"], None, cache_dir=cache,
+        load_feature_sets([*shards, tmp_path / "shard-c.jsonl"], None, cache_dir=cache,
                           progress=False)
     assert am_cli.main(["train", "--train", *map(str, shards), str(corpus / "shard-a.jsonl"),
                         "--out", str(tmp_path / "twice"), *common]) == 2
