@@ -1,6 +1,6 @@
 #!/bin/bash
-# Stages 10, 12, 13 and 14, step 1 (on this CPU machine): assemble what travels to a lent GPU machine,
-# which takes 64 MiB and has no TTS program, Debian text package or FLAC corpus.
+# Stages 10, 12, 13, 14 and 18, step 1 (on this CPU machine): assemble what travels to a lent
+# GPU machine, which takes 64 MiB and has no TTS program, Debian text package or FLAC corpus.
 #
 #   bash fusion/models/am-default/recipe/gpu-stage10-pack.sh [DEST]   (default .dev/carry)
 #
@@ -104,10 +104,12 @@ index = json.loads(pathlib.Path(prefix + '.json').read_text())
 keep = [u for u in index if pathlib.Path(f\"{prefix}-{u['chunk']}.ogg\").is_file()]
 pathlib.Path(prefix + '.json').write_text(json.dumps(keep))" "$DEST/$name/train"
 }
-pack_set piper "$H/corpus" '"voice": "piper-joe"' 4 "$PIPER_CHUNKS"
-# RHVoice's bdl and clb utterances of stage 11's shard (stage 12 on): wine does not travel
-pack_set rhvoice "$H/corpus-rhv" '"voice": "rhvoice-(bdl|clb)"' 6 "$RHV_CHUNKS"
+pack_set piper "${PIPER_CORPUS:-$H/corpus}" '"voice": "piper-joe"' 4 "$PIPER_CHUNKS"
+# RHVoice's bdl and clb utterances of stage 11's shard (stage 12 on): wine does not travel.
+# PIPER_CORPUS, RHV_CORPUS and PICO_CORPUS name other shards (stage 18: a fresh machine's
+# corpus-piper17, corpus-rhvoice; $H/corpus there was only the small dev/test build)
+pack_set rhvoice "${RHV_CORPUS:-$H/corpus-rhv}" '"voice": "rhvoice-(bdl|clb)"' 6 "$RHV_CHUNKS"
 # SVOX Pico's shard: its C extension is built for this Python (3.11), not the GPU image's
-pack_set pico "$H/corpus-pico" '"voice": "pico-' 6 "$PICO_CHUNKS"
+pack_set pico "${PICO_CORPUS:-$H/corpus-pico}" '"voice": "pico-' 6 "$PICO_CHUNKS"
 cp "$R"/{gpu-stage10.sh,gpu_stage10.py,gpu_train.py,gpu-stage1*.toml,untar.py} "$DEST/"
 du -sh "$DEST"; echo "with the tracked tree this must stay under 64 MiB"

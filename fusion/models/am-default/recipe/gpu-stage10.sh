@@ -1,6 +1,6 @@
 #!/bin/bash
-# Stages 10, 12, 13 and 14, step 2 (on a lent GPU machine, from the repository root): unpack what
-# gpu-stage10-pack.sh put beside this script, synthesise fresh training speech on the
+# Stages 10, 12, 13, 14 and 18, step 2 (on a lent GPU machine, from the repository root): unpack
+# what gpu-stage10-pack.sh put beside this script, synthesise fresh training speech on the
 # machine's CPUs, continue the embedded model on its GPU (gpu_stage10.py), and leave the
 # model in $OUT. Everything ends by LIMIT seconds (the call's limit is 600).
 #   LIMIT=560 bash .dev/carry/gpu-stage10.sh

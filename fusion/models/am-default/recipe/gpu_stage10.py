@@ -1,4 +1,4 @@
-"""Stages 10, 12, 13 and 14 on a lent GPU: synthesise fresh training speech on the machine's
+"""Stages 10, 12, 13, 14 and 18 on a lent GPU: synthesise fresh training speech on the machine's
 CPUs, then continue the embedded model on its GPU, all inside one wall-clock deadline.
 
 Nothing large travels to the GPU machine (64 MiB), so the speech is made there, by
