@@ -243,6 +243,26 @@ def make_batches(lengths: Sequence[int] | torch.Tensor, *, max_frames: int, max_
     return batches
 
 
+def _refuse_shared_utterances(manifests: list[Path], sets: list[FeatureSet]) -> None:
+    """Raise a ManifestError listing every utterance id that two shards share, per pair
+    of manifests (the later one first), with up to three of the ids of each pair."""
+    owner: dict[str, int] = {}
+    shared: dict[tuple[int, int], list[str]] = {}
+    for k, fs in enumerate(sets):
+        for utt_id in [*fs.ids, *(i for i, _ in fs.skipped)]:
+            first = owner.setdefault(utt_id, k)
+            if first != k:
+                shared.setdefault((k, first), []).append(utt_id)
+    if shared:
+        pairs = []
+        for (k, first), ids in shared.items():
+            shown = ", ".join(repr(i) for i in ids[:3]) + (", ..." if len(ids) > 3 else "")
+            noun = "utterance" if len(ids) == 1 else "utterances"
+            pairs.append(f"{manifests[k]}: {len(ids)} {noun} also in {manifests[first]} ({shown})")
+        raise ManifestError("; ".join(pairs) + ": a shard's utterances must be its own "
+                            "(drop them from one of the manifests)")
+
+
 def load_feature_sets(
     train_manifest: str | Path | Sequence[str | Path],
     dev_manifest: str | Path | None,
@@ -268,12 +288,7 @@ def load_feature_sets(
         sets = [FeatureSet.from_manifest(m, require_text=require_text, cache_dir=cache_dir,
                                          progress=progress) for m in manifests]
         if len(sets) > 1:
-            owner: dict[str, Path] = {}
-            for m, fs in zip(manifests, sets):
-                for utt_id in [*fs.ids, *(i for i, _ in fs.skipped)]:
-                    if owner.setdefault(utt_id, m) is not m:
-                        raise ManifestError(f"{m}: utterance {utt_id!r} is also in "
-                                            f"{owner[utt_id]}")
+            _refuse_shared_utterances(manifests, sets)
         train_set = sets[0] if len(sets) == 1 else FeatureSet.concat(sets)
     if dev_set is None and dev_manifest is not None:
         dev_set = FeatureSet.from_manifest(dev_manifest, require_text=require_text,

@@ -18,6 +18,8 @@
 # used there; `git rm -q -r --cached lm/models` and its paths in .git/info/exclude) and
 # restored it right after (`git reset -q HEAD -- lm/models`, the exclude lines removed).
 # Stage 12's carry (with rhvoice/) also needed benchmarks/results untracked the same way.
+# `run`'s carry is for ignored paths: .gitignore has .dev/ (a fresh checkout of stage 18
+# had it nowhere, so .dev/carry went as untracked files of the tree).
 set -euo pipefail
 REPO=$(git rev-parse --show-toplevel)
 R=$REPO/fusion/models/am-default/recipe
