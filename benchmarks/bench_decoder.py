@@ -74,10 +74,15 @@ def run_greedy(path: str) -> tuple[dict[str, str], float, float]:
 
 
 def run_ours(path: str, beam: int, lm: str, vocab: str, alpha: float, beta: float,
-             threshold: float, engine: str = "compiled", lexicon: str | None = None):
+             threshold: float, oov: float = 0.0, engine: str = "compiled",
+             lexicon: str | None = None):
     posteriors, table = _load(path)
-    scorers = [LMScorer(KenLM(lm), unigrams=read_unigrams(vocab)), WordBonus()]
+    unigrams = read_unigrams(vocab)
+    scorers = [LMScorer(KenLM(lm), unigrams=unigrams), WordBonus()]
     weights = {"lm": alpha, "word_bonus": beta}
+    if oov:  # the unknown-word penalty (fusion.cli.lm_scorers' "oov")
+        scorers.append(LexiconScorer(unigrams, name="oov"))
+        weights["oov"] = oov
     options = SearchOptions(beam_size=beam, beam_threshold=threshold, engine=engine)
     if lexicon is not None:  # flashlight's lexicon: the output only ever has its words
         scorers.append(LexiconScorer.from_file(lexicon, constraint=True))
@@ -198,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             lexicon = write_lexicon(read_unigrams(lm_path), args.work / f"{lm_name}.lexicon")
             for beam in args.beams:
                 w = weights_at(weights[lm_name], beam)
-                ours = (str(lm_path), vocab, w["alpha"], w["beta"], w["beam_threshold"])
+                ours = (str(lm_path), vocab, w["alpha"], w["beta"], w["beam_threshold"],
+                        w.get("oov", 0.0))
                 measure("ours", lm_name, beam, run_ours, post, beam, *ours)
                 measure("ours-lexicon", lm_name, beam, run_ours, post, beam, *ours,
                         "compiled", str(lexicon))
@@ -240,6 +246,7 @@ def lm_weights(args: argparse.Namespace, lms: dict[str, Path]) -> dict[str, dict
         tuned.setdefault(name, {})[beam] = {
             "alpha": config["weights"]["lm"], "beta": config["weights"]["word_bonus"],
             "beam_threshold": config["search"].get("beam_threshold", SearchOptions().beam_threshold),
+            "oov": config["weights"].get("oov", 0.0),
             "source": f"fusion tune: {path}", "tuned_beam": beam}
     for name, by_beam in tuned.items():
         out[name] = dict(next(iter(by_beam.values())))
@@ -264,8 +271,9 @@ def _weights_text(data: dict) -> str:
                 "(tuned on dev with `fusion tune`)")
 
     def one(w: dict) -> str:
-        return (f"LM weight {w['alpha']:.3f} (nats), word bonus {w['beta']:.3f}, our pruning "
-                f"threshold {w['beam_threshold']:g}")
+        return (f"LM weight {w['alpha']:.3f} (nats), word bonus {w['beta']:.3f}, "
+                + (f"our unknown-word penalty {w['oov']:g}, " if w.get("oov") else "")
+                + f"our pruning threshold {w['beam_threshold']:g}")
 
     parts = []
     for name, w in data["weights"].items():
@@ -285,7 +293,9 @@ def markdown(data: dict) -> str:
             ("peak_mib", "peak MiB")]
     return (f"# Decoders\n\n{data['date']}, `{data['command']}`  \n"
             f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores. "
-            f"{_weights_text(data)}; pyctcdecode and flashlight get the same weights; "
+            f"{_weights_text(data)}; pyctcdecode and flashlight get the same LM weight and "
+            "word bonus (and their own unknown-word offsets: pyctcdecode's default -10, "
+            "flashlight's -inf on the lexicon); "
             f"flashlight lexicon-free: character LM weight {data['lexfree_alpha']}, "
             f"word score {data['lexfree_beta']} ("
             + ("the best of a dev grid" if data["lexfree_dev_grid"] else

@@ -11,12 +11,13 @@
 #   2. the word 4-gram and character 6-gram (`fusion lm build`, modified Kneser-Ney) and
 #      the cmusphinx 3-gram as a KenLM binary;
 #   3. posteriors of dev, test and test-unseen-voices (`fusion posteriors`);
-#   4. fusion weights tuned on dev (`fusion tune --nlm none --hmm no`): the 4-gram at beams
-#      32, 8 and 128, and the cmusphinx 3-gram at beam 32;
+#   4. fusion weights tuned on dev (`fusion tune --nlm none --hmm no`, with a sweep of the
+#      unknown-word penalty, OOV_PENALTIES): each LM at beams 32, 8 and 128;
 #   5. bench_decoder.py (flashlight's lexicon-free weights: LEXFREE_ALPHA/LEXFREE_BETA, by
 #      default the best of an earlier `--tune-lexfree` dev grid; TUNE_LEXFREE=1 reruns that
 #      grid) and bench_fusion.py (its own tuning, cached under $H/bench-fusion).
-# Environment: H (default ~/.cache/asrfuse), PY (default .venv/bin/python), WORKERS (2).
+# Environment: H (default ~/.cache/asrfuse), PY (default .venv/bin/python), WORKERS (2),
+# OOV_PENALTIES (default 0,2.5,5,10).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MODEL=$(realpath --relative-to="$REPO" "${1:-$REPO/fusion/models/am-default/model.pt}")
@@ -25,6 +26,7 @@ H=${H:-${ASRFUSE_HOME:-$HOME/.cache/asrfuse}}
 PY=${PY:-$REPO/.venv/bin/python}
 FUSION=${FUSION:-$(dirname "$PY")/fusion}
 WORKERS=${WORKERS:-2}
+OOV_PENALTIES=${OOV_PENALTIES:-0,2.5,5,10}
 CMUSPHINX=$REPO/../shared/data/lm/cmusphinx-en-us.arpa.gz
 DIGEST=$(sha256sum "$MODEL" | cut -c1-12)
 W=$H/bench-decoder-$DIGEST
@@ -74,12 +76,13 @@ tune() {  # NAME LM VOCAB BEAM
   [ -f "$W/$1/best.toml" ] && return 0
   step "fusion tune: $1 (beam $4)"
   "$FUSION" tune "$W/dev.npz" --dev "$H/corpus/dev.jsonl" --lm "$2" --lm-vocab "$3" \
-    -o "$W/$1" --beam-size "$4" --nlm none --hmm no --workers "$WORKERS"
+    -o "$W/$1" --beam-size "$4" --oov-penalties "$OOV_PENALTIES" --nlm none --hmm no \
+    --workers "$WORKERS"
 }
-tune tune-b32 "$NG/word-4gram.bin" "$NG/word-4gram.arpa" 32
-tune tune-b8 "$NG/word-4gram.bin" "$NG/word-4gram.arpa" 8
-tune tune-b128 "$NG/word-4gram.bin" "$NG/word-4gram.arpa" 128
-tune tune-cmu "$NG/cmusphinx-en-us.bin" "$CMUSPHINX" 32
+for beam in 32 8 128; do
+  tune "tune-b$beam" "$NG/word-4gram.bin" "$NG/word-4gram.arpa" "$beam"
+  tune "tune-cmu-b$beam" "$NG/cmusphinx-en-us.bin" "$CMUSPHINX" "$beam"
+done
 
 # 5. the benchmarks
 LEXFREE=(--lexfree-alpha "${LEXFREE_ALPHA:-0.05}" --lexfree-beta "${LEXFREE_BETA:--1.0}")
@@ -89,7 +92,9 @@ step "bench_decoder"
   --split "test-unseen-voices=$W/test-unseen-voices.npz" --manifests "$H/corpus" \
   --lm "$NG/word-4gram.arpa" --char-lm "$NG/char-6gram.arpa" \
   --tuned "ours-4gram=$W/tune-b32/best.toml" --tuned "ours-4gram=$W/tune-b8/best.toml" \
-  --tuned "ours-4gram=$W/tune-b128/best.toml" --tuned "cmusphinx-3gram=$W/tune-cmu/best.toml" \
+  --tuned "ours-4gram=$W/tune-b128/best.toml" --tuned "cmusphinx-3gram=$W/tune-cmu-b32/best.toml" \
+  --tuned "cmusphinx-3gram=$W/tune-cmu-b8/best.toml" \
+  --tuned "cmusphinx-3gram=$W/tune-cmu-b128/best.toml" \
   "${LEXFREE[@]}" --cmusphinx
 step "bench_fusion"
 "$PY" benchmarks/bench_fusion.py --model "$MODEL" --lm "$NG/word-4gram.bin" \

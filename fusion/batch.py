@@ -1041,7 +1041,7 @@ def _merge(plan: _Plan, out_dir: Path, shards: Path, skipped_shards: int, skippe
 
 # -- command line -------------------------------------------------------------------------
 _DECODER_KEYS = ("decoder", "config", "beam_size", "nbest", "lm", "lm_vocab", "lm_weight",
-                 "word_bonus", "lexicon", "hotwords", "hotword_weight")
+                 "word_bonus", "oov_penalty", "lexicon", "hotwords", "hotword_weight")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

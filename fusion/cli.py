@@ -43,6 +43,8 @@ DEFAULT_AM = Path(__file__).resolve().parent / "models" / "am-default" / "model.
 DEFAULT_LM = Path(__file__).resolve().parents[1] / "lm" / "models" / "word-3gram" / "model.bin"
 # lm and word_bonus: fusion tune on dev (embedded acoustic model, word 4-gram, beam 32)
 DEFAULT_WEIGHTS = {"lexicon": 1.0, "lm": 0.95, "word_bonus": 4.22, "hotwords": 2.0}
+#: the weight (and scorer) name of the unknown-word penalty: see :func:`lm_scorers`
+OOV = "oov"
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -86,6 +88,9 @@ def get_parser() -> argparse.ArgumentParser:
                       "(default: the LM itself when it is an ARPA)")
     beam.add_argument("--lm-weight", type=float)
     beam.add_argument("--word-bonus", type=float)
+    beam.add_argument("--oov-penalty", type=float,
+                      help="cost of each word outside the LM's words (weight 'oov'; default: "
+                      "none); needs the LM's words (an ARPA LM or --lm-vocab)")
     beam.add_argument("--lexicon", type=Path, help="word list: only its words are produced")
     beam.add_argument("--hotwords", type=Path,
                       help="phrases to bias towards, one a line, optionally TAB and a weight")
@@ -250,25 +255,39 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
         search={"beam_size": args.beam_size, "nbest": args.nbest,
                 "engine": getattr(args, "engine", None)},
         weights={"lm": args.lm_weight, "word_bonus": args.word_bonus,
-                 "hotwords": args.hotword_weight},
+                 OOV: args.oov_penalty, "hotwords": args.hotword_weight},
         lm=args.lm, lm_vocab=args.lm_vocab, hotwords=args.hotwords, lexicon=args.lexicon)
 
 
-def lm_scorers(lm: Path, vocab: Path | None = None) -> list[WordScorer]:
+def lm_scorers(lm: Path, vocab: Path | None = None, *, oov: bool = False) -> list[WordScorer]:
     """A word n-gram scorer and the word bonus. The LM's words (for partial-word scoring)
-    come from ``vocab``, else the ARPA itself, else a ``vocab.txt`` beside a binary."""
+    come from ``vocab``, else the ARPA itself, else a ``vocab.txt`` beside a binary.
+
+    With ``oov``, also an unknown-word penalty: a :class:`LexiconScorer` named ``oov`` over
+    the LM's words, scoring -1 for each word outside them (its weight is the penalty, as
+    pyctcdecode's ``unk_score_offset`` and flashlight's ``unk_score`` are). It needs the
+    LM's words."""
     if vocab is None:
         beside = lm.with_name("vocab.txt")
         vocab = lm if KenLM.is_arpa(lm) else beside if beside.exists() else None
-    return [LMScorer(KenLM(lm), unigrams=read_unigrams(vocab) if vocab else None), WordBonus()]
+    unigrams = read_unigrams(vocab) if vocab else None
+    scorers: list[WordScorer] = [LMScorer(KenLM(lm), unigrams=unigrams), WordBonus()]
+    if oov:
+        if not unigrams:
+            raise ValueError(f"{lm}: an unknown-word penalty (weight 'oov') needs the LM's words: "
+                             "give the LM's ARPA or a word list as its vocabulary (--lm-vocab)")
+        scorers.append(LexiconScorer(unigrams, name=OOV))
+    return scorers
 
 
 def _beam_decoder(args: argparse.Namespace, table: TokenTable
                   ) -> BeamSearchDecoder | PyctcdecodeBackend | RescoringDecoder:
     config = decode_config(args)
     scorers: list[WordScorer] = []
+    if OOV in config.weights and not config.lm:
+        raise ValueError("an unknown-word penalty (--oov-penalty, [weights] oov) needs an LM")
     if config.lm:
-        scorers += lm_scorers(config.lm, config.lm_vocab)
+        scorers += lm_scorers(config.lm, config.lm_vocab, oov=OOV in config.weights)
     if config.lexicon:
         scorers.append(LexiconScorer.from_file(config.lexicon, constraint=True))
     if config.hotwords:

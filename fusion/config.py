@@ -14,6 +14,7 @@ A file has up to four tables; every key is optional and unknown keys are errors:
     [weights]                # one per scorer in use; acoustic defaults to 1
     lm = 0.5
     word_bonus = 1.0
+    oov = 5.0                # unknown-word penalty: per word outside the LM's words
     hotwords = 2.0
 
     [lm]

@@ -6,7 +6,9 @@ Steps (each resumable; a rerun with the same arguments skips what is logged):
 2. a sweep of the pruning threshold at the best weights (the lowest dev WER is kept:
    an LM whose unknown-word cost times its weight exceeds the threshold drops every
    hypothesis that starts an unknown word, so the best threshold depends on the LM),
-   then a beam sweep at the best weights and threshold (WER and throughput per beam);
+   with ``--oov-penalties`` a sweep of the unknown-word penalty (weight ``oov``: see
+   ``fusion.cli.lm_scorers``) at those, then a beam sweep at the best weights, threshold
+   and penalty (WER and throughput per beam);
 3. the dev N-best lists at the best weights, with the rescoring scores (neural LM
    sentence log-probability, HMM alignment log-likelihood under a duration model fitted
    on dev) cached as an N-best table; its oracle WER;
@@ -48,7 +50,7 @@ __all__ = ["add_parser", "cmd_tune"]
 #: the pruning thresholds swept by default (natural log): SearchOptions' default first
 BEAM_THRESHOLDS = (10.0, 15.0, 20.0, 25.0)
 #: inputs.json keys added after the first version, with what a directory without them ran
-_INPUTS_BEFORE = {"beam_thresholds": [10.0]}
+_INPUTS_BEFORE = {"beam_thresholds": [10.0], "oov_penalties": [0.0]}
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -89,6 +91,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="pruning thresholds swept at the best weights; the best on dev goes "
                    "into the config (default: %(default)s; the weight studies run at the "
                    "first)")
+    p.add_argument("--oov-penalties", type=_floats, default=(0.0,),
+                   help="unknown-word penalties swept at the best weights and threshold; the "
+                   "best on dev goes into the config as weight 'oov' (default: 0, no penalty; "
+                   "e.g. 0,2.5,5,10). Needs the LM's words (an ARPA LM or --lm-vocab)")
     p.add_argument("--pick-beam", action="store_true",
                    help="take the beam of the sweep with the lowest dev WER for the N-best lists "
                    "and the config (default: keep --beam-size)")
@@ -206,6 +212,7 @@ def check_inputs(out: Path, args: argparse.Namespace) -> None:
             "lm_grid": list(args.lm_grid), "bonus_grid": list(args.bonus_grid),
             "beam_size": args.beam_size, "beams": [float(b) for b in args.beams],
             "beam_thresholds": [float(t) for t in args.beam_thresholds],
+            "oov_penalties": [float(v) for v in args.oov_penalties],
             "pick_beam": bool(args.pick_beam), "nbest": args.nbest,
             "nlm": _file_id(Path(nlm)) if Path(nlm).is_file() else nlm, "hmm": args.hmm,
             "hmm_fit_utterances": args.hmm_fit_utterances, "seed": args.seed}
@@ -225,16 +232,21 @@ def check_inputs(out: Path, args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from fusion.cli import lm_scorers
+    from fusion.cli import OOV, lm_scorers
 
     out: Path = args.out_dir
     if not args.beam_thresholds or any(not t > 0 for t in args.beam_thresholds):
         raise ValueError(f"--beam-thresholds must be positive, got {args.beam_thresholds}")
+    if not args.oov_penalties or any(not v >= 0 for v in args.oov_penalties):
+        raise ValueError(f"--oov-penalties must be 0 or more, got {args.oov_penalties}")
     out.mkdir(parents=True, exist_ok=True)
     check_inputs(out, args)
     log = TrialLog(out / "trials.jsonl")
     table, posteriors, refs = _load_dev(args)
-    scorers = lm_scorers(args.lm, args.lm_vocab)
+    sweep_oov = any(v > 0 for v in args.oov_penalties)
+    # the weight studies and the threshold sweep run without the penalty (weight 0)
+    scorers = lm_scorers(args.lm, args.lm_vocab, oov=sweep_oov)
+    no_penalty = {OOV: 0.0} if sweep_oov else {}
     params = [Param.linspace("lm", *args.lm_grid), Param.linspace("word_bonus", *args.bonus_grid)]
     grid_size = len(params[0].grid) * len(params[1].grid)
     quarter = max(1, grid_size // 4)
@@ -242,7 +254,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"dev": str(args.dev), "posteriors": str(args.posteriors),
                                "lm": str(args.lm), "utterances": len(posteriors),
                                "audio_seconds": sum(p.duration for p in posteriors)}
-    with FirstPassObjective(table, scorers, posteriors, refs, options, workers=args.workers,
+    with FirstPassObjective(table, scorers, posteriors, refs, options, no_penalty, workers=args.workers,
                             backend=args.backend, ray_address=args.ray_address) as objective:
         studies = _studies(log, "first_pass", "", params, objective, args.random_trials or quarter,
                            args.tpe_trials or quarter, args.seed)
@@ -255,6 +267,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
                                "throughput": trial["audio_seconds"] / trial["decode_seconds"]})
         summary["threshold_sweep"] = thresholds
         threshold = min(thresholds, key=lambda r: (r["wer"], r["cer"], r["beam_threshold"]))["beam_threshold"]
+        best_params = {**best_params, **no_penalty}
+        if sweep_oov:
+            penalties = []
+            for value in tqdm(args.oov_penalties, desc="unknown-word penalty sweep", disable=None):
+                (trial,) = objective([{**best_params, OOV: value, "beam_threshold": threshold}])
+                penalties.append({OOV: value, "wer": trial["wer"], "cer": trial["cer"]})
+            summary["oov_sweep"] = penalties
+            best_params[OOV] = min(penalties, key=lambda r: (r["wer"], r["cer"], r[OOV]))[OOV]
         sweep = []
         for beam in tqdm(args.beams, desc="beam sweep", disable=None):
             (trial,) = objective([{**best_params, "beam_size": int(beam), "beam_threshold": threshold}])
@@ -268,8 +288,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
                          "beam_threshold": threshold,
                          "picked_from_sweep": bool(args.pick_beam and sweep)}
     weights = {"lm": best_params["lm"], "word_bonus": best_params["word_bonus"]}
+    if best_params.get(OOV):
+        weights[OOV] = best_params[OOV]
+    else:  # no penalty: no scorer, so neither the N-best table nor the config has one
+        scorers = [s for s in scorers if s.name != OOV]
+    penalty = (f"; unknown-word penalty {best_params[OOV]:g} (dev WER "
+               f"{min(r['wer'] for r in summary['oov_sweep']):.2f})" if sweep_oov else "")
     print(f"first pass: best WER {summary['first_pass']['best']['wer']:.2f} at {weights}; "
-          f"pruning threshold {threshold:g}", file=sys.stderr)
+          f"pruning threshold {threshold:g}{penalty}", file=sys.stderr)
 
     nbest_path = out / "nbest.npz"
     if nbest_path.exists():  # a resumed run: the scorers are not even loaded

@@ -13,9 +13,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_decoder  # noqa: E402
 
 
-def _best_toml(path: Path, beam: int, lm: float, bonus: float, threshold: float = 10.0) -> str:
+def _best_toml(path: Path, beam: int, lm: float, bonus: float, threshold: float = 10.0,
+               oov: float | None = None) -> str:
     path.write_text(f"[search]\nbeam_size = {beam}\nnbest = 8\nbeam_threshold = {threshold}\n\n"
-                    f"[weights]\nlm = {lm}\nword_bonus = {bonus}\n", encoding="utf-8")
+                    f"[weights]\nlm = {lm}\nword_bonus = {bonus}\n"
+                    + (f"oov = {oov}\n" if oov is not None else ""), encoding="utf-8")
     return str(path)
 
 
@@ -59,3 +61,15 @@ def test_two_files_tuned_at_one_beam_are_refused(tmp_path):
 def test_a_tuned_file_for_an_lm_not_in_the_run_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="no LM 'word-5gram'"):
         bench_decoder.lm_weights(_args("word-5gram=" + _best_toml(tmp_path / "a.toml", 32, 1, 1)), LMS)
+
+
+def test_a_tuned_unknown_word_penalty_goes_with_its_beam(tmp_path):
+    """A best.toml with weight 'oov' gives ours that penalty at its beam; one without, none."""
+    weights = bench_decoder.lm_weights(_args(
+        "cmusphinx-3gram=" + _best_toml(tmp_path / "t32.toml", 32, 0.5, 0.0),
+        "cmusphinx-3gram=" + _best_toml(tmp_path / "t128.toml", 128, 0.4, -0.5, oov=5.0)), LMS)
+    w = weights["cmusphinx-3gram"]
+    assert [bench_decoder.weights_at(w, beam)["oov"] for beam in (8, 32, 128)] == [0.0, 0.0, 5.0]
+    text = bench_decoder._weights_text({"weights": weights})
+    assert "beam 128: LM weight 0.400 (nats), word bonus -0.500, our unknown-word penalty 5, " in text
+    assert "beam 32: LM weight 0.500 (nats), word bonus 0.000, our pruning" in text

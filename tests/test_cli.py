@@ -99,6 +99,42 @@ def test_beam_decode_with_an_lm(corpus, tmp_path):
         assert outs["compiled"].read_text() == outs["python"].read_text()
 
 
+def test_the_unknown_word_penalty(corpus, tmp_path, capsys):
+    """--oov-penalty: a scorer 'oov' scoring -1 per word outside the LM's words, weighted by
+    the penalty; at 0 it changes no hypothesis. It needs an LM and the LM's words."""
+    from lm.ngram import build_binary
+
+    (tmp_path / "t.txt").write_text("hello world\nthe cat sat\n" * 5)  # no 'good morning'
+    lm = tmp_path / "lm.arpa"
+    assert main(["lm", "build", str(tmp_path / "t.txt"), "-o", str(lm), "--order", "2"]) == 0
+
+    def decode(*extra: str) -> list[dict]:
+        out = tmp_path / "oov.jsonl"
+        assert main(["decode", str(corpus / "post.npz"), "-o", str(out), "--decoder", "beam",
+                     "--lm", str(lm), "--beam-size", "4", *extra]) == 0
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    plain, zero, some = decode(), decode("--oov-penalty", "0"), decode("--oov-penalty", "1.5")
+    assert [r["text"] for r in plain] == [r["text"] for r in zero] == [r["text"] for r in some] == [
+        "hello world", "the cat sat", "good morning"]
+    assert [r["scores"]["oov"] for r in zero] == [r["scores"]["oov"] for r in some] == [0.0, 0.0, -2.0]
+    assert "oov" not in plain[0]["scores"]
+    for a, b in zip(plain, some):  # the same hypotheses, each OOV word 1.5 lower
+        assert b["score"] == pytest.approx(a["score"] + 1.5 * b["scores"]["oov"])
+    # the same from a config's [weights]
+    (tmp_path / "oov.toml").write_text("[weights]\noov = 1.5\n")
+    assert [r["score"] for r in decode("--config", str(tmp_path / "oov.toml"))] == [r["score"] for r in some]
+    # no LM, or an LM whose words are unknown (a binary without a vocabulary): clear errors
+    capsys.readouterr()
+    assert main(["decode", str(corpus / "post.npz"), "-o", str(tmp_path / "x.jsonl"),
+                 "--decoder", "beam", "--oov-penalty", "2"]) == 2
+    assert "unknown-word penalty (--oov-penalty, [weights] oov) needs an LM" in capsys.readouterr().err
+    build_binary(lm, tmp_path / "lm.bin")
+    assert main(["decode", str(corpus / "post.npz"), "-o", str(tmp_path / "x.jsonl"),
+                 "--decoder", "beam", "--lm", str(tmp_path / "lm.bin"), "--oov-penalty", "2"]) == 2
+    assert "lm.bin: an unknown-word penalty (weight 'oov') needs the LM's words" in capsys.readouterr().err
+
+
 def test_hotwords_file(corpus, tmp_path):
     (tmp_path / "hot.txt").write_text("Hello World\t3\ngood morning\n\n")
     out = tmp_path / "h.jsonl"

@@ -273,3 +273,36 @@ def test_tune_directory_of_an_older_version_resumes_at_the_old_threshold(dev, tm
     assert main(["tune", *argv]) == 0
     assert main(["tune", *argv[:-2]]) == 2  # the default sweep is not what that directory ran
     assert "beam_thresholds differ" in capsys.readouterr().err
+
+
+def test_fusion_tune_sweeps_the_unknown_word_penalty(dev, tmp_path, capsys):
+    """--oov-penalties: swept at the best weights and threshold; the best on dev (the
+    smallest of equals) goes into the config as weight 'oov', none when it is 0."""
+    out = tmp_path / "tune"
+    argv = _quick_tune(dev, out, "--beams", "8", "--oov-penalties", "0,3,40")
+    assert main(["tune", *argv]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["oov"] for r in summary["oov_sweep"]] == [0.0, 3.0, 40.0]
+    kept = min(summary["oov_sweep"], key=lambda r: (r["wer"], r["cer"], r["oov"]))["oov"]
+    assert DecodeConfig.load(out / "best.toml").weights.get("oov", 0.0) == kept
+    # the weight studies ran without the penalty: their trials equal a run without the sweep
+    plain = tmp_path / "plain"
+    assert main(["tune", *_quick_tune(dev, plain, "--beams", "8")]) == 0
+    strip = [{k: t[k] for k in ("params", "wer", "cer")} for t in TrialLog(plain / "trials.jsonl").trials
+             if t["stage"] == "first_pass"]
+    assert [{k: t[k] for k in ("params", "wer", "cer")} for t in TrialLog(out / "trials.jsonl").trials
+            if t["stage"] == "first_pass"] == strip
+    assert "oov_sweep" not in json.loads((plain / "summary.json").read_text())
+    # a penalty that is kept is in the config, the N-best table and the rescoring weights,
+    # and fusion decode reads it
+    forced = tmp_path / "forced"
+    assert main(["tune", *_quick_tune(dev, forced, "--beams", "8", "--oov-penalties", "3")]) == 0
+    config = tomllib.loads((forced / "best.toml").read_text())
+    assert config["weights"]["oov"] == 3.0 and "oov" in config["rescore"]["weights"]
+    hyp = tmp_path / "hyp.jsonl"
+    assert main(["decode", str(dev / "dev.npz"), "--decoder", "beam", "--config", str(forced / "best.toml"),
+                 "-o", str(hyp)]) == 0
+    assert "oov" in json.loads(hyp.read_text().splitlines()[0])["scores"]
+    # a penalty is 0 or more
+    assert main(["tune", *_quick_tune(dev, tmp_path / "bad", "--oov-penalties", "0,-1")]) == 2
+    assert "--oov-penalties must be 0 or more" in capsys.readouterr().err
