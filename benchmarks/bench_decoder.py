@@ -45,14 +45,15 @@ import torch  # noqa: E402
 from pyctcdecode import Alphabet, BeamSearchDecoderCTC, LanguageModel  # noqa: E402
 from torchaudio.models.decoder import ctc_decoder  # noqa: E402
 
+from fusion.cli import OOV, lm_scorers  # noqa: E402
 from fusion.decoder import BeamSearchDecoder, SearchOptions, lexicon_pruning  # noqa: E402
 from fusion.greedy import greedy_decode  # noqa: E402
 from fusion.manifest import read_manifest  # noqa: E402
 from fusion.metrics import score_corpus  # noqa: E402
 from fusion.posteriors import PosteriorsReader  # noqa: E402
 from fusion.pyctc import pyctcdecode_labels  # noqa: E402
-from fusion.scorers import LexiconScorer, LMScorer, WordBonus  # noqa: E402
-from lm.ngram import KenLM, read_unigrams  # noqa: E402
+from fusion.scorers import LexiconScorer  # noqa: E402
+from lm.ngram import read_unigrams  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PEERS = ("pyctcdecode", "flashlight-lexicon")  # the peers with the same word LM
@@ -77,12 +78,8 @@ def run_ours(path: str, beam: int, lm: str, vocab: str, alpha: float, beta: floa
              threshold: float, oov: float = 0.0, engine: str = "compiled",
              lexicon: str | None = None):
     posteriors, table = _load(path)
-    unigrams = read_unigrams(vocab)
-    scorers = [LMScorer(KenLM(lm), unigrams=unigrams), WordBonus()]
-    weights = {"lm": alpha, "word_bonus": beta}
-    if oov:  # the unknown-word penalty (fusion.cli.lm_scorers' "oov")
-        scorers.append(LexiconScorer(unigrams, name="oov"))
-        weights["oov"] = oov
+    scorers = lm_scorers(Path(lm), Path(vocab), oov=oov > 0)  # what fusion decode builds
+    weights = {"lm": alpha, "word_bonus": beta, **({OOV: oov} if oov > 0 else {})}
     options = SearchOptions(beam_size=beam, beam_threshold=threshold, engine=engine)
     if lexicon is not None:  # flashlight's lexicon: the output only ever has its words
         scorers.append(LexiconScorer.from_file(lexicon, constraint=True))
@@ -246,7 +243,7 @@ def lm_weights(args: argparse.Namespace, lms: dict[str, Path]) -> dict[str, dict
         tuned.setdefault(name, {})[beam] = {
             "alpha": config["weights"]["lm"], "beta": config["weights"]["word_bonus"],
             "beam_threshold": config["search"].get("beam_threshold", SearchOptions().beam_threshold),
-            "oov": config["weights"].get("oov", 0.0),
+            "oov": config["weights"].get(OOV, 0.0),
             "source": f"fusion tune: {path}", "tuned_beam": beam}
     for name, by_beam in tuned.items():
         out[name] = dict(next(iter(by_beam.values())))

@@ -24,6 +24,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from functools import cached_property
 from typing import Any
 
 from lm.base import LanguageModel
@@ -172,8 +173,13 @@ class LexiconScorer(WordScorer):
         self.words = frozenset(w for w in words if w)
         if not self.words:
             raise ValueError(f"scorer {name!r}: the word list is empty")
-        self.prefixes = frozenset(w[:i] for w in self.words for i in range(1, len(w) + 1))
         self.name = name
+
+    @cached_property
+    def prefixes(self) -> frozenset[str]:
+        """Every prefix of a listed word: built on first use, since only a constraint asks
+        (an OOV penalty over an LM's 72k words would hold 173k strings, 16 MB, for nothing)."""
+        return frozenset(w[:i] for w in self.words for i in range(1, len(w) + 1))
 
     @classmethod
     def from_file(cls, path: Any, name: str = "lexicon", *, constraint: bool = False
