@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 import pytest
@@ -24,6 +25,7 @@ from fusion.am.features import (
     SpecAugment,
     SpecAugmentConfig,
     num_feature_frames,
+    random_envelope,
     vtlp_source_bins,
     warp_frequency,
 )
@@ -269,6 +271,57 @@ def test_specaugment_freq_warp_only_in_training():
     torch.testing.assert_close(y[..., -1], x[..., -1])
 
 
+def test_random_envelope_by_hand():
+    torch.manual_seed(3)
+    knots = (2 * torch.rand(2, 4) - 1) * 6.0  # the gains random_envelope draws, in dB
+    torch.manual_seed(3)
+    env = random_envelope(2, 10, 6.0, 4)  # knots on bins 0, 3, 6 and 9
+    assert env.shape == (2, 10) and float(env.abs().max()) <= 6.0
+    torch.testing.assert_close(env[:, ::3], knots)
+    torch.testing.assert_close(env[:, 1], knots[:, 0] + (knots[:, 1] - knots[:, 0]) / 3)
+    torch.testing.assert_close(env[:, 8], knots[:, 2] + (knots[:, 3] - knots[:, 2]) * 2 / 3)
+
+
+def test_specaugment_envelope_is_one_gain_per_bin():
+    cfg = SpecAugmentConfig(freq_masks=0, time_masks=0, envelope_db=10.0, envelope_knots=5)
+    aug = SpecAugment(cfg)
+    x = torch.randn(3, 40, 80)
+    std = torch.full((80,), 2.0)
+    assert torch.equal(aug.eval()(x, feature_std=std), x)
+    torch.manual_seed(1)
+    y = aug.train()(x, feature_std=std)
+    torch.manual_seed(1)
+    expected = random_envelope(3, 80, 10.0, 5) * math.log(10) / 10 / 2.0  # dB -> nats -> /std
+    diff = y - x
+    torch.testing.assert_close(diff, expected[:, None, :].expand_as(diff), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(diff[0, 0], diff[1, 0])  # each utterance its own curve
+
+
+def test_model_envelope_is_in_decibels_of_the_raw_features():
+    # the model hands its CMVN std to the augmenter: a gain of g dB on the normalised
+    # features equals g dB (g * ln 10 / 10 nats) on the log-mel energies it was given
+    model = tiny()  # CMVN std 0.5 .. 2
+    aug = SpecAugment(SpecAugmentConfig(freq_masks=0, time_masks=0, envelope_db=8.0)).train()
+    feats, lengths = torch.randn(2, 60, 80), torch.tensor([60, 45])
+    torch.manual_seed(2)
+    out, _ = model(feats, lengths, augment=aug)
+    torch.manual_seed(2)
+    coloured = feats + (random_envelope(2, 80, 8.0, 6) * math.log(10) / 10)[:, None, :]
+    torch.testing.assert_close(out, model(coloured, lengths)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_specaugment_options_off_draw_no_randomness():
+    # runs trained before the envelope existed resume exactly: an option at 0 draws nothing
+    x = torch.randn(2, 30, 80)
+    for cfg in [SpecAugmentConfig(freq_masks=0, time_masks=0),
+                SpecAugmentConfig(freq_masks=0, time_masks=0, envelope_knots=9)]:
+        torch.manual_seed(5)
+        assert torch.equal(SpecAugment(cfg).train()(x), x)
+        after = torch.rand(1)
+        torch.manual_seed(5)
+        assert torch.equal(after, torch.rand(1))
+
+
 def test_toml_config(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text('[model]\nn_layers = 3\nsubsampling = 8\n[optim]\nlr = 1e-3\n'
@@ -283,6 +336,8 @@ def test_toml_config(tmp_path):
                         ("[optim]\nschedule = 'linear'\n", "schedule"),
                         ("[run]\nprecision = 'fp16'\n", "run.precision"),
                         ("[specaug]\nfreq_warp = 0.7\n", "freq_warp"),
+                        ("[specaug]\nenvelope_db = -3.0\n", "envelope_db"),
+                        ("[specaug]\nenvelope_knots = 1\n", "envelope_knots"),
                         ("model = [", "invalid TOML")]:
         bad = tmp_path / "bad.toml"
         bad.write_text(text)

@@ -8,11 +8,14 @@
 * :class:`CMVN` holds global mean/variance statistics, accumulated over a training set
   with :class:`CMVNAccumulator`; the model keeps them as buffers, so they travel in its
   checkpoint.
-* :class:`SpecAugment` masks frequency bands and time spans (training only).
+* :class:`SpecAugment` masks frequency bands and time spans (training only), and can warp
+  the mel axis (VTLP) and colour the spectrum with a random equaliser
+  (:func:`random_envelope`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +41,7 @@ __all__ = [
     "load_audio",
     "num_feature_frames",
     "prepare_waveform",
+    "random_envelope",
     "vtlp_source_bins",
     "warp_frequency",
 ]
@@ -193,10 +197,16 @@ class SpecAugmentConfig:
     time_width: int = 40
     time_max_ratio: float = 0.05  # a time mask covers at most this fraction of the batch
     freq_warp: float = 0.0  # VTLP: warp each utterance's mel axis by a factor in 1 +- this
+    envelope_db: float = 0.0  # random equaliser: gains within +- this many dB (0: off)
+    envelope_knots: int = 6  # ... drawn at this many points along the mel axis
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.freq_warp < 0.5:
             raise ValueError(f"specaug.freq_warp must be in [0, 0.5), got {self.freq_warp}")
+        if not 0.0 <= self.envelope_db <= 30.0:
+            raise ValueError(f"specaug.envelope_db must be in [0, 30] dB, got {self.envelope_db}")
+        if self.envelope_knots < 2:
+            raise ValueError(f"specaug.envelope_knots must be at least 2, got {self.envelope_knots}")
 
 
 def vtlp_source_bins(alpha: torch.Tensor, n_bins: int, boundary: float = 0.8) -> torch.Tensor:
@@ -228,14 +238,30 @@ def warp_frequency(feats: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return at_lo + (at_hi - at_lo) * frac
 
 
+def random_envelope(batch: int, n_bins: int, db: float, knots: int) -> torch.Tensor:
+    """``(batch, n_bins)`` random equaliser curves in dB: a gain drawn uniformly from
+    ``+- db`` at each of ``knots`` points spread evenly over the mel axis (the first on
+    bin 0, the last on the top bin), linearly interpolated between them.
+
+    Added to log-mel features it colours each utterance's spectrum as a new voice, room
+    or microphone would (a smooth spectral tilt with broad peaks and dips).
+    """
+    gains = (2 * torch.rand(batch, knots) - 1) * db  # (B, K)
+    return nn.functional.interpolate(gains[:, None, :], size=n_bins, mode="linear",
+                                     align_corners=True)[:, 0]  # (B, n_bins)
+
+
 class SpecAugment(nn.Module):
     """Frequency and time masks on normalised ``(B, T, D)`` features, in training mode only.
 
     Masked values become 0 (the global mean after CMVN). Every utterance of a batch gets
     its own masks. With ``freq_warp > 0`` each utterance's mel axis is first warped by a
     factor drawn uniformly from ``1 +- freq_warp`` (VTLP: a longer or shorter vocal tract,
-    a new speaker to the model). Randomness comes from torch's global generator (saved on
-    checkpoints).
+    a new speaker to the model). With ``envelope_db > 0`` each utterance's log-mel energies
+    first get a :func:`random_envelope` (a decibel gain per mel bin, the same in every
+    frame); ``feature_std`` (the CMVN standard deviations the features were divided by)
+    turns it into normalised units. Randomness comes from torch's global generator (saved
+    on checkpoints); an option left off draws nothing from it.
     """
 
     def __init__(self, config: SpecAugmentConfig) -> None:
@@ -244,10 +270,18 @@ class SpecAugment(nn.Module):
         self.freq = AT.FrequencyMasking(config.freq_width, iid_masks=True)
         self.time = AT.TimeMasking(config.time_width, iid_masks=True, p=1.0)
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None,
+                feature_std: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         if not (self.training and cfg.enabled):
             return feats
+        if cfg.envelope_db > 0:
+            b, _, d = feats.shape
+            nats = random_envelope(b, d, cfg.envelope_db, cfg.envelope_knots) * (math.log(10) / 10)
+            nats = nats.to(feats.device)
+            if feature_std is not None:
+                nats = nats / feature_std.to(nats.device)
+            feats = feats + nats[:, None, :].to(feats.dtype)
         if cfg.freq_warp > 0:
             alpha = 1.0 + cfg.freq_warp * (2 * torch.rand(feats.shape[0]) - 1)  # (B,)
             feats = warp_frequency(feats, alpha.to(feats.device))

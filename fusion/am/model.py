@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion.am.features import CMVN, HOP_LENGTH, N_MELS, SAMPLE_RATE
+from fusion.am.features import CMVN, HOP_LENGTH, N_MELS, SAMPLE_RATE, SpecAugment
 from fusion.am.subword import SentencePieceUnits
 from fusion.manifest import atomic_write
 from fusion.tokens import TokenTable, character_table
@@ -420,10 +420,10 @@ class CTCModel(CMVNModule):
         return subsampled_length(lengths, self.config.subsampling) * self.config.upsample
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor, *,
-                augment: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                augment: SpecAugment | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.normalize(feats)
         if augment is not None:
-            x = augment(x, lengths)
+            x = augment(x, lengths, feature_std=self.cmvn_std)
         h, out_lengths = self.encoder(x, lengths)  # (B, T', D)
         with torch.autocast(h.device.type, enabled=False):  # the head in float32 under autocast
             h = h.float()
