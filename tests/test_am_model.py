@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -320,6 +321,15 @@ def test_specaugment_options_off_draw_no_randomness():
         after = torch.rand(1)
         torch.manual_seed(5)
         assert torch.equal(after, torch.rand(1))
+
+
+@pytest.mark.parametrize("recipe", sorted(
+    (Path(__file__).parents[1] / "fusion/models/am-default/recipe").glob("*.toml")),
+    ids=lambda p: p.name)
+def test_committed_recipes_are_valid_configs(recipe):
+    # each stage's recipe must still load, so that the model card's commands rerun
+    cfg = load_config(TrainConfig, recipe)
+    assert cfg.optim.lr > 0 and cfg.model.d_model > 0
 
 
 def test_toml_config(tmp_path):
