@@ -268,6 +268,10 @@ def map_ray(
         try:
             return ray.get(refs)
         except BaseException:
-            for ref in refs:
+            # cancel only what has not finished: cancelling a task whose result is
+            # arriving can abort the driver (Ray's "it != submissible_tasks_.end()"
+            # check, ray-project/ray#54798), as it did once in our CI (Ray 2.60)
+            _, unfinished = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for ref in unfinished:
                 ray.cancel(ref)
             raise
