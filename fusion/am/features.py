@@ -277,10 +277,10 @@ class SpecAugment(nn.Module):
             return feats
         if cfg.envelope_db > 0:
             b, _, d = feats.shape
-            nats = random_envelope(b, d, cfg.envelope_db, cfg.envelope_knots) * (math.log(10) / 10)
-            nats = nats.to(feats.device)
-            if feature_std is not None:
-                nats = nats / feature_std.to(nats.device)
+            db = random_envelope(b, d, cfg.envelope_db, cfg.envelope_knots).to(feats.device)
+            nats = db * (math.log(10) / 10)  # log-mel energies are natural logs of power
+            if feature_std is not None:  # a model buffer, on the features' device
+                nats = nats / feature_std
             feats = feats + nats[:, None, :].to(feats.dtype)
         if cfg.freq_warp > 0:
             alpha = 1.0 + cfg.freq_warp * (2 * torch.rand(feats.shape[0]) - 1)  # (B,)
