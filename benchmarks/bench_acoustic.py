@@ -45,6 +45,7 @@ from common import RESULTS, header, table, write_results  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "fusion" / "models" / "am-default" / "model.pt"
 SPLITS = ("test", "test-unseen-voices", "real-speech")
+TOP_WORD_ERRORS = 8  # per voice: the words misrecognised most
 #: fine-tuning starts: random, the BEST-RQ encoder, the BEST-RQ encoder held fixed at first
 INITS = ("random", "bestrq", "bestrq-frozen")
 INIT_NAMES = {"random": "random", "bestrq": "BEST-RQ", "bestrq-frozen": "BEST-RQ, encoder frozen first"}
@@ -79,7 +80,7 @@ def greedy_scores(model: Any, manifest: Path, *, threads: int, decoder: Any = No
     from fusion.am.infer import CTCModelAdapter, compute_posteriors
     from fusion.greedy import greedy_decode
     from fusion.manifest import read_manifest
-    from fusion.metrics import score_corpus
+    from fusion.metrics import score_corpus, word_errors
     from fusion.posteriors import Posteriors
 
     torch.set_num_threads(threads)
@@ -116,8 +117,11 @@ def greedy_scores(model: Any, manifest: Path, *, threads: int, decoder: Any = No
         out["voices"] = {}
         for group, ids in sorted(groups.items()):
             part = score_corpus({u: refs[u] for u in ids}, hyps)
-            out["voices"][group] = {"utterances": len(ids), "cer": round(100 * part.cer, 2),
-                                    "wer": round(100 * part.wer, 2)}
+            out["voices"][group] = {
+                "utterances": len(ids), "cer": round(100 * part.cer, 2), "wer": round(100 * part.wer, 2),
+                # greedy: the words this voice gets wrong most, and what it says instead
+                "word_errors": [e.to_dict() for e in word_errors(part, top=TOP_WORD_ERRORS)],
+            }
             if fused_hyps is not None:
                 part = score_corpus({u: refs[u] for u in ids}, fused_hyps)
                 out["voices"][group].update(lm_cer=round(100 * part.cer, 2), lm_wer=round(100 * part.wer, 2))
@@ -277,6 +281,15 @@ def plot(pre: dict[str, Any], png: Path) -> None:
     plt.close(fig)
 
 
+def word_errors_text(errors: list[dict[str, Any]], heard: int = 3) -> str:
+    """``the 40/42 (de 31, da 4, - 2)``: a voice's worst words, each with what it was heard
+    as most often, for a table cell."""
+    return "; ".join(
+        f"{e['word']} {e['errors']}/{e['count']} ("
+        + ", ".join(f"{h or '-'} {n}" for h, n in e["heard_as"][:heard]) + ")"
+        for e in errors)
+
+
 def markdown(data: dict[str, Any]) -> str:
     h = data["header"]
     lines = ["# Acoustic model benchmark", "",
@@ -302,6 +315,14 @@ def markdown(data: dict[str, Any]) -> str:
             lines.append(table(rows, [("split", "split"), ("voice", "voice / source"),
                                       ("utterances", "utts"), ("cer", "CER %"), ("wer", "WER %"),
                                       ("lm_cer", "+ 3-gram CER %"), ("lm_wer", "+ 3-gram WER %")]))
+        rows = [{"split": s, "voice": v, "words": word_errors_text(r["word_errors"])}
+                for s in EVAL_SPLITS if s in ev for v, r in sorted(ev[s].get("voices", {}).items())
+                if r.get("word_errors")]
+        if rows:
+            lines += ["Words each voice or source got wrong most (greedy): errors / occurrences, then "
+                      "what it said instead, most often first (`-`: nothing):", ""]
+            lines.append(table(rows, [("split", "split"), ("voice", "voice / source"),
+                                      ("words", "words")]))
     pre = data.get("pretraining")
     if pre:
         p = pre["pretrain"]

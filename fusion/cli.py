@@ -23,7 +23,7 @@ from fusion.distributed import add_backend_arguments
 from fusion.formats import ctm_lines, srt_cues, srt_text
 from fusion.greedy import greedy_decode
 from fusion.manifest import ManifestError, atomic_write, iter_jsonl, read_manifest
-from fusion.metrics import CorpusScore, score_corpus
+from fusion.metrics import CorpusScore, WordErrors, score_corpus, word_errors
 from fusion.parallel import chunked, decode_parallel
 from fusion.posteriors import KINDS, Posteriors, PosteriorsError, PosteriorsReader
 from fusion.pyctc import FusionLanguageModel, PyctcdecodeBackend
@@ -104,6 +104,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--no-normalize", action="store_true",
                    help="score the texts as they are (default: normalise both sides)")
+    p.add_argument("--word-errors", type=int, default=0, metavar="N",
+                   help="also list the N reference words misrecognised most, with what they were "
+                        "heard as (like sclite's confusion pairs)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(
@@ -458,14 +461,33 @@ def format_score(score: CorpusScore) -> str:
     return "\n".join(lines)
 
 
+def format_word_errors(errors: list[WordErrors], heard: int = 5) -> str:
+    """One line per word: ``the  40/42 (95.2%)  de 31, da 4, <deleted> 2``."""
+    width = max((len(e.word) for e in errors), default=0)
+    lines = ["words misrecognised most (errors/occurrences, then what they were heard as):"]
+    for e in errors:
+        said = ", ".join(f"{h or '<deleted>'} {n}" for h, n in e.heard_as[:heard])
+        more = f", ... ({len(e.heard_as) - heard} more)" if len(e.heard_as) > heard else ""
+        lines.append(f"  {e.word:<{width}}  {e.errors}/{e.count} ({100 * e.rate:.1f}%)  {said}{more}")
+    return "\n".join(lines)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
+    if args.word_errors < 0:
+        raise SystemExit(f"fusion score: error: --word-errors must be at least 0, got {args.word_errors}")
     refs = {u.id: u.text for u in read_manifest(args.ref, require=("text",))}
     hyps = _read_hypotheses(args.hyp)
     result = score_corpus(refs, hyps, normalize=not args.no_normalize)
+    errors = word_errors(result, top=args.word_errors) if args.word_errors else []
     if args.json:
-        print(json.dumps(result.to_dict(), indent=1))
+        out = result.to_dict()
+        if args.word_errors:
+            out["word_errors"] = [e.to_dict() for e in errors]
+        print(json.dumps(out, indent=1))
     else:
         print(format_score(result))
+        if args.word_errors:
+            print(format_word_errors(errors))
     return 0
 
 

@@ -2,11 +2,13 @@
 
 References and hypotheses pass through the same :func:`fusion.text.normalize_text`
 before scoring. Corpus rates are total errors over total reference length (not a mean
-of per-utterance rates). CER counts the spaces between words as characters.
+of per-utterance rates). CER counts the spaces between words as characters. :func:`word_errors` says which
+reference words were misrecognised most, and what they were heard as.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +17,15 @@ import jiwer
 
 from fusion.text import normalize_text
 
-__all__ = ["CorpusScore", "ErrorCounts", "UtteranceScore", "score_corpus", "score_utterance"]
+__all__ = [
+    "CorpusScore",
+    "ErrorCounts",
+    "UtteranceScore",
+    "WordErrors",
+    "score_corpus",
+    "score_utterance",
+    "word_errors",
+]
 
 
 @dataclass(frozen=True)
@@ -147,3 +157,61 @@ def _sum(counts: Iterable[ErrorCounts]) -> ErrorCounts:
     for c in counts:
         total = total + c
     return total
+
+
+@dataclass(frozen=True)
+class WordErrors:
+    """How one reference word fared over a corpus: ``errors`` of its ``count`` occurrences
+    were substituted or deleted; ``heard_as`` says what they became, most often first
+    (``""``: deleted)."""
+
+    word: str
+    count: int
+    errors: int
+    heard_as: tuple[tuple[str, int], ...]
+
+    @property
+    def rate(self) -> float:
+        return self.errors / self.count
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"word": self.word, "count": self.count, "errors": self.errors,
+                "heard_as": [list(h) for h in self.heard_as]}
+
+
+def word_errors(
+    scores: CorpusScore | Iterable[UtteranceScore], *, top: int | None = None, min_count: int = 1
+) -> list[WordErrors]:
+    """The reference words of ``scores`` that were misrecognised, most errors first (ties:
+    alphabetical), each with what it was heard as, from the word alignment that scored
+    them. Inserted words belong to no reference word and are not counted. Words seen
+    fewer than ``min_count`` times are left out; ``top`` keeps the first ``top``."""
+    if isinstance(scores, CorpusScore):
+        scores = scores.utterances
+    seen: Counter[str] = Counter()
+    heard: dict[str, Counter[str]] = {}
+    for u in scores:
+        ref, hyp = u.ref.split(), u.hyp.split()
+        seen.update(ref)
+        if not ref:
+            continue
+        if not hyp:
+            for w in ref:
+                heard.setdefault(w, Counter())[""] += 1
+            continue
+        for chunk in jiwer.process_words(u.ref, u.hyp).alignments[0]:
+            if chunk.type == "substitute":
+                for r, h in zip(ref[chunk.ref_start_idx:chunk.ref_end_idx],
+                                hyp[chunk.hyp_start_idx:chunk.hyp_end_idx], strict=True):
+                    heard.setdefault(r, Counter())[h] += 1
+            elif chunk.type == "delete":
+                for r in ref[chunk.ref_start_idx:chunk.ref_end_idx]:
+                    heard.setdefault(r, Counter())[""] += 1
+    out = [WordErrors(w, seen[w], sum(c.values()), tuple(sorted(c.items(), key=_most_first)))
+           for w, c in heard.items() if seen[w] >= min_count]
+    out.sort(key=lambda e: (-e.errors, e.word))
+    return out if top is None else out[:top]
+
+
+def _most_first(item: tuple[str, int]) -> tuple[int, str]:
+    return -item[1], item[0]

@@ -35,6 +35,10 @@ def test_greedy_scores_group_by_voice_or_source(tmp_path):
     # one with neither is in the split's totals only
     assert {k: v["utterances"] for k, v in out["voices"].items()} == {"espeak-ng:en-us": 2, "ljspeech": 1}
     assert "lm_cer" not in out["voices"]["ljspeech"]  # no decoder given
+    # each group's misrecognised words are its own, counted over its utterances
+    for group, n in (("espeak-ng:en-us", 2), ("ljspeech", 1)):
+        errs = out["voices"][group]["word_errors"]
+        assert {e["word"] for e in errs} <= {"a", "cat"} and all(e["count"] == n for e in errs)
     # with a decoder (no LM: a beam search over the same posteriors), each group gets its rates
     from fusion.decoder import BeamSearchDecoder
 
@@ -43,3 +47,11 @@ def test_greedy_scores_group_by_voice_or_source(tmp_path):
     for group in ("ljspeech", "espeak-ng:en-us"):
         assert set(fused["voices"][group]) >= {"lm_cer", "lm_wer"}
     assert fused["voices"]["ljspeech"]["cer"] == out["voices"]["ljspeech"]["cer"]  # greedy unchanged
+
+
+def test_word_errors_text():
+    errors = [
+        {"word": "the", "count": 42, "errors": 40, "heard_as": [["de", 31], ["da", 4], ["", 2], ["x", 1]]},
+        {"word": "and", "count": 5, "errors": 1, "heard_as": [["ad", 1]]},
+    ]
+    assert bench_acoustic.word_errors_text(errors) == "the 40/42 (de 31, da 4, - 2); and 1/5 (ad 1)"

@@ -32,7 +32,29 @@ def test_decode_then_score(corpus, capsys):
     assert main(["score", "--ref", str(corpus / "ref.jsonl"), "--hyp",
                  str(corpus / "hyp.jsonl"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["wer"] == 0.0 and result["utterances"] == 3
+    assert result["wer"] == 0.0 and result["utterances"] == 3 and "word_errors" not in result
+
+
+def test_score_lists_the_words_misrecognised_most(tmp_path, capsys):
+    (tmp_path / "ref.jsonl").write_text(
+        json.dumps({"id": "a", "text": "The cat and the dog."}) + "\n"
+        + json.dumps({"id": "b", "text": "the end"}) + "\n")
+    (tmp_path / "hyp.jsonl").write_text(
+        json.dumps({"id": "a", "text": "de cat an de dog"}) + "\n"
+        + json.dumps({"id": "b", "text": "end"}) + "\n")
+    args = ["score", "--ref", str(tmp_path / "ref.jsonl"), "--hyp", str(tmp_path / "hyp.jsonl")]
+    assert main([*args, "--word-errors", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "WER  57.14%  (3 sub, 1 del, 0 ins of 7 words)" in out  # every "the", and "and"
+    lines = out.splitlines()
+    i = lines.index("words misrecognised most (errors/occurrences, then what they were heard as):")
+    assert lines[i + 1:] == ["  the  3/3 (100.0%)  de 2, <deleted> 1", "  and  1/1 (100.0%)  an 1"]
+    assert main([*args, "--word-errors", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["word_errors"] == [{"word": "the", "count": 3, "errors": 3,
+                                      "heard_as": [["de", 2], ["", 1]]}]
+    with pytest.raises(SystemExit, match="--word-errors must be at least 0, got -1"):
+        main([*args, "--word-errors", "-1"])
 
 
 def test_bad_utterance_is_recorded_and_the_rest_decoded(tmp_path, table, rng):

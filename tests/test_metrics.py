@@ -1,6 +1,8 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fusion.metrics import ErrorCounts, score_corpus, score_utterance
+from fusion.metrics import ErrorCounts, WordErrors, score_corpus, score_utterance, word_errors
 
 
 def test_hand_computed_word_and_char_errors():
@@ -37,3 +39,44 @@ def test_corpus_totals_are_error_sums_over_reference_lengths():
     assert score.wer == pytest.approx(3 / 7)
     assert score.missing == ("c",) and score.extra == ("z",)
     assert score.to_dict()["per_utterance"][1]["wer"] == 1.0
+
+
+def test_word_errors_by_hand():
+    score = score_corpus(
+        {"a": "the cat sat on the mat", "b": "the dog", "c": "", "d": "sat down"},
+        {"a": "de cat on de mat", "b": "the dog barked", "c": "extra", "d": ""},
+    )
+    # a: the->de twice (S), sat deleted (the only alignment of 3 edits); b: right, and an
+    # insertion, counted for no reference word; c: only an insertion; d: nothing heard
+    errs = word_errors(score)
+    assert errs == [
+        WordErrors("sat", 2, 2, (("", 2),)),
+        WordErrors("the", 3, 2, (("de", 2),)),
+        WordErrors("down", 1, 1, (("", 1),)),
+    ]
+    assert errs[1].rate == pytest.approx(2 / 3)
+    assert errs[1].to_dict() == {"word": "the", "count": 3, "errors": 2, "heard_as": [["de", 2]]}
+    # top, min_count, and a plain list of utterance scores
+    assert [e.word for e in word_errors(score, top=1)] == ["sat"]
+    assert [e.word for e in word_errors(score.utterances, min_count=2)] == ["sat", "the"]
+    assert word_errors(score_corpus({"a": "x y"}, {"a": "x y"})) == []
+
+
+def test_word_errors_heard_as_orders_by_count_then_word():
+    score = score_corpus({"a": "and and and and", "b": "and"}, {"a": "ad an ad en", "b": "and"})
+    (e,) = word_errors(score)
+    assert (e.count, e.errors, e.heard_as) == (5, 4, (("ad", 2), ("an", 1), ("en", 1)))
+
+
+_sentences = st.lists(st.sampled_from(["a", "b", "c", "the", "de"]), max_size=8).map(" ".join)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(_sentences, _sentences), min_size=1, max_size=4))
+def test_word_errors_sum_to_the_corpus_substitutions_and_deletions(pairs):
+    score = score_corpus({str(i): r for i, (r, _) in enumerate(pairs)},
+                         {str(i): h for i, (_, h) in enumerate(pairs)})
+    errs = word_errors(score)
+    assert sum(e.errors for e in errs) == score.words.substitutions + score.words.deletions
+    assert all(0 < e.errors <= e.count and sum(n for _, n in e.heard_as) == e.errors
+               for e in errs)
