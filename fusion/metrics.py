@@ -2,8 +2,9 @@
 
 References and hypotheses pass through the same :func:`fusion.text.normalize_text`
 before scoring. Corpus rates are total errors over total reference length (not a mean
-of per-utterance rates). CER counts the spaces between words as characters. :func:`word_errors` says which
-reference words were misrecognised most, and what they were heard as.
+of per-utterance rates). CER counts the spaces between words as characters.
+:func:`word_errors` says which reference words were misrecognised most, and what they were
+heard as.
 """
 
 from __future__ import annotations
