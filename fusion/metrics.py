@@ -9,7 +9,7 @@ heard as.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -190,7 +190,7 @@ def word_errors(
     if isinstance(scores, CorpusScore):
         scores = scores.utterances
     seen: Counter[str] = Counter()
-    heard: dict[str, Counter[str]] = {}
+    heard: defaultdict[str, Counter[str]] = defaultdict(Counter)  # word -> what it was heard as
     for u in scores:
         ref, hyp = u.ref.split(), u.hyp.split()
         seen.update(ref)
@@ -198,16 +198,16 @@ def word_errors(
             continue
         if not hyp:
             for w in ref:
-                heard.setdefault(w, Counter())[""] += 1
+                heard[w][""] += 1
             continue
         for chunk in jiwer.process_words(u.ref, u.hyp).alignments[0]:
             if chunk.type == "substitute":
                 for r, h in zip(ref[chunk.ref_start_idx:chunk.ref_end_idx],
                                 hyp[chunk.hyp_start_idx:chunk.hyp_end_idx], strict=True):
-                    heard.setdefault(r, Counter())[h] += 1
+                    heard[r][h] += 1
             elif chunk.type == "delete":
                 for r in ref[chunk.ref_start_idx:chunk.ref_end_idx]:
-                    heard.setdefault(r, Counter())[""] += 1
+                    heard[r][""] += 1
     out = [WordErrors(w, seen[w], sum(c.values()), tuple(sorted(c.items(), key=_most_first)))
            for w, c in heard.items() if seen[w] >= min_count]
     out.sort(key=lambda e: (-e.errors, e.word))
