@@ -38,7 +38,7 @@ from common import header, table, write_results  # noqa: E402
 from fusion.decoder import BeamSearchDecoder, SearchOptions  # noqa: E402
 from fusion.greedy import greedy_decode  # noqa: E402
 from fusion.manifest import read_manifest  # noqa: E402
-from fusion.metrics import score_utterance  # noqa: E402
+from fusion.metrics import CorpusScore, compare, score_corpus  # noqa: E402
 from fusion.parallel import decode_parallel  # noqa: E402
 from fusion.posteriors import Posteriors, PosteriorsReader, PosteriorsWriter  # noqa: E402
 from fusion.rescore import LMRescorer, NbestTable, add_scores  # noqa: E402
@@ -88,25 +88,36 @@ def load(path: Path) -> list[Posteriors]:
         return [r[u] for u in r.ids]
 
 
-def bootstrap(errors: np.ndarray, lengths: np.ndarray, *, n: int = 2000, seed: int = 0) -> list[float]:
+def bootstrap(score: CorpusScore, *, n: int = 2000, seed: int = 0) -> list[float]:
     """95% percentile interval of corpus WER (percent) over utterances resampled."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(errors), size=(n, len(errors)))
-    rates = 100 * errors[idx].sum(axis=1) / np.maximum(1, lengths[idx].sum(axis=1))
-    return [float(np.percentile(rates, 2.5)), float(np.percentile(rates, 97.5))]
+    from scipy import stats
+
+    errors = np.array([u.words.errors for u in score.utterances])
+    lengths = np.array([u.words.ref_len for u in score.utterances])
+
+    def wer(e: np.ndarray, w: np.ndarray, axis: int = -1) -> np.ndarray:
+        return 100 * e.sum(axis) / np.maximum(1, w.sum(axis))
+
+    ci = stats.bootstrap((errors, lengths), wer, paired=True, vectorized=True, n_resamples=n,
+                         method="percentile", random_state=np.random.default_rng(seed)).confidence_interval
+    return [float(ci.low), float(ci.high)]
 
 
 def row(split: str, stage: str, refs: dict[str, str], hyps: dict[str, str], seconds: float,
-        audio: float) -> dict:
-    scores = [score_utterance(u, refs[u], hyps.get(u, "")) for u in refs]
-    werr = np.array([s.words.errors for s in scores])
-    wlen = np.array([s.words.ref_len for s in scores])
-    cerr = sum(s.chars.errors for s in scores) / max(1, sum(s.chars.ref_len for s in scores))
-    wer = 100 * werr.sum() / max(1, wlen.sum())
-    out = {"split": split, "system": stage, "wer": float(wer), "wer_ci": bootstrap(werr, wlen),
-           "cer": 100 * float(cerr), "utterances": len(refs),
+        audio: float, scores: dict[tuple[str, str], CorpusScore], against: str | None = None) -> dict:
+    """One system's results on one split; ``scores`` keeps each system's per-utterance
+    scores, so that ``against`` (a system already scored on this split) is compared with it
+    by paired bootstrap: the WER change and the probability that this system is better."""
+    score = scores[split, stage] = score_corpus(refs, hyps)
+    out = {"split": split, "system": stage, "wer": 100 * score.wer, "wer_ci": bootstrap(score),
+           "cer": 100 * score.cer, "utterances": len(refs),
            "throughput": audio / seconds if seconds else None}
-    print(f"{split:>20} {stage:<24} WER {wer:6.2f} [{out['wer_ci'][0]:.2f}, {out['wer_ci'][1]:.2f}]",
+    if against is not None:
+        c = compare(scores[split, against], score, resamples=2000)
+        out["vs"] = {"system": against, "delta": c.delta, "interval": list(c.interval),
+                     "p_better": c.p_better}
+    print(f"{split:>20} {stage:<24} WER {out['wer']:6.2f} [{out['wer_ci'][0]:.2f}, {out['wer_ci'][1]:.2f}]"
+          + (f", P(better than {against}) {out['vs']['p_better']:.3f}" if against else ""),
           file=sys.stderr)
     return out
 
@@ -224,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     dev_wer = {STAGES[-1]: best["wer"], TUNED: summary["rescore"]["best"]["wer"]}
     full = min(dev_wer, key=dev_wer.get)
     rows = []
+    scores: dict[tuple[str, str], CorpusScore] = {}
     for split in ("test", "test-unseen-voices", "real-speech"):
         posteriors = load(post[split])
         audio = sum(p.duration for p in posteriors)
@@ -231,19 +243,22 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         greedy = greedy_decode(posteriors, table_)
         rows.append(row(split, STAGES[0], r, {x.utt_id: x.best.text for x in greedy},
-                        time.perf_counter() - start, audio))
+                        time.perf_counter() - start, audio, scores))
         start = time.perf_counter()
         ngram = BeamSearchDecoder(table_, ngram_scorers, ngram_w, options)
         out = list(decode_parallel(ngram, posteriors, workers=args.workers))
         rows.append(row(split, STAGES[1], r, {x.utt_id: x.best.text for x in out},
-                        time.perf_counter() - start, audio))
+                        time.perf_counter() - start, audio, scores, STAGES[0]))
         results, seconds = stage3(posteriors)
         split_table = NbestTable.build(results, r)
         elapsed = seconds["first_pass"]
-        rows.append(row(split, STAGES[2], r, {x.utt_id: x.best.text for x in results}, elapsed, audio))
-        for stage, name, scorer in (("nlm", STAGES[3], "nlm_sentence"), ("hmm", STAGES[4], "hmm")):
+        rows.append(row(split, STAGES[2], r, {x.utt_id: x.best.text for x in results}, elapsed, audio,
+                        scores, STAGES[1]))
+        for stage, name, scorer, before in (("nlm", STAGES[3], "nlm_sentence", STAGES[2]),
+                                            ("hmm", STAGES[4], "hmm", STAGES[3])):
             elapsed += seconds[scorer]
-            rows.append(row(split, name, r, split_table.chosen_texts(rescore_w[stage]), elapsed, audio))
+            rows.append(row(split, name, r, split_table.chosen_texts(rescore_w[stage]), elapsed, audio,
+                            scores, before))
         rows[-1]["oracle_wer"] = split_table.oracle_rates()[0]
         # fusion tune's config: stage 2's decoder with N-best lists, rescored
         start = time.perf_counter()
@@ -251,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         tuned = [add_scores(x, by_id[x.utt_id], tuned_rescorers)
                  for x in decode_parallel(ngram_nbest, posteriors, workers=args.workers)]
         rows.append(row(split, TUNED, r, NbestTable.build(tuned, r).chosen_texts(tuned_w),
-                        time.perf_counter() - start, audio))
+                        time.perf_counter() - start, audio, scores, STAGES[1]))
 
     def wer(split: str, stage: str) -> float:
         return next(x["wer"] for x in rows if x["split"] == split and x["system"] == stage)
@@ -278,14 +293,18 @@ def main(argv: list[str] | None = None) -> int:
                        "neural_fusion": summary["neural_fusion_dev_subset"]},
             "rows": rows, "summary": result_summary}
     cols = [("split", "split"), ("system", "system"), ("wer", "WER %"), ("wer_ci", "95% CI"),
-            ("cer", "CER %"), ("throughput", "x real time")]
-    shown = [{**x, "wer_ci": f"{x['wer_ci'][0]:.1f}-{x['wer_ci'][1]:.1f}"} for x in rows]
+            ("vs", "WER change (95% CI), P(better)"), ("cer", "CER %"), ("throughput", "x real time")]
+    shown = [{**x, "wer_ci": f"{x['wer_ci'][0]:.1f}-{x['wer_ci'][1]:.1f}", "vs": _versus(x.get("vs"))}
+             for x in rows]
     md = (f"# Fusion ablation\n\n{data['date']}, `{data['command']}`  \n"
           f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores. Acoustic model "
           f"`{args.model.name}`, word n-gram `{args.lm.name}`, beam {beam} (the dev beam sweep's best; "
           f"weights "
           f"tuned at beam {args.beam_size}), N-best {args.nbest}. "
-          "Tuned on dev only; 95% intervals by bootstrap over utterances.\n\n" + table(shown, cols)
+          "Tuned on dev only; 95% intervals by bootstrap over utterances. The WER change is "
+          "against the system before (the rescored configs: against the n-gram first pass), "
+          "by paired bootstrap over the same utterances, with the share of resamples in which "
+          "the system is better (`fusion score --compare`).\n\n" + table(shown, cols)
           + "\n## Tuned weights\n\n```json\n" + json.dumps(data["weights"], indent=1) + "\n```\n"
           + "\n## Summary\n\n" + "\n".join(f"- {k}: {v}" for k, v in result_summary.items()) + "\n")
     write_results("fusion", data, md)
@@ -295,6 +314,14 @@ def main(argv: list[str] | None = None) -> int:
                  fusion_json=Path(__file__).resolve().parent / "results" / "fusion.json",
                  decoder_json=Path(__file__).resolve().parent / "results" / "decoder.json")
     return 0
+
+
+def _versus(vs: dict | None) -> str:
+    """``-1.23 (-1.9, -0.6), 1.000``: a row's paired comparison, or nothing."""
+    if not vs:
+        return ""
+    lo, hi = vs["interval"]
+    return f"{vs['delta']:+.2f} ({lo:+.1f}, {hi:+.1f}), {vs['p_better']:.3f}"
 
 
 def _table(path: Path):

@@ -23,7 +23,7 @@ from fusion.distributed import add_backend_arguments
 from fusion.formats import ctm_lines, srt_cues, srt_text
 from fusion.greedy import greedy_decode
 from fusion.manifest import ManifestError, atomic_write, iter_jsonl, read_manifest
-from fusion.metrics import CorpusScore, WordErrors, score_corpus, word_errors
+from fusion.metrics import Comparison, CorpusScore, WordErrors, compare, score_corpus, word_errors
 from fusion.parallel import chunked, decode_parallel
 from fusion.posteriors import KINDS, Posteriors, PosteriorsError, PosteriorsReader
 from fusion.pyctc import FusionLanguageModel, PyctcdecodeBackend
@@ -107,6 +107,13 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--word-errors", type=int, default=0, metavar="N",
                    help="also list the N reference words misrecognised most, with what they were "
                         "heard as (like sclite's confusion pairs)")
+    p.add_argument("--compare", type=Path, metavar="HYP_B",
+                   help="a second system's hypotheses: its rates beside --hyp's and whether "
+                        "the difference is beyond chance (paired bootstrap over utterances: "
+                        "interval of B - A and the probability that B is better)")
+    p.add_argument("--resamples", type=int, default=10_000,
+                   help="bootstrap resamples for --compare (default: 10000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed for --compare (default: 0)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(
@@ -472,22 +479,47 @@ def format_word_errors(errors: list[WordErrors], heard: int = 5) -> str:
     return "\n".join(lines)
 
 
+def format_comparison(c: Comparison) -> str:
+    """``WER  A 5.41%  B 5.31%  B - A -0.10 points [95%: -0.42, +0.21]  P(B better) 0.71``."""
+    name = "WER" if c.unit == "words" else "CER"
+    return (f"{name}  A {c.rate_a:.2f}%  B {c.rate_b:.2f}%  B - A {c.delta:+.2f} points "
+            f"[{100 * c.level:g}%: {c.interval[0]:+.2f}, {c.interval[1]:+.2f}]  "
+            f"P(B better) {c.p_better:.3f}")
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     if args.word_errors < 0:
         raise SystemExit(f"fusion score: error: --word-errors must be at least 0, got {args.word_errors}")
+    if args.resamples < 1:
+        raise SystemExit(f"fusion score: error: --resamples must be at least 1, got {args.resamples}")
     refs = {u.id: u.text for u in read_manifest(args.ref, require=("text",))}
     hyps = _read_hypotheses(args.hyp)
     result = score_corpus(refs, hyps, normalize=not args.no_normalize)
     errors = word_errors(result, top=args.word_errors) if args.word_errors else []
+    other = comparisons = None
+    if args.compare:
+        other = score_corpus(refs, _read_hypotheses(args.compare), normalize=not args.no_normalize)
+        try:
+            comparisons = [compare(result, other, unit=unit, resamples=args.resamples, seed=args.seed)
+                           for unit in ("words", "chars")]
+        except ValueError as exc:
+            raise SystemExit(f"fusion score: error: --compare {args.compare}: {exc}") from exc
     if args.json:
         out = result.to_dict()
         if args.word_errors:
             out["word_errors"] = [e.to_dict() for e in errors]
+        if other is not None:
+            out["compare"] = {"hyp": str(args.compare), **other.to_dict(per_utterance=False),
+                              "words": comparisons[0].to_dict(), "chars": comparisons[1].to_dict()}
         print(json.dumps(out, indent=1))
     else:
         print(format_score(result))
         if args.word_errors:
             print(format_word_errors(errors))
+        if other is not None:
+            print(f"\nB = {args.compare}\n{format_score(other)}\n"
+                  f"paired bootstrap over {len(refs)} utterances, {args.resamples} resamples:")
+            print("\n".join(format_comparison(c) for c in comparisons))
     return 0
 
 

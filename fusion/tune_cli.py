@@ -7,8 +7,9 @@ Steps (each resumable; a rerun with the same arguments skips what is logged):
    an LM whose unknown-word cost times its weight exceeds the threshold drops every
    hypothesis that starts an unknown word, so the best threshold depends on the LM),
    with ``--oov-penalties`` a sweep of the unknown-word penalty (weight ``oov``: see
-   ``fusion.cli.lm_scorers``) at those, then a beam sweep at the best weights, threshold
-   and penalty (WER and throughput per beam);
+   ``fusion.cli.lm_scorers``) at those (a penalty is kept only where a paired bootstrap
+   says it beats no penalty with ``--oov-confidence``), then a beam sweep at the best
+   weights, threshold and penalty (WER and throughput per beam);
 3. the dev N-best lists at the best weights, with the rescoring scores (neural LM
    sentence log-probability, HMM alignment log-likelihood under a duration model fitted
    on dev) cached as an N-best table; its oracle WER;
@@ -33,6 +34,7 @@ from tqdm import tqdm
 from fusion.decoder import BeamSearchDecoder, SearchOptions
 from fusion.distributed import add_backend_arguments
 from fusion.manifest import atomic_write, read_manifest
+from fusion.metrics import compare, score_corpus
 from fusion.posteriors import PosteriorsReader
 from fusion.rescore import LMRescorer, NbestTable, add_scores
 from fusion.tune import (
@@ -50,7 +52,7 @@ __all__ = ["add_parser", "cmd_tune"]
 #: the pruning thresholds swept by default (natural log): SearchOptions' default first
 BEAM_THRESHOLDS = (10.0, 15.0, 20.0, 25.0)
 #: inputs.json keys added after the first version, with what a directory without them ran
-_INPUTS_BEFORE = {"beam_thresholds": [10.0], "oov_penalties": [0.0]}
+_INPUTS_BEFORE = {"beam_thresholds": [10.0], "oov_penalties": [0.0], "oov_confidence": 0.0}
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -95,6 +97,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="unknown-word penalties swept at the best weights and threshold; the "
                    "best on dev goes into the config as weight 'oov' (default: 0, no penalty; "
                    "e.g. 0,2.5,5,10). Needs the LM's words (an ARPA LM or --lm-vocab)")
+    p.add_argument("--oov-confidence", type=float, default=0.95,
+                   help="where the sweep holds 0, a penalty is kept only if a paired bootstrap "
+                   "over the dev utterances gives it at least this probability of a lower WER "
+                   "than no penalty (0: keep the lowest dev WER whatever the margin; default: "
+                   "%(default)s)")
     p.add_argument("--pick-beam", action="store_true",
                    help="take the beam of the sweep with the lowest dev WER for the N-best lists "
                    "and the config (default: keep --beam-size)")
@@ -213,6 +220,7 @@ def check_inputs(out: Path, args: argparse.Namespace) -> None:
             "beam_size": args.beam_size, "beams": [float(b) for b in args.beams],
             "beam_thresholds": [float(t) for t in args.beam_thresholds],
             "oov_penalties": [float(v) for v in args.oov_penalties],
+            "oov_confidence": float(args.oov_confidence),
             "pick_beam": bool(args.pick_beam), "nbest": args.nbest,
             "nlm": _file_id(Path(nlm)) if Path(nlm).is_file() else nlm, "hmm": args.hmm,
             "hmm_fit_utterances": args.hmm_fit_utterances, "seed": args.seed}
@@ -231,6 +239,36 @@ def check_inputs(out: Path, args: argparse.Namespace) -> None:
             fh.write(json.dumps(mine, indent=1) + "\n")
 
 
+def _sweep_oov(objective: FirstPassObjective, params: dict[str, float], penalties: Any,
+               confidence: float, seed: int) -> tuple[float, list[dict[str, Any]]]:
+    """The unknown-word penalty to keep, and each penalty's dev rates.
+
+    The lowest dev WER (then CER, then the smaller penalty) wins; where the sweep holds 0,
+    each other penalty is also compared with it by paired bootstrap over the dev utterances
+    (``p_better``, ``interval`` of its WER minus no penalty's), and the winner is kept only
+    with ``p_better`` of at least ``confidence``: a few words either way on a few hundred
+    utterances is chance, and chasing it flips the choice from one model to the next."""
+    from fusion.cli import OOV
+
+    refs = {p.utt_id: objective.refs[p.utt_id] for p in objective.posteriors}
+    scores, rows = {}, []
+    for value in tqdm(penalties, desc="unknown-word penalty sweep", disable=None):
+        hyps, _ = objective.decode({**params, OOV: value})
+        scores[value] = score_corpus(refs, hyps)
+        rows.append({OOV: value, "wer": 100 * scores[value].wer, "cer": 100 * scores[value].cer})
+    if 0 in scores:
+        for row in rows:
+            if row[OOV]:
+                c = compare(scores[0], scores[row[OOV]], seed=seed)
+                row.update(p_better=c.p_better, interval=list(c.interval))
+    best = min(rows, key=lambda r: (r["wer"], r["cer"], r[OOV]))
+    if 0 in scores and best[OOV] and best["p_better"] < confidence:
+        best["not_kept"] = (f"P(lower WER than no penalty) {best['p_better']:.3f} "
+                            f"< --oov-confidence {confidence:g}")
+        return 0.0, rows
+    return best[OOV], rows
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from fusion.cli import OOV, lm_scorers
 
@@ -239,6 +277,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise ValueError(f"--beam-thresholds must be positive, got {args.beam_thresholds}")
     if not args.oov_penalties or any(not v >= 0 for v in args.oov_penalties):
         raise ValueError(f"--oov-penalties must be 0 or more, got {args.oov_penalties}")
+    if not 0 <= args.oov_confidence < 1:
+        raise ValueError(f"--oov-confidence must lie in [0, 1), got {args.oov_confidence}")
     out.mkdir(parents=True, exist_ok=True)
     check_inputs(out, args)
     log = TrialLog(out / "trials.jsonl")
@@ -269,12 +309,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         threshold = min(thresholds, key=lambda r: (r["wer"], r["cer"], r["beam_threshold"]))["beam_threshold"]
         best_params = {**best_params, **no_penalty}
         if sweep_oov:
-            penalties = []
-            for value in tqdm(args.oov_penalties, desc="unknown-word penalty sweep", disable=None):
-                (trial,) = objective([{**best_params, OOV: value, "beam_threshold": threshold}])
-                penalties.append({OOV: value, "wer": trial["wer"], "cer": trial["cer"]})
-            summary["oov_sweep"] = penalties
-            best_params[OOV] = min(penalties, key=lambda r: (r["wer"], r["cer"], r[OOV]))[OOV]
+            best_params[OOV], summary["oov_sweep"] = _sweep_oov(
+                objective, {**best_params, "beam_threshold": threshold}, args.oov_penalties,
+                args.oov_confidence, args.seed)
         sweep = []
         for beam in tqdm(args.beams, desc="beam sweep", disable=None):
             (trial,) = objective([{**best_params, "beam_size": int(beam), "beam_threshold": threshold}])
@@ -292,8 +329,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         weights[OOV] = best_params[OOV]
     else:  # no penalty: no scorer, so neither the N-best table nor the config has one
         scorers = [s for s in scorers if s.name != OOV]
-    penalty = (f"; unknown-word penalty {best_params[OOV]:g} (dev WER "
-               f"{min(r['wer'] for r in summary['oov_sweep']):.2f})" if sweep_oov else "")
+    penalty = ""
+    if sweep_oov:
+        kept = next(r for r in summary["oov_sweep"] if r[OOV] == best_params[OOV])
+        lowest = min(summary["oov_sweep"], key=lambda r: (r["wer"], r["cer"], r[OOV]))
+        penalty = (f"; unknown-word penalty {best_params[OOV]:g} (dev WER {kept['wer']:.2f}"
+                   + (f"; {lowest[OOV]:g} had {lowest['wer']:.2f}, {lowest['not_kept']}"
+                      if "not_kept" in lowest else "") + ")")
     print(f"first pass: best WER {summary['first_pass']['best']['wer']:.2f} at {weights}; "
           f"pruning threshold {threshold:g}{penalty}", file=sys.stderr)
 

@@ -57,6 +57,37 @@ def test_score_lists_the_words_misrecognised_most(tmp_path, capsys):
         main([*args, "--word-errors", "-1"])
 
 
+def test_score_compares_two_systems(tmp_path, capsys):
+    """--compare: B's rates beside A's, and the paired bootstrap of B - A (A errs on two of
+    three utterances, B on none: B is better unless a resample draws only the third)."""
+    refs = {"a": "x y", "b": "x y z w", "c": "p q"}
+    write = lambda name, rows: (tmp_path / name).write_text(  # noqa: E731
+        "".join(json.dumps({"id": u, "text": t}) + "\n" for u, t in rows.items()))
+    write("ref.jsonl", refs)
+    write("a.jsonl", {"a": "x", "b": "x y z w", "c": "p r"})
+    write("b.jsonl", refs)
+    args = ["score", "--ref", str(tmp_path / "ref.jsonl"), "--hyp", str(tmp_path / "a.jsonl"),
+            "--compare", str(tmp_path / "b.jsonl"), "--resamples", "2000"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"B = {tmp_path / 'b.jsonl'}" in out
+    assert "paired bootstrap over 3 utterances, 2000 resamples:" in out
+    wer_line = next(line for line in out.splitlines() if line.startswith("WER  A"))
+    assert wer_line.startswith("WER  A 25.00%  B 0.00%  B - A -25.00 points [95%: ")
+    assert float(wer_line.split("P(B better) ")[1]) == pytest.approx(26 / 27, abs=0.01)
+    assert main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["wer"] == 0.25 and result["compare"]["wer"] == 0.0
+    assert result["compare"]["words"]["delta"] == -25.0 and result["compare"]["chars"]["unit"] == "chars"
+    assert result["compare"]["hyp"] == str(tmp_path / "b.jsonl")
+    with pytest.raises(SystemExit, match="--resamples must be at least 1, got 0"):
+        main([*args[:-2], "--resamples", "0"])
+    write("one.jsonl", {"a": "x y"})
+    with pytest.raises(SystemExit, match=r"--compare .*b.jsonl: a paired bootstrap needs at least 2"):
+        main(["score", "--ref", str(tmp_path / "one.jsonl"), "--hyp", str(tmp_path / "a.jsonl"),
+              "--compare", str(tmp_path / "b.jsonl")])
+
+
 def test_bad_utterance_is_recorded_and_the_rest_decoded(tmp_path, table, rng):
     good = simulate_posteriors("good", "yes", table, rng)[0]
     bad = Posteriors("bad", np.full((3, 29), np.nan, dtype=np.float32), 0.04)

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion.metrics import ErrorCounts, WordErrors, score_corpus, score_utterance, word_errors
+from fusion.metrics import ErrorCounts, WordErrors, compare, score_corpus, score_utterance, word_errors
 
 
 def test_hand_computed_word_and_char_errors():
@@ -80,3 +80,62 @@ def test_word_errors_sum_to_the_corpus_substitutions_and_deletions(pairs):
     assert sum(e.errors for e in errs) == score.words.substitutions + score.words.deletions
     assert all(0 < e.errors <= e.count and sum(n for _, n in e.heard_as) == e.errors
                for e in errs)
+
+
+_REFS = {"a": "x y", "b": "x y z w", "c": "p q"}
+
+
+def test_compare_by_hand():
+    """A errs on a (a deletion) and c (a substitution), 2 of 8 words; B is right everywhere.
+    B is better in every resample but those drawing b alone: 1 - (1/3)^3 = 26/27."""
+    a = score_corpus(_REFS, {"a": "x", "b": "x y z w", "c": "p r"})
+    b = score_corpus(_REFS, _REFS)
+    c = compare(a, b)
+    assert (c.rate_a, c.rate_b, c.delta, c.utterances) == (25.0, 0.0, -25.0, 3)
+    assert c.p_better == pytest.approx(26 / 27, abs=0.01)
+    # 1/27 of the resamples (b alone) have delta 0, over the 2.5% in the upper tail; the
+    # largest gap is three draws of a: 3 errors in 6 words
+    assert c.interval[1] == 0.0 and -50.0 <= c.interval[0] < -25.0
+    chars = compare(a, b, unit="chars")
+    assert chars.unit == "chars" and chars.rate_a == pytest.approx(100 * 3 / 13)  # " y" and "q" of 13
+    assert c.to_dict()["delta"] == -25.0 and c.to_dict()["interval"] == list(c.interval)
+
+
+def test_compare_of_a_system_with_itself_is_no_difference():
+    a = score_corpus(_REFS, {"a": "x", "b": "x y z", "c": "p r"})
+    c = compare(a, a, resamples=500)
+    assert c.delta == 0.0 and c.interval == (0.0, 0.0) and c.p_better == 0.0
+
+
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(_sentences.filter(bool), _sentences, _sentences), min_size=2, max_size=6),
+       st.integers(0, 2**32 - 1))
+def test_compare_swapped_negates_the_difference(rows, seed):
+    refs = {str(i): r for i, (r, _, _) in enumerate(rows)}
+    a = score_corpus(refs, {str(i): h for i, (_, h, _) in enumerate(rows)})
+    b = score_corpus(refs, {str(i): h for i, (_, _, h) in enumerate(rows)})
+    ab, ba = compare(a, b, resamples=200, seed=seed), compare(b, a, resamples=200, seed=seed)
+    assert ab.delta == pytest.approx(-ba.delta) and (ab.rate_a, ab.rate_b) == (ba.rate_b, ba.rate_a)
+    # the same seed draws the same utterances, so each resample's difference is negated
+    assert ab.interval == pytest.approx((-ba.interval[1], -ba.interval[0]))
+    assert ab.p_better + ba.p_better <= 1.0
+
+
+def test_compare_refuses_what_it_cannot_pair():
+    a = score_corpus(_REFS, _REFS)
+    with pytest.raises(ValueError, match=r"different utterances: 1 only in A \(e.g. \['c'\]\)"):
+        compare(a, score_corpus({"a": "x y", "b": "x y z w"}, {}))
+    with pytest.raises(ValueError, match="different references for 1 utterances, e.g. 'c'"):
+        compare(a, score_corpus({**_REFS, "c": "p"}, {}))
+    with pytest.raises(ValueError, match="at least 2 utterances, got 1"):
+        one = score_corpus({"a": "x"}, {"a": "y"})
+        compare(one, one)
+    with pytest.raises(ValueError, match="hold no words"):
+        empty = score_corpus({"a": "", "b": ""}, {"a": "x"})
+        compare(empty, empty)
+    with pytest.raises(ValueError, match="unit must be 'words' or 'chars'"):
+        compare(a, a, unit="phones")
+    with pytest.raises(ValueError, match="level must lie between 0 and 1, got 1.0"):
+        compare(a, a, level=1.0)
+    with pytest.raises(ValueError, match="resamples must be at least 1, got 0"):
+        compare(a, a, resamples=0)

@@ -277,14 +277,27 @@ def test_tune_directory_of_an_older_version_resumes_at_the_old_threshold(dev, tm
 
 def test_fusion_tune_sweeps_the_unknown_word_penalty(dev, tmp_path, capsys):
     """--oov-penalties: swept at the best weights and threshold; the best on dev (the
-    smallest of equals) goes into the config as weight 'oov', none when it is 0."""
+    smallest of equals) goes into the config as weight 'oov', none when it is 0, and, with
+    --oov-confidence, only if a paired bootstrap says it beats no penalty that surely."""
     out = tmp_path / "tune"
-    argv = _quick_tune(dev, out, "--beams", "8", "--oov-penalties", "0,3,40")
+    argv = _quick_tune(dev, out, "--beams", "8", "--oov-penalties", "0,3,40", "--oov-confidence", "0")
     assert main(["tune", *argv]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert [r["oov"] for r in summary["oov_sweep"]] == [0.0, 3.0, 40.0]
-    kept = min(summary["oov_sweep"], key=lambda r: (r["wer"], r["cer"], r["oov"]))["oov"]
+    sweep = summary["oov_sweep"]
+    assert [r["oov"] for r in sweep] == [0.0, 3.0, 40.0]
+    assert "p_better" not in sweep[0] and all(0 <= r["p_better"] <= 1 for r in sweep[1:])
+    kept = min(sweep, key=lambda r: (r["wer"], r["cer"], r["oov"]))["oov"]
     assert DecodeConfig.load(out / "best.toml").weights.get("oov", 0.0) == kept
+    # the same sweep asked for near-certainty: the lowest dev WER is kept only if it is sure
+    sure = tmp_path / "sure"
+    assert main(["tune", *_quick_tune(dev, sure, "--beams", "8", "--oov-penalties", "0,3,40",
+                                      "--oov-confidence", "0.999")]) == 0
+    sure_sweep = json.loads((sure / "summary.json").read_text())["oov_sweep"]
+    assert [{k: v for k, v in r.items() if k != "not_kept"} for r in sure_sweep] == sweep
+    best = min(sweep, key=lambda r: (r["wer"], r["cer"], r["oov"]))
+    expect = best["oov"] if not best["oov"] or best["p_better"] >= 0.999 else 0.0
+    assert DecodeConfig.load(sure / "best.toml").weights.get("oov", 0.0) == expect
+    assert any("not_kept" in r for r in sure_sweep) == (expect != best["oov"])
     # the weight studies ran without the penalty: their trials equal a run without the sweep
     plain = tmp_path / "plain"
     assert main(["tune", *_quick_tune(dev, plain, "--beams", "8")]) == 0
@@ -306,3 +319,6 @@ def test_fusion_tune_sweeps_the_unknown_word_penalty(dev, tmp_path, capsys):
     # a penalty is 0 or more
     assert main(["tune", *_quick_tune(dev, tmp_path / "bad", "--oov-penalties", "0,-1")]) == 2
     assert "--oov-penalties must be 0 or more" in capsys.readouterr().err
+    for bad in ("1", "-0.1"):
+        assert main(["tune", *_quick_tune(dev, tmp_path / "bad", "--oov-confidence", bad)]) == 2
+        assert f"--oov-confidence must lie in [0, 1), got {float(bad)}" in capsys.readouterr().err
