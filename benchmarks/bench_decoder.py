@@ -49,7 +49,7 @@ from fusion.cli import OOV, lm_scorers  # noqa: E402
 from fusion.decoder import BeamSearchDecoder, SearchOptions, lexicon_pruning  # noqa: E402
 from fusion.greedy import greedy_decode  # noqa: E402
 from fusion.manifest import read_manifest  # noqa: E402
-from fusion.metrics import score_corpus  # noqa: E402
+from fusion.metrics import compare, score_corpus  # noqa: E402
 from fusion.posteriors import PosteriorsReader  # noqa: E402
 from fusion.pyctc import pyctcdecode_labels  # noqa: E402
 from fusion.scorers import LexiconScorer  # noqa: E402
@@ -180,12 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         lms["cmusphinx-3gram"] = CMUSPHINX
     weights = lm_weights(args, lms)
     rows = []
+    texts: dict[tuple, dict[str, str]] = {}  # (split, decoder, LM, beam) -> hypotheses
+    refs_of: dict[str, dict[str, str]] = {}
     for spec in args.split:
         split, post = spec.split("=", 1)
-        refs = {u.id: u.text for u in read_manifest(args.manifests / f"{split}.jsonl")}
+        refs = refs_of[split] = {u.id: u.text for u in read_manifest(args.manifests / f"{split}.jsonl")}
 
         def measure(name: str, lm_name: str | None, beam: int | None, fn, *fargs) -> None:
             (hyps, seconds, audio), mem, _ = in_child(fn, *fargs)
+            texts[split, name, lm_name, beam] = hyps
             score = score_corpus({k: refs[k] for k in hyps}, hyps)
             rows.append({"split": split, "decoder": name, "lm": lm_name, "beam": beam,
                          "wer": 100 * score.wer, "cer": 100 * score.cer,
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             measure("flashlight-lexfree", "char-ngram", beam, run_flashlight, post, beam,
                     str(args.char_lm), None, args.lexfree_alpha, args.lexfree_beta)
 
-    summary = summarise(rows)
+    summary = summarise(rows, texts, refs_of)
     data = {**header(), "weights": weights, "lexfree_alpha": args.lexfree_alpha,
             "lexfree_beta": args.lexfree_beta, "lexfree_dev_grid": lexfree_grid, "rows": rows,
             "summary": summary}
@@ -309,10 +312,42 @@ def markdown(data: dict) -> str:
             "process, one thread of Python; ours includes the forced alignment that gives every "
             "word its times and confidence, which pyctcdecode's `decode` does not compute.\n\n"
             + table(data["rows"], cols) + "\n## Summary\n\n"
-            + "\n".join(f"- {k}: {v}" for k, v in data["summary"].items()) + "\n")
+            + "\n".join(f"- {k}: {v}" for k, v in data["summary"].items()
+                        if k != "paired_vs_best_peer") + "\n"
+            + _paired_table(data["summary"].get("paired_vs_best_peer")))
 
 
-def summarise(rows: list[dict]) -> dict:
+def _paired_table(versus: list[dict] | None) -> str:
+    """Every point's paired comparison of our best configuration with the best peer."""
+    if not versus:
+        return ""
+    shown = [{**v, "change": f"{v['delta']:+.2f} ({v['interval'][0]:+.2f}, {v['interval'][1]:+.2f})"}
+             for v in versus]
+    cols = [("split", "split"), ("lm", "LM"), ("beam", "beam"), ("ours", "ours"), ("wer_ours", "WER %"),
+            ("peer", "best peer"), ("wer_peer", "WER %"), ("change", "ours - peer (95% CI)"),
+            ("p_ours_better", "P(ours better)"), ("p_peer_better", "P(peer better)")]
+    return ("\n## Ours against the best peer, paired\n\nAt each point, our better configuration "
+            "against the better peer, by paired bootstrap over the same utterances (2,000 "
+            "resamples; `fusion score --compare`): a difference whose interval spans 0 is "
+            "within what another draw of test sentences could reverse.\n\n" + table(shown, cols))
+
+
+def paired(ours: dict[str, str], peer: dict[str, str], refs: dict[str, str]) -> dict:
+    """Ours against a peer on the utterances both decoded, by paired bootstrap: the WER
+    change (ours minus the peer's), its 95% interval, and how often each is better."""
+    common = {k: refs[k] for k in refs if k in ours and k in peer}
+    a, b = score_corpus(common, peer), score_corpus(common, ours)
+    ahead, behind = compare(a, b, resamples=2000), compare(b, a, resamples=2000)
+    return {"delta": ahead.delta, "interval": list(ahead.interval),
+            "p_ours_better": ahead.p_better, "p_peer_better": behind.p_better,
+            "utterances": len(common)}
+
+
+def summarise(rows: list[dict], texts: dict[tuple, dict[str, str]] | None = None,
+              refs: dict[str, dict[str, str]] | None = None) -> dict:
+    """The headline numbers; with each row's hypotheses (``texts``, by split, decoder, LM
+    and beam) and the references by split, also every point's paired comparison of our
+    best configuration with the best peer, and where either is ahead beyond chance."""
     def find(split, decoder, lm, beam):
         return next((r for r in rows if (r["split"], r["decoder"], r["lm"], r["beam"])
                      == (split, decoder, lm, beam)), None)
@@ -340,15 +375,31 @@ def summarise(rows: list[dict]) -> dict:
         return best["throughput"] / p["throughput"]
 
     # every (split, LM, beam) point: does our best configuration match the best peer's WER?
-    losses = []
+    losses, versus = [], []
     points = sorted({(r["split"], r["lm"], r["beam"]) for r in rows if r["decoder"] in mine})
     for point in points:
         wers = {r["decoder"]: r["wer"] for r in rows if (r["split"], r["lm"], r["beam"]) == point}
-        ours_wer = min(wers[d] for d in mine if d in wers)
-        peer_wer = min((wers[d] for d in PEERS if d in wers), default=math.inf)
+        ours_d = min((d for d in mine if d in wers), key=wers.get)
+        peer_d = min((d for d in PEERS if d in wers), key=wers.get, default=None)
+        ours_wer, peer_wer = wers[ours_d], wers[peer_d] if peer_d else math.inf
         if ours_wer > peer_wer:
             losses.append(f"{point[0]} / {point[1]} / beam {point[2]}: {ours_wer:.2f} "
                           f"against {peer_wer:.2f}")
+        if texts and peer_d:
+            split, lm, beam_ = point
+            versus.append({"split": split, "lm": lm, "beam": beam_, "ours": ours_d, "peer": peer_d,
+                           "wer_ours": ours_wer, "wer_peer": peer_wer,
+                           **paired(texts[split, ours_d, lm, beam_], texts[split, peer_d, lm, beam_],
+                                    refs[split])})
+    sure = 0.95
+    significance = {} if not versus else {
+        "paired_vs_best_peer": versus,
+        "ours_ahead_beyond_chance": f"{sum(v['p_ours_better'] >= sure for v in versus)} of "
+                                    f"{len(versus)} points (paired bootstrap, P >= {sure})",
+        "ours_behind_beyond_chance": [
+            f"{v['split']} / {v['lm']} / beam {v['beam']}: {v['wer_ours']:.2f} against "
+            f"{v['wer_peer']:.2f} (P(peer better) {v['p_peer_better']:.3f})"
+            for v in versus if v["p_peer_better"] >= sure]}
 
     unseen = [r for r in rows if r["split"] == "test-unseen-voices"]
     reduction = None
@@ -364,7 +415,7 @@ def summarise(rows: list[dict]) -> dict:
             "fusion_relative_wer_reduction": reduction,
             "ours_at_most_best_peer": f"{len(points) - len(losses)} of {len(points)} "
                                       "(split, LM, beam) points",
-            "ours_behind_best_peer": losses}
+            "ours_behind_best_peer": losses, **significance}
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Per-beam tuned weights of the decoder benchmark (benchmarks/bench_decoder.py)."""
+"""Per-beam tuned weights and the summary of the decoder benchmark (benchmarks/bench_decoder.py)."""
 
 from __future__ import annotations
 
@@ -73,3 +73,34 @@ def test_a_tuned_unknown_word_penalty_goes_with_its_beam(tmp_path):
     text = bench_decoder._weights_text({"weights": weights})
     assert "beam 128: LM weight 0.400 (nats), word bonus -0.500, our unknown-word penalty 5, " in text
     assert "beam 32: LM weight 0.500 (nats), word bonus 0.000, our pruning" in text
+
+
+def test_summary_compares_ours_with_the_best_peer_paired():
+    """At each point our better configuration against the better peer, on the same
+    utterances: ours mends two of pyctcdecode's three errors (on two of three utterances,
+    so it is better in every resample but those drawing the third alone: 26/27)."""
+    refs = {"a": "x y", "b": "x y z w", "c": "p q"}
+    hyps = {"ours": {"a": "x y", "b": "x y z", "c": "p q"},
+            "ours-lexicon": {"a": "x", "b": "x y z", "c": "p q"},
+            "pyctcdecode": {"a": "x", "b": "x y z", "c": "p r"},
+            "flashlight-lexicon": {"a": "", "b": "", "c": ""},
+            "greedy": {"a": "", "b": "", "c": ""}}
+    rows, texts = [], {}
+    for decoder, h in hyps.items():
+        lm, beam = (None, None) if decoder == "greedy" else ("ours-4gram", 32)
+        wer = 100 * bench_decoder.score_corpus(refs, h).wer
+        rows.append({"split": "test", "decoder": decoder, "lm": lm, "beam": beam, "wer": wer,
+                     "throughput": 10.0})
+        texts["test", decoder, lm, beam] = h
+    plain = bench_decoder.summarise(rows)
+    assert plain["ours_behind_best_peer"] == [] and "paired_vs_best_peer" not in plain
+    summary = bench_decoder.summarise(rows, texts, {"test": refs})
+    (v,) = summary["paired_vs_best_peer"]
+    assert (v["ours"], v["peer"], v["wer_ours"], v["wer_peer"]) == ("ours", "pyctcdecode", 12.5, 37.5)
+    assert v["delta"] == -25.0 and v["utterances"] == 3 and v["interval"][1] == 0.0
+    assert v["p_ours_better"] == pytest.approx(26 / 27, abs=0.02) and v["p_peer_better"] == 0.0
+    assert summary["ours_ahead_beyond_chance"].startswith("1 of 1 points")
+    assert summary["ours_behind_beyond_chance"] == []
+    md = bench_decoder._paired_table(summary["paired_vs_best_peer"])
+    assert "| test | ours-4gram | 32 | ours | 12.5 | pyctcdecode | 37.5 | -25.00 (" in md
+    assert bench_decoder._paired_table(None) == ""
