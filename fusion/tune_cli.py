@@ -25,6 +25,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +240,7 @@ def check_inputs(out: Path, args: argparse.Namespace) -> None:
             fh.write(json.dumps(mine, indent=1) + "\n")
 
 
-def _sweep_oov(objective: FirstPassObjective, params: dict[str, float], penalties: Any,
+def _sweep_oov(objective: FirstPassObjective, params: dict[str, float], penalties: Sequence[float],
                confidence: float, seed: int) -> tuple[float, list[dict[str, Any]]]:
     """The unknown-word penalty to keep, and each penalty's dev rates.
 
