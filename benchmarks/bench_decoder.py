@@ -386,11 +386,11 @@ def summarise(rows: list[dict], texts: dict[tuple, dict[str, str]] | None = None
             losses.append(f"{point[0]} / {point[1]} / beam {point[2]}: {ours_wer:.2f} "
                           f"against {peer_wer:.2f}")
         if texts and peer_d:
-            split, lm, beam_ = point
-            versus.append({"split": split, "lm": lm, "beam": beam_, "ours": ours_d, "peer": peer_d,
-                           "wer_ours": ours_wer, "wer_peer": peer_wer,
-                           **paired(texts[split, ours_d, lm, beam_], texts[split, peer_d, lm, beam_],
-                                    refs[split])})
+            at_split, at_lm, at_beam = point
+            versus.append({"split": at_split, "lm": at_lm, "beam": at_beam, "ours": ours_d,
+                           "peer": peer_d, "wer_ours": ours_wer, "wer_peer": peer_wer,
+                           **paired(texts[(at_split, ours_d, *point[1:])],
+                                    texts[(at_split, peer_d, *point[1:])], refs[at_split])})
     sure = 0.95
     significance = {} if not versus else {
         "paired_vs_best_peer": versus,

@@ -86,20 +86,24 @@ def test_summary_compares_ours_with_the_best_peer_paired():
             "flashlight-lexicon": {"a": "", "b": "", "c": ""},
             "greedy": {"a": "", "b": "", "c": ""}}
     rows, texts = [], {}
-    for decoder, h in hyps.items():
-        lm, beam = (None, None) if decoder == "greedy" else ("ours-4gram", 32)
-        wer = 100 * bench_decoder.score_corpus(refs, h).wer
-        rows.append({"split": "test", "decoder": decoder, "lm": lm, "beam": beam, "wer": wer,
-                     "throughput": 10.0})
-        texts["test", decoder, lm, beam] = h
+    for split in ("test", "test-unseen-voices"):  # the same decoding twice: the headline is test's
+        for decoder, h in hyps.items():
+            lm, beam = (None, None) if decoder == "greedy" else ("ours-4gram", 32)
+            wer = 100 * bench_decoder.score_corpus(refs, h).wer
+            rows.append({"split": split, "decoder": decoder, "lm": lm, "beam": beam, "wer": wer,
+                         "throughput": 10.0 if split == "test" else 20.0})
+            texts[split, decoder, lm, beam] = h
     plain = bench_decoder.summarise(rows)
     assert plain["ours_behind_best_peer"] == [] and "paired_vs_best_peer" not in plain
-    summary = bench_decoder.summarise(rows, texts, {"test": refs})
-    (v,) = summary["paired_vs_best_peer"]
+    summary = bench_decoder.summarise(rows, texts, {"test": refs, "test-unseen-voices": refs})
+    assert {k: summary[k] for k in plain} == plain  # the pairing adds, and changes nothing
+    assert (summary["split"], summary["wer_ours"], summary["speedup_vs_pyctcdecode"]) == ("test", 12.5, 1.0)
+    v, unseen = summary["paired_vs_best_peer"]
+    assert unseen["split"] == "test-unseen-voices" and unseen["delta"] == v["delta"]
     assert (v["ours"], v["peer"], v["wer_ours"], v["wer_peer"]) == ("ours", "pyctcdecode", 12.5, 37.5)
     assert v["delta"] == -25.0 and v["utterances"] == 3 and v["interval"][1] == 0.0
     assert v["p_ours_better"] == pytest.approx(26 / 27, abs=0.02) and v["p_peer_better"] == 0.0
-    assert summary["ours_ahead_beyond_chance"].startswith("1 of 1 points")
+    assert summary["ours_ahead_beyond_chance"].startswith("2 of 2 points")
     assert summary["ours_behind_beyond_chance"] == []
     md = bench_decoder._paired_table(summary["paired_vs_best_peer"])
     assert "| test | ours-4gram | 32 | ours | 12.5 | pyctcdecode | 37.5 | -25.00 (" in md
