@@ -336,11 +336,9 @@ def paired(ours: dict[str, str], peer: dict[str, str], refs: dict[str, str]) -> 
     """Ours against a peer on the utterances both decoded, by paired bootstrap: the WER
     change (ours minus the peer's), its 95% interval, and how often each is better."""
     common = {k: refs[k] for k in refs if k in ours and k in peer}
-    a, b = score_corpus(common, peer), score_corpus(common, ours)
-    ahead, behind = compare(a, b, resamples=2000), compare(b, a, resamples=2000)
-    return {"delta": ahead.delta, "interval": list(ahead.interval),
-            "p_ours_better": ahead.p_better, "p_peer_better": behind.p_better,
-            "utterances": len(common)}
+    c = compare(score_corpus(common, peer), score_corpus(common, ours), resamples=2000)
+    return {"delta": c.delta, "interval": list(c.interval), "p_ours_better": c.p_better,
+            "p_peer_better": c.p_worse, "utterances": len(common)}
 
 
 def summarise(rows: list[dict], texts: dict[tuple, dict[str, str]] | None = None,

@@ -480,11 +480,12 @@ def format_word_errors(errors: list[WordErrors], heard: int = 5) -> str:
 
 
 def format_comparison(c: Comparison) -> str:
-    """``WER  A 5.41%  B 5.31%  B - A -0.10 points [95%: -0.42, +0.21]  P(B better) 0.71``."""
+    """``WER  A 5.41%  B 5.31%  B - A -0.10 points [95%: -0.42, +0.21]  P(B better) 0.710
+    P(B worse) 0.250``, on one line."""
     name = "WER" if c.unit == "words" else "CER"
     return (f"{name}  A {c.rate_a:.2f}%  B {c.rate_b:.2f}%  B - A {c.delta:+.2f} points "
             f"[{100 * c.level:g}%: {c.interval[0]:+.2f}, {c.interval[1]:+.2f}]  "
-            f"P(B better) {c.p_better:.3f}")
+            f"P(B better) {c.p_better:.3f}  P(B worse) {c.p_worse:.3f}")
 
 
 def cmd_score(args: argparse.Namespace) -> int:

@@ -229,7 +229,8 @@ class Comparison:
     ``rate_a`` and ``rate_b`` are corpus error rates (percent); ``interval`` is the
     ``level`` bootstrap interval of ``rate_b - rate_a`` (percentage points; below zero: B
     makes fewer errors); ``p_better`` is the share of the ``resamples`` in which B's rate
-    is lower than A's (Bisani & Ney's probability of improvement; ties count against B)."""
+    is lower than A's (Bisani & Ney's probability of improvement), ``p_worse`` the share in
+    which it is higher (the rest are ties)."""
 
     unit: str
     utterances: int
@@ -237,6 +238,7 @@ class Comparison:
     rate_b: float
     interval: tuple[float, float]
     p_better: float
+    p_worse: float
     level: float
     resamples: int
 
@@ -247,7 +249,8 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         return {"unit": self.unit, "utterances": self.utterances, "rate_a": self.rate_a,
                 "rate_b": self.rate_b, "delta": self.delta, "interval": list(self.interval),
-                "p_better": self.p_better, "level": self.level, "resamples": self.resamples}
+                "p_better": self.p_better, "p_worse": self.p_worse, "level": self.level,
+                "resamples": self.resamples}
 
 
 def compare(a: CorpusScore, b: CorpusScore, *, unit: str = "words", resamples: int = 10_000,
@@ -291,8 +294,8 @@ def compare(a: CorpusScore, b: CorpusScore, *, unit: str = "words", resamples: i
     result = stats.bootstrap((errors_a, errors_b, lengths), delta, paired=True, vectorized=True,
                              n_resamples=resamples, confidence_level=level, method="percentile",
                              random_state=np.random.default_rng(seed))
-    ci = result.confidence_interval
+    ci, deltas = result.confidence_interval, result.bootstrap_distribution
     total = lengths.sum()
     return Comparison(unit, len(pairs), 100 * errors_a.sum() / total, 100 * errors_b.sum() / total,
-                      (float(ci.low), float(ci.high)),
-                      float(np.mean(result.bootstrap_distribution < 0)), level, resamples)
+                      (float(ci.low), float(ci.high)), float(np.mean(deltas < 0)),
+                      float(np.mean(deltas > 0)), level, resamples)

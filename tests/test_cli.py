@@ -74,7 +74,8 @@ def test_score_compares_two_systems(tmp_path, capsys):
     assert "paired bootstrap over 3 utterances, 2000 resamples:" in out
     wer_line = next(line for line in out.splitlines() if line.startswith("WER  A"))
     assert wer_line.startswith("WER  A 25.00%  B 0.00%  B - A -25.00 points [95%: ")
-    assert float(wer_line.split("P(B better) ")[1]) == pytest.approx(26 / 27, abs=0.01)
+    better, worse = wer_line.split("P(B better) ")[1].split("  P(B worse) ")
+    assert float(better) == pytest.approx(26 / 27, abs=0.01) and float(worse) == 0.0
     assert main([*args, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["wer"] == 0.25 and result["compare"]["wer"] == 0.0

@@ -92,7 +92,7 @@ def test_compare_by_hand():
     b = score_corpus(_REFS, _REFS)
     c = compare(a, b)
     assert (c.rate_a, c.rate_b, c.delta, c.utterances) == (25.0, 0.0, -25.0, 3)
-    assert c.p_better == pytest.approx(26 / 27, abs=0.01)
+    assert c.p_better == pytest.approx(26 / 27, abs=0.01) and c.p_worse == 0.0
     # 1/27 of the resamples (b alone) have delta 0, over the 2.5% in the upper tail; the
     # largest gap is three draws of a: 3 errors in 6 words
     assert c.interval[1] == 0.0 and -50.0 <= c.interval[0] < -25.0
@@ -104,7 +104,7 @@ def test_compare_by_hand():
 def test_compare_of_a_system_with_itself_is_no_difference():
     a = score_corpus(_REFS, {"a": "x", "b": "x y z", "c": "p r"})
     c = compare(a, a, resamples=500)
-    assert c.delta == 0.0 and c.interval == (0.0, 0.0) and c.p_better == 0.0
+    assert c.delta == 0.0 and c.interval == (0.0, 0.0) and c.p_better == c.p_worse == 0.0
 
 
 @settings(max_examples=50, deadline=None, derandomize=True)
@@ -118,7 +118,7 @@ def test_compare_swapped_negates_the_difference(rows, seed):
     assert ab.delta == pytest.approx(-ba.delta) and (ab.rate_a, ab.rate_b) == (ba.rate_b, ba.rate_a)
     # the same seed draws the same utterances, so each resample's difference is negated
     assert ab.interval == pytest.approx((-ba.interval[1], -ba.interval[0]))
-    assert ab.p_better + ba.p_better <= 1.0
+    assert (ab.p_better, ab.p_worse) == (ba.p_worse, ba.p_better) and ab.p_better + ab.p_worse <= 1.0
 
 
 def test_compare_refuses_what_it_cannot_pair():
