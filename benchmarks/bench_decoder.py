@@ -49,7 +49,7 @@ from fusion.cli import OOV, lm_scorers  # noqa: E402
 from fusion.decoder import BeamSearchDecoder, SearchOptions, lexicon_pruning  # noqa: E402
 from fusion.greedy import greedy_decode  # noqa: E402
 from fusion.manifest import read_manifest  # noqa: E402
-from fusion.metrics import compare, score_corpus  # noqa: E402
+from fusion.metrics import CorpusScore, compare, score_corpus  # noqa: E402
 from fusion.posteriors import PosteriorsReader  # noqa: E402
 from fusion.pyctc import pyctcdecode_labels  # noqa: E402
 from fusion.scorers import LexiconScorer  # noqa: E402
@@ -180,16 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         lms["cmusphinx-3gram"] = CMUSPHINX
     weights = lm_weights(args, lms)
     rows = []
-    texts: dict[tuple, dict[str, str]] = {}  # (split, decoder, LM, beam) -> hypotheses
-    refs_of: dict[str, dict[str, str]] = {}
+    scores: dict[tuple, CorpusScore] = {}  # (split, decoder, LM, beam) -> per-utterance scores
     for spec in args.split:
         split, post = spec.split("=", 1)
-        refs = refs_of[split] = {u.id: u.text for u in read_manifest(args.manifests / f"{split}.jsonl")}
+        refs = {u.id: u.text for u in read_manifest(args.manifests / f"{split}.jsonl")}
 
         def measure(name: str, lm_name: str | None, beam: int | None, fn, *fargs) -> None:
             (hyps, seconds, audio), mem, _ = in_child(fn, *fargs)
-            texts[split, name, lm_name, beam] = hyps
-            score = score_corpus({k: refs[k] for k in hyps}, hyps)
+            score = scores[split, name, lm_name, beam] = score_corpus({k: refs[k] for k in hyps}, hyps)
             rows.append({"split": split, "decoder": name, "lm": lm_name, "beam": beam,
                          "wer": 100 * score.wer, "cer": 100 * score.cer,
                          "throughput": audio / seconds, "peak_mib": mem,
@@ -218,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             measure("flashlight-lexfree", "char-ngram", beam, run_flashlight, post, beam,
                     str(args.char_lm), None, args.lexfree_alpha, args.lexfree_beta)
 
-    summary = summarise(rows, texts, refs_of)
+    summary = summarise(rows, scores)
     data = {**header(), "weights": weights, "lexfree_alpha": args.lexfree_alpha,
             "lexfree_beta": args.lexfree_beta, "lexfree_dev_grid": lexfree_grid, "rows": rows,
             "summary": summary}
@@ -332,20 +330,19 @@ def _paired_table(versus: list[dict] | None) -> str:
             "within what another draw of test sentences could reverse.\n\n" + table(shown, cols))
 
 
-def paired(ours: dict[str, str], peer: dict[str, str], refs: dict[str, str]) -> dict:
+def paired(ours: CorpusScore, peer: CorpusScore) -> dict:
     """Ours against a peer on the utterances both decoded, by paired bootstrap: the WER
     change (ours minus the peer's), its 95% interval, and how often each is better."""
-    common = {k: refs[k] for k in refs if k in ours and k in peer}
-    c = compare(score_corpus(common, peer), score_corpus(common, ours), resamples=2000)
+    common = {u.utt_id for u in ours.utterances} & {u.utt_id for u in peer.utterances}
+    c = compare(peer.subset(common), ours.subset(common), resamples=2000)
     return {"delta": c.delta, "interval": list(c.interval), "p_ours_better": c.p_better,
             "p_peer_better": c.p_worse, "utterances": len(common)}
 
 
-def summarise(rows: list[dict], texts: dict[tuple, dict[str, str]] | None = None,
-              refs: dict[str, dict[str, str]] | None = None) -> dict:
-    """The headline numbers; with each row's hypotheses (``texts``, by split, decoder, LM
-    and beam) and the references by split, also every point's paired comparison of our
-    best configuration with the best peer, and where either is ahead beyond chance."""
+def summarise(rows: list[dict], scores: dict[tuple, CorpusScore] | None = None) -> dict:
+    """The headline numbers; with each row's per-utterance scores (``scores``, by split,
+    decoder, LM and beam), also every point's paired comparison of our best configuration
+    with the best peer, and where either is ahead beyond chance."""
     def find(split, decoder, lm, beam):
         return next((r for r in rows if (r["split"], r["decoder"], r["lm"], r["beam"])
                      == (split, decoder, lm, beam)), None)
@@ -383,12 +380,12 @@ def summarise(rows: list[dict], texts: dict[tuple, dict[str, str]] | None = None
         if ours_wer > peer_wer:
             losses.append(f"{point[0]} / {point[1]} / beam {point[2]}: {ours_wer:.2f} "
                           f"against {peer_wer:.2f}")
-        if texts and peer_d:
+        if scores and peer_d:
             at_split, at_lm, at_beam = point
             versus.append({"split": at_split, "lm": at_lm, "beam": at_beam, "ours": ours_d,
                            "peer": peer_d, "wer_ours": ours_wer, "wer_peer": peer_wer,
-                           **paired(texts[(at_split, ours_d, *point[1:])],
-                                    texts[(at_split, peer_d, *point[1:])], refs[at_split])})
+                           **paired(scores[at_split, ours_d, at_lm, at_beam],
+                                    scores[at_split, peer_d, at_lm, at_beam])})
     sure = 0.95
     significance = {} if not versus else {
         "paired_vs_best_peer": versus,

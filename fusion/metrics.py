@@ -125,6 +125,13 @@ class CorpusScore:
     def cer(self) -> float:
         return self.chars.rate
 
+    def subset(self, ids: Iterable[str]) -> CorpusScore:
+        """The same scores over the utterances in ``ids`` only (in this score's order)."""
+        keep = set(ids)
+        utterances = tuple(u for u in self.utterances if u.utt_id in keep)
+        return CorpusScore(utterances, _sum(u.words for u in utterances), _sum(u.chars for u in utterances),
+                           tuple(u for u in self.missing if u in keep), ())
+
     def to_dict(self, *, per_utterance: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
             "utterances": len(self.utterances),

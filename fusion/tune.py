@@ -37,7 +37,7 @@ import numpy as np
 import optuna
 
 from fusion.decoder import BeamSearchDecoder, SearchOptions
-from fusion.metrics import score_corpus
+from fusion.metrics import CorpusScore, score_corpus
 from fusion.posteriors import Posteriors
 from fusion.rescore import NbestTable
 from fusion.scorers import WordScorer
@@ -317,15 +317,19 @@ class FirstPassObjective:
             pairs = [pair for f in futures for pair in f.result()]
         return dict(pairs), time.perf_counter() - start
 
+    def score(self, params: Mapping[str, float]) -> tuple[CorpusScore, float]:
+        """The dev set's scores under ``params``, and the wall seconds of its decoding."""
+        hyps, seconds = self.decode(params)
+        return score_corpus({p.utt_id: self.refs[p.utt_id] for p in self.posteriors}, hyps), seconds
+
     def __call__(self, batch: Sequence[Mapping[str, float]]) -> list[dict[str, Any]]:
         out = []
         for params in batch:
             try:
-                hyps, seconds = self.decode(params)
+                score, seconds = self.score(params)
             except (ValueError, RuntimeError) as exc:
                 out.append({"state": "failed", "error": str(exc), "wer": math.inf, "cer": math.inf})
                 continue
-            score = score_corpus({p.utt_id: self.refs[p.utt_id] for p in self.posteriors}, hyps)
             out.append({"state": "complete", "wer": 100 * score.wer, "cer": 100 * score.cer,
                         "audio_seconds": self.audio_seconds, "decode_seconds": seconds})
         return out

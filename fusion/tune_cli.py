@@ -35,7 +35,7 @@ from tqdm import tqdm
 from fusion.decoder import BeamSearchDecoder, SearchOptions
 from fusion.distributed import add_backend_arguments
 from fusion.manifest import atomic_write, read_manifest
-from fusion.metrics import compare, score_corpus
+from fusion.metrics import compare
 from fusion.posteriors import PosteriorsReader
 from fusion.rescore import LMRescorer, NbestTable, add_scores
 from fusion.tune import (
@@ -251,11 +251,9 @@ def _sweep_oov(objective: FirstPassObjective, params: dict[str, float], penaltie
     utterances is chance, and chasing it flips the choice from one model to the next."""
     from fusion.cli import OOV
 
-    refs = {p.utt_id: objective.refs[p.utt_id] for p in objective.posteriors}
     scores, rows = {}, []
     for value in tqdm(penalties, desc="unknown-word penalty sweep", disable=None):
-        hyps, _ = objective.decode({**params, OOV: value})
-        scores[value] = score_corpus(refs, hyps)
+        scores[value], _ = objective.score({**params, OOV: value})
         rows.append({OOV: value, "wer": 100 * scores[value].wer, "cer": 100 * scores[value].cer})
     if 0 in scores:
         for row in rows:

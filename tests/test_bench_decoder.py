@@ -85,17 +85,17 @@ def test_summary_compares_ours_with_the_best_peer_paired():
             "pyctcdecode": {"a": "x", "b": "x y z", "c": "p r"},
             "flashlight-lexicon": {"a": "", "b": "", "c": ""},
             "greedy": {"a": "", "b": "", "c": ""}}
-    rows, texts = [], {}
+    rows, scores = [], {}
     for split in ("test", "test-unseen-voices"):  # the same decoding twice: the headline is test's
         for decoder, h in hyps.items():
             lm, beam = (None, None) if decoder == "greedy" else ("ours-4gram", 32)
-            wer = 100 * bench_decoder.score_corpus(refs, h).wer
+            score = scores[split, decoder, lm, beam] = bench_decoder.score_corpus(refs, h)
+            wer = 100 * score.wer
             rows.append({"split": split, "decoder": decoder, "lm": lm, "beam": beam, "wer": wer,
                          "throughput": 10.0 if split == "test" else 20.0})
-            texts[split, decoder, lm, beam] = h
     plain = bench_decoder.summarise(rows)
     assert plain["ours_behind_best_peer"] == [] and "paired_vs_best_peer" not in plain
-    summary = bench_decoder.summarise(rows, texts, {"test": refs, "test-unseen-voices": refs})
+    summary = bench_decoder.summarise(rows, scores)
     assert {k: summary[k] for k in plain} == plain  # the pairing adds, and changes nothing
     assert (summary["split"], summary["wer_ours"], summary["speedup_vs_pyctcdecode"]) == ("test", 12.5, 1.0)
     v, unseen = summary["paired_vs_best_peer"]

@@ -139,3 +139,12 @@ def test_compare_refuses_what_it_cannot_pair():
         compare(a, a, level=1.0)
     with pytest.raises(ValueError, match="resamples must be at least 1, got 0"):
         compare(a, a, resamples=0)
+
+
+def test_subset_equals_scoring_only_those_utterances():
+    hyps = {"a": "x", "b": "x y z"}  # c has no hypothesis: missing
+    full = score_corpus(_REFS, hyps)
+    part = full.subset(["a", "c"])
+    alone = score_corpus({k: _REFS[k] for k in ("a", "c")}, hyps)
+    assert (part.utterances, part.words, part.chars, part.missing) == (
+        alone.utterances, alone.words, alone.chars, alone.missing)
