@@ -29,6 +29,9 @@ from fusion.corpus.synth import (
 from fusion.corpus.voices import (
     DECTALK_SPEAKERS,
     DECTALK_VARIANT_RANGES,
+    ESPEAK_DIALECTS,
+    ESPEAK_EXTRA_VARIANTS,
+    ESPEAK_VARIANTS,
     HELDOUT_VOICES,
     PICO_VOICES,
     RHVOICE_SPEAKERS,
@@ -37,6 +40,7 @@ from fusion.corpus.voices import (
     catalogue,
     dectalk_variants,
     engine_available,
+    espeak_variant_voices,
     is_heldout,
     select_voices,
     train_only_catalogue,
@@ -64,6 +68,37 @@ def test_at_least_two_whole_non_espeak_voices_are_held_out() -> None:
     assert any(not is_heldout(v) for v in catalogue())
     assert is_heldout("espeak-en-029+m3", HELDOUT_VOICES)
     assert not is_heldout("espeak-en-us+m3", HELDOUT_VOICES)
+
+
+def test_espeak_variant_voices_are_new_train_only_speakers_of_the_seen_dialects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    voices = espeak_variant_voices()
+    assert voices == espeak_variant_voices() and set(voices) < set(train_only_catalogue())
+    seen = [d for d in ESPEAK_DIALECTS if d != "en-029"]  # HELDOUT_VOICES: espeak-en-029*
+    assert [v.name for v in voices] == [
+        f"espeakv-{d}+{v}" for d in seen for v in ESPEAK_EXTRA_VARIANTS
+    ]
+    assert len(voices) == 7 * 86 and not set(ESPEAK_EXTRA_VARIANTS) & set(ESPEAK_VARIANTS)
+    assert not any(is_heldout(v) for v in voices)
+    assert not select_voices(["espeak-*"], voices)  # the core voices' pattern: not these
+    assert sum(v.weight for v in voices) == pytest.approx(40.0)
+    # Another held-out dialect makes no variant voices, and held-out patterns reach the
+    # variant voices of a dialect through its core name.
+    other = espeak_variant_voices(("espeak-en-gb-scotland*",))
+    assert len(other) == 7 * 86 and not any("scotland" in v.name for v in other)
+    assert is_heldout("espeakv-en-029+klatt3") and not is_heldout("espeakv-en-us+klatt3")
+    assert is_heldout("espeakv-en-us+Andy", ("espeak-en-us+*",))
+    [klatt] = select_voices(["espeakv-en-us+klatt3"], voices)
+    cmd = tts_command(klatt, tmp_path / "t.txt", tmp_path / "o.wav", Prosody(1.25, 0.8))
+    assert cmd[:7] == ["espeak-ng", "-v", "en-us+klatt3", "-s", "219", "-p", "40"]
+    # Available when espeak-ng lists both the dialect and the variant.
+    monkeypatch.setattr(voices_module, "engine_available", lambda engine: True)
+    monkeypatch.setattr(voices_module, "_espeak_voices", lambda: frozenset({"en-us"}))
+    monkeypatch.setattr(voices_module, "_espeak_variants", lambda: frozenset({"klatt3"}))
+    assert voice_available(klatt) and voice_available(_voice("espeak-en-us"))
+    assert not voice_available(_voice("espeakv-en-us+klatt2"))
+    assert not voice_available(_voice("espeakv-en+klatt3"))
 
 
 def test_engine_commands_carry_prosody(tmp_path: Path) -> None:
@@ -124,7 +159,7 @@ def test_dectalk_variants_are_new_speakers_named_after_their_settings(
     cmd = tts_command(voice, tmp_path / "t.txt", tmp_path / "o.wav", Prosody(rate=1.0, pitch=1.1))
     pitch = round(DECTALK_SPEAKERS["harry"][1] * 1.1)
     assert cmd[-3] == f"[:nh] [:ra 180] [:dv ap {pitch}] [:dv {voice.settings}]"
-    with pytest.raises(ValueError, match="'flite-x': settings are DECtalk's, not flite's"):
+    with pytest.raises(ValueError, match="'flite-x': settings are DECtalk's or espeak-ng's, not flite's"):
         Voice("flite-x", "flite", "slt", settings="hs 90")
 
 
@@ -259,7 +294,7 @@ def test_load_audio_downmixes_and_resamples(tmp_path: Path) -> None:
 
 _ONE_PER_ENGINE = ["espeak-en-gb-x-rp+m3", "flite-kal16", "flite-slt", "festival-kal", "piper-joe",
                    "dectalk-paul", "dectalk-kit", "dectalkv-kit-hs70-br35-lx15-sm68-ri32-pr81",
-                   "rhvoice-clb", "pico-en-us", "pico-en-gb"]
+                   "rhvoice-clb", "pico-en-us", "pico-en-gb", "espeakv-en-us+klatt3"]
 
 
 @pytest.mark.parametrize("name", _ONE_PER_ENGINE)

@@ -33,6 +33,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from fusion.corpus.accents import accented_text
 from fusion.corpus.voices import Prosody, Voice, dectalk_dir, pico_lang_dir, rhvoice_dir
 
 __all__ = [
@@ -123,6 +124,11 @@ def _dectalk_program(folder: Path) -> list[str]:
 
 
 def _run_engine(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray, int]:
+    if voice.engine == "espeak-ng" and voice.settings:  # an accent: rewritten phonemes
+        try:
+            text = accented_text(text, voice.model, voice.settings.split(), timeout=TIMEOUT_S)
+        except (RuntimeError, subprocess.TimeoutExpired) as err:
+            raise SynthesisError(f"voice {voice.name}: {err}") from None
     with tempfile.TemporaryDirectory(prefix="asrfuse-tts-") as tmp:
         text_file, wav_file = Path(tmp) / "text.txt", Path(tmp) / "out.wav"
         text_file.write_text(text + "\n", encoding="utf-8")

@@ -26,16 +26,28 @@ rhvoice     ``rhvoice-bdl``, ``rhvoice-clb``,              PyPI ``rhvoice-wrappe
 pico        ``pico-en-us``, ``pico-en-gb`` (train only)    PyPI ``ttspico`` (SVOX Pico,
                                                            Android's HMM synthesiser, its
                                                            two English voices inside)
+espeak-ng   7 seen dialects x 86 more variants             Debian ``espeak-ng``
+            (``espeakv-en-us+klatt3``, train only)
+espeak-ng   84 synthetic accents: a dialect, a variant     Debian ``espeak-ng``,
+            and pronunciation rules                        :mod:`fusion.corpus.accents`
+            (``espeaka-en-us+m3-ts-gd``, train only)
 =========== ============================================== =================================
 
 :func:`catalogue` holds the core voices, which every split draws from.
 :func:`train_only_catalogue` holds voices added later (DECtalk's speakers and their
-variants, RHVoice's and SVOX Pico's English voices): a build uses them only when asked
-(``CorpusOptions.train_voices``) and only for ``train``, so a default build, and every
-build's dev, test and test-unseen-voices, stay as they were.
+variants, RHVoice's and SVOX Pico's English voices, espeak-ng's other variants and
+synthetic accents): a build
+uses them only when asked (``CorpusOptions.train_voices``) and only for ``train``, so a
+default build, and every build's dev, test and test-unseen-voices, stay as they were.
 :func:`dectalk_variants` makes more speakers from those nine: DECtalk's ``[:dv]`` command
 changes head size (vocal-tract length), breathiness, laryngealisation, smoothness,
 richness and pitch range, and each variant's name spells its settings.
+:func:`espeak_variant_voices` (``espeakv-*``, also train only) makes more speakers from
+espeak-ng's own voice variants beyond the 13 the core catalogue uses: its other formant and
+pitch settings, its Klatt-synthesiser voices, on every dialect that is not held out.
+:func:`accent_voices` (``espeaka-*``, train only) speaks those dialects with synthetic
+accents: each voice rewrites espeak-ng's phonemes with a few of the pronunciation rules of
+:mod:`fusion.corpus.accents` (TH-stopping, -ing as -in, ...), its name spelling them.
 :data:`HELDOUT_VOICES` (fnmatch patterns) are never used for training: they speak only
 the ``test-unseen-voices`` split. Per-utterance prosody jitter (speaking rate, pitch) is
 drawn by :func:`draw_prosody`.
@@ -55,6 +67,7 @@ from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
+from fusion.corpus.accents import ACCENT_RULES
 from fusion.corpus.sources import asrfuse_home
 
 __all__ = [
@@ -62,6 +75,7 @@ __all__ = [
     "DECTALK_VARIANT_RANGES",
     "ENGINES",
     "ESPEAK_DIALECTS",
+    "ESPEAK_EXTRA_VARIANTS",
     "ESPEAK_VARIANTS",
     "HELDOUT_VOICES",
     "PICO_VOICES",
@@ -70,12 +84,14 @@ __all__ = [
     "DectalkSpeaker",
     "Prosody",
     "Voice",
+    "accent_voices",
     "available_voices",
     "catalogue",
     "dectalk_dir",
     "dectalk_variants",
     "draw_prosody",
     "engine_available",
+    "espeak_variant_voices",
     "is_heldout",
     "pico_lang_dir",
     "rhvoice_dir",
@@ -130,6 +146,22 @@ ESPEAK_VARIANTS: tuple[str, ...] = (
     *(f"m{i}" for i in range(1, 8)),
     *(f"f{i}" for i in range(1, 6)),
 )
+# espeak-ng's other variants (Debian's espeak-ng 1.51, ``espeak-ng --voices=variant``), by
+# file name: new formant, pitch, breath and tone settings, and the Klatt synthesiser's voices
+# (``klatt``..``klatt6``). Left out: ``Mr serious`` (a space in its name) and the two
+# whispering ones (no voicing at all).
+ESPEAK_EXTRA_VARIANTS: tuple[str, ...] = (
+    "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Demonic", "Denis", "Diogo",
+    "Gene", "Gene2", "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike",
+    "Nguyen", "RicishayMax", "RicishayMax2", "RicishayMax3", "Storm", "Tweaky", "UniRobot",
+    "adam", "anika", "anikaRobot", "announcer", "antonio", "aunty", "belinda", "benjamin",
+    "boris", "caleb", "croak", "david", "ed", "edward", "edward2", "fast", "grandma",
+    "grandpa", "gustave", "iven", "iven2", "iven3", "iven4", "john", "kaukovalta", "klatt",
+    "klatt2", "klatt3", "klatt4", "klatt5", "klatt6", "linda", "m8", "marcelo", "max",
+    "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert",
+    "robosoft", "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6", "robosoft7",
+    "robosoft8", "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "zac",
+)  # fmt: skip
 
 # Voices kept out of training, as fnmatch patterns over voice names: one flite voice,
 # one festival voice and one espeak-ng dialect (all its variants).
@@ -150,7 +182,8 @@ class Voice:
         pitch_control: how pitch jitter is applied (engine specific; ``""``: no pitch
             jitter for this voice).
         settings: further engine settings that make this voice (DECtalk: ``[:dv]``
-            parameters, ``"hs 107 br 2"``).
+            parameters, ``"hs 107 br 2"``; espeak-ng: the codes of the accent rules its
+            phonemes are rewritten with, ``"ts gd"``, :data:`fusion.corpus.accents.ACCENT_RULES`).
     """
 
     name: str
@@ -163,8 +196,17 @@ class Voice:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES + TRAIN_ONLY_ENGINES:
             raise ValueError(f"voice {self.name!r}: unknown engine {self.engine!r}")
-        if self.settings and self.engine != "dectalk":
-            raise ValueError(f"voice {self.name!r}: settings are DECtalk's, not {self.engine}'s")
+        if self.settings and self.engine not in ("dectalk", "espeak-ng"):
+            raise ValueError(
+                f"voice {self.name!r}: settings are DECtalk's or espeak-ng's, not {self.engine}'s"
+            )
+        if self.settings and self.engine == "espeak-ng":
+            unknown = [c for c in self.settings.split() if c not in ACCENT_RULES]
+            if unknown:
+                raise ValueError(
+                    f"voice {self.name!r}: unknown accent rule(s) {', '.join(unknown)}; "
+                    f"choose from {', '.join(ACCENT_RULES)}"
+                )
 
 
 @dataclass(frozen=True)
@@ -214,7 +256,8 @@ def train_only_catalogue() -> tuple[Voice, ...]:
     of one), whose pitch jitter scales each speaker's own average pitch, then
     :func:`dectalk_variants` (``dectalkv-*``, weight 40 together), then RHVoice's English
     voices (``rhvoice-*``, weight 40 together), then SVOX Pico's (``pico-*``, weight 40
-    together)."""
+    together), then :func:`espeak_variant_voices` (``espeakv-*``, weight 40 together), then
+    :func:`accent_voices` (``espeaka-*``, weight 40 together)."""
     speakers = tuple(
         Voice(f"dectalk-{name}", "dectalk", code, 40.0 / len(DECTALK_SPEAKERS),
               pitch_control=f"ap={pitch}")
@@ -227,7 +270,55 @@ def train_only_catalogue() -> tuple[Voice, ...]:
     pico = tuple(
         Voice(f"pico-{lang.lower()}", "pico", lang, 40.0 / len(PICO_VOICES)) for lang in PICO_VOICES
     )
-    return speakers + dectalk_variants() + rhvoice + pico
+    return (speakers + dectalk_variants() + rhvoice + pico + espeak_variant_voices()
+            + accent_voices())  # fmt: skip
+
+
+def espeak_variant_voices(patterns: Sequence[str] = HELDOUT_VOICES) -> tuple[Voice, ...]:
+    """espeak-ng's :data:`ESPEAK_EXTRA_VARIANTS` on each of :data:`ESPEAK_DIALECTS` whose
+    core voice is not held out by ``patterns`` (``espeakv-en-us+klatt3``; weight 40
+    together). A held-out dialect makes none: its accent stays unheard in training."""
+    dialects = [d for d in ESPEAK_DIALECTS if not is_heldout(f"espeak-{d}", patterns)]
+    weight = 40.0 / (len(dialects) * len(ESPEAK_EXTRA_VARIANTS))
+    return tuple(
+        Voice(f"espeakv-{d}+{v}", "espeak-ng", f"{d}+{v}", weight, pitch_control="espeak")
+        for d in dialects
+        for v in ESPEAK_EXTRA_VARIANTS
+    )
+
+
+def accent_voices(
+    per_dialect: int = 12,
+    seed: int = 0,
+    rule_probability: float = 0.4,
+    patterns: Sequence[str] = HELDOUT_VOICES,
+) -> tuple[Voice, ...]:
+    """``per_dialect`` synthetic accents on each of :data:`ESPEAK_DIALECTS` whose core voice
+    is not held out by ``patterns``: each voice a variant of that dialect (drawn from
+    :data:`ESPEAK_VARIANTS` and :data:`ESPEAK_EXTRA_VARIANTS`) whose phonemes are rewritten
+    with a set of :data:`fusion.corpus.accents.ACCENT_RULES`, each rule drawn with
+    ``rule_probability`` (at least one; TH-stopping and TH-fronting never together),
+    seeded, so the same voices every time, each named after its dialect, variant and rules
+    (``espeaka-en-us+m3-ts-gd``); weight 40 together."""
+    rng = random.Random(f"espeak-accents-{seed}")
+    dialects = [d for d in ESPEAK_DIALECTS if not is_heldout(f"espeak-{d}", patterns)]
+    variants = [v for v in ESPEAK_VARIANTS if v] + list(ESPEAK_EXTRA_VARIANTS)
+    weight = 40.0 / (per_dialect * len(dialects))
+    voices = []
+    for dialect in dialects:
+        for _ in range(per_dialect):
+            variant = rng.choice(variants)
+            codes = [c for c in ACCENT_RULES if rng.random() < rule_probability]
+            if not codes:
+                codes = [rng.choice(list(ACCENT_RULES))]
+            if "ts" in codes and "tf" in codes:
+                codes.remove(rng.choice(["ts", "tf"]))
+            voices.append(Voice(
+                name=f"espeaka-{dialect}+{variant}-" + "-".join(codes), engine="espeak-ng",
+                model=f"{dialect}+{variant}", weight=weight, pitch_control="espeak",
+                settings=" ".join(codes),
+            ))  # fmt: skip
+    return tuple(voices)
 
 
 def dectalk_variants(per_speaker: int = 4, seed: int = 0) -> tuple[Voice, ...]:
@@ -253,9 +344,16 @@ def dectalk_variants(per_speaker: int = 4, seed: int = 0) -> tuple[Voice, ...]:
 
 
 def is_heldout(voice: Voice | str, patterns: Sequence[str] = HELDOUT_VOICES) -> bool:
-    """Whether a voice is held out of training (its name matches one of ``patterns``)."""
+    """Whether a voice is held out of training: its name matches one of ``patterns``, or,
+    for an espeak-ng variant or accent voice (``espeakv-en-029+Andy``,
+    ``espeaka-en-029+m3-ts``), its name as a core voice's (``espeak-en-029+Andy``) does, so
+    a held-out dialect stays held out in every variant and accent."""
     name = voice if isinstance(voice, str) else voice.name
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    names = [name]
+    for family in ("espeakv-", "espeaka-"):
+        if name.startswith(family):
+            names.append("espeak-" + name.removeprefix(family))
+    return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
 
 
 @cache
@@ -298,6 +396,19 @@ def _espeak_voices() -> frozenset[str]:
     proc = subprocess.run(["espeak-ng", "--voices=en"], capture_output=True, text=True, check=False)
     # Columns: Pty Language Age/Gender VoiceName File Other-languages
     return frozenset(line.split()[1] for line in proc.stdout.splitlines()[1:] if line.split())
+
+
+@cache
+def _espeak_variants() -> frozenset[str]:
+    proc = subprocess.run(
+        ["espeak-ng", "--voices=variant"], capture_output=True, text=True, check=False
+    )
+    # The File column: "!v/Andy".
+    return frozenset(
+        field.removeprefix("!v/")
+        for line in proc.stdout.splitlines()[1:]
+        for field in line.split()[4:5]
+    )
 
 
 @cache
@@ -348,7 +459,8 @@ def voice_available(voice: Voice) -> bool:
     if not engine_available(voice.engine):
         return False
     if voice.engine == "espeak-ng":
-        return voice.model.partition("+")[0] in _espeak_voices()
+        dialect, _, variant = voice.model.partition("+")
+        return dialect in _espeak_voices() and (not variant or variant in _espeak_variants())
     if voice.engine == "flite":
         return voice.model in _flite_voices()
     if voice.engine == "festival":
