@@ -353,3 +353,27 @@ def test_cli_rejects_unknown_choices() -> None:
         _parser().parse_args(["data", "build", "--engines", "sam"])
     with pytest.raises(SystemExit):
         _parser().parse_args(["data", "build", "--sources", "shakespeare"])
+
+
+def test_cli_lists_voices_with_their_role(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fusion.corpus.voices as voices_module
+
+    monkeypatch.setattr(voices_module, "voice_available", lambda v: v.engine != "flite")
+    assert cli.run(_parser().parse_args(["data", "voices", "flite-*", "espeaka-en-us+*"])) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines[:-1]}
+    assert rows["flite-awb"] == ["flite", "held", "out", "missing"]
+    assert rows["flite-slt"] == ["flite", "core", "missing"]
+    accent = next(name for name in rows if name.startswith("espeaka-en-us+"))
+    assert rows[accent][:3] == ["espeak-ng", "train", "only"] and rows[accent][3] == "installed"
+    assert rows[accent][4:] == accent.split("-")[3:]  # its rules
+    assert lines[-1] == f"{len(rows)} voices, {len(rows) - 4} installed"
+    assert cli.run(_parser().parse_args(["data", "voices", "--installed", "--json", "flite-*",
+                                         "piper-*"])) == 0  # fmt: skip
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [
+        {"name": "piper-joe", "engine": "piper", "role": "core", "settings": "", "installed": True}
+    ]
+    assert cli.run(_parser().parse_args(["data", "voices", "sam-*"])) == 2
+    assert "no voice matches sam-*" in capsys.readouterr().err

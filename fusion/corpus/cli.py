@@ -1,5 +1,6 @@
-"""The ``data`` command: ``fusion data build --out DIR --hours H --jobs N --seed S``, and
-``fusion data import-librispeech ROOT -o DIR`` / ``import-speech-commands ROOT -o DIR``.
+"""The ``data`` command: ``fusion data build --out DIR --hours H --jobs N --seed S``,
+``fusion data voices [PATTERN ...]``, and ``fusion data import-librispeech ROOT -o DIR`` /
+``import-speech-commands ROOT -o DIR``.
 
 :func:`add_parser` registers the command on the main parser's subparsers; :func:`run`
 carries it out. ``python -m fusion.corpus.cli build ...`` runs it on its own. The
@@ -103,6 +104,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     build.add_argument("--format", choices=("flac", "wav"), default="flac", help="audio format")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    voices = commands.add_parser(
+        "voices",
+        help="list the synthetic voices: role (core, train only, held out) and whether installed",
+        description="List the voices whose names match any PATTERN (fnmatch; default every "
+        "voice), the core catalogue's and the train-only ones (--train-voices), with their "
+        "engine, role, accent rules or DECtalk settings, and whether this machine can "
+        "synthesise them.",
+    )
+    voices.add_argument("patterns", nargs="*", default=["*"], metavar="PATTERN")
+    voices.add_argument("--installed", action="store_true", help="only voices installed here")
+    voices.add_argument("--json", action="store_true", help="one JSON object a line")
     _add_import_parsers(commands)
     return data
 
@@ -150,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
     """Carry out a parsed ``data`` command; returns the exit status."""
     if args.data_command in ("import-librispeech", "import-speech-commands"):
         return _run_import(args)
+    if args.data_command == "voices":
+        return _run_voices(args)
     if args.data_command != "build":
         raise ValueError(f"unknown data command {args.data_command!r}")
     from fusion.corpus.augment import AugmentConfig
@@ -192,6 +206,40 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.errors} failed (see errors.jsonl), {summary.seconds:.0f} s"
     )
     return 1 if summary.errors else 0
+
+
+def _run_voices(args: argparse.Namespace) -> int:
+    import json
+
+    from fusion.corpus.voices import (
+        catalogue,
+        is_heldout,
+        select_voices,
+        train_only_catalogue,
+        voice_available,
+    )
+
+    core = set(catalogue())
+    rows = []
+    for voice in select_voices(args.patterns, catalogue() + train_only_catalogue()):
+        available = voice_available(voice)
+        if args.installed and not available:
+            continue
+        role = "held out" if is_heldout(voice) else "core" if voice in core else "train only"
+        rows.append({"name": voice.name, "engine": voice.engine, "role": role,
+                     "settings": voice.settings, "installed": available})  # fmt: skip
+    if not rows:
+        print(f"fusion data voices: no voice matches {' '.join(args.patterns)}", file=sys.stderr)
+        return 2
+    for row in rows:
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{row['name']:48s} {row['engine']:10s} {row['role']:10s} "
+                  f"{'installed' if row['installed'] else 'missing':9s} {row['settings']}".rstrip())  # fmt: skip
+    if not args.json:
+        print(f"{len(rows)} voices, {sum(r['installed'] for r in rows)} installed")
+    return 0
 
 
 _SHOW_PROBLEMS = 10
