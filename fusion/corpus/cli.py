@@ -235,8 +235,9 @@ def _run_voices(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(row))
         else:
-            print(f"{row['name']:48s} {row['engine']:10s} {row['role']:10s} "
-                  f"{'installed' if row['installed'] else 'missing':9s} {row['settings']}".rstrip())  # fmt: skip
+            state = "installed" if row["installed"] else "missing"
+            line = f"{row['name']:48s} {row['engine']:10s} {row['role']:10s} {state:9s} "
+            print((line + row["settings"]).rstrip())
     if not args.json:
         print(f"{len(rows)} voices, {sum(r['installed'] for r in rows)} installed")
     return 0
