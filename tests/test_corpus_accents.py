@@ -111,6 +111,7 @@ def test_accented_text_speaks_rewritten_phonemes_and_the_same_words() -> None:
     assert plain == "D@2 T'IN"
     assert accented_text("the thing", "en-us", []) == "[[D@2 T'IN]]"
     assert accented_text("the thing", "en-us", ["ts"]) == "[[d@2 t'IN]]"
+    assert espeak_phonemes("-s the", "en-us") == "'Es D@2"  # text, not an option
     with pytest.raises(RuntimeError, match="espeak-ng -x -v nosuch failed"):
         espeak_phonemes("the", "nosuch")
 

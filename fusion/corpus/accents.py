@@ -103,9 +103,9 @@ def accent_phonemes(phonemes: str, codes: Sequence[str]) -> str:
 
 def espeak_phonemes(text: str, model: str, timeout: float = 120.0) -> str:
     """espeak-ng's phoneme mnemonics for ``text`` in voice ``model`` (``en-us+m3``)."""
-    proc = subprocess.run(
-        ["espeak-ng", "-q", "-x", "-v", model, text],
-        capture_output=True, text=True, check=False, timeout=timeout, stdin=subprocess.DEVNULL,
+    proc = subprocess.run(  # the text on stdin: a leading "-" is no option there
+        ["espeak-ng", "-q", "-x", "-v", model, "--stdin"],
+        input=text, capture_output=True, text=True, check=False, timeout=timeout,
     )  # fmt: skip
     if proc.returncode != 0 or not proc.stdout.strip():
         raise RuntimeError(
