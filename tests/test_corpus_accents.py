@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -130,3 +131,13 @@ def test_an_accent_voice_speaks_deterministically_and_otherwise() -> None:
     broken = Voice("espeaka-nosuch+m3-ts", "espeak-ng", "nosuch+m3", settings="ts")
     with pytest.raises(SynthesisError, match="voice espeaka-nosuch[+]m3-ts: espeak-ng -x"):
         synthesize(text, broken)
+
+
+def test_an_accent_voice_without_espeak_fails_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(*args: object, **kwargs: object) -> None:
+        raise FileNotFoundError("espeak-ng")
+
+    monkeypatch.setattr(subprocess, "run", missing)
+    voice = Voice("espeaka-en-us+m3-ts", "espeak-ng", "en-us+m3", settings="ts")
+    with pytest.raises(SynthesisError, match="espeaka-en-us[+]m3-ts: program 'espeak-ng' not installed"):
+        synthesize("the", voice)

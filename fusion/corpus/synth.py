@@ -127,6 +127,8 @@ def _run_engine(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray, 
     if voice.engine == "espeak-ng" and voice.settings:  # an accent: rewritten phonemes
         try:
             text = accented_text(text, voice.model, voice.settings.split(), timeout=TIMEOUT_S)
+        except FileNotFoundError:
+            raise SynthesisError(f"voice {voice.name}: program 'espeak-ng' not installed") from None
         except (RuntimeError, subprocess.TimeoutExpired) as err:
             raise SynthesisError(f"voice {voice.name}: {err}") from None
     with tempfile.TemporaryDirectory(prefix="asrfuse-tts-") as tmp:
