@@ -274,11 +274,16 @@ def train_only_catalogue() -> tuple[Voice, ...]:
             + accent_voices())  # fmt: skip
 
 
+def _seen_dialects(patterns: Sequence[str]) -> list[str]:
+    """The espeak-ng dialects whose core voice ``patterns`` do not hold out."""
+    return [d for d in ESPEAK_DIALECTS if not is_heldout(f"espeak-{d}", patterns)]
+
+
 def espeak_variant_voices(patterns: Sequence[str] = HELDOUT_VOICES) -> tuple[Voice, ...]:
     """espeak-ng's :data:`ESPEAK_EXTRA_VARIANTS` on each of :data:`ESPEAK_DIALECTS` whose
     core voice is not held out by ``patterns`` (``espeakv-en-us+klatt3``; weight 40
     together). A held-out dialect makes none: its accent stays unheard in training."""
-    dialects = [d for d in ESPEAK_DIALECTS if not is_heldout(f"espeak-{d}", patterns)]
+    dialects = _seen_dialects(patterns)
     weight = 40.0 / (len(dialects) * len(ESPEAK_EXTRA_VARIANTS))
     return tuple(
         Voice(f"espeakv-{d}+{v}", "espeak-ng", f"{d}+{v}", weight, pitch_control="espeak")
@@ -301,7 +306,7 @@ def accent_voices(
     seeded, so the same voices every time, each named after its dialect, variant and rules
     (``espeaka-en-us+m3-ts-gd``); weight 40 together."""
     rng = random.Random(f"espeak-accents-{seed}")
-    dialects = [d for d in ESPEAK_DIALECTS if not is_heldout(f"espeak-{d}", patterns)]
+    dialects = _seen_dialects(patterns)
     variants = [v for v in ESPEAK_VARIANTS if v] + list(ESPEAK_EXTRA_VARIANTS)
     weight = 40.0 / (per_dialect * len(dialects))
     voices = []
