@@ -34,10 +34,17 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["ACCENT_RULES", "AccentRule", "accent_phonemes", "accented_text", "espeak_phonemes"]
+__all__ = [
+    "ACCENT_RULES",
+    "AccentRule",
+    "accent_phonemes",
+    "accented_text",
+    "check_rules",
+    "espeak_phonemes",
+]
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class AccentRule:
 
     code: str
     name: str
-    rewrites: tuple[tuple[str, str], ...]
+    rewrites: tuple[tuple[str, str | Callable[[re.Match[str]], str]], ...]
 
 
 # espeak-ng's English mnemonics: T and D are the th sounds, h only /h/, IN the -ing ending;
@@ -77,7 +84,8 @@ ACCENT_RULES: dict[str, AccentRule] = {
 }  # fmt: skip
 
 
-def _check(codes: Sequence[str]) -> None:
+def check_rules(codes: Sequence[str]) -> None:
+    """Refuse, by name, codes that are not in :data:`ACCENT_RULES`."""
     unknown = [c for c in codes if c not in ACCENT_RULES]
     if unknown:
         raise ValueError(
@@ -88,7 +96,7 @@ def _check(codes: Sequence[str]) -> None:
 def accent_phonemes(phonemes: str, codes: Sequence[str]) -> str:
     """``phonemes`` (espeak-ng mnemonics, one word per space-separated token, lines kept)
     with the rules named by ``codes`` applied to every word, in the order given."""
-    _check(codes)
+    check_rules(codes)
     lines = []
     for line in phonemes.splitlines():
         words = []
@@ -118,6 +126,6 @@ def espeak_phonemes(text: str, model: str, timeout: float = 120.0) -> str:
 def accented_text(text: str, model: str, codes: Sequence[str], timeout: float = 120.0) -> str:
     """espeak-ng input that speaks ``text`` in voice ``model`` with the rules ``codes``:
     its phonemes, rewritten, as ``[[...]]`` phoneme input, one bracket a clause."""
-    _check(codes)
+    check_rules(codes)
     rewritten = accent_phonemes(espeak_phonemes(text, model, timeout), codes)
     return " ".join(f"[[{line}]]" for line in rewritten.splitlines() if line.strip())

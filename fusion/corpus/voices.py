@@ -67,7 +67,7 @@ from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
-from fusion.corpus.accents import ACCENT_RULES
+from fusion.corpus.accents import ACCENT_RULES, check_rules
 from fusion.corpus.sources import asrfuse_home
 
 __all__ = [
@@ -201,12 +201,10 @@ class Voice:
                 f"voice {self.name!r}: settings are DECtalk's or espeak-ng's, not {self.engine}'s"
             )
         if self.settings and self.engine == "espeak-ng":
-            unknown = [c for c in self.settings.split() if c not in ACCENT_RULES]
-            if unknown:
-                raise ValueError(
-                    f"voice {self.name!r}: unknown accent rule(s) {', '.join(unknown)}; "
-                    f"choose from {', '.join(ACCENT_RULES)}"
-                )
+            try:
+                check_rules(self.settings.split())
+            except ValueError as err:
+                raise ValueError(f"voice {self.name!r}: {err}") from None
 
 
 @dataclass(frozen=True)
