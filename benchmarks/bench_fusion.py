@@ -5,7 +5,8 @@ Stages, each on top of the one before:
 1. greedy CTC;
 2. + word n-gram shallow fusion (LM weight and word bonus tuned by ``fusion tune``);
 3. + neural LM shallow fusion (the neural LM as a third word scorer in the beam; its
-   weight tuned on a dev subset, the n-gram weights kept);
+   weight and the n-gram's tuned on dev by a grid that holds stage 2's weights, so on dev
+   the stage is never worse than stage 2; the word bonus kept);
 4. + N-best rescoring with the neural LM (stage 3's N-best re-ranked with the sentence
    log-probability of the neural LM and every first-pass score, weights tuned on dev N-best
    lists by grid, random and TPE studies);
@@ -130,10 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=HOME / "bench-fusion")
     parser.add_argument("--beam-size", type=int, default=32)
     parser.add_argument("--nbest", type=int, default=16)
-    parser.add_argument("--nlm-weights", type=float, nargs="+", default=[0.1, 0.2, 0.35, 0.5],
-                        help="neural LM weights tried (with the n-gram's weight scaled by 0.5, 0.75, 1)")
-    parser.add_argument("--nlm-dev-utterances", type=int, default=150,
-                        help="dev utterances the neural LM's fusion weights are tuned on")
+    parser.add_argument("--nlm-weights", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.35, 0.5],
+                        help="neural LM weights tried (with the n-gram's weight scaled by 0.5, 0.75, "
+                             "1); with 0 the grid holds the n-gram first pass itself, so the stack "
+                             "is never worse than it on the dev utterances tuned on")
+    parser.add_argument("--nlm-dev-utterances", type=int, default=None,
+                        help="dev utterances the neural LM's fusion weights are tuned on "
+                             "(default: all of dev)")
     parser.add_argument("--rescore-trials", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tune-args", default="", help="extra arguments for fusion tune")
@@ -180,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         (start,) = objective([{**ngram_w, "nlm": 0.0}])
         best_nlm = run_study("nlm-grid", "grid", params, objective, log, stage="first_pass_nlm")
     nlm_w = dict(best_nlm["params"])
-    print(f"neural LM fusion weights: {nlm_w} (dev subset WER {best_nlm['wer']:.2f}; without the "
-          f"neural LM {start['wer']:.2f})", file=sys.stderr)
+    print(f"neural LM fusion weights: {nlm_w} (dev WER {best_nlm['wer']:.2f} on {len(subset)} "
+          f"utterances; without the neural LM {start['wer']:.2f})", file=sys.stderr)
     summary["neural_fusion_dev_subset"] = {"utterances": len(subset), "beam_size": args.beam_size,
                                            "without_nlm_wer": start["wer"],
                                            "best_wer": best_nlm["wer"], "weights": nlm_w,

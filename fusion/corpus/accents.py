@@ -28,6 +28,17 @@ separated by spaces); :func:`accented_text` turns a sentence into the phoneme in
 (``[[...]]``) that makes espeak-ng speak it with a set of rules. The transcript stays the
 sentence's spelling. :func:`fusion.corpus.voices.accent_voices` makes the voices that use
 them (``espeaka-*``, training only).
+
+flite and festival speak the same rules through their lexicons. Each rule also rewrites the
+phones of the CMU lexicon that both engines' US voices read (festival's copy,
+:data:`CMU_LEXICON`, lower-case ARPAbet, every vowel with its stress digit):
+:func:`accented_lexicon` rewrites the sentence's words, and :func:`flite_addenda` and
+:func:`festival_lexicon` give the changed words to the engine (flite's ``-add_lex`` file,
+festival's ``lex.add.entry``), which then speaks the sentence with its own text analysis,
+prosody and voice. Words the lexicon lacks keep the engine's pronunciation. FACE and GOAT
+as monophthongs (``mo``) is the one rule ARPAbet cannot write (it has no /e:/ or /o:/):
+:func:`fusion.corpus.voices.phone_accent_voices` (``flitea-*``, ``festivala-*``) draws from
+the other nine.
 """
 
 from __future__ import annotations
@@ -36,24 +47,43 @@ import re
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 __all__ = [
     "ACCENT_RULES",
+    "CMU_LEXICON",
+    "PHONE_SETS",
     "AccentRule",
     "accent_phonemes",
+    "accented_lexicon",
     "accented_text",
     "check_rules",
+    "cmu_lexicon",
     "espeak_phonemes",
+    "festival_lexicon",
+    "flite_addenda",
 ]
+
+PHONE_SETS = ("espeak", "arpabet")
+CMU_LEXICON = Path("/usr/share/festival/dicts/cmu/cmudict-0.4.out")
+
+Rewrites = tuple[tuple[str, str | Callable[[re.Match[str]], str]], ...]
 
 
 @dataclass(frozen=True)
 class AccentRule:
-    """One pronunciation rule: regular-expression rewrites of one word's phonemes, in order."""
+    """One pronunciation rule: regular-expression rewrites of one word's phonemes, in order:
+    ``rewrites`` of espeak-ng's mnemonics, ``arpabet`` of the CMU lexicon's phones (``None``:
+    the rule cannot be written in ARPAbet)."""
 
     code: str
     name: str
-    rewrites: tuple[tuple[str, str | Callable[[re.Match[str]], str]], ...]
+    rewrites: Rewrites
+    arpabet: Rewrites | None = None
+
+    def for_phone_set(self, phone_set: str) -> Rewrites | None:
+        return self.rewrites if phone_set == "espeak" else self.arpabet
 
 
 # espeak-ng's English mnemonics: T and D are the th sounds, h only /h/, IN the -ing ending;
@@ -62,51 +92,68 @@ class AccentRule:
 # A word may end in pause marks (``_:``), which the word-final rules look past.
 _FINAL_VOICED = {"dZ": "tS", "Z": "S", "b": "p", "d": "t", "g": "k", "v": "f", "z": "s", "D": "T"}
 _END = r"(?=(?:_:?)*$)"
+# ARPAbet words are space-separated phones, vowels with their stress digit ("dh ax0");
+# (?<!\S) and (?!\S) bound one phone.
+_ARPA_FINAL_VOICED = {"jh": "ch", "zh": "sh", "b": "p", "d": "t", "g": "k", "v": "f", "z": "s",
+                      "dh": "th"}  # fmt: skip
 
 ACCENT_RULES: dict[str, AccentRule] = {
     rule.code: rule
     for rule in (
-        AccentRule("ts", "TH-stopping", (("T", "t"), ("D", "d"))),
-        AccentRule("tf", "TH-fronting", (("T", "f"), (r"^([',]?)D", r"\1d"), ("D", "v"))),
-        AccentRule("hd", "H-dropping", ((r"^([',]?)h", r"\1"),)),
-        AccentRule("gd", "-ing as -in", (("IN" + _END, "In"),)),
+        AccentRule("ts", "TH-stopping", (("T", "t"), ("D", "d")),
+                   ((r"(?<!\S)th(?!\S)", "t"), (r"(?<!\S)dh(?!\S)", "d"))),
+        AccentRule("tf", "TH-fronting", (("T", "f"), (r"^([',]?)D", r"\1d"), ("D", "v")),
+                   ((r"(?<!\S)th(?!\S)", "f"), (r"^dh(?!\S)", "d"), (r"(?<!\S)dh(?!\S)", "v"))),
+        AccentRule("hd", "H-dropping", ((r"^([',]?)h", r"\1"),), ((r"^hh ", ""),)),
+        AccentRule("gd", "-ing as -in", (("IN" + _END, "In"),), ((r"(?<!\S)ih0 ng$", "ih0 n"),)),
         AccentRule("cr", "final cluster reduction",
-                   ((r"(?<=[nl])d" + _END, ""), (r"(?<=[sfkp])t" + _END, ""))),
+                   ((r"(?<=[nl])d" + _END, ""), (r"(?<=[sfkp])t" + _END, "")),
+                   ((r"(?<!\S)([nl]) d$", r"\1"), (r"(?<!\S)([sfkp]) t$", r"\1"))),
         AccentRule("fd", "final obstruent devoicing",
-                   (("(dZ|Z|b|d|g|v|z|D)" + _END, lambda m: _FINAL_VOICED[m.group(1)]),)),
+                   (("(dZ|Z|b|d|g|v|z|D)" + _END, lambda m: _FINAL_VOICED[m.group(1)]),),
+                   ((r"(?<!\S)(jh|zh|b|d|g|v|z|dh)$", lambda m: _ARPA_FINAL_VOICED[m.group(1)]),)),
         AccentRule("mo", "FACE and GOAT as monophthongs", (("eI", "e:"), ("(?:oU|@U)", "o:"))),
         AccentRule("tl", "no tense/lax contrast",
-                   ((r"(?<![aeO])I[2#]?(?!@)", "i:"), (r"(?<![ao@])U(?!@)", "u:"))),
-        AccentRule("vw", "v as w", (("v", "w"),)),
+                   ((r"(?<![aeO])I[2#]?(?!@)", "i:"), (r"(?<![ao@])U(?!@)", "u:")),
+                   ((r"(?<!\S)ih(?=\d)", "iy"), (r"(?<!\S)uh(?=\d)", "uw"))),
+        AccentRule("vw", "v as w", (("v", "w"),), ((r"(?<!\S)v(?!\S)", "w"),)),
         AccentRule("sv", "full vowels for schwa",
-                   ((r"(?<![ieAOU3])@[25]?(?![LU])", "a"), ("a#", "a"))),
+                   ((r"(?<![ieAOU3])@[25]?(?![LU])", "a"), ("a#", "a")),
+                   ((r"(?<!\S)a[xh]0(?!\S)", "aa0"),)),
     )
 }  # fmt: skip
 
 
-def check_rules(codes: Sequence[str]) -> None:
-    """Refuse, by name, codes that are not in :data:`ACCENT_RULES`."""
+def check_rules(codes: Sequence[str], phone_set: str = "espeak") -> None:
+    """Refuse, by name, codes that are not in :data:`ACCENT_RULES` or that ``phone_set``
+    (one of :data:`PHONE_SETS`) cannot write."""
+    if phone_set not in PHONE_SETS:
+        raise ValueError(f"unknown phone set {phone_set!r}; choose from {', '.join(PHONE_SETS)}")
     unknown = [c for c in codes if c not in ACCENT_RULES]
     if unknown:
         raise ValueError(
             f"unknown accent rule(s) {', '.join(unknown)}; choose from {', '.join(ACCENT_RULES)}"
         )
+    unwritable = [c for c in codes if ACCENT_RULES[c].for_phone_set(phone_set) is None]
+    if unwritable:
+        raise ValueError(f"accent rule(s) {', '.join(unwritable)} cannot be written in {phone_set}")
+
+
+def _rewrite(word: str, codes: Sequence[str], phone_set: str) -> str:
+    for code in codes:
+        for pattern, repl in ACCENT_RULES[code].for_phone_set(phone_set) or ():
+            word = re.sub(pattern, repl, word)
+    return word
 
 
 def accent_phonemes(phonemes: str, codes: Sequence[str]) -> str:
     """``phonemes`` (espeak-ng mnemonics, one word per space-separated token, lines kept)
     with the rules named by ``codes`` applied to every word, in the order given."""
     check_rules(codes)
-    lines = []
-    for line in phonemes.splitlines():
-        words = []
-        for word in line.split():
-            for code in codes:
-                for pattern, repl in ACCENT_RULES[code].rewrites:
-                    word = re.sub(pattern, repl, word)
-            words.append(word)
-        lines.append(" ".join(words))
-    return "\n".join(lines)
+    return "\n".join(
+        " ".join(_rewrite(word, codes, "espeak") for word in line.split())
+        for line in phonemes.splitlines()
+    )
 
 
 def espeak_phonemes(text: str, model: str, timeout: float = 120.0) -> str:
@@ -129,3 +176,62 @@ def accented_text(text: str, model: str, codes: Sequence[str], timeout: float = 
     check_rules(codes)
     rewritten = accent_phonemes(espeak_phonemes(text, model, timeout), codes)
     return " ".join(f"[[{line}]]" for line in rewritten.splitlines() if line.strip())
+
+
+_VOWELS = frozenset("aa ae ah ao aw ax axr ay eh el em en er ey ih iy ow oy uh uw".split())
+_ENTRY = re.compile(r'^\("([^"]+)" \S+ \((.*)\)\)$')
+_SYLLABLE = re.compile(r"\(\(([^()]*)\) (\d)\)")
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
+
+
+@cache
+def cmu_lexicon(path: Path = CMU_LEXICON) -> dict[str, str]:
+    """The CMU lexicon festival (and so flite's CMU voices) reads, each word's first entry
+    as space-separated ARPAbet phones, every vowel with its syllable's stress digit
+    (``"nothing": "n ah1 th ih0 ng"``)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the CMU lexicon is missing (Debian festival installs it)")
+    lexicon: dict[str, str] = {}
+    with path.open(encoding="latin-1") as f:
+        for line in f:
+            match = _ENTRY.match(line.strip())
+            if match is None or match.group(1) in lexicon:
+                continue
+            lexicon[match.group(1)] = " ".join(
+                phone + stress if phone in _VOWELS else phone
+                for phones, stress in _SYLLABLE.findall(match.group(2))
+                for phone in phones.split()
+            )
+    return lexicon
+
+
+def accented_lexicon(
+    text: str, codes: Sequence[str], lexicon: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The words of ``text`` that the rules ``codes`` change, each with its rewritten
+    ARPAbet phones (:func:`cmu_lexicon` by default); words the lexicon lacks are left out."""
+    check_rules(codes, "arpabet")
+    lexicon = cmu_lexicon() if lexicon is None else lexicon
+    changed = {}
+    for word in _WORD.findall(text.lower()):
+        phones = lexicon.get(word)
+        if phones is None or word in changed:
+            continue
+        new = _rewrite(phones, codes, "arpabet").strip()
+        if new and new != phones:
+            changed[word] = new
+    return changed
+
+
+def flite_addenda(words: dict[str, str]) -> str:
+    """A flite ``-add_lex`` file that pronounces each word with its phones."""
+    return "".join(f"{word} : {phones}\n" for word, phones in words.items())
+
+
+def festival_lexicon(words: dict[str, str]) -> str:
+    """festival Scheme that adds each word, with its phones, to the current voice's lexicon
+    (syllabified by festival's ``lex.syllabify.phstress``)."""
+    return "".join(
+        f'(lex.add.entry (list "{word}" nil (lex.syllabify.phstress \'({phones}))))\n'
+        for word, phones in words.items()
+    )

@@ -33,7 +33,12 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from fusion.corpus.accents import accented_text
+from fusion.corpus.accents import (
+    accented_lexicon,
+    accented_text,
+    festival_lexicon,
+    flite_addenda,
+)
 from fusion.corpus.voices import Prosody, Voice, dectalk_dir, pico_lang_dir, rhvoice_dir
 
 __all__ = [
@@ -58,8 +63,12 @@ class SynthesisError(RuntimeError):
     """A TTS engine failed or produced no usable audio; the message names voice and text."""
 
 
-def tts_command(voice: Voice, text_file: Path, wav_file: Path, prosody: Prosody) -> list[str]:
-    """The command line that makes a subprocess engine speak ``text_file`` to ``wav_file``."""
+def tts_command(
+    voice: Voice, text_file: Path, wav_file: Path, prosody: Prosody, lexicon: Path | None = None
+) -> list[str]:
+    """The command line that makes a subprocess engine speak ``text_file`` to ``wav_file``;
+    flite and festival first read ``lexicon`` (flite's ``-add_lex`` addenda, festival's
+    Scheme), where given."""
     if voice.engine == "espeak-ng":
         pitch = min(99, max(0, round(50 * prosody.pitch)))
         return [
@@ -67,7 +76,10 @@ def tts_command(voice: Voice, text_file: Path, wav_file: Path, prosody: Prosody)
             "-p", str(pitch), "-f", str(text_file), "-w", str(wav_file),
         ]  # fmt: skip
     if voice.engine == "flite":
-        cmd = ["flite", "-voice", voice.model, "-f", str(text_file), "-o", str(wav_file)]
+        cmd = ["flite", "-voice", voice.model]
+        if lexicon is not None:
+            cmd += ["-add_lex", str(lexicon)]
+        cmd += ["-f", str(text_file), "-o", str(wav_file)]
         cmd += ["--setf", f"duration_stretch={1 / prosody.rate:.3f}"]
         if voice.pitch_control == "f0_shift":
             cmd += ["--setf", f"f0_shift={prosody.pitch:.3f}"]
@@ -77,6 +89,8 @@ def tts_command(voice: Voice, text_file: Path, wav_file: Path, prosody: Prosody)
         return cmd
     if voice.engine == "festival":
         evals = [f"(voice_{voice.model})"]
+        if lexicon is not None:  # a file: text2wave loads it
+            evals.append(str(lexicon))
         if voice.model.endswith("_hts"):  # HTS engine: -r is its speaking rate
             evals.append(
                 f'(set! hts_engine_params (append hts_engine_params (list (list "-r" '
@@ -123,6 +137,23 @@ def _dectalk_program(folder: Path) -> list[str]:
     return [str(_LOADER), str(say)]
 
 
+def _accent_lexicon(text: str, voice: Voice, folder: Path) -> Path | None:
+    """An accent voice of flite or festival: its rewritten words, as the engine's lexicon
+    file in ``folder`` (``None``: no word of ``text`` changes)."""
+    try:
+        words = accented_lexicon(text, voice.settings.split())
+    except FileNotFoundError as err:
+        raise SynthesisError(f"voice {voice.name}: {err}") from None
+    if not words:
+        return None
+    if voice.engine == "flite":
+        path, content = folder / "lex.txt", flite_addenda(words)
+    else:
+        path, content = folder / "lex.scm", festival_lexicon(words)
+    path.write_text(content, encoding="utf-8")
+    return path
+
+
 def _run_engine(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray, int]:
     if voice.engine == "espeak-ng" and voice.settings:  # an accent: rewritten phonemes
         try:
@@ -134,7 +165,10 @@ def _run_engine(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray, 
     with tempfile.TemporaryDirectory(prefix="asrfuse-tts-") as tmp:
         text_file, wav_file = Path(tmp) / "text.txt", Path(tmp) / "out.wav"
         text_file.write_text(text + "\n", encoding="utf-8")
-        cmd = tts_command(voice, text_file, wav_file, prosody)
+        lexicon = None
+        if voice.engine in ("flite", "festival") and voice.settings:  # an accent: its lexicon
+            lexicon = _accent_lexicon(text, voice, Path(tmp))
+        cmd = tts_command(voice, text_file, wav_file, prosody, lexicon)
         folder = dectalk_dir() if voice.engine == "dectalk" else None
         try:
             proc = subprocess.run(

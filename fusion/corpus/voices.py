@@ -31,12 +31,16 @@ espeak-ng   7 seen dialects x 86 more variants             Debian ``espeak-ng``
 espeak-ng   84 synthetic accents: a dialect, a variant     Debian ``espeak-ng``,
             and pronunciation rules                        :mod:`fusion.corpus.accents`
             (``espeaka-en-us+m3-ts-gd``, train only)
+flite,      60 synthetic accents: the 5 seen flite and     Debian ``flite``, ``festival``
+festival    festival voices x 12 sets of rules             (its CMU lexicon),
+            (``flitea-kal16+ts-gd``,                       :mod:`fusion.corpus.accents`
+            ``festivala-slt-hts+fd``, train only)
 =========== ============================================== =================================
 
 :func:`catalogue` holds the core voices, which every split draws from.
 :func:`train_only_catalogue` holds voices added later (DECtalk's speakers and their
-variants, RHVoice's and SVOX Pico's English voices, espeak-ng's other variants and
-synthetic accents): a build
+variants, RHVoice's and SVOX Pico's English voices, espeak-ng's other variants, and the
+synthetic accents of espeak-ng, flite and festival): a build
 uses them only when asked (``CorpusOptions.train_voices``) and only for ``train``, so a
 default build, and every build's dev, test and test-unseen-voices, stay as they were.
 :func:`dectalk_variants` makes more speakers from those nine: DECtalk's ``[:dv]`` command
@@ -48,6 +52,8 @@ pitch settings, its Klatt-synthesiser voices, on every dialect that is not held 
 :func:`accent_voices` (``espeaka-*``, train only) speaks those dialects with synthetic
 accents: each voice rewrites espeak-ng's phonemes with a few of the pronunciation rules of
 :mod:`fusion.corpus.accents` (TH-stopping, -ing as -in, ...), its name spelling them.
+:func:`phone_accent_voices` (``flitea-*``, ``festivala-*``, train only) gives the same
+rules to flite's and festival's seen voices, through their lexicons.
 :data:`HELDOUT_VOICES` (fnmatch patterns) are never used for training: they speak only
 the ``test-unseen-voices`` split. Per-utterance prosody jitter (speaking rate, pitch) is
 drawn by :func:`draw_prosody`.
@@ -85,6 +91,7 @@ __all__ = [
     "Prosody",
     "Voice",
     "accent_voices",
+    "phone_accent_voices",
     "available_voices",
     "catalogue",
     "dectalk_dir",
@@ -168,6 +175,10 @@ ESPEAK_EXTRA_VARIANTS: tuple[str, ...] = (
 HELDOUT_VOICES: tuple[str, ...] = ("flite-awb", "festival-ked", "espeak-en-029*")
 
 
+# The engines that speak accents (settings: rule codes), and the phones their rules rewrite.
+_ACCENT_PHONE_SETS = {"espeak-ng": "espeak", "flite": "arpabet", "festival": "arpabet"}
+
+
 @dataclass(frozen=True)
 class Voice:
     """One synthetic voice.
@@ -182,8 +193,9 @@ class Voice:
         pitch_control: how pitch jitter is applied (engine specific; ``""``: no pitch
             jitter for this voice).
         settings: further engine settings that make this voice (DECtalk: ``[:dv]``
-            parameters, ``"hs 107 br 2"``; espeak-ng: the codes of the accent rules its
-            phonemes are rewritten with, ``"ts gd"``, :data:`fusion.corpus.accents.ACCENT_RULES`).
+            parameters, ``"hs 107 br 2"``; espeak-ng, flite and festival: the codes of the
+            accent rules its phonemes are rewritten with, ``"ts gd"``,
+            :data:`fusion.corpus.accents.ACCENT_RULES`).
     """
 
     name: str
@@ -196,13 +208,14 @@ class Voice:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES + TRAIN_ONLY_ENGINES:
             raise ValueError(f"voice {self.name!r}: unknown engine {self.engine!r}")
-        if self.settings and self.engine not in ("dectalk", "espeak-ng"):
+        if self.settings and self.engine not in ("dectalk", *_ACCENT_PHONE_SETS):
             raise ValueError(
-                f"voice {self.name!r}: settings are DECtalk's or espeak-ng's, not {self.engine}'s"
+                f"voice {self.name!r}: settings are DECtalk's, espeak-ng's, flite's or "
+                f"festival's, not {self.engine}'s"
             )
-        if self.settings and self.engine == "espeak-ng":
+        if self.settings and self.engine in _ACCENT_PHONE_SETS:
             try:
-                check_rules(self.settings.split())
+                check_rules(self.settings.split(), _ACCENT_PHONE_SETS[self.engine])
             except ValueError as err:
                 raise ValueError(f"voice {self.name!r}: {err}") from None
 
@@ -255,7 +268,8 @@ def train_only_catalogue() -> tuple[Voice, ...]:
     :func:`dectalk_variants` (``dectalkv-*``, weight 40 together), then RHVoice's English
     voices (``rhvoice-*``, weight 40 together), then SVOX Pico's (``pico-*``, weight 40
     together), then :func:`espeak_variant_voices` (``espeakv-*``, weight 40 together), then
-    :func:`accent_voices` (``espeaka-*``, weight 40 together)."""
+    :func:`accent_voices` (``espeaka-*``, weight 40 together), then
+    :func:`phone_accent_voices` (``flitea-*``, ``festivala-*``, weight 40 together)."""
     speakers = tuple(
         Voice(f"dectalk-{name}", "dectalk", code, 40.0 / len(DECTALK_SPEAKERS),
               pitch_control=f"ap={pitch}")
@@ -269,7 +283,7 @@ def train_only_catalogue() -> tuple[Voice, ...]:
         Voice(f"pico-{lang.lower()}", "pico", lang, 40.0 / len(PICO_VOICES)) for lang in PICO_VOICES
     )
     return (speakers + dectalk_variants() + rhvoice + pico + espeak_variant_voices()
-            + accent_voices())  # fmt: skip
+            + accent_voices() + phone_accent_voices())  # fmt: skip
 
 
 def _seen_dialects(patterns: Sequence[str]) -> list[str]:
@@ -311,17 +325,53 @@ def accent_voices(
     for dialect in dialects:
         for _ in range(per_dialect):
             variant = rng.choice(variants)
-            codes = [c for c in ACCENT_RULES if rng.random() < rule_probability]
-            if not codes:
-                codes = [rng.choice(list(ACCENT_RULES))]
-            if "ts" in codes and "tf" in codes:
-                codes.remove(rng.choice(["ts", "tf"]))
+            codes = _draw_rules(rng, list(ACCENT_RULES), rule_probability)
             voices.append(Voice(
                 name=f"espeaka-{dialect}+{variant}-" + "-".join(codes), engine="espeak-ng",
                 model=f"{dialect}+{variant}", weight=weight, pitch_control="espeak",
                 settings=" ".join(codes),
             ))  # fmt: skip
     return tuple(voices)
+
+
+def _draw_rules(rng: random.Random, codes: list[str], probability: float) -> list[str]:
+    """Each of ``codes`` with ``probability`` (at least one; TH-stopping and TH-fronting
+    never together)."""
+    drawn = [c for c in codes if rng.random() < probability]
+    if not drawn:
+        drawn = [rng.choice(codes)]
+    if "ts" in drawn and "tf" in drawn:
+        drawn.remove(rng.choice(["ts", "tf"]))
+    return drawn
+
+
+def phone_accent_voices(
+    per_voice: int = 12,
+    seed: int = 0,
+    rule_probability: float = 0.4,
+    patterns: Sequence[str] = HELDOUT_VOICES,
+) -> tuple[Voice, ...]:
+    """``per_voice`` synthetic accents on each flite and festival voice of :func:`catalogue`
+    that ``patterns`` do not hold out: the voice reads its sentence with the CMU lexicon's
+    words rewritten by a seeded draw of the :data:`fusion.corpus.accents.ACCENT_RULES` that
+    ARPAbet can write (as :func:`accent_voices` draws), each named after its engine, voice
+    and rules (``flitea-kal16+ts-gd``, ``festivala-slt-hts+fd``); weight 40 together."""
+    rng = random.Random(f"phone-accents-{seed}")
+    codes = [c for c, rule in ACCENT_RULES.items() if rule.arpabet is not None]
+    bases = [
+        v for v in catalogue()
+        if v.engine in ("flite", "festival") and not is_heldout(v, patterns)
+    ]  # fmt: skip
+    weight = 40.0 / (per_voice * len(bases))
+    return tuple(
+        Voice(
+            name=f"{base.engine}a-{base.name.partition('-')[2]}+" + "-".join(drawn),
+            engine=base.engine, model=base.model, weight=weight,
+            pitch_control=base.pitch_control, settings=" ".join(drawn),
+        )
+        for base in bases
+        for drawn in (_draw_rules(rng, codes, rule_probability) for _ in range(per_voice))
+    )  # fmt: skip
 
 
 def dectalk_variants(per_speaker: int = 4, seed: int = 0) -> tuple[Voice, ...]:
@@ -350,12 +400,16 @@ def is_heldout(voice: Voice | str, patterns: Sequence[str] = HELDOUT_VOICES) -> 
     """Whether a voice is held out of training: its name matches one of ``patterns``, or,
     for an espeak-ng variant or accent voice (``espeakv-en-029+Andy``,
     ``espeaka-en-029+m3-ts``), its name as a core voice's (``espeak-en-029+Andy``) does, so
-    a held-out dialect stays held out in every variant and accent."""
+    a held-out dialect stays held out in every variant and accent; for a flite or festival
+    accent (``flitea-awb+ts``), its core voice's name (``flite-awb``) does."""
     name = voice if isinstance(voice, str) else voice.name
     names = [name]
     for family in ("espeakv-", "espeaka-"):
         if name.startswith(family):
             names.append("espeak-" + name.removeprefix(family))
+    for family in ("flitea-", "festivala-"):
+        if name.startswith(family):
+            names.append(family[:-2] + "-" + name.removeprefix(family).partition("+")[0])
     return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
 
 
