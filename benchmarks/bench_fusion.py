@@ -182,8 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     tuning = SearchOptions(beam_size=args.beam_size, nbest=min(args.nbest, args.beam_size))
     with FirstPassObjective(table_, scorers, subset, refs["dev"], tuning, workers=args.workers) as objective:
         (start,) = objective([{**ngram_w, "nlm": 0.0}])
-        best_nlm = run_study("nlm-grid", "grid", params, objective, log, stage="first_pass_nlm")
+        # trials on another number of dev utterances are another study
+        best_nlm = run_study(f"nlm-grid-{len(subset)}", "grid", params, objective, log,
+                             stage="first_pass_nlm")
     nlm_w = dict(best_nlm["params"])
+    # what depends on the neural-fusion weights (stage 3's dev N-best, the rescoring studies on
+    # it) is cached and logged under them
+    nlm_tag = hashlib.sha256(json.dumps(nlm_w, sort_keys=True).encode()).hexdigest()[:8]
     print(f"neural LM fusion weights: {nlm_w} (dev WER {best_nlm['wer']:.2f} on {len(subset)} "
           f"utterances; without the neural LM {start['wer']:.2f})", file=sys.stderr)
     summary["neural_fusion_dev_subset"] = {"utterances": len(subset), "beam_size": args.beam_size,
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return results, seconds
 
     # dev N-best of stage 3, for the rescoring weights of stages 4 and 5
-    dev_cache = run_dir / f"dev-nbest-{beam}-{args.nbest}.npz"
+    dev_cache = run_dir / f"dev-nbest-{beam}-{args.nbest}-{nlm_tag}.npz"
     if dev_cache.exists():
         dev_table = NbestTable.load(dev_cache)
     else:
@@ -226,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         params = [rescore_param(n) for n in dev_table.names if n in on and n != "acoustic"]
         best = None
         for sampler in ("grid", "random", "tpe"):
-            b = run_study(f"ablation-{stage}-{sampler}", sampler, params, rescore_objective(dev_table, fixed),
-                          log, stage=f"rescore_{stage}", trials=args.rescore_trials)
+            b = run_study(f"ablation-{stage}-{sampler}-{nlm_tag}", sampler, params,
+                          rescore_objective(dev_table, fixed), log, stage=f"rescore_{stage}",
+                          trials=args.rescore_trials)
             best = b if best is None or b["wer"] < best["wer"] else best
         rescore_w[stage] = {**fixed, **best["params"]}
         print(f"rescoring weights ({stage}): {rescore_w[stage]} dev WER {best['wer']:.2f}", file=sys.stderr)
