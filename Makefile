@@ -19,6 +19,7 @@ KENLM_VERSION := 0.3.0
 APT_PACKAGES := cmake libboost-program-options-dev libboost-system-dev libboost-thread-dev \
 	libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev \
 	espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
+	festvox-itapc16k festvox-suopuhe-mv \
 	r-cran-janeaustenr bible-kjv sword-text-web sword-comm-mhcc sword-comm-tdavid diatheke \
 	wordnet-base chromium libjemalloc2
 

@@ -12,6 +12,7 @@ import torch
 from fusion.corpus.accents import (
     ACCENT_RULES,
     CMU_LEXICON,
+    FOREIGN_PHONES,
     accent_phonemes,
     accented_lexicon,
     accented_text,
@@ -19,6 +20,7 @@ from fusion.corpus.accents import (
     espeak_phonemes,
     festival_lexicon,
     flite_addenda,
+    foreign_lexicon,
 )
 from fusion.corpus.synth import SynthesisError, synthesize, tts_command
 from fusion.corpus.voices import (
@@ -29,10 +31,12 @@ from fusion.corpus.voices import (
     Voice,
     accent_voices,
     catalogue,
+    foreign_voices,
     is_heldout,
     phone_accent_voices,
     select_voices,
     train_only_catalogue,
+    voice_available,
 )
 
 needs_espeak = pytest.mark.skipif(
@@ -297,3 +301,57 @@ def test_a_phone_accent_voice_without_the_cmu_lexicon_fails_by_name(
     voice = Voice("flitea-slt+ts", "flite", "slt", settings="ts")
     with pytest.raises(SynthesisError, match=r"flitea-slt[+]ts: /x/cmudict-0.4.out: the CMU lex"):
         synthesize("the", voice)
+
+
+def test_foreign_voices_read_every_word_in_their_own_phones_by_hand() -> None:
+    text = "The house, and the thing! Xyzzy nothing"
+    # Italian: no h, no th, no schwa; stressed vowels are named apart (a1); a stressed
+    # diphthong's glide stays a consonant; the last consonant between vowels opens a syllable.
+    assert foreign_lexicon(text, "pc_diphone", lexicon=LEXICON | {
+        "house": "hh aw1 s", "nothing": "n ah1 th ih0 ng"}) == (
+        "(lex.add.entry '(\"the\" nil (((d a) 0))))\n"
+        "(lex.add.entry '(\"house\" nil (((a1 w s) 1))))\n"
+        "(lex.add.entry '(\"and\" nil (((E1 n d) 1))))\n"
+        "(lex.add.entry '(\"thing\" nil (((t i1 ng) 1))))\n"
+        "(lex.add.entry '(\"nothing\" nil (((n a1) 1) ((t i ng) 0))))\n"
+    )  # fmt: skip
+    # Finnish: th kept (T), w as v; a diphthong is two vowels, the second unstressed; the
+    # accent rules (here -ing as -in) apply first.
+    assert foreign_lexicon("house nothing with", "hy_fi_mv_diphone", ["gd"], lexicon={
+        "house": "hh aw1 s", "nothing": "n ah1 th ih0 ng", "with": "w ih1 dh"}) == (
+        "(lex.add.entry '(\"house\" nil (((h a) 1) ((u s) 0))))\n"
+        "(lex.add.entry '(\"nothing\" nil (((n a) 1) ((T i n) 0))))\n"
+        "(lex.add.entry '(\"with\" nil (((v i d) 1))))\n"
+    )  # fmt: skip
+    assert foreign_lexicon("hmm", "pc_diphone", lexicon={"hmm": "hh m"}) == (
+        "(lex.add.entry '(\"hmm\" nil (((m) 0))))\n")  # no vowel: one syllable
+    assert foreign_lexicon("h", "pc_diphone", lexicon={"h": "hh"}) == ""  # nothing left
+    with pytest.raises(ValueError, match="no English phone map for festival voice 'kal_diphone'"):
+        foreign_lexicon("the", "kal_diphone", lexicon=LEXICON)
+
+
+def test_every_arpabet_phone_has_a_foreign_phone() -> None:
+    # festival's radio phone set: the CMU dictionary's 39 and ax, axr, el, em, en
+    arpabet = set("aa ae ah ao aw ax axr ay b ch d dh eh el em en er ey f g hh ih iy jh k l m "
+                  "n ng ow oy p r s sh t th uh uw v w y z zh".split())
+    if CMU_LEXICON.is_file():
+        assert {p.rstrip("01") for w in cmu_lexicon().values() for p in w.split()} <= arpabet
+    for model, foreign in FOREIGN_PHONES.items():
+        assert arpabet <= set(foreign.phones), model
+    voices = foreign_voices()
+    assert [v.model for v in voices] == list(FOREIGN_PHONES)
+    assert set(voices) < set(train_only_catalogue())
+    assert sum(v.weight for v in voices) == pytest.approx(40.0)
+    assert all(v.engine == "festival" and not is_heldout(v) for v in voices)
+
+
+@needs_festival
+@pytest.mark.parametrize("model", list(FOREIGN_PHONES))
+def test_a_foreign_voice_speaks_english_in_its_phones(model: str) -> None:
+    voice = next(v for v in foreign_voices() if v.model == model)
+    if not voice_available(voice):
+        pytest.skip(f"festival voice {model} not installed")
+    text = "the three brothers were thinking of the other one"
+    audio = synthesize(text, voice, prosody=Prosody(1.0, 1.0))
+    assert torch.equal(audio, synthesize(text, voice, prosody=Prosody(1.0, 1.0)))
+    assert audio.abs().max() > 0.5 and 1.5 < audio.numel() / 16000 < 6

@@ -39,6 +39,12 @@ prosody and voice. Words the lexicon lacks keep the engine's pronunciation. FACE
 as monophthongs (``mo``) is the one rule ARPAbet cannot write (it has no /e:/ or /o:/):
 :func:`fusion.corpus.voices.phone_accent_voices` (``flitea-*``, ``festivala-*``) draws from
 the other nine.
+
+festival's voices of other languages read English the same way (:data:`FOREIGN_PHONES`):
+every word of the sentence goes to the voice's lexicon with its CMU phones mapped to the
+nearest of the voice's own (:func:`foreign_lexicon`), so a new speaker, an Italian's or a
+Finn's diphones, speaks English with the phones of their language. They are the voices
+:func:`fusion.corpus.voices.foreign_voices` makes (``festivalx-*``, training only).
 """
 
 from __future__ import annotations
@@ -53,8 +59,10 @@ from pathlib import Path
 __all__ = [
     "ACCENT_RULES",
     "CMU_LEXICON",
+    "FOREIGN_PHONES",
     "PHONE_SETS",
     "AccentRule",
+    "ForeignPhones",
     "accent_phonemes",
     "accented_lexicon",
     "accented_text",
@@ -63,6 +71,7 @@ __all__ = [
     "espeak_phonemes",
     "festival_lexicon",
     "flite_addenda",
+    "foreign_lexicon",
 ]
 
 PHONE_SETS = ("espeak", "arpabet")
@@ -235,3 +244,89 @@ def festival_lexicon(words: dict[str, str]) -> str:
         f'(lex.add.entry (list "{word}" nil (lex.syllabify.phstress \'({phones}))))\n'
         for word, phones in words.items()
     )
+
+
+@dataclass(frozen=True)
+class ForeignPhones:
+    """How a festival voice of another language reads English: each ARPAbet phone (without
+    its stress digit) as that voice's nearest phones (``""``: left out); ``vowels`` are the
+    voice's syllable nuclei, and a stressed vowel takes ``stressed_suffix`` where the voice
+    names stressed vowels apart (Italian ``a1``)."""
+
+    language: str
+    phones: dict[str, str]
+    vowels: frozenset[str]
+    stressed_suffix: str = ""
+
+
+# ARPAbet consonants every mapping below shares.
+_SHARED = {c: c for c in "b d f g k l m n p r s t v w".split()}
+FOREIGN_PHONES: dict[str, ForeignPhones] = {
+    # festvox-itapc16k: an Italian man's diphones. No /h/, no th, no schwa or lax vowels.
+    "pc_diphone": ForeignPhones("italian", {
+        **_SHARED, "aa": "a", "ae": "E", "ah": "a", "ao": "O", "aw": "a w", "ax": "a",
+        "axr": "E r", "ay": "a j", "eh": "E", "el": "e l", "em": "e m", "en": "e n",
+        "er": "E r", "ey": "e j", "ih": "i", "iy": "i", "ow": "o", "oy": "O j", "uh": "u",
+        "uw": "u", "ch": "tS", "dh": "d", "hh": "", "jh": "dZ", "ng": "ng", "sh": "S",
+        "th": "t", "y": "j", "z": "z", "zh": "Z",
+    }, frozenset("i e E a o O u".split()), stressed_suffix="1"),
+    # festvox-suopuhe-mv: a Finnish man's diphones. Long vowels for tense ones, no voiced
+    # sibilants or affricates, v for w.
+    "hy_fi_mv_diphone": ForeignPhones("finnish", {
+        **_SHARED, "aa": "a:", "ae": "e", "ah": "a", "ao": "o:", "aw": "a u", "ax": "e",
+        "axr": "e r", "ay": "a i", "eh": "e", "el": "e l", "em": "e m", "en": "e n",
+        "er": "e r", "ey": "e i", "ih": "i", "iy": "i:", "ow": "o u", "oy": "o i",
+        "uh": "u", "uw": "u:", "ch": "t S", "dh": "d", "hh": "h", "jh": "t S", "ng": "N",
+        "sh": "S", "th": "T", "w": "v", "y": "j", "z": "s", "zh": "S",
+    }, frozenset("a e i o u a: e: i: o: u:".split())),
+}  # fmt: skip
+
+
+def _foreign_syllables(phones: str, foreign: ForeignPhones) -> list[tuple[list[str], int]]:
+    """ARPAbet ``phones`` (vowels with stress digits) as the voice's phones, in syllables
+    (one a vowel; of the consonants between two vowels the last opens the next syllable),
+    each with its stress (1 where the English vowel was stressed)."""
+    mapped: list[tuple[str, int | None]] = []  # phone, and stress if a vowel
+    for phone in phones.split():
+        base = phone.rstrip("012")
+        stress = 1 if phone[len(base):] in ("1", "2") else 0
+        first = True
+        for q in foreign.phones[base].split():
+            if q in foreign.vowels:
+                # a diphthong's second vowel (Finnish "a u") is unstressed
+                mapped.append((q + foreign.stressed_suffix if stress and first else q,
+                               stress if first else 0))
+                first = False
+            else:
+                mapped.append((q, None))
+    nuclei = [i for i, (_, stress) in enumerate(mapped) if stress is not None]
+    if not nuclei:
+        return [([q for q, _ in mapped], 0)] if mapped else []
+    starts = [0] + [max(a + 1, b - 1) for a, b in zip(nuclei, nuclei[1:])]
+    ends = starts[1:] + [len(mapped)]
+    return [([q for q, _ in mapped[a:b]], mapped[n][1] or 0)
+            for a, b, n in zip(starts, ends, nuclei)]  # fmt: skip
+
+
+def foreign_lexicon(
+    text: str, model: str, codes: Sequence[str] = (), lexicon: dict[str, str] | None = None
+) -> str:
+    """festival Scheme that gives every word of ``text`` the CMU lexicon has (after the
+    accent rules ``codes``) to festival voice ``model``'s lexicon, its phones mapped by
+    :data:`FOREIGN_PHONES`."""
+    if model not in FOREIGN_PHONES:
+        raise ValueError(
+            f"no English phone map for festival voice {model!r}; have {', '.join(FOREIGN_PHONES)}"
+        )
+    check_rules(codes, "arpabet")
+    lexicon = cmu_lexicon() if lexicon is None else lexicon
+    entries = []
+    for word in dict.fromkeys(_WORD.findall(text.lower())):
+        phones = lexicon.get(word)
+        if phones is None:
+            continue
+        syllables = _foreign_syllables(_rewrite(phones, codes, "arpabet"), FOREIGN_PHONES[model])
+        if syllables:
+            body = " ".join(f"(({' '.join(p)}) {stress})" for p, stress in syllables)
+            entries.append(f"(lex.add.entry '(\"{word}\" nil ({body})))\n")
+    return "".join(entries)

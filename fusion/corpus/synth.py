@@ -34,10 +34,12 @@ import torch
 import torchaudio.functional as AF
 
 from fusion.corpus.accents import (
+    FOREIGN_PHONES,
     accented_lexicon,
     accented_text,
     festival_lexicon,
     flite_addenda,
+    foreign_lexicon,
 )
 from fusion.corpus.voices import Prosody, Voice, dectalk_dir, pico_lang_dir, rhvoice_dir
 
@@ -138,18 +140,21 @@ def _dectalk_program(folder: Path) -> list[str]:
 
 
 def _accent_lexicon(text: str, voice: Voice, folder: Path) -> Path | None:
-    """An accent voice of flite or festival: its rewritten words, as the engine's lexicon
-    file in ``folder`` (``None``: no word of ``text`` changes)."""
+    """An accent voice of flite or festival, or a festival voice of another language: its
+    rewritten words, as the engine's lexicon file in ``folder`` (``None``: no word of
+    ``text`` changes)."""
+    codes = voice.settings.split()
     try:
-        words = accented_lexicon(text, voice.settings.split())
+        if voice.engine == "festival" and voice.model in FOREIGN_PHONES:
+            content = foreign_lexicon(text, voice.model, codes)
+        else:
+            words = accented_lexicon(text, codes)
+            content = flite_addenda(words) if voice.engine == "flite" else festival_lexicon(words)
     except FileNotFoundError as err:
         raise SynthesisError(f"voice {voice.name}: {err}") from None
-    if not words:
+    if not content:
         return None
-    if voice.engine == "flite":
-        path, content = folder / "lex.txt", flite_addenda(words)
-    else:
-        path, content = folder / "lex.scm", festival_lexicon(words)
+    path = folder / ("lex.txt" if voice.engine == "flite" else "lex.scm")
     path.write_text(content, encoding="utf-8")
     return path
 
@@ -166,7 +171,9 @@ def _run_engine(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray, 
         text_file, wav_file = Path(tmp) / "text.txt", Path(tmp) / "out.wav"
         text_file.write_text(text + "\n", encoding="utf-8")
         lexicon = None
-        if voice.engine in ("flite", "festival") and voice.settings:  # an accent: its lexicon
+        if voice.engine in ("flite", "festival") and (
+            voice.settings or voice.model in FOREIGN_PHONES
+        ):  # an accent, or English in another language's phones: its lexicon
             lexicon = _accent_lexicon(text, voice, Path(tmp))
         cmd = tts_command(voice, text_file, wav_file, prosody, lexicon)
         folder = dectalk_dir() if voice.engine == "dectalk" else None

@@ -35,6 +35,9 @@ flite,      60 synthetic accents: the 5 seen flite and     Debian ``flite``, ``f
 festival    festival voices x 12 sets of rules             (its CMU lexicon),
             (``flitea-kal16+ts-gd``,                       :mod:`fusion.corpus.accents`
             ``festivala-slt-hts+fd``, train only)
+festival    ``festivalx-it-pc``, ``festivalx-fi-mv``:      ``festvox-itapc16k``,
+            Italian and Finnish diphones reading           ``festvox-suopuhe-mv``
+            English in their own phones (train only)
 =========== ============================================== =================================
 
 :func:`catalogue` holds the core voices, which every split draws from.
@@ -53,7 +56,9 @@ pitch settings, its Klatt-synthesiser voices, on every dialect that is not held 
 accents: each voice rewrites espeak-ng's phonemes with a few of the pronunciation rules of
 :mod:`fusion.corpus.accents` (TH-stopping, -ing as -in, ...), its name spelling them.
 :func:`phone_accent_voices` (``flitea-*``, ``festivala-*``, train only) gives the same
-rules to flite's and festival's seen voices, through their lexicons.
+rules to flite's and festival's seen voices, through their lexicons, and
+:func:`foreign_voices` (``festivalx-*``, train only) has festival's Italian and Finnish
+voices read English with their own phones.
 :data:`HELDOUT_VOICES` (fnmatch patterns) are never used for training: they speak only
 the ``test-unseen-voices`` split. Per-utterance prosody jitter (speaking rate, pitch) is
 drawn by :func:`draw_prosody`.
@@ -83,6 +88,7 @@ __all__ = [
     "ESPEAK_DIALECTS",
     "ESPEAK_EXTRA_VARIANTS",
     "ESPEAK_VARIANTS",
+    "FOREIGN_VOICES",
     "HELDOUT_VOICES",
     "PICO_VOICES",
     "RHVOICE_SPEAKERS",
@@ -98,6 +104,7 @@ __all__ = [
     "draw_prosody",
     "engine_available",
     "espeak_variant_voices",
+    "foreign_voices",
     "is_heldout",
     "phone_accent_voices",
     "pico_lang_dir",
@@ -269,7 +276,8 @@ def train_only_catalogue() -> tuple[Voice, ...]:
     voices (``rhvoice-*``, weight 40 together), then SVOX Pico's (``pico-*``, weight 40
     together), then :func:`espeak_variant_voices` (``espeakv-*``, weight 40 together), then
     :func:`accent_voices` (``espeaka-*``, weight 40 together), then
-    :func:`phone_accent_voices` (``flitea-*``, ``festivala-*``, weight 40 together)."""
+    :func:`phone_accent_voices` (``flitea-*``, ``festivala-*``, weight 40 together), then
+    :func:`foreign_voices` (``festivalx-*``, weight 40 together)."""
     speakers = tuple(
         Voice(f"dectalk-{name}", "dectalk", code, 40.0 / len(DECTALK_SPEAKERS),
               pitch_control=f"ap={pitch}")
@@ -283,7 +291,7 @@ def train_only_catalogue() -> tuple[Voice, ...]:
         Voice(f"pico-{lang.lower()}", "pico", lang, 40.0 / len(PICO_VOICES)) for lang in PICO_VOICES
     )
     return (speakers + dectalk_variants() + rhvoice + pico + espeak_variant_voices()
-            + accent_voices() + phone_accent_voices())  # fmt: skip
+            + accent_voices() + phone_accent_voices() + foreign_voices())  # fmt: skip
 
 
 def _seen_dialects(patterns: Sequence[str]) -> list[str]:
@@ -372,6 +380,24 @@ def phone_accent_voices(
         for base in bases
         for drawn in (_draw_rules(rng, codes, rule_probability) for _ in range(per_voice))
     )  # fmt: skip
+
+
+# festival's voices of other languages that read English (fusion.corpus.accents.FOREIGN_PHONES):
+# name, model, and the Debian package.
+FOREIGN_VOICES: dict[str, tuple[str, str]] = {
+    "festivalx-it-pc": ("pc_diphone", "festvox-itapc16k"),
+    "festivalx-fi-mv": ("hy_fi_mv_diphone", "festvox-suopuhe-mv"),
+}
+
+
+def foreign_voices() -> tuple[Voice, ...]:
+    """festival's Italian and Finnish diphone voices (:data:`FOREIGN_VOICES`) reading
+    English sentences in their own phones: two new speakers with the accents of their
+    languages (train only; weight 40 together)."""
+    return tuple(
+        Voice(name, "festival", model, 40.0 / len(FOREIGN_VOICES))
+        for name, (model, _) in FOREIGN_VOICES.items()
+    )
 
 
 def dectalk_variants(per_speaker: int = 4, seed: int = 0) -> tuple[Voice, ...]:
