@@ -219,17 +219,25 @@ def accented_lexicon(
 ) -> dict[str, str]:
     """The words of ``text`` that the rules ``codes`` change, each with its rewritten
     ARPAbet phones (:func:`cmu_lexicon` by default); words the lexicon lacks are left out."""
+    return {
+        word: new
+        for word, (old, new) in _rewritten_words(text, codes, lexicon).items()
+        if new and new != old
+    }
+
+
+def _rewritten_words(
+    text: str, codes: Sequence[str], lexicon: dict[str, str] | None
+) -> dict[str, tuple[str, str]]:
+    """Each distinct word of ``text`` in ``lexicon`` (:func:`cmu_lexicon` by default): its
+    ARPAbet phones, and those phones rewritten by the rules ``codes``."""
     check_rules(codes, "arpabet")
     lexicon = cmu_lexicon() if lexicon is None else lexicon
-    changed = {}
-    for word in _WORD.findall(text.lower()):
-        phones = lexicon.get(word)
-        if phones is None or word in changed:
-            continue
-        new = _rewrite(phones, codes, "arpabet").strip()
-        if new and new != phones:
-            changed[word] = new
-    return changed
+    return {
+        word: (lexicon[word], _rewrite(lexicon[word], codes, "arpabet").strip())
+        for word in dict.fromkeys(_WORD.findall(text.lower()))
+        if word in lexicon
+    }
 
 
 def flite_addenda(words: dict[str, str]) -> str:
@@ -318,14 +326,9 @@ def foreign_lexicon(
         raise ValueError(
             f"no English phone map for festival voice {model!r}; have {', '.join(FOREIGN_PHONES)}"
         )
-    check_rules(codes, "arpabet")
-    lexicon = cmu_lexicon() if lexicon is None else lexicon
     entries = []
-    for word in dict.fromkeys(_WORD.findall(text.lower())):
-        phones = lexicon.get(word)
-        if phones is None:
-            continue
-        syllables = _foreign_syllables(_rewrite(phones, codes, "arpabet"), FOREIGN_PHONES[model])
+    for word, (_, phones) in _rewritten_words(text, codes, lexicon).items():
+        syllables = _foreign_syllables(phones, FOREIGN_PHONES[model])
         if syllables:
             body = " ".join(f"(({' '.join(p)}) {stress})" for p, stress in syllables)
             entries.append(f"(lex.add.entry '(\"{word}\" nil ({body})))\n")

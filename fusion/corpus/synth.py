@@ -139,13 +139,16 @@ def _dectalk_program(folder: Path) -> list[str]:
     return [str(_LOADER), str(say)]
 
 
-def _accent_lexicon(text: str, voice: Voice, folder: Path) -> Path | None:
+def _voice_lexicon(text: str, voice: Voice, folder: Path) -> Path | None:
     """An accent voice of flite or festival, or a festival voice of another language: its
-    rewritten words, as the engine's lexicon file in ``folder`` (``None``: no word of
-    ``text`` changes)."""
+    rewritten words, as the engine's lexicon file in ``folder``; ``None`` for any other
+    voice, or where no word of ``text`` changes."""
     codes = voice.settings.split()
+    foreign = voice.engine == "festival" and voice.model in FOREIGN_PHONES
+    if voice.engine not in ("flite", "festival") or not (codes or foreign):
+        return None
     try:
-        if voice.engine == "festival" and voice.model in FOREIGN_PHONES:
+        if foreign:
             content = foreign_lexicon(text, voice.model, codes)
         else:
             words = accented_lexicon(text, codes)
@@ -170,11 +173,7 @@ def _run_engine(text: str, voice: Voice, prosody: Prosody) -> tuple[np.ndarray, 
     with tempfile.TemporaryDirectory(prefix="asrfuse-tts-") as tmp:
         text_file, wav_file = Path(tmp) / "text.txt", Path(tmp) / "out.wav"
         text_file.write_text(text + "\n", encoding="utf-8")
-        lexicon = None
-        if voice.engine in ("flite", "festival") and (
-            voice.settings or voice.model in FOREIGN_PHONES
-        ):  # an accent, or English in another language's phones: its lexicon
-            lexicon = _accent_lexicon(text, voice, Path(tmp))
+        lexicon = _voice_lexicon(text, voice, Path(tmp))
         cmd = tts_command(voice, text_file, wav_file, prosody, lexicon)
         folder = dectalk_dir() if voice.engine == "dectalk" else None
         try:
