@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import replace
 import os
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from fusion.am.features import (
     SpecAugmentConfig,
     num_feature_frames,
     random_envelope,
+    spectral_shape,
     vtlp_source_bins,
     warp_frequency,
 )
@@ -130,6 +132,85 @@ def test_padding_does_not_change_outputs():
     assert out[1] == nb[0]
     torch.testing.assert_close(lp[0], la[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(lp[1, : int(nb[0])], lb[0], atol=1e-5, rtol=1e-4)
+
+
+def test_spectral_shape_by_hand():
+    # 4 frames of 2 bins; frame energies log(e^a + e^b): 1.31, 3.13, 5.31, -0.69 (padding
+    # beyond lengths is ignored): the median of the 3 valid frames is 3.13, so frames 1 and
+    # 2 are the loud ones; their mean is (3.5, 3.0), minus its bin mean 3.25.
+    feats = torch.tensor([[[1.0, 0.0], [3.0, 1.0], [4.0, 5.0], [-9.0, 9.0]]])
+    torch.testing.assert_close(spectral_shape(feats, torch.tensor([3])),
+                               torch.tensor([[0.25, -0.25]]))
+    # one frame: it is its own median
+    torch.testing.assert_close(spectral_shape(feats[:, :1]), torch.tensor([[0.5, -0.5]]))
+
+
+def level_steps(frames: int = 60, bins: int = 80) -> torch.Tensor:
+    """``(1, T, D)`` features whose frames differ mostly in level (1 nat apart), so that
+    a smooth gain per bin leaves the order of their energies, and the loud half, alone."""
+    g = torch.Generator().manual_seed(3)
+    pattern = torch.randn(bins, generator=g)
+    levels = torch.randperm(frames, generator=g).float()
+    return (pattern + levels[:, None] + 0.01 * torch.randn(frames, bins, generator=g))[None]
+
+
+def test_shape_norm_removes_a_fixed_spectral_colour():
+    """With ``shape_norm`` the model reads an utterance the same through any equaliser
+    (a gain per mel bin, the same in every frame, of mean 0: the loudness stays the
+    model's to read); without, it does not."""
+    feats = level_steps()
+    coloured = feats + torch.linspace(1.25, -1.25, 80)  # a tilt: treble cut by 2.5 nats
+    lengths = torch.tensor([60])
+    normed = tiny(shape_norm=True)
+    assert normed.state_dict()["shape_ref"].shape == (80,)
+    with torch.no_grad():
+        torch.testing.assert_close(normed(coloured, lengths)[0], normed(feats, lengths)[0],
+                                   atol=1e-4, rtol=1e-4)
+        plain = tiny()
+        assert not torch.allclose(plain(coloured, lengths)[0], plain(feats, lengths)[0], atol=1e-2)
+    # the normalised features carry the reference's shape
+    ref = torch.linspace(0.3, -0.3, 80)
+    model = CTCModel(replace(TINY, shape_norm=True), shape_ref=ref)
+    torch.testing.assert_close(spectral_shape(model.normalize_shape(coloured, lengths)), ref[None],
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_shape_norm_leaves_padding_and_batch_mates_alone():
+    model = tiny(shape_norm=True)
+    a, b = level_steps(60), 2.0 + level_steps(40)
+    batch = torch.zeros(2, 60, 80)
+    batch[0], batch[1, :40] = a[0], b[0]
+    normed = model.normalize_shape(batch, torch.tensor([60, 40]))
+    assert torch.equal(normed[1, 40:], batch[1, 40:])  # padding untouched
+    torch.testing.assert_close(normed[1, :40], model.normalize_shape(b, torch.tensor([40]))[0])
+    with torch.no_grad():
+        lp, _ = model(batch, torch.tensor([60, 40]))
+        lb, nb = model(b, torch.tensor([40]))
+    torch.testing.assert_close(lp[1, : int(nb[0])], lb[0], atol=1e-5, rtol=1e-4)
+
+
+def test_shape_norm_off_changes_nothing_and_adds_no_state():
+    model = tiny()
+    x = torch.randn(1, 50, 80)
+    assert model.normalize_shape(x, torch.tensor([50])) is x
+    assert "shape_ref" not in model.state_dict()
+    with pytest.raises(ValueError, match="without shape_norm"):
+        CTCModel(TINY, shape_ref=torch.zeros(80))
+    with pytest.raises(ValueError, match=r"shape \(80,\)"):
+        CTCModel(replace(TINY, shape_norm=True), shape_ref=torch.zeros(40))
+    # the encoder of one loads into the other: shape_norm is not an architecture change
+    assert replace(TINY, shape_norm=True).encoder_signature() == TINY.encoder_signature()
+
+
+def test_shape_reference_travels_in_the_checkpoint(tmp_path):
+    ref = torch.linspace(-0.5, 0.5, 80)
+    model = CTCModel(replace(TINY, shape_norm=True), character_table(), shape_ref=ref).eval()
+    save_checkpoint(tmp_path / "m.pt", model_checkpoint(model))
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.config.shape_norm and torch.equal(loaded.shape_ref, ref)
+    x = level_steps()
+    with torch.no_grad():
+        assert torch.equal(loaded(x, torch.tensor([60]))[0], model(x, torch.tensor([60]))[0])
 
 
 def test_dropout_rate_scale_and_modes():
@@ -348,6 +429,7 @@ def test_toml_config(tmp_path):
                         ("[specaug]\nfreq_warp = 0.7\n", "freq_warp"),
                         ("[specaug]\nenvelope_db = -3.0\n", "envelope_db"),
                         ("[specaug]\nenvelope_knots = 1\n", "envelope_knots"),
+                        ("[model]\nshape_norm = 'yes'\n", "shape_norm"),
                         ("model = [", "invalid TOML")]:
         bad = tmp_path / "bad.toml"
         bad.write_text(text)

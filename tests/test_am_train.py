@@ -35,7 +35,8 @@ from fusion.am.model import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from fusion.am.pretrain import pretrain_bestrq, span_mask
+from fusion.am.features import spectral_shape
+from fusion.am.pretrain import BestRQModel, pretrain_bestrq, span_mask
 from fusion.am.subword import SentencePieceUnits, train_sentencepiece
 from fusion.am.train import CTCTask, ctc_feasible, load_pretrained_encoder, train_ctc
 from fusion.am.trainer import LRSchedule
@@ -352,6 +353,33 @@ def test_upsampling_head_continues_a_trained_model(corpus, tmp_path):
     again = CTCModel(up)
     load_pretrained_encoder(again, tmp_path / "up" / "model.pt")
     assert torch.equal(again.split.proj.weight, trained.split.proj.weight)
+
+
+def test_shape_norm_reference_comes_from_the_training_set(corpus, tmp_path):
+    """A model with ``shape_norm`` continued from one without takes its training set's
+    mean spectral shape as reference; a continuation of that keeps the reference it learnt
+    with; BEST-RQ refuses the option."""
+    train = FeatureSet.from_manifest(corpus / "train.jsonl", progress=False)
+    mean = train.spectral_shape_mean()
+    by_hand = torch.stack([spectral_shape(train.features(i)[None])[0] for i in range(len(train))])
+    torch.testing.assert_close(mean, by_hand.mean(0))
+    torch.testing.assert_close(train.spectral_shape_mean(max_utterances=5),
+                               by_hand[::2].mean(0))  # every other one of 10
+    with pytest.raises(ValueError, match="empty"):
+        train.subset([]).spectral_shape_mean()
+
+    kw = {"progress": False, "log": lambda m: None, "train_set": train, "dev_set": None}
+    train_ctc(None, None, tmp_path / "base", config(total=2), **kw)
+    shaped = replace(config(total=2), model=replace(TINY, shape_norm=True))
+    train_ctc(None, None, tmp_path / "shaped", shaped, pretrained=tmp_path / "base" / "model.pt", **kw)
+    first = load_model(tmp_path / "shaped" / "model.pt")
+    torch.testing.assert_close(first.shape_ref, mean)
+    other = train.subset([0, 1, 2])  # another set, another mean: the checkpoint's wins
+    kw["train_set"] = other
+    train_ctc(None, None, tmp_path / "again", shaped, pretrained=tmp_path / "shaped" / "model.pt", **kw)
+    assert torch.equal(load_model(tmp_path / "again" / "model.pt").shape_ref, first.shape_ref)
+    with pytest.raises(ValueError, match="BEST-RQ"):
+        BestRQModel(replace(TINY, shape_norm=True), BestRQConfig())
 
 
 def test_resume_fills_config_keys_added_since(corpus, tmp_path):

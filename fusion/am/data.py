@@ -22,7 +22,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fusion.am.features import CMVN, AudioError, CMVNAccumulator, LogMel, load_audio
+from fusion.am.features import (
+    CMVN,
+    AudioError,
+    CMVNAccumulator,
+    LogMel,
+    load_audio,
+    spectral_shape,
+)
 from fusion.manifest import ManifestError, Utterance, atomic_write, read_manifest
 from fusion.tokens import TokenTable, TokenTableError
 
@@ -166,6 +173,16 @@ class FeatureSet:
         for start in range(0, self.flat.shape[0], step):
             acc.add(self.flat[start: start + step])
         return acc.finish()
+
+    def spectral_shape_mean(self, max_utterances: int = 5000) -> torch.Tensor:
+        """``(F,)`` mean :func:`~fusion.am.features.spectral_shape` of the set's utterances
+        (of ``max_utterances`` spread evenly over it, when it has more): the reference a
+        model with ``shape_norm`` moves every utterance's shape to."""
+        if len(self) == 0:
+            raise ValueError("spectral_shape_mean: the feature set is empty")
+        step = max(1, -(-len(self) // max_utterances))
+        shapes = [spectral_shape(self.features(i)[None])[0] for i in range(0, len(self), step)]
+        return torch.stack(shapes).double().mean(0).float()
 
     def targets(self, table: TokenTable,
                 encode: Callable[[str], list[int]] | None = None) -> list[list[int]]:

@@ -8,6 +8,9 @@
 * :class:`CMVN` holds global mean/variance statistics, accumulated over a training set
   with :class:`CMVNAccumulator`; the model keeps them as buffers, so they travel in its
   checkpoint.
+* :func:`spectral_shape` measures each utterance's long-term spectral shape (the colour a
+  voice, microphone or room gives every frame), which a model with ``shape_norm``
+  replaces by its training set's mean shape.
 * :class:`SpecAugment` masks frequency bands and time spans (training only), and can warp
   the mel axis (VTLP) and colour the spectrum with a random equaliser
   (:func:`random_envelope`).
@@ -42,6 +45,7 @@ __all__ = [
     "num_feature_frames",
     "prepare_waveform",
     "random_envelope",
+    "spectral_shape",
     "vtlp_source_bins",
     "warp_frequency",
 ]
@@ -142,6 +146,27 @@ class LogMel(nn.Module):
         spec = self.mel(waveform.float())  # (n_mels, T')
         spec = spec[:, : num_feature_frames(n)]  # (n_mels, T): frame count of the real length
         return torch.log(spec + LOG_FLOOR).transpose(0, 1).contiguous()  # (T, n_mels)
+
+
+def spectral_shape(feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, D)`` long-term spectral shape of each utterance of ``(B, T, D)`` log-mel features.
+
+    The mean log-mel vector of the utterance's louder frames (frame energy, the
+    log-sum-exp over bins, at or above the utterance's median: speech, not the pauses
+    between words), minus its own mean over bins, so that loudness stays out of it: what
+    is left is the spectral tilt and the broad peaks a voice, microphone or room adds to
+    every frame. Subtracting it from each frame is cepstral mean normalisation's log-mel
+    form, over speech only. Frames past ``lengths (B,)`` are ignored.
+    """
+    b, t, _ = feats.shape
+    x = feats.float()
+    valid = (torch.ones(b, t, dtype=torch.bool, device=x.device) if lengths is None
+             else torch.arange(t, device=x.device)[None, :] < lengths.to(x.device)[:, None])
+    energy = torch.logsumexp(x, dim=-1).masked_fill(~valid, float("nan"))  # (B, T)
+    median = torch.nanmedian(energy, dim=1, keepdim=True).values  # (B, 1)
+    loud = (valid & (energy >= median)).to(x.dtype)  # (B, T); >= keeps at least one frame
+    mean = (x * loud[..., None]).sum(1) / loud.sum(1, keepdim=True).clamp(min=1)  # (B, D)
+    return mean - mean.mean(dim=-1, keepdim=True)
 
 
 class CMVNAccumulator:

@@ -67,6 +67,9 @@ class BestRQModel(CMVNModule):
     def __init__(self, config: ModelConfig, bestrq: BestRQConfig, cmvn: CMVN | None = None,
                  *, seed: int = 0) -> None:
         super().__init__()
+        if config.shape_norm:
+            raise ValueError("model.shape_norm is a CTC fine-tuning option; BEST-RQ "
+                             "pretraining does not support it")
         self.config = config
         self.bestrq = bestrq
         self._init_cmvn(cmvn, config.n_mels)

@@ -194,6 +194,8 @@ def load_pretrained_encoder(model: CTCModel, path: str | Path) -> bool:
     a finished model under a new schedule), and its subframe split when it has one of
     the same ``upsample`` (otherwise ``model``'s new split starts as frame repetition,
     which leaves the copied model's transcripts unchanged); returns whether the head was.
+    The spectral-shape reference comes too when both models normalise shapes; a model
+    with ``shape_norm`` continued from one without keeps its training set's reference.
     """
     data = load_checkpoint(path)
     if data.get("kind") not in ("bestrq", "ctc"):
@@ -211,6 +213,8 @@ def load_pretrained_encoder(model: CTCModel, path: str | Path) -> bool:
 
     model.encoder.load_state_dict(part("encoder."))
     model.set_cmvn(CMVN.from_dict(data["cmvn"]))
+    if model.config.shape_norm and "shape_ref" in data["model"]:
+        model.shape_ref.copy_(data["model"]["shape_ref"])
     if data["kind"] == "ctc" and data.get("token_table") == model.token_table.to_dict():
         model.head.load_state_dict(part("head."))
         if model.split is not None and dict(data["config"]).get("upsample") == model.config.upsample:
@@ -280,7 +284,8 @@ def train_ctc(
         config = dataclasses.replace(config, model=dataclasses.replace(
             config.model, vocab_size=len(units.table)))
     table = units.table if units else token_table or character_table()
-    model = CTCModel(config.model, table, train_set.cmvn(), units)
+    shape_ref = train_set.spectral_shape_mean() if config.model.shape_norm else None
+    model = CTCModel(config.model, table, train_set.cmvn(), units, shape_ref)
     say(f"model: {model.num_parameters() / 1e6:.2f}M parameters, "
         f"{config.model.subsampling}x subsampling"
         + (f", {config.model.upsample} CTC frames each" if config.model.upsample > 1 else "")
