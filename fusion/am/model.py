@@ -26,7 +26,7 @@ their colours with their phones. Subtracting each utterance's mean log-mel shape
 speech frames (cepstral mean normalisation in log-mel form) and adding the training set's
 takes that colour away; the shape is measured over the utterance's louder half of frames
 so that the pauses do not set it. It moved the held-out festival voice, which new voices
-and accents had left where it was, at some cost on the seen voices (model card, stage 26).
+and accents had hardly moved, at some cost on the seen voices (model card, stage 26).
 
 Dropout (:class:`Dropout`) draws its masks from 8 random bits per element, taken 64 at a
 time from torch's generator: on the CPU that is about ten times cheaper than
