@@ -465,7 +465,7 @@ class CTCModel(CMVNModule):
         if not self.config.shape_norm:
             return feats
         shift = spectral_shape(feats, lengths) - self.shape_ref  # (B, F)
-        valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths.to(feats.device)[:, None]
+        valid = lengths_to_mask(lengths.to(feats.device), feats.shape[1])  # (B, T)
         return feats - shift[:, None, :].to(feats.dtype) * valid[..., None].to(feats.dtype)
 
     def num_parameters(self) -> int:
