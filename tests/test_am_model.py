@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import replace
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest

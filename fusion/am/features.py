@@ -41,6 +41,7 @@ __all__ = [
     "SpecAugment",
     "SpecAugmentConfig",
     "UtteranceError",
+    "lengths_to_mask",
     "load_audio",
     "num_feature_frames",
     "prepare_waveform",
@@ -148,6 +149,11 @@ class LogMel(nn.Module):
         return torch.log(spec + LOG_FLOOR).transpose(0, 1).contiguous()  # (T, n_mels)
 
 
+def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """``(B,)`` lengths -> ``(B, max_len)`` bool, True on valid frames."""
+    return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
 def spectral_shape(feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """``(B, D)`` long-term spectral shape of each utterance of ``(B, T, D)`` log-mel features.
 
@@ -161,7 +167,7 @@ def spectral_shape(feats: torch.Tensor, lengths: torch.Tensor | None = None) -> 
     b, t, _ = feats.shape
     x = feats.float()
     valid = (torch.ones(b, t, dtype=torch.bool, device=x.device) if lengths is None
-             else torch.arange(t, device=x.device)[None, :] < lengths.to(x.device)[:, None])
+             else lengths_to_mask(lengths.to(x.device), t))  # (B, T)
     energy = torch.logsumexp(x, dim=-1).masked_fill(~valid, float("nan"))  # (B, T)
     median = torch.nanmedian(energy, dim=1, keepdim=True).values  # (B, 1)
     loud = (valid & (energy >= median)).to(x.dtype)  # (B, T); >= keeps at least one frame

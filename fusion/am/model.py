@@ -52,7 +52,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion.am.features import CMVN, HOP_LENGTH, N_MELS, SAMPLE_RATE, SpecAugment, spectral_shape
+from fusion.am.features import (
+    CMVN,
+    HOP_LENGTH,
+    N_MELS,
+    SAMPLE_RATE,
+    SpecAugment,
+    lengths_to_mask,
+    spectral_shape,
+)
 from fusion.am.subword import SentencePieceUnits
 from fusion.manifest import atomic_write
 from fusion.tokens import TokenTable, character_table
@@ -165,11 +173,6 @@ def min_input_frames(subsampling: int) -> int:
     while subsampled_length(t, subsampling) < 1:
         t += 1
     return t
-
-
-def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """``(B,)`` lengths -> ``(B, max_len)`` bool, True on valid frames."""
-    return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
 class ConvSubsampling(nn.Module):
