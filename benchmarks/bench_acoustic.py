@@ -9,6 +9,12 @@ Part ``eval``
     ``rtfx`` is audio seconds per wall second of ``fusion.am.infer.compute_posteriors``
     (reading audio, features and the network; the cost of the first batch included).
 
+Part ``adapt``
+    The same splits with single-utterance test-time adaptation (``fusion.am.adapt``,
+    ``--adapt-steps``, the other settings ``AdaptConfig``'s defaults): greedy CER/WER
+    after each number of steps (one pass), beam search on the adapted posteriors, and
+    the speed of adapting (audio seconds per wall second).
+
 Part ``pretraining``
     The same architecture as ``--model`` is pretrained by BEST-RQ on the training
     audio without its transcripts (``--pretrain-steps``), then CTC-fine-tuned on nested
@@ -19,10 +25,10 @@ Part ``pretraining``
     a resumable training directory under ``--work``: rerun the same command after a
     kill and it goes on where it stopped.
 
-    python benchmarks/bench_acoustic.py [--parts eval,pretraining] [--threads 1]
+    python benchmarks/bench_acoustic.py [--parts eval,adapt,pretraining] [--threads 1]
         [--train MANIFEST --feature-cache DIR] [--pretrain-steps N] [--subsets 10min=300,1h=450]
 
-Writes benchmarks/results/acoustic.json, acoustic.md and acoustic.png; the parts' own
+Writes benchmarks/results/acoustic.json, acoustic.md, acoustic.png and acoustic-adapt.png; the parts' own
 results are kept in ``--work`` (``eval.json``, ``pretraining.json``), so one part can
 be rerun without the other.
 """
@@ -73,6 +79,17 @@ def parse_subsets(text: str) -> list[tuple[str, float, int]]:
     return sorted(out, key=lambda s: s[1])
 
 
+def voice_groups(utts: list[Any]) -> dict[str, list[str]]:
+    """Utterance ids by the voice of a synthetic utterance (espeak-ng variants pooled) or
+    the source corpus of a real one; utterances with neither are in no group."""
+    groups: dict[str, list[str]] = {}
+    for u in utts:
+        if "voice" in u.extra or "source" in u.extra:
+            key = str(u.extra["voice"]).split("+")[0] if "voice" in u.extra else str(u.extra["source"])
+            groups.setdefault(key, []).append(u.id)
+    return groups
+
+
 def greedy_scores(model: Any, manifest: Path, *, threads: int, decoder: Any = None) -> dict[str, Any]:
     """Greedy CER/WER of ``model`` on ``manifest`` and the posterior extraction speed; with
     a beam-search ``decoder``, also its CER/WER (``lm_cer``, ``lm_wer``)."""
@@ -107,13 +124,7 @@ def greedy_scores(model: Any, manifest: Path, *, threads: int, decoder: Any = No
         fused_hyps = {p.utt_id: decoder.decode(p).best.text for p in posts}
         fused = score_corpus(refs, fused_hyps)
         out.update(lm_cer=round(100 * fused.cer, 2), lm_wer=round(100 * fused.wer, 2))
-    # the voice of a synthetic utterance (espeak-ng variants pooled), the source corpus
-    # of a real one
-    groups: dict[str, list[str]] = {}
-    for u in utts:
-        if "voice" in u.extra or "source" in u.extra:
-            key = str(u.extra["voice"]).split("+")[0] if "voice" in u.extra else str(u.extra["source"])
-            groups.setdefault(key, []).append(u.id)
+    groups = voice_groups(utts)
     if groups:
         out["voices"] = {}
         for group, ids in sorted(groups.items()):
@@ -129,25 +140,121 @@ def greedy_scores(model: Any, manifest: Path, *, threads: int, decoder: Any = No
     return out
 
 
-def part_eval(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from fusion.am.model import load_model
+def eval_decoder(model: Any) -> Any:
+    """Beam 32 with the embedded word 3-gram at ``fusion decode``'s default weights."""
     from fusion.cli import DEFAULT_LM, DEFAULT_WEIGHTS, lm_scorers
     from fusion.decoder import BeamSearchDecoder, SearchOptions
 
+    return BeamSearchDecoder(model.token_table, lm_scorers(DEFAULT_LM),
+                             {k: DEFAULT_WEIGHTS[k] for k in ("lm", "word_bonus")},
+                             SearchOptions(beam_size=32))
+
+
+def eval_manifests(args: argparse.Namespace) -> dict[str, Path]:
+    """The evaluation splits' manifests, in ``EVAL_SPLITS`` order."""
+    return {"dev": args.corpus / "dev.jsonl", "test": args.corpus / "test.jsonl",
+            "test-unseen-voices": args.corpus / "test-unseen-voices.jsonl",
+            "real-speech": args.real_speech}
+
+
+def shown_path(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+
+
+def part_eval(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from fusion.am.model import load_model
+
     model = load_model(args.model)
-    decoder = BeamSearchDecoder(model.token_table, lm_scorers(DEFAULT_LM),
-                                {k: DEFAULT_WEIGHTS[k] for k in ("lm", "word_bonus")},
-                                SearchOptions(beam_size=32))
-    manifests = {"dev": args.corpus / "dev.jsonl", "test": args.corpus / "test.jsonl",
-                 "test-unseen-voices": args.corpus / "test-unseen-voices.jsonl",
-                 "real-speech": args.real_speech}
-    path = args.model.resolve()
-    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
-    out: dict[str, Any] = {"model": str(shown), "parameters": model.num_parameters()}
-    for split in EVAL_SPLITS:
+    decoder = eval_decoder(model)
+    out: dict[str, Any] = {"model": shown_path(args.model), "parameters": model.num_parameters()}
+    for split, manifest in eval_manifests(args).items():
         print(f"eval: {split}", file=sys.stderr, flush=True)
-        out[split] = greedy_scores(model, manifests[split], threads=args.eval_threads,
-                                   decoder=decoder)
+        out[split] = greedy_scores(model, manifest, threads=args.eval_threads, decoder=decoder)
+    return out
+
+
+def adapted_scores(model: Any, manifest: Path, config: Any, *, threads: int,
+                   decoder: Any = None) -> dict[str, Any]:
+    """Greedy CER/WER of ``model`` on ``manifest`` with test-time adaptation
+    (``config``), after each number of steps from 0 to ``config.steps`` (one pass: the
+    adapter keeps the posteriors each step gave), and the final posteriors' beam-search
+    CER/WER with ``decoder``. ``rtfx``: audio seconds per wall second of reading,
+    features and adaptation."""
+    import torch
+    from tqdm import tqdm
+
+    from fusion.am.adapt import TestTimeAdapter
+    from fusion.am.features import SAMPLE_RATE, AudioError, LogMel, load_audio
+    from fusion.greedy import greedy_decode
+    from fusion.manifest import read_manifest
+    from fusion.metrics import score_corpus
+    from fusion.posteriors import Posteriors
+
+    torch.set_num_threads(threads)
+    utts = read_manifest(manifest, require=("audio", "text"))
+    adapter = TestTimeAdapter(model, config, keep_history=True)
+    logmel = LogMel(model.config.n_mels)
+    steps = config.steps
+    by_step: list[list[Any]] = [[] for _ in range(steps + 1)]
+    failed, adapted, audio = [], 0, 0.0
+    t0 = time.perf_counter()
+    for u in tqdm(utts, desc=f"adapt {manifest.stem}", mininterval=2):
+        try:
+            wav = load_audio(u.audio, utt_id=u.id)
+        except AudioError as exc:
+            failed.append(str(exc))
+            continue
+        result = adapter(logmel(torch.from_numpy(wav)))
+        adapted += result.adapted
+        audio += len(wav) / SAMPLE_RATE
+        history = result.history + (result.log_probs,) * (steps + 1 - len(result.history))
+        for k, log_probs in enumerate(history):  # an utterance left alone: the same at every k
+            by_step[k].append(Posteriors.from_array(
+                u.id, log_probs.numpy(), kind="log_probs", frame_shift=model.frame_shift,
+                token_table=model.token_table))
+    wall = time.perf_counter() - t0
+    refs = {u.id: u.text for u in utts}
+    curve = []
+    for k, posts in enumerate(by_step):
+        score = score_corpus(refs, {r.utt_id: r.best.text
+                                    for r in greedy_decode(posts, model.token_table)})
+        curve.append({"steps": k, "cer": round(100 * score.cer, 2), "wer": round(100 * score.wer, 2)})
+    hyps = {r.utt_id: r.best.text for r in greedy_decode(by_step[-1], model.token_table)}
+    out = {
+        "utterances": len(utts), "adapted": adapted, "failed": failed,
+        "audio_seconds": round(audio, 2), "wall_seconds": round(wall, 3),
+        "rtfx": round(audio / wall, 1), "threads": threads,
+        "cer": curve[-1]["cer"], "wer": curve[-1]["wer"], "by_steps": curve,
+    }
+    fused_hyps = None
+    if decoder is not None:
+        fused_hyps = {p.utt_id: decoder.decode(p).best.text for p in by_step[-1]}
+        fused = score_corpus(refs, fused_hyps)
+        out.update(lm_cer=round(100 * fused.cer, 2), lm_wer=round(100 * fused.wer, 2))
+    out["voices"] = {}
+    for group, ids in sorted(voice_groups(utts).items()):
+        part = score_corpus({u: refs[u] for u in ids}, hyps)
+        out["voices"][group] = {"utterances": len(ids), "cer": round(100 * part.cer, 2),
+                                "wer": round(100 * part.wer, 2)}
+        if fused_hyps is not None:
+            part = score_corpus({u: refs[u] for u in ids}, fused_hyps)
+            out["voices"][group].update(lm_cer=round(100 * part.cer, 2), lm_wer=round(100 * part.wer, 2))
+    return out
+
+
+def part_adapt(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from fusion.am.adapt import AdaptConfig
+    from fusion.am.model import load_model
+
+    model = load_model(args.model)
+    config = AdaptConfig(steps=args.adapt_steps)
+    decoder = eval_decoder(model)
+    out: dict[str, Any] = {"model": shown_path(args.model), "config": config.to_dict()}
+    for split, manifest in eval_manifests(args).items():
+        print(f"adapt: {split}", file=sys.stderr, flush=True)
+        out[split] = adapted_scores(model, manifest, config, threads=args.eval_threads,
+                                    decoder=decoder)
     return out
 
 
@@ -291,6 +398,84 @@ def word_errors_text(errors: list[dict[str, Any]], heard: int = 3) -> str:
         for e in errors)
 
 
+def adapt_markdown(ad: dict[str, Any], ev: dict[str, Any]) -> list[str]:
+    """The test-time adaptation section: each split plain (step 0) and adapted."""
+    c = ad["config"]
+    lines = [f"## Test-time adaptation (`--adapt-steps {c['steps']}`)", "",
+             f"Model `{ad['model']}`. Each utterance alone: {c['steps']} AdamW steps at lr "
+             f"{c['lr']} on the {' and '.join(c['params'])} parameters, towards "
+             + ("confident frame posteriors (their entropy" if c["entropy_weight"] == 1 else
+                f"confident and distinct frame posteriors (entropy, weight {c['entropy_weight']}, "
+                "and minimum class confusion")
+             + f", at temperature {c['temperature']}), without the transcript; utterances "
+             f"under {c['min_seconds']} s are left alone (`fusion.am.adapt`). `plain` is step 0 "
+             "of the same run. The settings were chosen on the dev sets (`dev` and real "
+             "speech), not on the test sets. `+ 3-gram` keeps the weights tuned for the plain "
+             "model's posteriors; adapted posteriors are sharper, so they would want their own "
+             "(`fusion tune` on adapted dev posteriors).", ""]
+    rows = []
+    for split in EVAL_SPLITS:
+        if split not in ad:
+            continue
+        r = ad[split]
+        rows.append({"split": split, "utterances": r["utterances"], "adapted": r["adapted"],
+                     "plain_cer": r["by_steps"][0]["cer"], "cer": r["cer"],
+                     "plain_wer": r["by_steps"][0]["wer"], "wer": r["wer"],
+                     "plain_lm_cer": ev.get(split, {}).get("lm_cer"), "lm_cer": r.get("lm_cer"),
+                     "lm_wer": r.get("lm_wer"), "rtfx": r["rtfx"],
+                     "plain_rtfx": ev.get(split, {}).get("rtfx")})
+    lines.append(table(rows, [("split", "split"), ("utterances", "utts"), ("adapted", "adapted"),
+                              ("plain_cer", "CER % plain"), ("cer", "CER % adapted"),
+                              ("plain_wer", "WER % plain"), ("wer", "WER % adapted"),
+                              ("plain_lm_cer", "+ 3-gram CER % plain"),
+                              ("lm_cer", "+ 3-gram CER % adapted"),
+                              ("lm_wer", "+ 3-gram WER % adapted"),
+                              ("plain_rtfx", "x real time plain"),
+                              ("rtfx", "x real time adapted")]))
+    rows = [{"split": s, "voice": v, "plain": ev.get(s, {}).get("voices", {}).get(v, {}).get("cer"),
+             **r} for s in ("test-unseen-voices", "real-speech") if s in ad
+            for v, r in sorted(ad[s]["voices"].items())]
+    if rows:
+        lines += ["Unseen voices and real-speech sources:", ""]
+        lines.append(table(rows, [("split", "split"), ("voice", "voice / source"),
+                                  ("utterances", "utts"), ("plain", "CER % plain"),
+                                  ("cer", "CER % adapted"), ("lm_cer", "+ 3-gram CER % adapted")]))
+    lines += ["Greedy CER after each number of steps:", "", "![adaptation](acoustic-adapt.png)", ""]
+    return lines
+
+
+def plot_adapt(ad: dict[str, Any], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for split in (s for s in EVAL_SPLITS if s in ad):
+        steps = [p["steps"] for p in ad[split]["by_steps"]]
+        cer = [p["cer"] for p in ad[split]["by_steps"]]
+        left.plot(steps, cer, marker="o", label=split)
+        right.plot(steps, [c - cer[0] for c in cer], marker="o", label=split)
+    for target, split in ((3.0, "test"), (10.0, "test-unseen-voices")):
+        left.axhline(target, color="gray", lw=0.8, ls=":")
+        left.annotate(f"{split} target", (0, target), fontsize=7, color="gray",
+                      xytext=(2, 2), textcoords="offset points")
+    left.set(yscale="log", xlabel="adaptation steps", ylabel="greedy CER (%)",
+             title="greedy CER per split", yticks=[2, 3, 5, 10, 20, 30])
+    left.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    left.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    right.axhline(0, color="gray", lw=0.8)
+    right.set(xlabel="adaptation steps", ylabel="CER change (points)",
+              title="against the plain model (step 0)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
 def markdown(data: dict[str, Any]) -> str:
     h = data["header"]
     lines = ["# Acoustic model benchmark", "",
@@ -325,6 +510,9 @@ def markdown(data: dict[str, Any]) -> str:
                       "often first (`-`: nothing):", ""]
             lines.append(table(rows, [("split", "split"), ("voice", "voice / source"),
                                       ("words", "words")]))
+    ad = data.get("adapt")
+    if ad:
+        lines += adapt_markdown(ad, ev or {})
     pre = data.get("pretraining")
     if pre:
         p = pre["pretrain"]
@@ -355,7 +543,8 @@ def markdown(data: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     home = asrfuse_home()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--parts", default="eval,pretraining", help="comma-separated: eval, pretraining")
+    p.add_argument("--parts", default="eval,pretraining",
+                   help="comma-separated: eval, adapt, pretraining")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--corpus", type=Path, default=home / "corpus")
     p.add_argument("--real-speech", type=Path,
@@ -365,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=home / "bench-acoustic")
     p.add_argument("--threads", type=int, default=1, help="torch threads for training")
     p.add_argument("--eval-threads", type=int, default=2, help="torch threads for part eval")
+    p.add_argument("--adapt-steps", type=int, default=5,
+                   help="part adapt: test-time adaptation steps (the rest: AdaptConfig's defaults)")
     p.add_argument("--pretrain-steps", type=int, default=1000)
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
     p.add_argument("--subsets", default="10min=300,1h=450", help="NAME=STEPS, NAME like 10min or 1h")
@@ -376,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redo", action="store_true", help="recompute parts whose results exist")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    parts = {"eval": part_eval, "pretraining": part_pretraining}
+    parts = {"eval": part_eval, "adapt": part_adapt, "pretraining": part_pretraining}
     wanted = [s.strip() for s in args.parts.split(",") if s.strip()]
     for name in wanted:
         if name not in parts:
@@ -405,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
         data["posteriors"] = {"rtfx": ev["test"]["rtfx"], "threads": ev["test"]["threads"]}
     md = markdown(data)
     json_path = Path(write_results("acoustic", data, md)[0])
+    if "adapt" in data:
+        plot_adapt(data["adapt"], json_path.with_name("acoustic-adapt.png"))
     runs = data.get("pretraining", {}).get("runs", [])
     if runs and all(Path(r["log"]).is_file() for r in runs):
         plot(data["pretraining"], json_path.with_suffix(".png"))

@@ -136,6 +136,7 @@ def get_parser() -> argparse.ArgumentParser:
                    help="simulated model's unit confusion rate, without a model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--show", type=int, default=5, help="transcripts to print (default: %(default)s)")
+    am_cli.add_adapt_arguments(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("align", help="force-align transcripts to posteriors: word times, confidences")
@@ -534,13 +535,17 @@ def _demo_posteriors(args: argparse.Namespace, refs: dict[str, str]
 
         model = load_model(args.model)
         utterances = read_manifest(args.manifest, require=("audio", "text"))
+        adapt = am_cli.adapt_config_from_args(args)
         posteriors = []
-        for item in compute_posteriors(utterances, model, progress=True):
+        for item in compute_posteriors(utterances, model, progress=True, adapt=adapt):
             if isinstance(item, Posteriors):
                 posteriors.append(item)
             else:
                 print(f"fusion demo: skipped: {item}", file=sys.stderr)
-        return posteriors, model.token_table, f"acoustic model {args.model}"
+        source = f"acoustic model {args.model}"
+        if adapt is not None:
+            source += f", adapted to each utterance ({adapt.steps} steps of test-time adaptation)"
+        return posteriors, model.token_table, source
     table = character_table()
     rng = np.random.default_rng(args.seed)
     config = SimulationConfig(confusion=args.confusion)

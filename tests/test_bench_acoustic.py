@@ -49,6 +49,27 @@ def test_greedy_scores_group_by_voice_or_source(tmp_path):
     assert fused["voices"]["ljspeech"]["cer"] == out["voices"]["ljspeech"]["cer"]  # greedy unchanged
 
 
+def test_adapted_scores_step_zero_is_the_plain_model(tmp_path):
+    from fusion.am.adapt import AdaptConfig
+
+    rng = np.random.default_rng(1)
+    with (tmp_path / "m.jsonl").open("w") as fh:
+        for utt_id, extra in (("a", {"voice": "flite-awb"}), ("b", {"voice": "flite-awb"}),
+                              ("c", {"source": "an4"})):
+            sf.write(tmp_path / f"{utt_id}.wav", (0.1 * rng.standard_normal(32000)).astype(np.float32), 16000)
+            fh.write(json.dumps({"id": utt_id, "audio": f"{utt_id}.wav", "text": "a cat", **extra}) + "\n")
+    torch.manual_seed(0)
+    model = CTCModel(ModelConfig(subsampling_channels=8, d_model=32, n_heads=2, ff_mult=2, n_layers=2,
+                                 conv_kernel=5, dropout=0.0), character_table()).eval()
+    plain = bench_acoustic.greedy_scores(model, tmp_path / "m.jsonl", threads=1)
+    out = bench_acoustic.adapted_scores(model, tmp_path / "m.jsonl",
+                                        AdaptConfig(steps=2, lr=1e-2, min_seconds=0), threads=1)
+    assert [p["steps"] for p in out["by_steps"]] == [0, 1, 2]
+    assert out["by_steps"][0]["cer"] == plain["cer"] and out["cer"] == out["by_steps"][-1]["cer"]
+    assert out["adapted"] == 3 and not out["failed"]
+    assert {k: v["utterances"] for k, v in out["voices"].items()} == {"flite-awb": 2, "an4": 1}
+
+
 def test_word_errors_text():
     errors = [
         {"word": "the", "count": 42, "errors": 40, "heard_as": [["de", 31], ["da", 4], ["", 2], ["x", 1]]},

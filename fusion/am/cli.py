@@ -109,6 +109,36 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
+    """The test-time adaptation flags (``fusion posteriors``, ``fusion demo``)."""
+    from fusion.am.adapt import AdaptConfig
+
+    d = AdaptConfig()
+    g = p.add_argument_group(
+        "test-time adaptation", "SUTA: a few unsupervised gradient steps on each utterance "
+        "alone before decoding it, for voices and channels the model never heard "
+        "(several times slower; our own models only)")
+    g.add_argument("--adapt-steps", type=int, default=0, metavar="N",
+                   help="steps per utterance (default: 0, off; 5 is a good start)")
+    g.add_argument("--adapt-lr", type=float, default=d.lr, help="AdamW rate (default: %(default)s)")
+    g.add_argument("--adapt-params", default="+".join(d.params), metavar="GROUPS",
+                   help="what moves, '+'-joined: norm (LayerNorms), frontend (the conv "
+                        "subsampling), all (default: %(default)s)")
+    g.add_argument("--adapt-min-seconds", type=float, default=d.min_seconds,
+                   help="shorter utterances are not adapted (default: %(default)s)")
+
+
+def adapt_config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~fusion.am.adapt.AdaptConfig` the flags ask for, or None (off);
+    ValueError for bad values."""
+    from fusion.am.adapt import AdaptConfig
+
+    if args.adapt_steps == 0:
+        return None
+    return AdaptConfig(steps=args.adapt_steps, lr=args.adapt_lr, params=args.adapt_params,
+                       min_seconds=args.adapt_min_seconds)
+
+
 def add_parsers(subparsers: Any) -> None:
     """Register ``train``, ``pretrain``, ``posteriors`` and ``average`` on ``subparsers``."""
     p = subparsers.add_parser(
@@ -153,6 +183,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--errors", type=Path,
                    help="failed utterances JSONL (default: OUTPUT with .errors.jsonl)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_adapt_arguments(p)
     p.set_defaults(func=run_posteriors)
 
     p = subparsers.add_parser(
@@ -260,10 +291,14 @@ def run_posteriors(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     try:
         utterances = read_manifest(args.manifest, require=("audio",))
+        adapt = adapt_config_from_args(args)
         if args.hf_model is not None:
+            if adapt is not None:
+                raise ValueError("--adapt-steps works with our own models (--model), "
+                                 "not --hf-model")
             adapter = _hf_adapter(args.hf_model, args.tokens)
         else:
-            adapter = CTCModelAdapter(load_model(args.model or default_model_path()))
+            adapter = CTCModelAdapter(load_model(args.model or default_model_path()), adapt)
         errors_path = args.errors or args.output.with_suffix(".errors.jsonl")
 
         def report(err: UtteranceError) -> None:

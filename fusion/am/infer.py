@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from fusion.am.adapt import AdaptConfig, TestTimeAdapter
 from fusion.am.features import (
     HOP_LENGTH,
     SAMPLE_RATE,
@@ -107,19 +108,27 @@ class Adapter(ABC):
 
 
 class CTCModelAdapter(Adapter):
-    """Our :class:`CTCModel`: log-mel per waveform, one padded batch through the model."""
+    """Our :class:`CTCModel`: log-mel per waveform, one padded batch through the model.
 
-    def __init__(self, model: CTCModel) -> None:
+    With ``adapt`` (an :class:`~fusion.am.adapt.AdaptConfig` with ``steps > 0``), each
+    waveform is instead run alone through single-utterance test-time adaptation
+    (:mod:`fusion.am.adapt`); a chunk of long audio is adapted as an utterance of its own.
+    """
+
+    def __init__(self, model: CTCModel, adapt: AdaptConfig | None = None) -> None:
         self.model = model.eval()
         self.token_table = model.token_table
         self.frame_shift = model.frame_shift
         self.frames_per_stride = model.config.upsample
         self.min_samples = (min_input_frames(model.config.subsampling) - 1) * HOP_LENGTH
         self._logmel = LogMel(model.config.n_mels)
+        self.adapter = TestTimeAdapter(model, adapt) if adapt is not None and adapt.steps else None
 
     @torch.no_grad()
     def __call__(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
         feats = [self._logmel(torch.from_numpy(np.asarray(w, dtype=np.float32))) for w in waveforms]
+        if self.adapter is not None:
+            return [self.adapter(f).log_probs.numpy() for f in feats]
         lengths = torch.tensor([f.shape[0] for f in feats])  # (B,)
         batch = torch.zeros(len(feats), int(lengths.max()), feats[0].shape[1])  # (B, T, F)
         for b, f in enumerate(feats):
@@ -254,13 +263,14 @@ class HFWav2Vec2Adapter(Adapter):
 
 
 def adapter_for(obj: Any, **kwargs: Any) -> Adapter:
-    """An adapter for ``obj``: an :class:`Adapter` as is, a :class:`CTCModel`, a
+    """An adapter for ``obj``: an :class:`Adapter` as is, a :class:`CTCModel` (``adapt=``
+    optional: test-time adaptation), a
     ``Wav2Vec2ForCTC`` (``token_table=`` required), or any callable (``token_table=``,
     ``frame_shift=`` and optionally ``output=``, ``batched=``, ``min_samples=``)."""
     if isinstance(obj, Adapter):
         return obj
     if isinstance(obj, CTCModel):
-        return CTCModelAdapter(obj)
+        return CTCModelAdapter(obj, **kwargs)
     if type(obj).__name__ == "Wav2Vec2ForCTC" or (
         hasattr(obj, "config") and hasattr(obj, "_get_feat_extract_output_lengths")
     ):
