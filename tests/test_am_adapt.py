@@ -264,3 +264,22 @@ def test_posteriors_cli_adapts(tmp_path):
             outs[steps] = reader["a"].log_probs
     assert outs["0"].shape == outs["2"].shape
     assert not np.allclose(outs["0"], outs["2"])
+
+
+def test_demo_adapts_and_refuses_bad_settings(tmp_path, capsys):
+    from fusion.cli import main
+
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, model_checkpoint(tiny_model()))
+    with (tmp_path / "m.jsonl").open("w") as fh:
+        for i in range(2):
+            wav = 0.2 * np.sin(2 * np.pi * (300 + 200 * i) * np.arange(32000) / 16000)
+            sf.write(tmp_path / f"{i}.wav", wav.astype(np.float32), 16000)
+            fh.write(f'{{"id": "u{i}", "audio": "{i}.wav", "text": "a cat"}}\n')
+    base = ["demo", "--manifest", str(tmp_path / "m.jsonl"), "--model", str(ckpt), "--lm", "none",
+            "--show", "0"]
+    assert main(base + ["--adapt-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 steps of test-time adaptation" in out and "utterances 2" in out
+    assert main(base + ["--adapt-steps", "2", "--adapt-lr", "-1"]) != 0
+    assert "adapt lr must be > 0" in capsys.readouterr().err
