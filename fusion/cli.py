@@ -546,6 +546,8 @@ def _demo_posteriors(args: argparse.Namespace, refs: dict[str, str]
         if adapt is not None:
             source += f", adapted to each utterance ({adapt.steps} steps of test-time adaptation)"
         return posteriors, model.token_table, source
+    if args.adapt_steps:
+        raise ValueError(f"--adapt-steps adapts an acoustic model, and there is none at {args.model}")
     table = character_table()
     rng = np.random.default_rng(args.seed)
     config = SimulationConfig(confusion=args.confusion)

@@ -229,14 +229,20 @@ def test_cli_flags():
         adapt_config_from_args(p.parse_args(["--adapt-steps", "3", "--adapt-params", "convs"]))
 
 
-def test_posteriors_cli_refuses_adaptation_of_a_foreign_model(tmp_path, capsys):
-    wav = (0.1 * np.sin(np.arange(32000) / 10)).astype(np.float32)
+def one_utterance(tmp_path) -> tuple[str, argparse.ArgumentParser]:
+    """A manifest of one 2.5-s tone (``a``), and the ``fusion posteriors`` parser."""
+    wav = (0.2 * np.sin(np.arange(40000) / 7)).astype(np.float32)
     sf.write(tmp_path / "a.wav", wav, 16000)
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"id": "a", "audio": "a.wav"}\n')
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["posteriors", str(manifest), "-o", str(tmp_path / "p.npz"),
+    return str(manifest), parser
+
+
+def test_posteriors_cli_refuses_adaptation_of_a_foreign_model(tmp_path, capsys):
+    manifest, parser = one_utterance(tmp_path)
+    args = parser.parse_args(["posteriors", manifest, "-o", str(tmp_path / "p.npz"),
                               "--hf-model", str(tmp_path), "--adapt-steps", "2",
                               "--no-progress"])
     assert args.func(args) != 0
@@ -247,16 +253,11 @@ def test_posteriors_cli_adapts(tmp_path):
     model = tiny_model()
     ckpt = tmp_path / "m.pt"
     save_checkpoint(ckpt, model_checkpoint(model))
-    wav = (0.2 * np.sin(np.arange(40000) / 7)).astype(np.float32)
-    sf.write(tmp_path / "a.wav", wav, 16000)
-    manifest = tmp_path / "m.jsonl"
-    manifest.write_text('{"id": "a", "audio": "a.wav"}\n')
-    parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers(dest="command"))
+    manifest, parser = one_utterance(tmp_path)
     outs = {}
     for steps in ("0", "2"):
         out = tmp_path / f"p{steps}.npz"
-        args = parser.parse_args(["posteriors", str(manifest), "-o", str(out), "--model",
+        args = parser.parse_args(["posteriors", manifest, "-o", str(out), "--model",
                                   str(ckpt), "--adapt-steps", steps, "--adapt-min-seconds", "0",
                                   "--adapt-lr", "0.01", "--no-progress"])
         assert args.func(args) == 0
@@ -283,3 +284,7 @@ def test_demo_adapts_and_refuses_bad_settings(tmp_path, capsys):
     assert "2 steps of test-time adaptation" in out and "utterances 2" in out
     assert main(base + ["--adapt-steps", "2", "--adapt-lr", "-1"]) != 0
     assert "adapt lr must be > 0" in capsys.readouterr().err
+    no_model = ["demo", "--manifest", str(tmp_path / "m.jsonl"), "--model", str(tmp_path / "none.pt"),
+                "--lm", "none", "--adapt-steps", "2"]
+    assert main(no_model) != 0
+    assert "--adapt-steps adapts an acoustic model, and there is none" in capsys.readouterr().err

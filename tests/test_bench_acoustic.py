@@ -18,17 +18,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_acoustic  # noqa: E402
 
 
+def noise_manifest(folder: Path, rows: list[tuple[str, dict]], samples: int, seed: int) -> Path:
+    """A manifest of noise clips saying "a cat", one per ``(id, extra fields)`` row."""
+    rng = np.random.default_rng(seed)
+    with (folder / "m.jsonl").open("w") as fh:
+        for utt_id, extra in rows:
+            sf.write(folder / f"{utt_id}.wav", (0.1 * rng.standard_normal(samples)).astype(np.float32), 16000)
+            fh.write(json.dumps({"id": utt_id, "audio": f"{utt_id}.wav", "text": "a cat", **extra}) + "\n")
+    return folder / "m.jsonl"
+
+
+def tiny_model() -> CTCModel:
+    torch.manual_seed(0)
+    return CTCModel(ModelConfig(subsampling_channels=8, d_model=32, n_heads=2, ff_mult=2, n_layers=2,
+                                conv_kernel=5, dropout=0.0), character_table()).eval()
+
+
 def test_greedy_scores_group_by_voice_or_source(tmp_path):
-    rng = np.random.default_rng(0)
     rows = [("a", {"voice": "espeak-ng:en-us+m3"}), ("b", {"voice": "espeak-ng:en-us+f2"}),
             ("c", {"source": "ljspeech"}), ("d", {})]
-    with (tmp_path / "m.jsonl").open("w") as fh:
-        for utt_id, extra in rows:
-            sf.write(tmp_path / f"{utt_id}.wav", (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
-            fh.write(json.dumps({"id": utt_id, "audio": f"{utt_id}.wav", "text": "a cat", **extra}) + "\n")
-    torch.manual_seed(0)
-    model = CTCModel(ModelConfig(subsampling_channels=8, d_model=32, n_heads=2, ff_mult=2, n_layers=2,
-                                 conv_kernel=5, dropout=0.0), character_table()).eval()
+    noise_manifest(tmp_path, rows, 16000, seed=0)
+    model = tiny_model()
     out = bench_acoustic.greedy_scores(model, tmp_path / "m.jsonl", threads=1)
     assert out["utterances"] == 4 and not out["failed"]
     # espeak-ng variants pool into their voice; a real utterance counts under its source;
@@ -52,15 +62,9 @@ def test_greedy_scores_group_by_voice_or_source(tmp_path):
 def test_adapted_scores_step_zero_is_the_plain_model(tmp_path):
     from fusion.am.adapt import AdaptConfig
 
-    rng = np.random.default_rng(1)
-    with (tmp_path / "m.jsonl").open("w") as fh:
-        for utt_id, extra in (("a", {"voice": "flite-awb"}), ("b", {"voice": "flite-awb"}),
-                              ("c", {"source": "an4"})):
-            sf.write(tmp_path / f"{utt_id}.wav", (0.1 * rng.standard_normal(32000)).astype(np.float32), 16000)
-            fh.write(json.dumps({"id": utt_id, "audio": f"{utt_id}.wav", "text": "a cat", **extra}) + "\n")
-    torch.manual_seed(0)
-    model = CTCModel(ModelConfig(subsampling_channels=8, d_model=32, n_heads=2, ff_mult=2, n_layers=2,
-                                 conv_kernel=5, dropout=0.0), character_table()).eval()
+    rows = [("a", {"voice": "flite-awb"}), ("b", {"voice": "flite-awb"}), ("c", {"source": "an4"})]
+    noise_manifest(tmp_path, rows, 32000, seed=1)
+    model = tiny_model()
     plain = bench_acoustic.greedy_scores(model, tmp_path / "m.jsonl", threads=1)
     out = bench_acoustic.adapted_scores(model, tmp_path / "m.jsonl",
                                         AdaptConfig(steps=2, lr=1e-2, min_seconds=0), threads=1)

@@ -122,13 +122,13 @@ class CTCModelAdapter(Adapter):
         self.frames_per_stride = model.config.upsample
         self.min_samples = (min_input_frames(model.config.subsampling) - 1) * HOP_LENGTH
         self._logmel = LogMel(model.config.n_mels)
-        self.adapter = TestTimeAdapter(model, adapt) if adapt is not None and adapt.steps else None
+        self.tta = TestTimeAdapter(model, adapt) if adapt is not None and adapt.steps else None
 
     @torch.no_grad()
     def __call__(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
         feats = [self._logmel(torch.from_numpy(np.asarray(w, dtype=np.float32))) for w in waveforms]
-        if self.adapter is not None:
-            return [self.adapter(f).log_probs.numpy() for f in feats]
+        if self.tta is not None:
+            return [self.tta(f).log_probs.numpy() for f in feats]
         lengths = torch.tensor([f.shape[0] for f in feats])  # (B,)
         batch = torch.zeros(len(feats), int(lengths.max()), feats[0].shape[1])  # (B, T, F)
         for b, f in enumerate(feats):
@@ -263,10 +263,10 @@ class HFWav2Vec2Adapter(Adapter):
 
 
 def adapter_for(obj: Any, **kwargs: Any) -> Adapter:
-    """An adapter for ``obj``: an :class:`Adapter` as is, a :class:`CTCModel` (``adapt=``
-    optional: test-time adaptation), a
-    ``Wav2Vec2ForCTC`` (``token_table=`` required), or any callable (``token_table=``,
-    ``frame_shift=`` and optionally ``output=``, ``batched=``, ``min_samples=``)."""
+    """An adapter for ``obj``: an :class:`Adapter` as is, a :class:`CTCModel` (optionally
+    ``adapt=``: test-time adaptation), a ``Wav2Vec2ForCTC`` (``token_table=`` required), or
+    any callable (``token_table=``, ``frame_shift=`` and optionally ``output=``,
+    ``batched=``, ``min_samples=``)."""
     if isinstance(obj, Adapter):
         return obj
     if isinstance(obj, CTCModel):
