@@ -594,6 +594,11 @@ def main(argv: list[str] | None = None) -> int:
         for split in SPLITS:
             data[split] = {"cer": ev[split]["cer"], "wer": ev[split]["wer"]}
         data["posteriors"] = {"rtfx": ev["test"]["rtfx"], "threads": ev["test"]["threads"]}
+    ad = data.get("adapt")
+    if ad:  # the same keys with test-time adaptation
+        data["adapted"] = {"steps": ad["config"]["steps"],
+                           **{split: {k: ad[split][k] for k in ("cer", "wer", "rtfx")}
+                              for split in SPLITS}}
     md = markdown(data)
     json_path = Path(write_results("acoustic", data, md)[0])
     if "adapt" in data:
