@@ -288,3 +288,16 @@ def test_demo_adapts_and_refuses_bad_settings(tmp_path, capsys):
                 "--lm", "none", "--adapt-steps", "2"]
     assert main(no_model) != 0
     assert "--adapt-steps adapts an acoustic model, and there is none" in capsys.readouterr().err
+
+
+def test_long_audio_is_adapted_chunk_by_chunk(tmp_path):
+    t = np.arange(7 * 16000) / 16000
+    sf.write(tmp_path / "long.wav", (0.2 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 16000)
+    u = [Utterance(id="long", audio=str(tmp_path / "long.wav"))]
+    model = tiny_model()
+    [plain_out] = compute_posteriors(u, model, chunk_seconds=3, overlap_seconds=1)
+    [adapted] = compute_posteriors(u, model, chunk_seconds=3, overlap_seconds=1,
+                                   adapt=AdaptConfig(steps=2, lr=1e-2, min_seconds=0))
+    assert adapted.log_probs.shape == plain_out.log_probs.shape
+    assert np.isfinite(adapted.log_probs).all()
+    assert not np.allclose(adapted.log_probs, plain_out.log_probs)
