@@ -28,9 +28,9 @@ Part ``pretraining``
     python benchmarks/bench_acoustic.py [--parts eval,adapt,pretraining] [--threads 1]
         [--train MANIFEST --feature-cache DIR] [--pretrain-steps N] [--subsets 10min=300,1h=450]
 
-Writes benchmarks/results/acoustic.json, acoustic.md, acoustic.png and acoustic-adapt.png; the parts' own
-results are kept in ``--work`` (``eval.json``, ``pretraining.json``), so one part can
-be rerun without the other.
+Writes benchmarks/results/acoustic.json, acoustic.md, acoustic.png and
+acoustic-adapt.png; the parts' own results are kept in ``--work`` (``eval.json``,
+``adapt.json``, ``pretraining.json``), so one part can be rerun without the others.
 """
 
 from __future__ import annotations
@@ -411,8 +411,8 @@ def adapt_markdown(ad: dict[str, Any], ev: dict[str, Any]) -> list[str]:
              f"under {c['min_seconds']} s are left alone (`fusion.am.adapt`). `plain` is step 0 "
              "of the same run. The settings were chosen on the dev sets (`dev` and real "
              "speech), not on the test sets. `+ 3-gram` keeps the weights tuned for the plain "
-             "model's posteriors; adapted posteriors are sharper, so they would want their own "
-             "(`fusion tune` on adapted dev posteriors).", ""]
+             "model's posteriors (retuned on adapted dev posteriors, they won back only part of "
+             "what the seen voices lose under the LM: see the model card).", ""]
     rows = []
     for split in EVAL_SPLITS:
         if split not in ad:
