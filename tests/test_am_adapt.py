@@ -166,6 +166,19 @@ def test_history_holds_each_step():
     assert TestTimeAdapter(model, cfg)(x).history == ()
 
 
+def test_mix_blends_the_plain_and_adapted_posteriors():
+    model = tiny_model()
+    x = feats(2.0)
+    kw = dict(steps=2, lr=1e-2, min_seconds=0)
+    adapted = TestTimeAdapter(model, AdaptConfig(**kw))(x).log_probs
+    mixed = TestTimeAdapter(model, AdaptConfig(mix=0.25, **kw), keep_history=True)(x)
+    expected = torch.log(0.75 * plain(model, x).exp() + 0.25 * adapted.exp())
+    torch.testing.assert_close(mixed.log_probs, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed.history[-1], mixed.log_probs, rtol=0, atol=0)
+    torch.testing.assert_close(mixed.history[0], plain(model, x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed.log_probs.exp().sum(-1), torch.ones(mixed.log_probs.shape[0]))
+
+
 def test_adapter_refuses_bad_features():
     with pytest.raises(ValueError, match="must be \\(T, n_mels\\)"):
         TestTimeAdapter(tiny_model(), AdaptConfig(steps=1))(torch.zeros(1, 50, 80))
@@ -204,6 +217,8 @@ def test_batch_equals_each_utterance_alone(tmp_path):
     ({"temperature": 0.0}, "temperature must be > 0"),
     ({"entropy_weight": 1.5}, "entropy_weight must be in"),
     ({"min_seconds": -1.0}, "min_seconds must be >= 0"),
+    ({"mix": 0.0}, "mix must be in \\(0, 1\\]"),
+    ({"mix": 1.5}, "mix must be in \\(0, 1\\]"),
 ])
 def test_bad_configs_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
