@@ -474,6 +474,13 @@ def test_average_checkpoints(tmp_path):
     other = _ctc_checkpoint(tmp_path / "other.pt", 4, n_layers=3)
     with pytest.raises(CheckpointError, match=r"other\.pt: its config differs"):
         average_checkpoints([a, other])
+    # a checkpoint written before a config key existed holds its default: the same config
+    data = load_checkpoint(b)
+    del data["config"]["shape_norm"]
+    save_checkpoint(tmp_path / "older.pt", data)
+    older = average_checkpoints([tmp_path / "older.pt", a], half=False)
+    assert torch.allclose(older["model"][k].double(), (weights(a)[k].double()
+                                                       + weights(b)[k].double()) / 2, atol=1e-6)
     data = load_checkpoint(b)
     data["cmvn"] = {"mean": torch.ones(TINY.n_mels), "std": torch.ones(TINY.n_mels)}
     save_checkpoint(tmp_path / "cmvn.pt", data)

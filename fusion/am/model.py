@@ -572,6 +572,10 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _full_config(data: Any) -> ModelConfig:
+    return ModelConfig.from_dict(dict(data))
+
+
 def average_checkpoints(paths: Sequence[str | Path], *, half: bool = True,
                         weights: Sequence[float] | None = None) -> dict[str, Any]:
     """The deployable checkpoint whose weights are the mean of ``paths``' (checkpoint
@@ -607,7 +611,10 @@ def average_checkpoints(paths: Sequence[str | Path], *, half: bool = True,
     for path, share in zip(paths[1:], shares[1:]):
         data = load_checkpoint(path, kind="ctc")
         for key in sorted((first.keys() | data.keys()) - {"model", "train_state"}):
-            if not _same(data.get(key), first.get(key)):
+            if key == "config":  # a key added since a checkpoint was written reads as its default
+                if _full_config(data[key]) != _full_config(first[key]):
+                    raise CheckpointError(f"{path}: its config differs from that of {paths[0]}")
+            elif not _same(data.get(key), first.get(key)):
                 raise CheckpointError(f"{path}: its {_PARTS.get(key, key)} differs from that "
                                       f"of {paths[0]}")
         tensors = data["model"]
