@@ -96,9 +96,7 @@ def greedy_scores(model: Any, manifest: Path, *, threads: int, decoder: Any = No
     import torch
 
     from fusion.am.infer import CTCModelAdapter, compute_posteriors
-    from fusion.greedy import greedy_decode
     from fusion.manifest import read_manifest
-    from fusion.metrics import score_corpus, word_errors
     from fusion.posteriors import Posteriors
 
     torch.set_num_threads(threads)
@@ -110,15 +108,27 @@ def greedy_scores(model: Any, manifest: Path, *, threads: int, decoder: Any = No
         (posts if isinstance(r, Posteriors) else failed).append(r)
     wall = time.perf_counter() - t0
     audio = sum(p.duration for p in posts)
-    hyps = {r.utt_id: r.best.text for r in greedy_decode(posts, model.token_table)}
-    refs = {u.id: u.text for u in utts}
-    score = score_corpus(refs, hyps)
-    out = {
+    return {
         "utterances": len(utts), "failed": [str(f) for f in failed],
         "audio_seconds": round(audio, 2), "wall_seconds": round(wall, 3),
         "rtfx": round(audio / wall, 1), "threads": threads,
-        "cer": round(100 * score.cer, 2), "wer": round(100 * score.wer, 2),
+        **decode_scores(utts, posts, model.token_table, decoder, with_word_errors=True),
     }
+
+
+def decode_scores(utts: list[Any], posts: list[Any], table: Any, decoder: Any = None, *,
+                  with_word_errors: bool = False) -> dict[str, Any]:
+    """Greedy CER/WER of ``posts`` against ``utts``' transcripts; with ``decoder`` (beam
+    search) its CER/WER too (``lm_cer``, ``lm_wer``); the same per voice or source
+    (``voices``, when there are any), with each one's worst greedy words when
+    ``with_word_errors``."""
+    from fusion.greedy import greedy_decode
+    from fusion.metrics import score_corpus, word_errors
+
+    refs = {u.id: u.text for u in utts}
+    hyps = {r.utt_id: r.best.text for r in greedy_decode(posts, table)}
+    score = score_corpus(refs, hyps)
+    out: dict[str, Any] = {"cer": round(100 * score.cer, 2), "wer": round(100 * score.wer, 2)}
     fused_hyps = None
     if decoder is not None:
         fused_hyps = {p.utt_id: decoder.decode(p).best.text for p in posts}
@@ -129,14 +139,13 @@ def greedy_scores(model: Any, manifest: Path, *, threads: int, decoder: Any = No
         out["voices"] = {}
         for group, ids in sorted(groups.items()):
             part = score_corpus({u: refs[u] for u in ids}, hyps)
-            out["voices"][group] = {
-                "utterances": len(ids), "cer": round(100 * part.cer, 2), "wer": round(100 * part.wer, 2),
-                # greedy: the words this voice gets wrong most, and what it says instead
-                "word_errors": [e.to_dict() for e in word_errors(part, top=TOP_WORD_ERRORS)],
-            }
+            row = out["voices"][group] = {
+                "utterances": len(ids), "cer": round(100 * part.cer, 2), "wer": round(100 * part.wer, 2)}
+            if with_word_errors:  # greedy: the words this voice gets wrong most, and what it says
+                row["word_errors"] = [e.to_dict() for e in word_errors(part, top=TOP_WORD_ERRORS)]
             if fused_hyps is not None:
                 part = score_corpus({u: refs[u] for u in ids}, fused_hyps)
-                out["voices"][group].update(lm_cer=round(100 * part.cer, 2), lm_wer=round(100 * part.wer, 2))
+                row.update(lm_cer=round(100 * part.cer, 2), lm_wer=round(100 * part.wer, 2))
     return out
 
 
@@ -216,31 +225,17 @@ def adapted_scores(model: Any, manifest: Path, config: Any, *, threads: int,
     wall = time.perf_counter() - t0
     refs = {u.id: u.text for u in utts}
     curve = []
-    for k, posts in enumerate(by_step):
+    for k, posts in enumerate(by_step[:-1]):
         score = score_corpus(refs, {r.utt_id: r.best.text
                                     for r in greedy_decode(posts, model.token_table)})
         curve.append({"steps": k, "cer": round(100 * score.cer, 2), "wer": round(100 * score.wer, 2)})
-    hyps = {r.utt_id: r.best.text for r in greedy_decode(by_step[-1], model.token_table)}
-    out = {
+    final = decode_scores(utts, by_step[-1], model.token_table, decoder)
+    curve.append({"steps": steps, "cer": final["cer"], "wer": final["wer"]})
+    return {
         "utterances": len(utts), "adapted": adapted, "failed": failed,
         "audio_seconds": round(audio, 2), "wall_seconds": round(wall, 3),
-        "rtfx": round(audio / wall, 1), "threads": threads,
-        "cer": curve[-1]["cer"], "wer": curve[-1]["wer"], "by_steps": curve,
+        "rtfx": round(audio / wall, 1), "threads": threads, "by_steps": curve, **final,
     }
-    fused_hyps = None
-    if decoder is not None:
-        fused_hyps = {p.utt_id: decoder.decode(p).best.text for p in by_step[-1]}
-        fused = score_corpus(refs, fused_hyps)
-        out.update(lm_cer=round(100 * fused.cer, 2), lm_wer=round(100 * fused.wer, 2))
-    out["voices"] = {}
-    for group, ids in sorted(voice_groups(utts).items()):
-        part = score_corpus({u: refs[u] for u in ids}, hyps)
-        out["voices"][group] = {"utterances": len(ids), "cer": round(100 * part.cer, 2),
-                                "wer": round(100 * part.wer, 2)}
-        if fused_hyps is not None:
-            part = score_corpus({u: refs[u] for u in ids}, fused_hyps)
-            out["voices"][group].update(lm_cer=round(100 * part.cer, 2), lm_wer=round(100 * part.wer, 2))
-    return out
 
 
 def part_adapt(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -434,7 +429,7 @@ def adapt_markdown(ad: dict[str, Any], ev: dict[str, Any]) -> list[str]:
                               ("rtfx", "x real time adapted")]))
     rows = [{"split": s, "voice": v, "plain": ev.get(s, {}).get("voices", {}).get(v, {}).get("cer"),
              **r} for s in ("test-unseen-voices", "real-speech") if s in ad
-            for v, r in sorted(ad[s]["voices"].items())]
+            for v, r in sorted(ad[s].get("voices", {}).items())]
     if rows:
         lines += ["Unseen voices and real-speech sources:", ""]
         lines.append(table(rows, [("split", "split"), ("voice", "voice / source"),

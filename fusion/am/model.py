@@ -572,8 +572,9 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _full_config(data: Any) -> ModelConfig:
-    return ModelConfig.from_dict(dict(data))
+def _full_config(data: Any) -> dict[str, Any]:
+    """A stored model config with every field, defaults for the ones it lacks."""
+    return ModelConfig.from_dict(dict(data)).to_dict()
 
 
 def average_checkpoints(paths: Sequence[str | Path], *, half: bool = True,
@@ -611,10 +612,10 @@ def average_checkpoints(paths: Sequence[str | Path], *, half: bool = True,
     for path, share in zip(paths[1:], shares[1:]):
         data = load_checkpoint(path, kind="ctc")
         for key in sorted((first.keys() | data.keys()) - {"model", "train_state"}):
+            mine, theirs = data.get(key), first.get(key)
             if key == "config":  # a key added since a checkpoint was written reads as its default
-                if _full_config(data[key]) != _full_config(first[key]):
-                    raise CheckpointError(f"{path}: its config differs from that of {paths[0]}")
-            elif not _same(data.get(key), first.get(key)):
+                mine, theirs = _full_config(mine), _full_config(theirs)
+            if not _same(mine, theirs):
                 raise CheckpointError(f"{path}: its {_PARTS.get(key, key)} differs from that "
                                       f"of {paths[0]}")
         tensors = data["model"]
