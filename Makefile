@@ -23,7 +23,7 @@ APT_PACKAGES := cmake libboost-program-options-dev libboost-system-dev libboost-
 	r-cran-janeaustenr bible-kjv sword-text-web sword-comm-mhcc sword-comm-tdavid diatheke \
 	wordnet-base chromium libjemalloc2
 
-.PHONY: install demo test lint clean rhvoice
+.PHONY: install demo test lint clean rhvoice mbrola
 
 install: $(DEPS)
 
@@ -95,6 +95,27 @@ rhvoice: $(DEPS)
 	x86_64-w64-mingw32-gcc -O2 -static -o $(RHVOICE)/rhsay.exe fusion/corpus/rhsay.c
 	WINEPREFIX=$(RHVOICE)/wine WINEDEBUG=-all wineboot -i
 	$(PY) -c "from fusion.corpus.voices import engine_available as a; assert a('rhvoice')"
+
+# MBROLA's diphone voices for the train-only espeakm-* and festivalm-* (fusion/corpus/voices.py):
+# Debian's mbrola and its voices lie in the contrib and non-free components, which this adds
+# to apt's sources where they are missing. The voices' licence forbids selling them or
+# putting them in a product that is sold (/usr/share/doc/mbrola-us1/copyright).
+MBROLA_VOICES := us1 us2 us3 en1 af1 nl2 fr1 fr4 de1 de2 de3 de4 de5 de6 gr2 hu1 pl1 ro1 sw1 sw2
+MBROLA_PACKAGES := mbrola $(addprefix mbrola-,$(MBROLA_VOICES)) festvox-us1 festvox-us2 \
+	festvox-us3 festvox-en1
+MBROLA_SOURCES := /etc/apt/sources.list.d/asrfuse-contrib-non-free.sources
+
+mbrola: $(DEPS)
+	@missing=$$(for p in $(MBROLA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if ! apt-cache show mbrola-us1 >/dev/null 2>&1; then \
+	    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+	      "$$(. /etc/os-release && echo $$VERSION_CODENAME)" > $(MBROLA_SOURCES); \
+	  fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	$(PY) -c "from fusion.corpus.voices import available_voices as a, mbrola_voices as m; \
+		assert len(a(m())) == len(m()), 'some MBROLA voices are missing'"
 
 REAL_SPEECH ?= ../shared/data/real-speech
 

@@ -33,6 +33,8 @@ from fusion.corpus.voices import (
     ESPEAK_EXTRA_VARIANTS,
     ESPEAK_VARIANTS,
     HELDOUT_VOICES,
+    MBROLA_ENGLISH,
+    MBROLA_FOREIGN,
     PICO_VOICES,
     RHVOICE_SPEAKERS,
     Prosody,
@@ -200,6 +202,46 @@ def test_pico_voices_are_train_only_and_need_their_language_files(
     monkeypatch.setattr(synth_module, "pico_lang_dir", lambda: None)
     with pytest.raises(SynthesisError, match=r"pico-en-gb: SVOX Pico is not installed \(PyPI ttspico\)"):
         synthesize("hello there", pico[1])
+
+
+def test_mbrola_voices_are_train_only_and_need_their_diphone_sets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mbrola = select_voices(["espeakm-*", "festivalm-*"], train_only_catalogue())
+    names = [v.name for v in mbrola]
+    assert names[:5] == ["espeakm-us1", "espeakm-us2", "espeakm-us3", "espeakm-en1",
+                         "espeakm-af1-en"]  # fmt: skip
+    assert names[-4:] == [f"festivalm-{db}" for db in MBROLA_ENGLISH]
+    assert len(mbrola) == 2 * len(MBROLA_ENGLISH) + len(MBROLA_FOREIGN)
+    assert _voice("espeakm-de2-en").model == "mb-de2-en"
+    assert _voice("festivalm-us2") == Voice(
+        "festivalm-us2", "festival", "us2_mbrola", 5.0, pitch_control="int_lr=90")
+    assert not select_voices(["espeakm-*", "festivalm-*"]) and not any(map(is_heldout, mbrola))
+    assert sum(v.weight for v in mbrola) == pytest.approx(40.0)
+    # espeak-ng drives them only where mbrola, the diphone set and espeak-ng's voice are there
+    monkeypatch.setattr(voices_module, "_MBROLA_DIR", tmp_path)
+    monkeypatch.setattr(voices_module, "_espeak_mbrola_voices", lambda: {"mb-us1", "mb-de2-en"})
+    monkeypatch.setattr(voices_module.shutil, "which", lambda program: f"/usr/bin/{program}")
+    for db in ("us1", "us2"):
+        (tmp_path / db).mkdir()
+        (tmp_path / db / db).write_bytes(b"")
+    assert [voice_available(_voice(f"espeakm-{n}")) for n in ("us1", "us2", "de2-en")] == [
+        True, False, False]  # fmt: skip
+    monkeypatch.setattr(voices_module.shutil, "which", lambda program: None)
+    assert not voice_available(_voice("espeakm-us1"))
+
+
+@pytest.mark.parametrize("name", ["espeakm-us2", "espeakm-de2-en", "festivalm-en1"])
+def test_an_mbrola_voice_speaks_deterministically_with_prosody(name: str) -> None:
+    voice = _voice(name)
+    if not voice_available(voice):
+        pytest.skip(f"{name}: MBROLA or its voice not installed (make mbrola)")
+    text = "the three brothers were thinking of the other one"
+    audio = synthesize(text, voice, prosody=Prosody(1.0, 1.0))
+    assert torch.equal(audio, synthesize(text, voice, prosody=Prosody(1.0, 1.0)))
+    assert audio.abs().max() > 0.5 and 1.5 < audio.numel() / SAMPLE_RATE < 6
+    slow = synthesize(text, voice, prosody=Prosody(rate=0.8))
+    assert slow.numel() > 1.1 * audio.numel()
 
 
 def test_pico_clamps_prosody_to_its_range_and_reads_no_markup() -> None:

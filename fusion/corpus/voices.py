@@ -38,6 +38,13 @@ festival    festival voices x 12 sets of rules             (its CMU lexicon),
 festival    ``festivalx-it-pc``, ``festivalx-fi-mv``:      ``festvox-itapc16k``,
             Italian and Finnish diphones reading           ``festvox-suopuhe-mv``
             English in their own phones (train only)
+espeak-ng   20 MBROLA diphone voices: ``espeakm-us1``,     Debian ``mbrola``, ``mbrola-XX``
+            ``-us2``, ``-us3``, ``-en1`` and 16 of other   (contrib, non-free); ``make
+            languages reading English (``espeakm-de2-en``) mbrola``
+            (train only)
+festival    ``festivalm-us1``, ``-us2``, ``-us3``,         ``festvox-us1`` .. ``us3``,
+            ``-en1``: the same four English diphone sets   ``festvox-en1``
+            with festival's text analysis (train only)
 =========== ============================================== =================================
 
 :func:`catalogue` holds the core voices, which every split draws from.
@@ -58,7 +65,11 @@ accents: each voice rewrites espeak-ng's phonemes with a few of the pronunciatio
 :func:`phone_accent_voices` (``flitea-*``, ``festivala-*``, train only) gives the same
 rules to flite's and festival's seen voices, through their lexicons, and
 :func:`foreign_voices` (``festivalx-*``, train only) has festival's Italian and Finnish
-voices read English with their own phones.
+voices read English with their own phones. :func:`mbrola_voices` (``espeakm-*``,
+``festivalm-*``, train only) are MBROLA's diphone sets, cut from recordings of real
+speakers: espeak-ng drives its four English ones and sixteen of other languages, whose
+espeak-ng voices read English with the phones of their own language; festival drives the
+four English ones with its own text analysis and intonation.
 :data:`HELDOUT_VOICES` (fnmatch patterns) are never used for training: they speak only
 the ``test-unseen-voices`` split. Per-utterance prosody jitter (speaking rate, pitch) is
 drawn by :func:`draw_prosody`.
@@ -90,6 +101,8 @@ __all__ = [
     "ESPEAK_VARIANTS",
     "FOREIGN_VOICES",
     "HELDOUT_VOICES",
+    "MBROLA_ENGLISH",
+    "MBROLA_FOREIGN",
     "PICO_VOICES",
     "RHVOICE_SPEAKERS",
     "TRAIN_ONLY_ENGINES",
@@ -106,6 +119,7 @@ __all__ = [
     "espeak_variant_voices",
     "foreign_voices",
     "is_heldout",
+    "mbrola_voices",
     "phone_accent_voices",
     "pico_lang_dir",
     "rhvoice_dir",
@@ -277,7 +291,8 @@ def train_only_catalogue() -> tuple[Voice, ...]:
     together), then :func:`espeak_variant_voices` (``espeakv-*``, weight 40 together), then
     :func:`accent_voices` (``espeaka-*``, weight 40 together), then
     :func:`phone_accent_voices` (``flitea-*``, ``festivala-*``, weight 40 together), then
-    :func:`foreign_voices` (``festivalx-*``, weight 40 together)."""
+    :func:`foreign_voices` (``festivalx-*``, weight 40 together), then
+    :func:`mbrola_voices` (``espeakm-*``, ``festivalm-*``, weight 40 together)."""
     speakers = tuple(
         Voice(f"dectalk-{name}", "dectalk", code, 40.0 / len(DECTALK_SPEAKERS),
               pitch_control=f"ap={pitch}")
@@ -291,7 +306,8 @@ def train_only_catalogue() -> tuple[Voice, ...]:
         Voice(f"pico-{lang.lower()}", "pico", lang, 40.0 / len(PICO_VOICES)) for lang in PICO_VOICES
     )
     return (speakers + dectalk_variants() + rhvoice + pico + espeak_variant_voices()
-            + accent_voices() + phone_accent_voices() + foreign_voices())  # fmt: skip
+            + accent_voices() + phone_accent_voices() + foreign_voices()
+            + mbrola_voices())  # fmt: skip
 
 
 def _seen_dialects(patterns: Sequence[str]) -> list[str]:
@@ -400,6 +416,38 @@ def foreign_voices() -> tuple[Voice, ...]:
     )
 
 
+# MBROLA's English diphone sets (Debian non-free ``mbrola-us1`` ..), each with the mean F0
+# its festival voice (``festvox-us1`` ..) aims at: us1 is female, the rest male; en1 British.
+MBROLA_ENGLISH: dict[str, int] = {"us1": 160, "us2": 90, "us3": 105, "en1": 110}
+# MBROLA's sets of other languages for which espeak-ng has a voice that reads English
+# (``espeak-ng --voices=mb``: ``mb-de2-en``), in its own language's phones.
+MBROLA_FOREIGN: tuple[str, ...] = (
+    "af1", "nl2", "fr1", "fr4", "de1", "de2", "de3", "de4", "de5", "de6", "gr2", "hu1", "pl1",
+    "ro1", "sw1", "sw2",
+)  # fmt: skip
+_MBROLA_DIR = Path("/usr/share/mbrola")
+
+
+def mbrola_voices() -> tuple[Voice, ...]:
+    """MBROLA's diphone voices (train only; weight 40 together, half to each engine):
+    espeak-ng speaking with :data:`MBROLA_ENGLISH`'s sets (``espeakm-us1``, voice
+    ``mb-us1``) and :data:`MBROLA_FOREIGN`'s (``espeakm-de2-en``, voice ``mb-de2-en``),
+    and festival with the English ones (``festivalm-us1``, voice ``us1_mbrola``), its
+    pitch jitter around each voice's own mean F0."""
+    espeak_names = [*MBROLA_ENGLISH, *(f"{db}-en" for db in MBROLA_FOREIGN)]
+    espeak = tuple(
+        Voice(f"espeakm-{name}", "espeak-ng", f"mb-{name}", 20.0 / len(espeak_names),
+              pitch_control="espeak")
+        for name in espeak_names
+    )  # fmt: skip
+    festival = tuple(
+        Voice(f"festivalm-{db}", "festival", f"{db}_mbrola", 20.0 / len(MBROLA_ENGLISH),
+              pitch_control=f"int_lr={f0}")
+        for db, f0 in MBROLA_ENGLISH.items()
+    )  # fmt: skip
+    return espeak + festival
+
+
 def dectalk_variants(per_speaker: int = 4, seed: int = 0) -> tuple[Voice, ...]:
     """``per_speaker`` new speakers made from each DECtalk speaker by ``[:dv]`` settings
     drawn from :data:`DECTALK_VARIANT_RANGES` (seeded, so the same names every time), each
@@ -482,6 +530,17 @@ def _espeak_voices() -> frozenset[str]:
 
 
 @cache
+def _espeak_mbrola_voices() -> frozenset[str]:
+    proc = subprocess.run(["espeak-ng", "--voices=mb"], capture_output=True, text=True, check=False)
+    # The File column: "mb/mb-us1".
+    return frozenset(
+        field.removeprefix("mb/")
+        for line in proc.stdout.splitlines()[1:]
+        for field in line.split()[4:5]
+    )
+
+
+@cache
 def _espeak_variants() -> frozenset[str]:
     proc = subprocess.run(
         ["espeak-ng", "--voices=variant"], capture_output=True, text=True, check=False
@@ -541,6 +600,13 @@ def voice_available(voice: Voice) -> bool:
     """Whether a voice can be synthesised on this machine."""
     if not engine_available(voice.engine):
         return False
+    if voice.engine == "espeak-ng" and voice.model.startswith("mb-"):
+        database = voice.model.removeprefix("mb-").removesuffix("-en")
+        return (
+            shutil.which("mbrola") is not None
+            and (_MBROLA_DIR / database / database).is_file()
+            and voice.model in _espeak_mbrola_voices()
+        )
     if voice.engine == "espeak-ng":
         dialect, _, variant = voice.model.partition("+")
         return dialect in _espeak_voices() and (not variant or variant in _espeak_variants())
