@@ -530,27 +530,24 @@ def _espeak_voices() -> frozenset[str]:
 
 
 @cache
-def _espeak_mbrola_voices() -> frozenset[str]:
-    proc = subprocess.run(["espeak-ng", "--voices=mb"], capture_output=True, text=True, check=False)
-    # The File column: "mb/mb-us1".
-    return frozenset(
-        field.removeprefix("mb/")
-        for line in proc.stdout.splitlines()[1:]
-        for field in line.split()[4:5]
-    )
-
-
-@cache
-def _espeak_variants() -> frozenset[str]:
+def _espeak_files(listing: str, folder: str) -> frozenset[str]:
+    """The File column of ``espeak-ng --voices=LISTING``, less its ``folder`` prefix."""
     proc = subprocess.run(
-        ["espeak-ng", "--voices=variant"], capture_output=True, text=True, check=False
+        ["espeak-ng", f"--voices={listing}"], capture_output=True, text=True, check=False
     )
-    # The File column: "!v/Andy".
     return frozenset(
-        field.removeprefix("!v/")
+        field.removeprefix(folder)
         for line in proc.stdout.splitlines()[1:]
         for field in line.split()[4:5]
     )
+
+
+def _espeak_mbrola_voices() -> frozenset[str]:
+    return _espeak_files("mb", "mb/")  # "mb/mb-us1"
+
+
+def _espeak_variants() -> frozenset[str]:
+    return _espeak_files("variant", "!v/")  # "!v/Andy"
 
 
 @cache
