@@ -100,13 +100,14 @@ rhvoice: $(DEPS)
 # Debian's mbrola and its voices lie in the contrib and non-free components, which this adds
 # to apt's sources where they are missing. The voices' licence forbids selling them or
 # putting them in a product that is sold (/usr/share/doc/mbrola-us1/copyright).
-MBROLA_VOICES := us1 us2 us3 en1 af1 nl2 fr1 fr4 de1 de2 de3 de4 de5 de6 gr2 hu1 pl1 ro1 sw1 sw2
-MBROLA_PACKAGES := mbrola $(addprefix mbrola-,$(MBROLA_VOICES)) festvox-us1 festvox-us2 \
-	festvox-us3 festvox-en1
+# The packages come from the voice lists in fusion/corpus/voices.py (MBROLA_ENGLISH,
+# MBROLA_FOREIGN), so the two cannot drift apart.
 MBROLA_SOURCES := /etc/apt/sources.list.d/asrfuse-contrib-non-free.sources
 
 mbrola: $(DEPS)
-	@missing=$$(for p in $(MBROLA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@packages=$$($(PY) -c "from fusion.corpus.voices import MBROLA_ENGLISH as e, MBROLA_FOREIGN as f; \
+		print('mbrola', *(f'mbrola-{v}' for v in (*e, *f)), *(f'festvox-{v}' for v in e))"); \
+	missing=$$(for p in $$packages; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if ! apt-cache show mbrola-us1 >/dev/null 2>&1; then \
 	    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
