@@ -217,6 +217,35 @@ def test_training_on_shards_equals_training_on_their_joined_manifest(corpus, tmp
     assert "shard-a.jsonl: 4 utterances also in" in err and "('u0', 'u1', 'u2', ...)" in err
 
 
+def test_repeat_gives_a_shard_that_many_times_and_bad_counts_are_refused(corpus, tmp_path, capsys):
+    rows = [json.loads(line) for line in (corpus / "train.jsonl").read_text().splitlines()]
+    lines = [json.dumps({**r, "audio": str(corpus / r["audio"])}) + "\n" for r in rows]
+    shards = [tmp_path / "shard-a.jsonl", tmp_path / "shard-b.jsonl"]
+    shards[0].write_text("".join(lines[:2]))
+    shards[1].write_text("".join(lines[2:5]))
+    cache = tmp_path / "cache"
+    a, _ = load_feature_sets(shards[:1], None, cache_dir=cache, progress=False)
+    b, _ = load_feature_sets(shards[1:], None, cache_dir=cache, progress=False)
+    weighted, _ = load_feature_sets(shards, None, cache_dir=cache, progress=False, repeats=[1, 3])
+    assert weighted.ids == a.ids + b.ids * 3
+    assert torch.equal(weighted.flat, torch.cat([a.flat, b.flat, b.flat, b.flat]))
+    assert weighted.total_seconds == pytest.approx(a.total_seconds + 3 * b.total_seconds)
+    same, _ = load_feature_sets(shards, None, cache_dir=cache, progress=False, repeats=[1, 1])
+    plain, _ = load_feature_sets(shards, None, cache_dir=cache, progress=False)
+    assert same.ids == plain.ids and torch.equal(same.flat, plain.flat)
+    for bad, match in (([1], "1 repeat count"), ([1, 2, 1], "3 repeat count"),
+                       ([0, 1], "whole numbers >= 1"), ([1, 1.5], "whole numbers >= 1"),
+                       ([True, 1], "whole numbers >= 1")):
+        with pytest.raises(ValueError, match=match):
+            load_feature_sets(shards, None, cache_dir=cache, progress=False, repeats=bad)
+    # the CLI takes one count per manifest and names the mismatch
+    capsys.readouterr()
+    assert am_cli.main(["train", "--train", *map(str, shards), "--repeat", "2",
+                        "--out", str(tmp_path / "bad"), "--cache", str(cache),
+                        "--no-progress"]) == 2
+    assert "1 repeat count(s) for 2 training manifest(s)" in capsys.readouterr().err
+
+
 def test_span_mask():
     lengths = torch.tensor([50, 20, 3])
     m = span_mask(lengths, 50, 0.05, 5, torch.Generator().manual_seed(0))

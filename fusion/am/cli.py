@@ -150,6 +150,9 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--train", type=Path, nargs="+", required=True, metavar="MANIFEST",
                    help="training manifests (audio, text): one, or several shards, each "
                         "featurised and cached on its own and joined in the order given")
+    p.add_argument("--repeat", type=int, nargs="+", metavar="N",
+                   help="how many times each --train manifest is given per epoch, one whole "
+                        "number >= 1 per manifest (default 1 each): weights a small shard")
     p.add_argument("--dev", type=Path, help="dev manifest for greedy CER")
     p.add_argument("--pretrained", type=Path, help="BEST-RQ (or CTC) checkpoint to start the encoder from")
     _common(p)
@@ -160,6 +163,9 @@ def add_parsers(subparsers: Any) -> None:
         description="Masked prediction of random-projection codes; audio only.")
     p.add_argument("--train", type=Path, nargs="+", required=True, metavar="MANIFEST",
                    help="manifests with audio (several are joined in the order given)")
+    p.add_argument("--repeat", type=int, nargs="+", metavar="N",
+                   help="how many times each --train manifest is given per epoch, one whole "
+                        "number >= 1 per manifest (default 1 each): weights a small shard")
     p.add_argument("--dev", type=Path, help="dev manifest (masked-prediction loss)")
     _common(p)
     p.set_defaults(func=run_pretrain)
@@ -222,7 +228,8 @@ def run_train(args: argparse.Namespace) -> int:
             overrides.setdefault("run", {})["num_threads"] = args.threads
         config = load_config(TrainConfig, args.config, overrides)
         state = train_ctc(args.train, args.dev, args.out, config, pretrained=args.pretrained,
-                          cache_dir=args.cache, progress=not args.no_progress)
+                          cache_dir=args.cache, progress=not args.no_progress,
+                          repeats=args.repeat)
     except KeyboardInterrupt:
         return 130
     except (ConfigError, CheckpointError, ManifestError, TokenTableError, ValueError,
@@ -243,7 +250,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
             overrides.setdefault("run", {})["num_threads"] = args.threads
         config = load_config(PretrainConfig, args.config, overrides)
         state = pretrain_bestrq(args.train, args.dev, args.out, config, cache_dir=args.cache,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, repeats=args.repeat)
     except KeyboardInterrupt:
         return 130
     except (ConfigError, CheckpointError, ManifestError, ValueError, FileNotFoundError) as exc:

@@ -280,6 +280,21 @@ def _refuse_shared_utterances(manifests: list[Path], sets: list[FeatureSet]) -> 
                             "(drop them from one of the manifests)")
 
 
+def check_repeats(repeats: Sequence[int] | None, n_manifests: int) -> list[int]:
+    """``repeats`` checked against ``n_manifests`` (all 1 when ``None``)."""
+    if repeats is None:
+        return [1] * n_manifests
+    repeats = list(repeats)
+    if len(repeats) != n_manifests:
+        raise ValueError(f"{len(repeats)} repeat count(s) for {n_manifests} training "
+                         "manifest(s): give one per manifest")
+    bad = [r for r in repeats
+           if not isinstance(r, int) or isinstance(r, bool) or r < 1]
+    if bad:
+        raise ValueError(f"repeat counts must be whole numbers >= 1, got {bad}")
+    return repeats
+
+
 def load_feature_sets(
     train_manifest: str | Path | Sequence[str | Path],
     dev_manifest: str | Path | None,
@@ -289,24 +304,31 @@ def load_feature_sets(
     progress: bool = True,
     train_set: FeatureSet | None = None,
     dev_set: FeatureSet | None = None,
+    repeats: Sequence[int] | None = None,
 ) -> tuple[FeatureSet, FeatureSet | None]:
     """The training and dev feature sets: those given, else read from the manifests.
 
     ``train_manifest`` may be several manifests (shards): each is read and cached on its
     own, so a new shard costs only its own features, and the set is their concatenation
     in the order given, as one manifest of their lines would be. An utterance id in two
-    of them is an error that names both.
+    of them is an error that names both. ``repeats``, one whole number >= 1 per manifest,
+    gives each shard's utterances that many times (an epoch then holds that shard that
+    many times over: a weight for a small shard in a large mix).
     """
     if train_set is None:
         manifests = ([Path(train_manifest)] if isinstance(train_manifest, (str, Path))
                      else [Path(m) for m in train_manifest])
         if not manifests:
             raise ValueError("no training manifest given")
+        repeats = check_repeats(repeats, len(manifests))
         sets = [FeatureSet.from_manifest(m, require_text=require_text, cache_dir=cache_dir,
                                          progress=progress) for m in manifests]
         if len(sets) > 1:
             _refuse_shared_utterances(manifests, sets)
+        skipped = [s for fs in sets for s in fs.skipped]
+        sets = [fs for fs, n in zip(sets, repeats) for _ in range(n)]
         train_set = sets[0] if len(sets) == 1 else FeatureSet.concat(sets)
+        train_set.skipped = skipped  # each once, however often its shard repeats
     if dev_set is None and dev_manifest is not None:
         dev_set = FeatureSet.from_manifest(dev_manifest, require_text=require_text,
                                            cache_dir=cache_dir, progress=progress)

@@ -201,10 +201,12 @@ def pretrain_bestrq(
     stop_after: int | None = None,
     train_set: FeatureSet | None = None,
     dev_set: FeatureSet | None = None,
+    repeats: Sequence[int] | None = None,
 ) -> TrainerState:
     """BEST-RQ pretraining into ``out_dir`` (resumes from ``out_dir/last.pt``).
 
-    Manifests need ``audio`` only (transcripts are not used).
+    Manifests need ``audio`` only (transcripts are not used); ``repeats`` weights them
+    (see :func:`~fusion.am.data.load_feature_sets`).
     """
     config = config or PretrainConfig()
     config = from_dict(PretrainConfig, config) if isinstance(config, dict) else config
@@ -215,7 +217,7 @@ def pretrain_bestrq(
     cache = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
     train_set, dev_set = load_feature_sets(
         train_manifest, dev_manifest, cache_dir=cache, require_text=False, progress=progress,
-        train_set=train_set, dev_set=dev_set)
+        train_set=train_set, dev_set=dev_set, repeats=repeats)
     say(f"pretraining on {len(train_set)} utterances, {train_set.total_seconds / 3600:.2f} h")
     seed_everything(config.run.seed)
     model = BestRQModel(config.model, config.bestrq, train_set.cmvn(), seed=config.run.seed)

@@ -254,6 +254,7 @@ def train_ctc(
     train_set: FeatureSet | None = None,
     dev_set: FeatureSet | None = None,
     grow: Callable[[], FeatureSet | None] | None = None,
+    repeats: Sequence[int] | None = None,
 ) -> TrainerState:
     """Train (or resume training) a CTC model into ``out_dir``; returns the final state.
 
@@ -262,6 +263,7 @@ def train_ctc(
     ``grow``, called at the start of every epoch, may return utterances to add to the
     training set (speech synthesised while the model trains); a run that grows cannot
     resume exactly (the set it would rebuild lacks what grew), so it refuses to resume.
+    ``repeats`` weights the training manifests (see :func:`~fusion.am.data.load_feature_sets`).
     """
     config = config or TrainConfig()
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -270,7 +272,8 @@ def train_ctc(
     torch.set_num_threads(config.run.num_threads)
     cache = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
     train_set, dev_set = load_feature_sets(train_manifest, dev_manifest, cache_dir=cache,
-                                           progress=progress, train_set=train_set, dev_set=dev_set)
+                                           progress=progress, train_set=train_set, dev_set=dev_set,
+                                           repeats=repeats)
     for name, fs in (("train", train_set), ("dev", dev_set)):
         if fs is not None:
             say(f"{name}: {len(fs)} utterances, {fs.total_seconds / 3600:.2f} h"
