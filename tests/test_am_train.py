@@ -238,6 +238,8 @@ def test_repeat_gives_a_shard_that_many_times_and_bad_counts_are_refused(corpus,
                        ([True, 1], "whole numbers >= 1")):
         with pytest.raises(ValueError, match=match):
             load_feature_sets(shards, None, cache_dir=cache, progress=False, repeats=bad)
+    with pytest.raises(ValueError, match="already loaded"):
+        load_feature_sets(None, None, cache_dir=cache, train_set=a, repeats=[2])
     # the CLI takes one count per manifest and names the mismatch
     capsys.readouterr()
     assert am_cli.main(["train", "--train", *map(str, shards), "--repeat", "2",

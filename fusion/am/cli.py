@@ -142,6 +142,10 @@ def adapt_config_from_args(args: argparse.Namespace) -> Any:
                        min_seconds=args.adapt_min_seconds, mix=args.adapt_mix)
 
 
+REPEAT_HELP = ("how many times each --train manifest is given per epoch, one whole number "
+               ">= 1 per manifest (default 1 each): weights a small shard")
+
+
 def add_parsers(subparsers: Any) -> None:
     """Register ``train``, ``pretrain``, ``posteriors`` and ``average`` on ``subparsers``."""
     p = subparsers.add_parser(
@@ -150,9 +154,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--train", type=Path, nargs="+", required=True, metavar="MANIFEST",
                    help="training manifests (audio, text): one, or several shards, each "
                         "featurised and cached on its own and joined in the order given")
-    p.add_argument("--repeat", type=int, nargs="+", metavar="N",
-                   help="how many times each --train manifest is given per epoch, one whole "
-                        "number >= 1 per manifest (default 1 each): weights a small shard")
+    p.add_argument("--repeat", type=int, nargs="+", metavar="N", help=REPEAT_HELP)
     p.add_argument("--dev", type=Path, help="dev manifest for greedy CER")
     p.add_argument("--pretrained", type=Path, help="BEST-RQ (or CTC) checkpoint to start the encoder from")
     _common(p)
@@ -163,9 +165,7 @@ def add_parsers(subparsers: Any) -> None:
         description="Masked prediction of random-projection codes; audio only.")
     p.add_argument("--train", type=Path, nargs="+", required=True, metavar="MANIFEST",
                    help="manifests with audio (several are joined in the order given)")
-    p.add_argument("--repeat", type=int, nargs="+", metavar="N",
-                   help="how many times each --train manifest is given per epoch, one whole "
-                        "number >= 1 per manifest (default 1 each): weights a small shard")
+    p.add_argument("--repeat", type=int, nargs="+", metavar="N", help=REPEAT_HELP)
     p.add_argument("--dev", type=Path, help="dev manifest (masked-prediction loss)")
     _common(p)
     p.set_defaults(func=run_pretrain)

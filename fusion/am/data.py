@@ -329,6 +329,9 @@ def load_feature_sets(
         sets = [fs for fs, n in zip(sets, repeats) for _ in range(n)]
         train_set = sets[0] if len(sets) == 1 else FeatureSet.concat(sets)
         train_set.skipped = skipped  # each once, however often its shard repeats
+    elif repeats is not None:
+        raise ValueError("repeats weight training manifests; a train_set given already "
+                         "loaded takes none")
     if dev_set is None and dev_manifest is not None:
         dev_set = FeatureSet.from_manifest(dev_manifest, require_text=require_text,
                                            cache_dir=cache_dir, progress=progress)
