@@ -280,7 +280,7 @@ def _refuse_shared_utterances(manifests: list[Path], sets: list[FeatureSet]) -> 
                             "(drop them from one of the manifests)")
 
 
-def check_repeats(repeats: Sequence[int] | None, n_manifests: int) -> list[int]:
+def _check_repeats(repeats: Sequence[int] | None, n_manifests: int) -> list[int]:
     """``repeats`` checked against ``n_manifests`` (all 1 when ``None``)."""
     if repeats is None:
         return [1] * n_manifests
@@ -320,7 +320,7 @@ def load_feature_sets(
                      else [Path(m) for m in train_manifest])
         if not manifests:
             raise ValueError("no training manifest given")
-        repeats = check_repeats(repeats, len(manifests))
+        repeats = _check_repeats(repeats, len(manifests))
         sets = [FeatureSet.from_manifest(m, require_text=require_text, cache_dir=cache_dir,
                                          progress=progress) for m in manifests]
         if len(sets) > 1:
