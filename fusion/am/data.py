@@ -313,7 +313,9 @@ def load_feature_sets(
     in the order given, as one manifest of their lines would be. An utterance id in two
     of them is an error that names both. ``repeats``, one whole number >= 1 per manifest,
     gives each shard's utterances that many times (an epoch then holds that shard that
-    many times over: a weight for a small shard in a large mix).
+    many times over: a weight for a small shard in a large mix). A :class:`FeatureSet`
+    lays its utterances out end to end, so each repeat holds its own copy of the shard's
+    features (about 230 MB per 4 h at 100 frames/s x 80 mels in float16).
     """
     if train_set is None:
         manifests = ([Path(train_manifest)] if isinstance(train_manifest, (str, Path))
