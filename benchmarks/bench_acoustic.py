@@ -57,6 +57,9 @@ WORD_ERROR_SPLITS = ("test-unseen-voices", "real-speech")  # tabulated in the ma
 INITS = ("random", "bestrq", "bestrq-frozen")
 INIT_NAMES = {"random": "random", "bestrq": "BEST-RQ", "bestrq-frozen": "BEST-RQ, encoder frozen first"}
 EVAL_SPLITS = ("dev", *SPLITS)
+# Issue 3's targets: greedy CER (percent) at most these, and posteriors at least this fast
+CER_TARGETS = {"test": 3.0, "test-unseen-voices": 10.0}
+RTFX_TARGET = 50.0
 
 
 def asrfuse_home() -> Path:
@@ -471,11 +474,43 @@ def plot_adapt(ad: dict[str, Any], png: Path) -> None:
     plt.close(fig)
 
 
+def targets(data: dict[str, Any]) -> dict[str, Any]:
+    """Each target against the plain model and, where part ``adapt`` ran, with test-time
+    adaptation; ``met_by`` names the ways of decoding that meet it. Speed is the plain
+    path's (adaptation trades it for accuracy: its own speed is in ``adapted``)."""
+    out: dict[str, Any] = {}
+    for split, limit in CER_TARGETS.items():
+        row = {"max_cer": limit, "plain": data[split]["cer"]}
+        if "adapted" in data:
+            row["adapted"] = data["adapted"][split]["cer"]
+        row["met_by"] = [way for way in ("plain", "adapted") if way in row and row[way] <= limit]
+        out[split] = row
+    rtfx = data["posteriors"]["rtfx"]
+    out["posteriors"] = {"min_rtfx": RTFX_TARGET, "plain": rtfx,
+                         "met_by": ["plain"] if rtfx >= RTFX_TARGET else []}
+    return out
+
+
+def targets_markdown(t: dict[str, Any], steps: int | None) -> list[str]:
+    adapted = f"adapted (`--adapt-steps {steps}`)" if steps is not None else "adapted"
+    rows = [{"target": f"`{split}` greedy CER <= {r['max_cer']:g}%", "plain": r["plain"],
+             "adapted": r.get("adapted"), "met": " and ".join(r["met_by"]) or "no"}
+            for split, r in t.items() if split != "posteriors"]
+    p = t["posteriors"]
+    rows.append({"target": f"posteriors >= {p['min_rtfx']:g}x real time (`test`)",
+                 "plain": p["plain"], "met": " and ".join(p["met_by"]) or "no"})
+    return ["## Targets", "",
+            table(rows, [("target", "target"), ("plain", "plain"), ("adapted", adapted),
+                         ("met", "met by")])]
+
+
 def markdown(data: dict[str, Any]) -> str:
     h = data["header"]
     lines = ["# Acoustic model benchmark", "",
              f"- date: {h['date']}", f"- command: `{h['command']}`",
              f"- machine: {h['machine']['cpu']}, {h['machine']['cores']} cores", ""]
+    if "targets" in data:
+        lines += targets_markdown(data["targets"], data.get("adapted", {}).get("steps"))
     ev = data.get("eval")
     if ev:
         lines += [f"## Model `{ev['model']}` ({ev['parameters'] / 1e6:.2f}M parameters)", "",
@@ -594,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
         data["adapted"] = {"steps": ad["config"]["steps"],
                            **{split: {k: ad[split][k] for k in ("cer", "wer", "rtfx")}
                               for split in SPLITS}}
+    if ev:
+        data["targets"] = targets(data)
     md = markdown(data)
     json_path = Path(write_results("acoustic", data, md)[0])
     if "adapt" in data:

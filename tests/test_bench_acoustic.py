@@ -80,3 +80,20 @@ def test_word_errors_text():
         {"word": "and", "count": 5, "errors": 1, "heard_as": [["ad", 1]]},
     ]
     assert bench_acoustic.word_errors_text(errors) == "the 40/42 (de 31, da 4, - 2); and 1/5 (ad 1)"
+
+
+def test_targets_name_the_ways_of_decoding_that_meet_them():
+    data = {"test": {"cer": 2.96}, "test-unseen-voices": {"cer": 12.05}, "real-speech": {"cer": 23.3},
+            "posteriors": {"rtfx": 160.0}}
+    t = bench_acoustic.targets(data)
+    assert t["test"] == {"max_cer": 3.0, "plain": 2.96, "met_by": ["plain"]}
+    assert t["test-unseen-voices"]["met_by"] == [] and t["posteriors"]["met_by"] == ["plain"]
+    data["adapted"] = {"test": {"cer": 3.0}, "test-unseen-voices": {"cer": 9.45}}
+    t = bench_acoustic.targets(data)
+    assert t["test"]["met_by"] == ["plain", "adapted"]  # at the limit is within it
+    assert t["test-unseen-voices"] == {"max_cer": 10.0, "plain": 12.05, "adapted": 9.45,
+                                       "met_by": ["adapted"]}
+    md = "\n".join(bench_acoustic.targets_markdown(t, steps=5))
+    assert "| `test-unseen-voices` greedy CER <= 10% | 12.1 | 9.45 | adapted |" in md
+    data["posteriors"]["rtfx"] = 40.0
+    assert bench_acoustic.targets(data)["posteriors"]["met_by"] == []
