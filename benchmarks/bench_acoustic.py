@@ -131,7 +131,8 @@ def decode_scores(utts: list[Any], posts: list[Any], table: Any, decoder: Any = 
     refs = {u.id: u.text for u in utts}
     hyps = {r.utt_id: r.best.text for r in greedy_decode(posts, table)}
     score = score_corpus(refs, hyps)
-    out: dict[str, Any] = {"cer": round(100 * score.cer, 2), "wer": round(100 * score.wer, 2)}
+    out: dict[str, Any] = {"cer": round(100 * score.cer, 2), "wer": round(100 * score.wer, 2),
+                           "char_errors": score.chars.errors, "chars": score.chars.ref_len}
     fused_hyps = None
     if decoder is not None:
         fused_hyps = {p.utt_id: decoder.decode(p).best.text for p in posts}
@@ -476,14 +477,22 @@ def plot_adapt(ad: dict[str, Any], png: Path) -> None:
 
 def targets(data: dict[str, Any]) -> dict[str, Any]:
     """Each target against the plain model and, where part ``adapt`` ran, with test-time
-    adaptation; ``met_by`` names the ways of decoding that meet it. Speed is the plain
-    path's (adaptation trades it for accuracy: its own speed is in ``adapted``)."""
+    adaptation; ``met_by`` names the ways of decoding that meet it, judged on the exact
+    error counts where the results have them (``char_errors``, ``chars``), not the rounded
+    rate. Speed is the plain path's (adaptation trades it for accuracy: its own speed is in
+    ``adapted``)."""
+    def within(result: dict[str, Any], limit: float) -> bool:
+        if "chars" in result:
+            return 100 * result["char_errors"] <= limit * result["chars"]
+        return result["cer"] <= limit
+
     out: dict[str, Any] = {}
     for split, limit in CER_TARGETS.items():
-        row = {"max_cer": limit, "plain": data[split]["cer"]}
+        ways = {"plain": data[split]}
         if "adapted" in data:
-            row["adapted"] = data["adapted"][split]["cer"]
-        row["met_by"] = [way for way in ("plain", "adapted") if way in row and row[way] <= limit]
+            ways["adapted"] = data["adapted"][split]
+        row = {"max_cer": limit, **{way: r["cer"] for way, r in ways.items()},
+               "met_by": [way for way, r in ways.items() if within(r, limit)]}
         out[split] = row
     rtfx = data["posteriors"]["rtfx"]
     out["posteriors"] = {"min_rtfx": RTFX_TARGET, "plain": rtfx,
@@ -622,12 +631,14 @@ def main(argv: list[str] | None = None) -> int:
     ev = data.get("eval")
     if ev:  # the keys the issue asks for, at the top level
         for split in SPLITS:
-            data[split] = {"cer": ev[split]["cer"], "wer": ev[split]["wer"]}
+            data[split] = {k: ev[split][k] for k in ("cer", "wer", "char_errors", "chars")
+                           if k in ev[split]}
         data["posteriors"] = {"rtfx": ev["test"]["rtfx"], "threads": ev["test"]["threads"]}
     ad = data.get("adapt")
     if ad:  # the same keys with test-time adaptation
         data["adapted"] = {"steps": ad["config"]["steps"],
-                           **{split: {k: ad[split][k] for k in ("cer", "wer", "rtfx")}
+                           **{split: {k: ad[split][k] for k in ("cer", "wer", "char_errors", "chars", "rtfx")
+                                      if k in ad[split]}
                               for split in SPLITS}}
     if ev:
         data["targets"] = targets(data)
