@@ -10,8 +10,9 @@ Part ``eval``
     (reading audio, features and the network; the cost of the first batch included).
 
 Part ``adapt``
-    The same splits with single-utterance test-time adaptation (``fusion.am.adapt``,
-    ``--adapt-steps``, the other settings ``AdaptConfig``'s defaults): greedy CER/WER
+    The same splits with single-utterance test-time adaptation (``fusion.am.adapt``) at
+    the model's own settings (``MODEL.adapt.json`` from ``fusion adapt-tune``, else
+    ``AdaptConfig``'s defaults; ``--adapt-steps`` overrides the step count): greedy CER/WER
     after each number of steps (one pass), beam search on the adapted posteriors, and
     the speed of adapting (audio seconds per wall second).
 
@@ -243,11 +244,19 @@ def adapted_scores(model: Any, manifest: Path, config: Any, *, threads: int,
 
 
 def part_adapt(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from dataclasses import replace
+
     from fusion.am.adapt import AdaptConfig
+    from fusion.am.adapt_tune import load_settings
     from fusion.am.model import load_model
 
     model = load_model(args.model)
-    config = AdaptConfig(steps=args.adapt_steps)
+    config = load_settings(args.model) or AdaptConfig()
+    if args.adapt_steps is not None:
+        config = replace(config, steps=args.adapt_steps)
+    if config.steps == 0:
+        raise SystemExit(f"part adapt: no adaptation steps for {args.model} (its settings "
+                         "chose none); give --adapt-steps N")
     decoder = eval_decoder(model)
     out: dict[str, Any] = {"model": shown_path(args.model), "config": config.to_dict()}
     for split, manifest in eval_manifests(args).items():
@@ -408,10 +417,11 @@ def adapt_markdown(ad: dict[str, Any], ev: dict[str, Any]) -> list[str]:
                 "and minimum class confusion")
              + f", at temperature {c['temperature']}), without the transcript; utterances "
              f"under {c['min_seconds']} s are left alone (`fusion.am.adapt`). `plain` is step 0 "
-             "of the same run. The settings were chosen on the dev sets (`dev` and real "
-             "speech), not on the test sets. `+ 3-gram` keeps the weights tuned for the plain "
-             "model's posteriors (retuned on adapted dev posteriors, they won back only part of "
-             "what the seen voices lose under the LM: see the model card).", ""]
+             "of the same run. The settings are the model's own (`MODEL.adapt.json`), chosen "
+             "on the dev sets (`dev` and real speech) by `fusion adapt-tune`, not on the test "
+             "sets. `+ 3-gram` keeps the weights tuned for the plain model's posteriors "
+             "(retuned on adapted dev posteriors, they won back only part of what the seen "
+             "voices lose under the LM: see the model card).", ""]
     rows = []
     for split in EVAL_SPLITS:
         if split not in ad:
@@ -593,8 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=home / "bench-acoustic")
     p.add_argument("--threads", type=int, default=1, help="torch threads for training")
     p.add_argument("--eval-threads", type=int, default=2, help="torch threads for part eval")
-    p.add_argument("--adapt-steps", type=int, default=5,
-                   help="part adapt: test-time adaptation steps (the rest: AdaptConfig's defaults)")
+    p.add_argument("--adapt-steps", type=int,
+                   help="part adapt: test-time adaptation steps (default: the model's own "
+                        "settings, MODEL.adapt.json, else AdaptConfig's)")
     p.add_argument("--pretrain-steps", type=int, default=1000)
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
     p.add_argument("--subsets", default="10min=300,1h=450", help="NAME=STEPS, NAME like 10min or 1h")

@@ -535,7 +535,7 @@ def _demo_posteriors(args: argparse.Namespace, refs: dict[str, str]
 
         model = load_model(args.model)
         utterances = read_manifest(args.manifest, require=("audio", "text"))
-        adapt = am_cli.adapt_config_from_args(args)
+        adapt = am_cli.adapt_config_from_args(args, args.model)
         posteriors = []
         for item in compute_posteriors(utterances, model, progress=True, adapt=adapt):
             if isinstance(item, Posteriors):
@@ -544,9 +544,10 @@ def _demo_posteriors(args: argparse.Namespace, refs: dict[str, str]
                 print(f"fusion demo: skipped: {item}", file=sys.stderr)
         source = f"acoustic model {args.model}"
         if adapt is not None:
-            source += f", adapted to each utterance ({adapt.steps} steps of test-time adaptation)"
+            source += (f", adapted to each utterance ({adapt.steps} steps of test-time "
+                       f"adaptation at lr {adapt.lr:g})")
         return posteriors, model.token_table, source
-    if args.adapt_steps:
+    if args.adapt or args.adapt_steps:
         raise ValueError(f"--adapt-steps adapts an acoustic model, and there is none at {args.model}")
     table = character_table()
     rng = np.random.default_rng(args.seed)

@@ -21,7 +21,9 @@ then decodes it and forgets the change:
 
 The cost is ``steps`` forward and backward passes more per utterance: several times
 slower than plain inference, so it is off unless asked for (``fusion posteriors
---adapt-steps``, ``fusion demo --adapt-steps``).
+--adapt``, ``fusion demo --adapt``). The settings that suit a model are chosen for it on
+dev sets by :mod:`fusion.am.adapt_tune` (``fusion adapt-tune``) and kept beside its
+checkpoint.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Command-line hooks of the acoustic model: ``train``, ``pretrain``, ``posteriors`` and
-``average``.
+"""Command-line hooks of the acoustic model: ``train``, ``pretrain``, ``posteriors``,
+``average`` and ``adapt-tune``.
 
-:func:`add_parsers` registers the four subcommands on an ``argparse`` subparsers
+:func:`add_parsers` registers the five subcommands on an ``argparse`` subparsers
 object; each sets ``func`` to its ``run_*`` function, which takes the parsed
 arguments and returns an exit code (0 success, 1 some utterances failed, 2 bad input,
 130 stopped by a signal with a checkpoint written).
@@ -117,29 +117,52 @@ def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "test-time adaptation", "SUTA: a few unsupervised gradient steps on each utterance "
         "alone before decoding it, for voices and channels the model never heard "
-        "(several times slower; our own models only)")
-    g.add_argument("--adapt-steps", type=int, default=0, metavar="N",
-                   help="steps per utterance (default: 0, off; 5 is a good start)")
-    g.add_argument("--adapt-lr", type=float, default=d.lr, help="AdamW rate (default: %(default)s)")
-    g.add_argument("--adapt-params", default="+".join(d.params), metavar="GROUPS",
+        "(several times slower; our own models only). Settings: the flags given, else the "
+        "model's own (MODEL.adapt.json beside the checkpoint, from fusion adapt-tune), "
+        "else the defaults shown")
+    g.add_argument("--adapt", action="store_true",
+                   help="adapt with the model's own settings (or the defaults)")
+    g.add_argument("--adapt-steps", type=int, metavar="N",
+                   help=f"steps per utterance; N > 0 turns adaptation on, 0 off "
+                        f"(default: off; with --adapt, {d.steps})")
+    g.add_argument("--adapt-lr", type=float, help=f"AdamW rate (default: {d.lr:g})")
+    g.add_argument("--adapt-params", metavar="GROUPS",
                    help="what moves, '+'-joined: norm (LayerNorms), frontend (the conv "
-                        "subsampling), all (default: %(default)s)")
-    g.add_argument("--adapt-min-seconds", type=float, default=d.min_seconds,
-                   help="shorter utterances are not adapted (default: %(default)s)")
-    g.add_argument("--adapt-mix", type=float, default=d.mix,
-                   help="share of the adapted posteriors in a mixture with the plain ones "
-                        "(default: %(default)s; under an LM, 0.7 did better on our dev sets)")
+                        f"subsampling), all (default: {'+'.join(d.params)})")
+    g.add_argument("--adapt-min-seconds", type=float,
+                   help=f"shorter utterances are not adapted (default: {d.min_seconds:g})")
+    g.add_argument("--adapt-mix", type=float,
+                   help=f"share of the adapted posteriors in a mixture with the plain ones "
+                        f"(default: {d.mix:g}; under an LM, 0.7 did better on our dev sets)")
 
 
-def adapt_config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~fusion.am.adapt.AdaptConfig` the flags ask for, or None (off);
-    ValueError for bad values."""
+ADAPT_FLAGS = {"adapt_steps": "steps", "adapt_lr": "lr", "adapt_params": "params",
+               "adapt_min_seconds": "min_seconds", "adapt_mix": "mix"}
+
+
+def adapt_config_from_args(args: argparse.Namespace, checkpoint: Path | None = None) -> Any:
+    """The :class:`~fusion.am.adapt.AdaptConfig` the flags ask for, or None (off).
+
+    On with ``--adapt`` or ``--adapt-steps N > 0``. Each setting is the flag's, else the
+    one in ``checkpoint``'s settings file (:func:`fusion.am.adapt_tune.settings_path`),
+    else the default. ValueError for bad values or a bad settings file."""
+    from dataclasses import replace
+
     from fusion.am.adapt import AdaptConfig
+    from fusion.am.adapt_tune import load_settings, settings_path
 
-    if args.adapt_steps == 0:
+    if not args.adapt and not args.adapt_steps:
         return None
-    return AdaptConfig(steps=args.adapt_steps, lr=args.adapt_lr, params=args.adapt_params,
-                       min_seconds=args.adapt_min_seconds, mix=args.adapt_mix)
+    own = load_settings(checkpoint) if checkpoint is not None else None
+    flags = {key: getattr(args, flag) for flag, key in ADAPT_FLAGS.items()
+             if getattr(args, flag) is not None}
+    config = replace(own or AdaptConfig(), **flags)
+    if config.steps == 0:
+        if own is not None and "steps" not in flags:
+            print(f"fusion: {settings_path(checkpoint)} chose no adaptation for this model "
+                  "(0 steps); --adapt-steps N forces it", file=sys.stderr)
+        return None
+    return config
 
 
 REPEAT_HELP = ("how many times each --train manifest is given per epoch, one whole number "
@@ -147,7 +170,8 @@ REPEAT_HELP = ("how many times each --train manifest is given per epoch, one who
 
 
 def add_parsers(subparsers: Any) -> None:
-    """Register ``train``, ``pretrain``, ``posteriors`` and ``average`` on ``subparsers``."""
+    """Register ``train``, ``pretrain``, ``posteriors``, ``average`` and ``adapt-tune`` on
+    ``subparsers``."""
     p = subparsers.add_parser(
         "train", help="train the Conformer CTC acoustic model (resumable)",
         description="Train a Conformer CTC model on a manifest; rerun to resume.")
@@ -212,6 +236,36 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights")
     p.set_defaults(func=run_average)
 
+    p = subparsers.add_parser(
+        "adapt-tune", help="choose test-time adaptation settings for a model on dev sets",
+        description="Scores greedy CER on DEV (and TARGET) after 0..--max-steps steps at "
+                    "each rate, and keeps the setting with the lowest TARGET CER whose DEV "
+                    "CER is at most --max-cost above the plain model's (without TARGET: the "
+                    "lowest DEV CER; 0 steps when nothing helps). Writes MODEL.adapt.json "
+                    "beside the checkpoint, which --adapt then uses.")
+    p.add_argument("--model", type=Path,
+                   help=f"asrfuse checkpoint (default: {default_model_path()})")
+    p.add_argument("--dev", type=Path, required=True,
+                   help="guard manifest (audio, text): conditions the model knows")
+    p.add_argument("--target", type=Path,
+                   help="manifest of the conditions adaptation is for (audio, text), "
+                        "e.g. real speech")
+    p.add_argument("--lr", type=float, nargs="+", default=[1e-4, 2e-4, 3e-4, 5e-4, 1e-3],
+                   metavar="LR", help="rates to try (default: %(default)s)")
+    p.add_argument("--max-steps", type=int, default=5,
+                   help="step counts 1..N are scored (default: %(default)s)")
+    p.add_argument("--max-cost", type=float, default=0.1,
+                   help="CER points DEV may lose against the plain model (default: %(default)s)")
+    p.add_argument("--adapt-params", metavar="GROUPS",
+                   help="what moves, '+'-joined: norm, frontend, all (default: norm+frontend)")
+    p.add_argument("--adapt-min-seconds", type=float,
+                   help="shorter utterances are not adapted (default: 1.5)")
+    p.add_argument("-o", "--output", type=Path,
+                   help="settings file to write (default: MODEL.adapt.json beside the model)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_adapt_tune)
+
 
 def _fail(cmd: str, exc: Exception) -> int:
     print(f"fusion {cmd}: error: {exc}", file=sys.stderr)
@@ -259,6 +313,43 @@ def run_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_adapt_tune(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from fusion.am.adapt import AdaptConfig
+    from fusion.am.adapt_tune import settings_path, tune_adaptation
+    from fusion.am.model import load_model
+
+    torch.set_num_threads(max(1, args.threads))
+    checkpoint = args.model or default_model_path()
+    out = args.output or settings_path(checkpoint)
+    try:
+        flags = {k: v for k, v in (("params", args.adapt_params),
+                                   ("min_seconds", args.adapt_min_seconds)) if v is not None}
+        base = replace(AdaptConfig(), **flags)
+        dev = read_manifest(args.dev, require=("audio", "text"))
+        target = read_manifest(args.target, require=("audio", "text")) if args.target else None
+        model = load_model(checkpoint)
+        record = tune_adaptation(
+            model, dev, target, lrs=args.lr, max_steps=args.max_steps, max_cost=args.max_cost,
+            base=base, progress=not args.no_progress, checkpoint=checkpoint, out=out,
+            names={"dev": str(args.dev), "target": str(args.target)})
+    except (CheckpointError, ManifestError, ValueError, FileNotFoundError, OSError) as exc:
+        return _fail("adapt-tune", exc)
+    sets = [name for name in ("dev", "target") if name in record["sets"]]
+    print("  ".join(["lr      steps"] + [f"{name} CER %" for name in sets]))
+    for row in record["grid"]:
+        mark = "  <- chosen" if row == record["chosen"] else ""
+        print(f"{row['lr']:<7g} {row['steps']:>5}  "
+              + "  ".join(f"{row[f'{name}_cer']:>9.2f}" for name in sets) + mark)
+    for name in sets:
+        for utt_id, reason in record["sets"][name]["failed"]:
+            print(f"fusion adapt-tune: {name}: skipped {utt_id}: {reason}", file=sys.stderr)
+    c = record["config"]
+    print(f"chosen: {c['steps']} steps at lr {c['lr']:g} ({record['rule']}); wrote {out}")
+    return 0
+
+
 def run_average(args: argparse.Namespace) -> int:
     from fusion.am.model import average_checkpoints, save_checkpoint
 
@@ -301,14 +392,15 @@ def run_posteriors(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     try:
         utterances = read_manifest(args.manifest, require=("audio",))
-        adapt = adapt_config_from_args(args)
         if args.hf_model is not None:
-            if adapt is not None:
+            if args.adapt or args.adapt_steps:
                 raise ValueError("--adapt-steps works with our own models (--model), "
                                  "not --hf-model")
             adapter = _hf_adapter(args.hf_model, args.tokens)
         else:
-            adapter = CTCModelAdapter(load_model(args.model or default_model_path()), adapt)
+            checkpoint = args.model or default_model_path()
+            adapt = adapt_config_from_args(args, checkpoint)
+            adapter = CTCModelAdapter(load_model(checkpoint), adapt)
         errors_path = args.errors or args.output.with_suffix(".errors.jsonl")
 
         def report(err: UtteranceError) -> None:
