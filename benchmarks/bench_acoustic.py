@@ -196,45 +196,27 @@ def adapted_scores(model: Any, manifest: Path, config: Any, *, threads: int,
     CER/WER with ``decoder``. ``rtfx``: audio seconds per wall second of reading,
     features and adaptation."""
     import torch
-    from tqdm import tqdm
 
-    from fusion.am.adapt import TestTimeAdapter
-    from fusion.am.features import SAMPLE_RATE, AudioError, LogMel, load_audio
+    from fusion.am.adapt_tune import adapt_each_step
     from fusion.greedy import greedy_decode
     from fusion.manifest import read_manifest
     from fusion.metrics import score_corpus
-    from fusion.posteriors import Posteriors
 
     torch.set_num_threads(threads)
     utts = read_manifest(manifest, require=("audio", "text"))
-    adapter = TestTimeAdapter(model, config, keep_history=True)
-    logmel = LogMel(model.config.n_mels)
     steps = config.steps
-    by_step: list[list[Any]] = [[] for _ in range(steps + 1)]
-    failed, adapted, audio = [], 0, 0.0
     t0 = time.perf_counter()
-    for u in tqdm(utts, desc=f"adapt {manifest.stem}", mininterval=2):
-        try:
-            wav = load_audio(u.audio, utt_id=u.id)
-        except AudioError as exc:
-            failed.append(str(exc))
-            continue
-        result = adapter(logmel(torch.from_numpy(wav)))
-        adapted += result.adapted
-        audio += len(wav) / SAMPLE_RATE
-        history = result.history + (result.log_probs,) * (steps + 1 - len(result.history))
-        for k, log_probs in enumerate(history):  # an utterance left alone: the same at every k
-            by_step[k].append(Posteriors.from_array(
-                u.id, log_probs.numpy(), kind="log_probs", frame_shift=model.frame_shift,
-                token_table=model.token_table))
+    passes = adapt_each_step(model, utts, config, desc=f"adapt {manifest.stem}")
     wall = time.perf_counter() - t0
+    by_step, adapted, audio = passes.by_step, passes.adapted, passes.audio_seconds
+    failed = [reason for _, reason in passes.failed]
     refs = {u.id: u.text for u in utts}
     curve = []
     for k, posts in enumerate(by_step[:-1]):
         score = score_corpus(refs, {r.utt_id: r.best.text
-                                    for r in greedy_decode(posts, model.token_table)})
+                                    for r in greedy_decode(list(posts), model.token_table)})
         curve.append({"steps": k, "cer": round(100 * score.cer, 2), "wer": round(100 * score.wer, 2)})
-    final = decode_scores(utts, by_step[-1], model.token_table, decoder)
+    final = decode_scores(utts, list(by_step[-1]), model.token_table, decoder)
     curve.append({"steps": steps, "cer": final["cer"], "wer": final["wer"]})
     return {
         "utterances": len(utts), "adapted": adapted, "failed": failed,

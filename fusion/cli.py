@@ -548,7 +548,7 @@ def _demo_posteriors(args: argparse.Namespace, refs: dict[str, str]
                        f"adaptation at lr {adapt.lr:g})")
         return posteriors, model.token_table, source
     if args.adapt or args.adapt_steps:
-        raise ValueError(f"--adapt-steps adapts an acoustic model, and there is none at {args.model}")
+        raise ValueError(f"--adapt/--adapt-steps adapts an acoustic model, and there is none at {args.model}")
     table = character_table()
     rng = np.random.default_rng(args.seed)
     config = SimulationConfig(confusion=args.confusion)

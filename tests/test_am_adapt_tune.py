@@ -191,3 +191,18 @@ def test_cli_tunes_then_posteriors_adapt_with_the_chosen_settings(tmp_path, caps
     assert main(["adapt-tune", "--model", str(ckpt), "--dev", str(dev), "--max-steps", "0",
                  "--no-progress"]) == 2
     assert "max_steps must be" in capsys.readouterr().err
+    # fusion posteriors --adapt: the settings beside the model, the same as giving them as flags
+    from fusion.posteriors import PosteriorsReader
+
+    settings_path(ckpt).write_text(json.dumps(
+        {"config": AdaptConfig(steps=2, lr=1e-2, min_seconds=0).to_dict()}))
+    outs = {}
+    as_flags = ["--adapt-steps", "2", "--adapt-lr", "1e-2", "--adapt-min-seconds", "0"]
+    for name, flags in (("own", ["--adapt"]), ("flags", as_flags), ("plain", [])):
+        out_path = tmp_path / f"{name}.npz"
+        assert main(["posteriors", str(dev), "-o", str(out_path), "--model", str(ckpt),
+                     "--no-progress", *flags]) == 0
+        with PosteriorsReader(out_path) as reader:
+            outs[name] = reader["dev0"].log_probs
+    np.testing.assert_array_equal(outs["own"], outs["flags"])
+    assert not np.allclose(outs["own"], outs["plain"])

@@ -35,13 +35,16 @@ import torch
 from tqdm import tqdm
 
 from fusion.am.adapt import AdaptConfig, TestTimeAdapter
-from fusion.am.features import HOP_LENGTH, AudioError, LogMel, load_audio
+from fusion.am.features import HOP_LENGTH, SAMPLE_RATE, AudioError, LogMel, load_audio
 from fusion.am.model import CTCModel, min_input_frames
 from fusion.manifest import Utterance, atomic_write
+from fusion.posteriors import Posteriors
 
 __all__ = [
     "SETTINGS_VERSION",
+    "AdaptedPasses",
     "StepScores",
+    "adapt_each_step",
     "choose_setting",
     "load_settings",
     "score_steps",
@@ -93,21 +96,27 @@ class StepScores:
     failed: tuple[tuple[str, str], ...]  # (utterance id, reason)
 
 
-def score_steps(model: CTCModel, utterances: Sequence[Utterance], config: AdaptConfig, *,
-                progress: bool = True, desc: str = "adapt") -> StepScores:
-    """Adapt each utterance alone for ``config.steps`` steps and score greedy decoding
-    after every step count ``0..config.steps`` (0: the plain model)."""
-    from fusion.greedy import greedy_decode
-    from fusion.metrics import score_corpus
-    from fusion.posteriors import Posteriors
+@dataclass(frozen=True)
+class AdaptedPasses:
+    """Every utterance's posteriors after each step count: ``by_step[k]`` lists the
+    utterances read, in order, after ``k`` steps (``by_step[0]``: the plain model)."""
 
+    by_step: tuple[tuple[Posteriors, ...], ...]
+    adapted: int  # utterances long enough to be adapted (``min_seconds``)
+    failed: tuple[tuple[str, str], ...]  # (utterance id, reason): audio that cannot be read
+    audio_seconds: float
+
+
+def adapt_each_step(model: CTCModel, utterances: Sequence[Utterance], config: AdaptConfig, *,
+                    progress: bool = True, desc: str = "adapt") -> AdaptedPasses:
+    """Adapt each utterance alone for ``config.steps`` steps, keeping its posteriors after
+    every step count ``0..config.steps`` (one pass)."""
     adapter = TestTimeAdapter(model, config, keep_history=True)
     logmel = LogMel(model.config.n_mels)
     min_samples = (min_input_frames(model.config.subsampling) - 1) * HOP_LENGTH
     by_step: list[list[Posteriors]] = [[] for _ in range(config.steps + 1)]
     failed: list[tuple[str, str]] = []
-    adapted = 0
-    refs = {}
+    adapted, audio = 0, 0.0
     for u in tqdm(utterances, desc=desc, disable=not progress, mininterval=2):
         try:
             if u.audio is None:
@@ -116,6 +125,7 @@ def score_steps(model: CTCModel, utterances: Sequence[Utterance], config: AdaptC
         except AudioError as exc:
             failed.append((u.id, str(exc)))
             continue
+        audio += len(wav) / SAMPLE_RATE
         if len(wav) < min_samples:  # as fusion posteriors does: pad with silence
             wav = np.pad(wav, (0, min_samples - len(wav)))
         result = adapter(logmel(torch.from_numpy(wav)))
@@ -125,17 +135,29 @@ def score_steps(model: CTCModel, utterances: Sequence[Utterance], config: AdaptC
             by_step[k].append(Posteriors.from_array(
                 u.id, log_probs.numpy(), kind="log_probs", frame_shift=model.frame_shift,
                 token_table=model.token_table))
-        refs[u.id] = u.text or ""
-    if not refs:
+    return AdaptedPasses(tuple(map(tuple, by_step)), adapted, tuple(failed), audio)
+
+
+def score_steps(model: CTCModel, utterances: Sequence[Utterance], config: AdaptConfig, *,
+                progress: bool = True, desc: str = "adapt") -> StepScores:
+    """Greedy scores of ``utterances`` after each step count ``0..config.steps``
+    (:func:`adapt_each_step`); the utterances whose audio cannot be read are left out."""
+    from fusion.greedy import greedy_decode
+    from fusion.metrics import score_corpus
+
+    passes = adapt_each_step(model, utterances, config, progress=progress, desc=desc)
+    if not passes.by_step[0]:
         raise ValueError(f"{desc}: none of the {len(utterances)} utterances could be read"
-                         + (f" (first: {failed[0][1]})" if failed else ""))
+                         + (f" (first: {passes.failed[0][1]})" if passes.failed else ""))
+    read = {p.utt_id for p in passes.by_step[0]}
+    refs = {u.id: u.text or "" for u in utterances if u.id in read}
     scores = [score_corpus(refs, {r.utt_id: r.best.text
-                                  for r in greedy_decode(posts, model.token_table)})
-              for posts in by_step]
+                                  for r in greedy_decode(list(posts), model.token_table)})
+              for posts in passes.by_step]
     return StepScores(
         cer=tuple(100 * s.cer for s in scores), wer=tuple(100 * s.wer for s in scores),
         char_errors=tuple(s.chars.errors for s in scores), chars=scores[0].chars.ref_len,
-        utterances=len(refs), adapted=adapted, failed=tuple(failed))
+        utterances=len(refs), adapted=passes.adapted, failed=passes.failed)
 
 
 def choose_setting(grid: Sequence[dict[str, Any]], *, max_cost: float,

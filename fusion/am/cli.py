@@ -394,7 +394,7 @@ def run_posteriors(args: argparse.Namespace) -> int:
         utterances = read_manifest(args.manifest, require=("audio",))
         if args.hf_model is not None:
             if args.adapt or args.adapt_steps:
-                raise ValueError("--adapt-steps works with our own models (--model), "
+                raise ValueError("--adapt/--adapt-steps works with our own models (--model), "
                                  "not --hf-model")
             adapter = _hf_adapter(args.hf_model, args.tokens)
         else:
