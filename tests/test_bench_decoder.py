@@ -108,3 +108,15 @@ def test_summary_compares_ours_with_the_best_peer_paired():
     md = bench_decoder._paired_table(summary["paired_vs_best_peer"])
     assert "| test | ours-4gram | 32 | ours | 12.5 | pyctcdecode | 37.5 | -25.00 (" in md
     assert bench_decoder._paired_table(None) == ""
+
+
+def test_timed_keeps_the_fastest_pass_and_checks_the_hypotheses(monkeypatch):
+    clock = iter([0.0, 3.0, 10.0, 11.0, 20.0, 22.0])  # passes of 3 s, 1 s and 2 s
+    monkeypatch.setattr(bench_decoder.time, "perf_counter", lambda: next(clock))
+    calls = []
+    hyps, seconds = bench_decoder.timed(lambda: calls.append(1) or {"u1": "a cat"})
+    assert (hyps, seconds, len(calls)) == ({"u1": "a cat"}, 1.0, bench_decoder.PASSES)
+    monkeypatch.setattr(bench_decoder.time, "perf_counter", iter(range(100)).__next__)
+    outputs = iter([{"u1": "a cat"}, {"u1": "a hat"}])
+    with pytest.raises(RuntimeError, match="different hypotheses on a second pass"):
+        bench_decoder.timed(lambda: next(outputs))
