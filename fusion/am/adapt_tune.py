@@ -35,8 +35,9 @@ import torch
 from tqdm import tqdm
 
 from fusion.am.adapt import AdaptConfig, TestTimeAdapter
-from fusion.am.features import HOP_LENGTH, SAMPLE_RATE, AudioError, LogMel, load_audio
-from fusion.am.model import CTCModel, min_input_frames
+from fusion.am.features import SAMPLE_RATE, AudioError, LogMel, load_audio
+from fusion.am.infer import min_samples
+from fusion.am.model import CTCModel
 from fusion.manifest import Utterance, atomic_write
 from fusion.posteriors import Posteriors
 
@@ -113,7 +114,7 @@ def adapt_each_step(model: CTCModel, utterances: Sequence[Utterance], config: Ad
     every step count ``0..config.steps`` (one pass)."""
     adapter = TestTimeAdapter(model, config, keep_history=True)
     logmel = LogMel(model.config.n_mels)
-    min_samples = (min_input_frames(model.config.subsampling) - 1) * HOP_LENGTH
+    shortest = min_samples(model)
     by_step: list[list[Posteriors]] = [[] for _ in range(config.steps + 1)]
     failed: list[tuple[str, str]] = []
     adapted, audio = 0, 0.0
@@ -126,8 +127,8 @@ def adapt_each_step(model: CTCModel, utterances: Sequence[Utterance], config: Ad
             failed.append((u.id, str(exc)))
             continue
         audio += len(wav) / SAMPLE_RATE
-        if len(wav) < min_samples:  # as fusion posteriors does: pad with silence
-            wav = np.pad(wav, (0, min_samples - len(wav)))
+        if len(wav) < shortest:  # as fusion posteriors does: pad with silence
+            wav = np.pad(wav, (0, shortest - len(wav)))
         result = adapter(logmel(torch.from_numpy(wav)))
         adapted += result.adapted
         history = result.history + (result.log_probs,) * (config.steps + 1 - len(result.history))

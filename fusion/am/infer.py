@@ -61,6 +61,7 @@ __all__ = [
     "UtteranceError",
     "adapter_for",
     "compute_posteriors",
+    "min_samples",
     "token_table_from_hf_vocab",
     "write_posteriors",
 ]
@@ -107,6 +108,11 @@ class Adapter(ABC):
         """``(T_i, V)`` float32 log-probabilities of each mono waveform."""
 
 
+def min_samples(model: CTCModel) -> int:
+    """The fewest samples ``model`` takes: shorter audio is padded with silence to this."""
+    return (min_input_frames(model.config.subsampling) - 1) * HOP_LENGTH
+
+
 class CTCModelAdapter(Adapter):
     """Our :class:`CTCModel`: log-mel per waveform, one padded batch through the model.
 
@@ -120,7 +126,7 @@ class CTCModelAdapter(Adapter):
         self.token_table = model.token_table
         self.frame_shift = model.frame_shift
         self.frames_per_stride = model.config.upsample
-        self.min_samples = (min_input_frames(model.config.subsampling) - 1) * HOP_LENGTH
+        self.min_samples = min_samples(model)
         self._logmel = LogMel(model.config.n_mels)
         self.tta = TestTimeAdapter(model, adapt) if adapt is not None and adapt.steps else None
 
