@@ -226,16 +226,12 @@ def adapted_scores(model: Any, manifest: Path, config: Any, *, threads: int,
 
 
 def part_adapt(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from dataclasses import replace
-
-    from fusion.am.adapt import AdaptConfig
-    from fusion.am.adapt_tune import load_settings
+    from fusion.am.adapt_tune import model_settings
     from fusion.am.model import load_model
 
     model = load_model(args.model)
-    config = load_settings(args.model) or AdaptConfig()
-    if args.adapt_steps is not None:
-        config = replace(config, steps=args.adapt_steps)
+    config = model_settings(args.model, **({} if args.adapt_steps is None
+                                           else {"steps": args.adapt_steps}))
     if config.steps == 0:
         raise SystemExit(f"part adapt: no adaptation steps for {args.model} (its settings "
                          "chose none); give --adapt-steps N")

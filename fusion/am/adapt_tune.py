@@ -48,6 +48,7 @@ __all__ = [
     "adapt_each_step",
     "choose_setting",
     "load_settings",
+    "model_settings",
     "score_steps",
     "settings_path",
     "tune_adaptation",
@@ -82,6 +83,13 @@ def load_settings(checkpoint: str | Path) -> AdaptConfig | None:
         return AdaptConfig.from_dict(data["config"])
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
+
+
+def model_settings(checkpoint: str | Path | None, **overrides: Any) -> AdaptConfig:
+    """The settings to adapt ``checkpoint``'s model with: its own (:func:`load_settings`),
+    else :class:`AdaptConfig`'s defaults, with ``overrides`` (``AdaptConfig`` fields) on top."""
+    own = load_settings(checkpoint) if checkpoint is not None else None
+    return replace(own or AdaptConfig(), **overrides)
 
 
 @dataclass(frozen=True)
@@ -211,16 +219,17 @@ def tune_adaptation(model: CTCModel, dev: Sequence[Utterance], target: Sequence[
         if missing:
             raise ValueError(f"{names.get(name, name)}: utterance {missing[0]!r} has no text "
                              f"(and {len(missing) - 1} more); tuning needs transcripts")
+    rates = sorted(set(lrs))
     scored: dict[tuple[str, float], StepScores] = {}
-    for lr in sorted(set(lrs)):
+    for lr in rates:
         config = replace(base, steps=max_steps, lr=lr)
         for name, utts in sets.items():
             scored[name, lr] = score_steps(model, utts, config, progress=progress,
                                            desc=f"{name} lr {lr:g}")
-    first = min(set(lrs))
+    first = rates[0]  # step 0, the plain model, is the same in every rate's pass
     grid: list[dict[str, Any]] = [{"lr": 0.0, "steps": 0, **{
         f"{name}_cer": scored[name, first].cer[0] for name in sets}}]
-    for lr in sorted(set(lrs)):
+    for lr in rates:
         for k in range(1, max_steps + 1):
             grid.append({"lr": lr, "steps": k,
                          **{f"{name}_cer": scored[name, lr].cer[k] for name in sets}})

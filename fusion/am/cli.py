@@ -146,19 +146,15 @@ def adapt_config_from_args(args: argparse.Namespace, checkpoint: Path | None = N
     On with ``--adapt`` or ``--adapt-steps N > 0``. Each setting is the flag's, else the
     one in ``checkpoint``'s settings file (:func:`fusion.am.adapt_tune.settings_path`),
     else the default. ValueError for bad values or a bad settings file."""
-    from dataclasses import replace
-
-    from fusion.am.adapt import AdaptConfig
-    from fusion.am.adapt_tune import load_settings, settings_path
+    from fusion.am.adapt_tune import model_settings, settings_path
 
     if not args.adapt and not args.adapt_steps:
         return None
-    own = load_settings(checkpoint) if checkpoint is not None else None
     flags = {key: getattr(args, flag) for flag, key in ADAPT_FLAGS.items()
              if getattr(args, flag) is not None}
-    config = replace(own or AdaptConfig(), **flags)
+    config = model_settings(checkpoint, **flags)
     if config.steps == 0:
-        if own is not None and "steps" not in flags:
+        if "steps" not in flags:  # the defaults adapt, so the model's own settings chose 0
             print(f"fusion: {settings_path(checkpoint)} chose no adaptation for this model "
                   "(0 steps); --adapt-steps N forces it", file=sys.stderr)
         return None
