@@ -30,17 +30,18 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import repeat
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
-import torchaudio.functional as AF
 
 from fusion.posteriors import Posteriors
 from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
 from fusion.tokens import TokenTable
 from fusion.types import DecodeResult, Hypothesis, TokenSpan, WordSpan, spans_to_words
 from lm.ngram import KenLM
+
+if TYPE_CHECKING:  # torch is imported where the fallback aligner needs it
+    import torch
 
 try:
     from fusion import _ctcsearch
@@ -670,6 +671,9 @@ class BeamSearchDecoder:
             starts, ends, conf = _ctcsearch.align(lp, units, self.table.blank_id, probs)
             # tuple.__new__ makes the named tuples without a Python-level call each
             return tuple(map(_new_tuple, repeat(TokenSpan), zip(units, starts, ends))), conf
+        import torch
+        import torchaudio.functional as AF
+
         targets = torch.tensor([units], dtype=torch.int32)  # (1, L)
         labels, _ = AF.forced_align(emissions, targets, blank=self.table.blank_id)
         frames = labels[0].numpy()  # (T,)
@@ -709,6 +713,8 @@ class BeamSearchDecoder:
         if _ctcsearch is not None:  # the units' confidences sum these (NumPy's exp, not C's)
             probs = np.exp(lp.astype(np.float64)) if beams else None  # (T, V)
         else:  # torchaudio aligns a (1, T, V) tensor: one writable copy per utterance
+            import torch
+
             emissions = torch.from_numpy(np.array(lp)).unsqueeze(0)
         nbest = tuple(self._hypothesis(b, lp, probs, emissions, posteriors.frame_shift)
                       for b in beams)
