@@ -1,5 +1,6 @@
-"""Importers of corpora on disk: tiny LibriSpeech and Speech Commands trees laid out like
-the real ones, every bad entry reported by file and line, and the CLI end to end."""
+"""Importers of corpora on disk: tiny LibriSpeech, Speech Commands and Kaldi (speechocean762)
+trees laid out like the real ones, every bad entry reported by file and line, and the CLI
+end to end."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from fusion.corpus.importers import (
     CorpusImportError,
     Problem,
     find_librispeech_subsets,
+    import_kaldi,
     import_librispeech,
     import_speech_commands,
     scan_librispeech_subset,
     scan_speech_commands,
+    read_kaldi_dir,
 )
 from fusion.manifest import read_manifest
 
@@ -362,6 +365,261 @@ def test_speech_commands_rejects_what_is_not_speech_commands(tmp_path: Path) -> 
     assert not (tmp_path / "out").exists()
 
 
+# --- Kaldi data directories ---------------------------------------------------------------
+
+# data dir -> [(utterance, speaker, transcript, seconds)], laid out like speechocean762:
+# ROOT/WAVE/SPEAKER<spk>/<utt>.WAV, ROOT/<data dir>/{wav.scp,text,utt2spk,spk2utt,...}
+KALDI = {
+    "train": [("000010011", "0001", "WE CALL IT BEAR", 0.5),
+              ("000010035", "0001", "ZERO THREE FIVE ONE", 0.6),
+              ("000050012", "0005", "MARK IS GOING TO SEE ELEPHANT", 0.7)],
+    "test": [("000030012", "0003", "KATE LOVES CHINA", 0.4)],
+}  # fmt: skip
+KALDI_SPEAKERS = {"0001": ("m", 10), "0003": ("f", 35), "0005": ("f", 27)}
+
+
+def _kaldi(base: Path) -> Path:
+    """``base/so762``: the data dirs of :data:`KALDI` and their WAVs (tab-separated
+    wav.scp and text as in speechocean762, space-separated utt2spk)."""
+    root = base / "so762"
+    for name, utts in KALDI.items():
+        data = root / name
+        speakers = sorted({spk for _, spk, _, _ in utts})
+        for utt, spk, _, seconds in utts:
+            _audio(root / "WAVE" / f"SPEAKER{spk}" / f"{utt}.WAV", seconds)
+        _text(data / "wav.scp", [f"{u}\tWAVE/SPEAKER{s}/{u}.WAV" for u, s, _, _ in utts])
+        _text(data / "text", [f"{u}\t{t}" for u, _, t, _ in utts])
+        _text(data / "utt2spk", [f"{u} {s}" for u, s, _, _ in utts])
+        _text(data / "spk2utt", [f"{s} " + " ".join(u for u, k, _, _ in utts if k == s) for s in speakers])
+        _text(data / "spk2gender", [f"{s}\t{KALDI_SPEAKERS[s][0]}" for s in speakers])
+        _text(data / "spk2age", [f"{s}\t{KALDI_SPEAKERS[s][1]}" for s in speakers])
+    _audio(root / "WAVE" / "SPEAKER0001" / "000010099.WAV", 0.3)  # untranscribed, in no wav.scp
+    return root
+
+
+def test_kaldi_import_reads_a_data_dir(tmp_path: Path) -> None:
+    root = _kaldi(tmp_path)
+    summary = import_kaldi(root / "train", tmp_path / "out", progress=False)
+    assert summary.problems == ()
+    assert summary.utterances == {"train": 3}
+    assert summary.hours["train"] == pytest.approx(1.8 / 3600, abs=1e-3)  # 3 decimals
+    assert _rows(tmp_path / "out" / "problems.jsonl") == []
+    train = read_manifest(tmp_path / "out" / "train.jsonl", require=("audio", "text", "duration"))
+    assert [u.id for u in train] == ["000010011", "000010035", "000050012"]
+    first = train[0]
+    assert first.audio == str(root / "WAVE" / "SPEAKER0001" / "000010011.WAV")  # from the parent
+    assert first.text == "we call it bear" and first.duration == pytest.approx(0.5)
+    assert first.extra == {"speaker": "0001", "gender": "M", "age": 10}
+    assert train[2].extra == {"speaker": "0005", "gender": "F", "age": 27}
+
+    summary = import_kaldi(root / "test", tmp_path / "out", name="so762-test", progress=False)
+    assert summary.manifests == {"so762-test": tmp_path / "out" / "so762-test.jsonl"}
+    [test] = read_manifest(tmp_path / "out" / "so762-test.jsonl")
+    assert (test.id, test.text, test.extra["age"]) == ("000030012", "kate loves china", 35)
+    assert (tmp_path / "out" / "train.jsonl").is_file()  # the first import is still there
+
+
+def test_kaldi_optional_files_and_root(tmp_path: Path) -> None:
+    root = _kaldi(tmp_path)
+    data = root / "train"
+    for name in ("utt2spk", "spk2gender", "spk2age"):
+        (data / name).unlink()
+    moved = tmp_path / "elsewhere" / "data"
+    moved.parent.mkdir()
+    data.rename(moved)
+    utterances, problems = read_kaldi_dir(moved)  # relative to moved's parent: all missing
+    assert utterances == [] and [p.kind for p in problems] == ["missing-audio"] * 3
+    assert str(tmp_path / "elsewhere" / "WAVE") in problems[0].message
+    utterances, problems = read_kaldi_dir(moved, root=root)
+    assert problems == []
+    assert [u.extra for u in utterances] == [{}, {}, {}]  # no utt2spk: no speaker fields
+    # absolute paths are taken as they are
+    _text(moved / "wav.scp", [f"000010011 {root}/WAVE/SPEAKER0001/000010011.WAV"])
+    _text(moved / "text", ["000010011 WE CALL IT BEAR"])
+    [utt] = read_kaldi_dir(moved, root=tmp_path / "elsewhere")[0]
+    assert utt.audio == str(root / "WAVE" / "SPEAKER0001" / "000010011.WAV")
+
+
+def test_kaldi_durations_come_from_the_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _kaldi(tmp_path)
+
+    def no_decoding(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("audio was decoded")
+
+    monkeypatch.setattr(sf, "read", no_decoding)
+    monkeypatch.setattr(sf.SoundFile, "read", no_decoding)
+    utterances, problems = read_kaldi_dir(root / "train")
+    assert problems == []
+    assert [u.duration for u in utterances] == pytest.approx([0.5, 0.6, 0.7])
+
+
+def test_kaldi_segments_are_cut_into_clips(tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    rng = np.random.default_rng(0)
+    samples = (rng.uniform(-0.5, 0.5, 3 * SR) * 32767).astype(np.int16)  # 3 s
+    (root / "audio").mkdir(parents=True)
+    sf.write(str(root / "audio" / "meeting.wav"), samples, SR, subtype="PCM_16")
+    data = root / "data" / "dev"
+    _text(data / "wav.scp", ["meeting audio/meeting.wav"])
+    _text(data / "segments", ["meeting-a meeting 0.5 1.25",
+                              "meeting-b meeting 2.0 -1",     # to the end
+                              "meeting-c meeting 2.5 3.3"])   # 0.3 s past the end: clamped
+    _text(data / "text", ["meeting-a GOOD MORNING", "meeting-b HELLO", "meeting-c BYE"])
+    _text(data / "utt2spk", ["meeting-a alice", "meeting-b bob", "meeting-c bob"])
+    summary = import_kaldi(data, tmp_path / "out", root=root, progress=False)
+    assert summary.problems == ()
+    utts = {u.id: u for u in read_manifest(tmp_path / "out" / "dev.jsonl")}
+    a = utts["meeting-a"]
+    assert a.audio == str(tmp_path / "out" / "dev-clips" / "meeting-a.flac")
+    assert a.duration == pytest.approx(0.75)
+    assert a.extra == {"recording": "meeting", "segment": [0.5, 1.25], "speaker": "alice"}
+    clip, rate = sf.read(a.audio, dtype="int16")
+    assert rate == SR and np.array_equal(clip, samples[8000:20000])  # lossless cut
+    assert utts["meeting-b"].extra["segment"] == [2.0, 3.0]
+    assert utts["meeting-c"].extra["segment"] == [2.5, 3.0]
+    assert np.array_equal(sf.read(utts["meeting-c"].audio, dtype="int16")[0], samples[40000:])
+    assert _rows(tmp_path / "out" / "dev.jsonl")[0]["audio"] == "dev-clips/meeting-a.flac"
+
+    # a recording among the clips the import would write: refused before anything is cut
+    again = root / "data" / "again"
+    _text(again / "wav.scp", [f"take {tmp_path / 'out' / 'dev-clips' / 'meeting-a.flac'}"])
+    _text(again / "segments", ["meeting-a take 0.0 0.5"])
+    _text(again / "text", ["meeting-a GOOD"])
+    with pytest.raises(CorpusImportError, match="must not overwrite"):
+        import_kaldi(again, tmp_path / "out", name="dev", progress=False)
+    assert np.array_equal(sf.read(a.audio, dtype="int16")[0], samples[8000:20000])
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    path.write_text(path.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+
+
+def _append(path: Path, line: str) -> None:
+    path.write_text(path.read_text(encoding="utf-8") + line + "\n", encoding="utf-8")
+
+
+# kind -> (change to the train dir of _kaldi, file:line of the problem (or audio path),
+#          words of its message, utterances still imported)
+ALL = ["000010011", "000010035", "000050012"]
+KALDI_BAD = {
+    "piped-command": ("unsupported-audio", lambda d: _edit(
+        d / "wav.scp", "WAVE/SPEAKER0001/000010035.WAV", "sox WAVE/a.WAV -t wav - |"),
+        "wav.scp:2", "piped command", ["000010011", "000050012"]),
+    "archive-offset": ("unsupported-audio", lambda d: _edit(
+        d / "wav.scp", "WAVE/SPEAKER0001/000010035.WAV", "data/wav.ark:1234"),
+        "wav.scp:2", "Kaldi archive", ["000010011", "000050012"]),
+    "stdin": ("unsupported-audio", lambda d: _edit(
+        d / "wav.scp", "WAVE/SPEAKER0001/000010035.WAV", "-"),
+        "wav.scp:2", "standard input", ["000010011", "000050012"]),
+    "missing-file": ("missing-audio", lambda d: (d.parent / "WAVE/SPEAKER0005/000050012.WAV").unlink(),
+        "wav.scp:3", "no audio file", ALL[:2]),
+    "text-without-audio": ("missing-audio", lambda d: _append(d / "text", "000010077 NO AUDIO"),
+        "text:4", "no wav.scp entry", ALL),
+    "audio-without-text": ("no-transcript",
+        lambda d: _edit(d / "text", "000010035\tZERO THREE FIVE ONE\n", ""),
+        "wav.scp:2", "no line in", ["000010011", "000050012"]),
+    "wav-scp-without-path": ("malformed-line", lambda d: _append(d / "wav.scp", "000010088"),
+        "wav.scp:4", "RECORDING PATH", ALL),
+    "text-without-words": ("malformed-line", lambda d: _edit(d / "text", "\tZERO THREE FIVE ONE", ""),
+        "text:2", "UTT TRANSCRIPT", ["000010011", "000050012"]),
+    "bad-gender": ("malformed-line", lambda d: _edit(d / "spk2gender", "0005\tf", "0005\tfemale"),
+        "spk2gender:2", "gender must be m or f", ALL),
+    "bad-age": ("malformed-line", lambda d: _edit(d / "spk2age", "0005\t27", "0005\tadult"),
+        "spk2age:2", "whole number", ALL),
+    "bad-utt2spk": ("malformed-line", lambda d: _edit(d / "utt2spk", "000050012 0005", "000050012 0005 x"),
+        "utt2spk:3", "UTT SPEAKER", ALL),
+    "duplicate-id": ("duplicate-id", lambda d: _append(d / "text", "000010011 SAID TWICE"),
+        "text:4", "text:1", ALL),
+    "empty-text": ("empty-text", lambda d: _edit(d / "text", "ZERO THREE FIVE ONE", "..."),
+        "text:2", "empty once normalised", ["000010011", "000050012"]),
+    "unreadable-audio": ("unreadable-audio",
+        lambda d: (d.parent / "WAVE/SPEAKER0001/000010035.WAV").write_bytes(b"RIFF not audio"),
+        "WAVE/SPEAKER0001/000010035.WAV", "cannot read", ["000010011", "000050012"]),
+    "empty-audio": ("empty-audio", lambda d: _audio(d.parent / "WAVE/SPEAKER0001/000010035.WAV", 0.0),
+        "WAVE/SPEAKER0001/000010035.WAV", "no samples", ["000010011", "000050012"]),
+    "no-speaker": ("no-speaker", lambda d: _edit(d / "utt2spk", "000050012 0005\n", ""),
+        "text:3", "without a speaker", ALL),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(KALDI_BAD))
+def test_kaldi_bad_entry_is_reported_and_the_import_goes_on(tmp_path: Path, case: str) -> None:
+    kind, change, where, words, kept = KALDI_BAD[case]
+    root = _kaldi(tmp_path)
+    data = root / "train"
+    change(data)
+    summary = import_kaldi(data, tmp_path / "out", progress=False)
+    assert [p.kind for p in summary.problems] == [kind]
+    [problem] = summary.problems
+    assert problem.where == str((data if ":" in where else root) / where)
+    assert words in problem.message
+    assert _rows(tmp_path / "out" / "problems.jsonl") == [problem.to_dict()]
+    utts = read_manifest(tmp_path / "out" / "train.jsonl")
+    assert [u.id for u in utts] == kept
+    if case == "no-speaker":
+        assert utts[2].extra == {}
+    if case in ("bad-gender", "bad-age"):
+        assert "gender" in utts[2].extra or "age" in utts[2].extra  # the other field stays
+        assert not ("gender" in utts[2].extra and "age" in utts[2].extra)
+
+
+# kind -> (segments file of a 3 s recording "rec", where, words)
+SEGMENTS_BAD = {
+    "start-after-end": ("bad-segment", "x rec 1.5 1.0", "not 0 <= start < end"),
+    "past-the-end": ("bad-segment", "x rec 2.0 3.6", "not 0 <= start < end"),
+    "negative-start": ("bad-segment", "x rec -0.5 1.0", "not 0 <= start < end"),
+    "not-numbers": ("malformed-line", "x rec one two", "numbers of seconds"),
+    "too-few-fields": ("malformed-line", "x rec 1.0", "UTT RECORDING START END"),
+    "unknown-recording": ("missing-audio", "x tape 0.0 1.0", "recording tape is not in wav.scp"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SEGMENTS_BAD))
+def test_kaldi_bad_segment_is_reported(tmp_path: Path, case: str) -> None:
+    kind, line, words = SEGMENTS_BAD[case]
+    _audio(tmp_path / "rec.wav", 3.0)
+    data = tmp_path / "data"
+    _text(data / "wav.scp", ["rec rec.wav"])
+    _text(data / "segments", ["good rec 0.0 1.0", line])
+    _text(data / "text", ["good FINE", "x BROKEN"])
+    summary = import_kaldi(data, tmp_path / "out", progress=False)
+    assert [(p.kind, p.where) for p in summary.problems] == [(kind, f"{data / 'segments'}:2")]
+    assert words in summary.problems[0].message
+    assert [u.id for u in read_manifest(tmp_path / "out" / "data.jsonl")] == ["good"]
+
+
+def test_kaldi_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _kaldi(tmp_path)
+    locked = root / "train" / "spk2age"
+    real_read_lines = importers._read_lines
+
+    def read_lines(path: Path) -> list[tuple[int, str]]:
+        if path == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_lines(path)
+
+    monkeypatch.setattr(importers, "_read_lines", read_lines)
+    utterances, problems = read_kaldi_dir(root / "train")
+    assert [(p.kind, p.where) for p in problems] == [("unreadable-file", str(locked))]
+    assert len(utterances) == 3 and all("age" not in u.extra for u in utterances)
+
+
+def test_kaldi_rejects_what_is_not_a_data_dir(tmp_path: Path) -> None:
+    root = _kaldi(tmp_path)
+    with pytest.raises(CorpusImportError, match="no such folder"):
+        import_kaldi(tmp_path / "nowhere", tmp_path / "out", progress=False)
+    with pytest.raises(CorpusImportError, match="no wav.scp"):
+        import_kaldi(root / "WAVE", tmp_path / "out", progress=False)
+    (root / "test" / "text").unlink()
+    with pytest.raises(CorpusImportError, match="no text"):
+        import_kaldi(root / "test", tmp_path / "out", progress=False)
+    with pytest.raises(CorpusImportError, match="no such folder"):
+        import_kaldi(root / "train", tmp_path / "out", root=tmp_path / "nowhere", progress=False)
+    with pytest.raises(CorpusImportError, match="plain file name"):
+        import_kaldi(root / "train", tmp_path / "out", name="a/b", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 # --- the command line --------------------------------------------------------------------
 
 
@@ -411,3 +669,31 @@ def test_cli_import_speech_commands_end_to_end(
     assert "no validation_list.txt" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         fusion_main(["data", "import-speech-commands", str(root)])  # -o is required
+
+
+def test_cli_import_kaldi_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _kaldi(tmp_path)
+    out = tmp_path / "manifests"
+    argv = ["data", "import-kaldi", str(root / "test"), "-o", str(out), "--no-progress"]
+    assert fusion_main([*argv, "--name", "speechocean762-test"]) == 0
+    printed = capsys.readouterr().out
+    assert "speechocean762-test.jsonl" in printed and "1 utterances" in printed
+    assert "no problems" in printed
+    assert read_manifest(out / "speechocean762-test.jsonl")[0].extra["gender"] == "F"
+
+    moved = tmp_path / "moved"
+    (root / "test").rename(moved)
+    assert fusion_main(["data", "import-kaldi", str(moved), "--root", str(root), "-o", str(out),
+                        "--no-progress"]) == 0  # fmt: skip
+    assert len(read_manifest(out / "moved.jsonl")) == 1
+    capsys.readouterr()
+
+    _edit(moved / "wav.scp", "WAVE/SPEAKER0003/000030012.WAV", "flac -dc a.flac |")
+    assert fusion_main(["data", "import-kaldi", str(moved), "--root", str(root), "-o", str(out),
+                        "--no-progress"]) == 1  # fmt: skip
+    captured = capsys.readouterr()
+    assert f"unsupported-audio: {moved / 'wav.scp'}:1: 000030012" in captured.err
+    assert "1 problem," in captured.out
+    assert read_manifest(out / "moved.jsonl") == []
+    assert fusion_main(["data", "import-kaldi", str(tmp_path), "-o", str(out)]) == 2
+    assert "no wav.scp" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """The ``data`` command: ``fusion data build --out DIR --hours H --jobs N --seed S``,
 ``fusion data voices [PATTERN ...]``, and ``fusion data import-librispeech ROOT -o DIR`` /
-``import-speech-commands ROOT -o DIR``.
+``import-speech-commands ROOT -o DIR`` / ``import-kaldi DATA_DIR [--root ROOT] -o DIR``.
 
 :func:`add_parser` registers the command on the main parser's subparsers; :func:`run`
 carries it out. ``python -m fusion.corpus.cli build ...`` runs it on its own. The
@@ -153,6 +153,30 @@ def _add_import_parsers(commands: argparse._SubParsersAction) -> None:
     speech.add_argument("-o", "--out", type=Path, required=True, help="folder for the manifests")
     speech.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    kaldi = commands.add_parser(
+        "import-kaldi",
+        help="write a manifest for a Kaldi data directory (wav.scp, text, utt2spk, ...)",
+        description="Write OUT/NAME.jsonl (id, audio, text, duration, and speaker, gender, "
+        "age where utt2spk, spk2gender and spk2age give them) for a Kaldi data directory. "
+        "wav.scp must list plain audio paths (piped commands and archive offsets are "
+        "refused); with a segments file each utterance's span is cut into "
+        "OUT/NAME-clips/UTT.flac. Bad entries are skipped and listed in OUT/problems.jsonl; "
+        "the exit status is then 1.",
+    )
+    kaldi.add_argument(
+        "data_dir", type=Path, metavar="DATA_DIR", help="the folder holding wav.scp and text"
+    )  # fmt: skip
+    kaldi.add_argument(
+        "--root", type=Path, default=None,
+        help="folder that relative wav.scp paths start from (default: DATA_DIR's parent, "
+             "the corpus root Kaldi recipes run in)",
+    )  # fmt: skip
+    kaldi.add_argument("-o", "--out", type=Path, required=True, help="folder for the manifest")
+    kaldi.add_argument(
+        "--name", default=None, help="manifest name, OUT/NAME.jsonl (default: DATA_DIR's name)"
+    )  # fmt: skip
+    kaldi.add_argument("--no-progress", action="store_true", help="no progress bar")
+
 
 _ENGINE_PATTERNS = {"espeak-ng": "espeak-*", "flite": "flite-*", "festival": "festival-*",
                     "piper": "piper-*"}  # fmt: skip
@@ -160,7 +184,7 @@ _ENGINE_PATTERNS = {"espeak-ng": "espeak-*", "flite": "flite-*", "festival": "fe
 
 def run(args: argparse.Namespace) -> int:
     """Carry out a parsed ``data`` command; returns the exit status."""
-    if args.data_command in ("import-librispeech", "import-speech-commands"):
+    if args.data_command in ("import-librispeech", "import-speech-commands", "import-kaldi"):
         return _run_import(args)
     if args.data_command == "voices":
         return _run_voices(args)
@@ -249,6 +273,7 @@ _SHOW_PROBLEMS = 10
 def _run_import(args: argparse.Namespace) -> int:
     from fusion.corpus.importers import (
         CorpusImportError,
+        import_kaldi,
         import_librispeech,
         import_speech_commands,
     )
@@ -259,6 +284,9 @@ def _run_import(args: argparse.Namespace) -> int:
             summary = import_librispeech(
                 args.root, args.out, subsets=args.subsets, progress=not args.no_progress
             )
+        elif args.data_command == "import-kaldi":
+            summary = import_kaldi(args.data_dir, args.out, root=args.root, name=args.name,
+                                   progress=not args.no_progress)  # fmt: skip
         else:
             summary = import_speech_commands(args.root, args.out, progress=not args.no_progress)
     except (CorpusImportError, OSError) as exc:
@@ -280,7 +308,7 @@ def _run_import(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fusion.corpus.cli build|import-librispeech|import-speech-commands ...``:
+    """``python -m fusion.corpus.cli build|import-librispeech|import-speech-commands|import-kaldi ...``:
     the ``data`` command on its own."""
     parser = argparse.ArgumentParser(prog="fusion-data")
     sub = parser.add_subparsers(dest="command", required=True)
