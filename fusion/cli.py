@@ -169,7 +169,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-json", type=Path, help="the decoder benchmark (decoder.json)")
     p.set_defaults(func=cmd_report)
 
-    from fusion import tune_cli
+    from fusion import transcribe, tune_cli
     from fusion.corpus import cli as corpus_cli
     from lm import cli as lm_cli
     from lm import neural_cli
@@ -179,6 +179,7 @@ def get_parser() -> argparse.ArgumentParser:
     corpus_cli.add_parser(sub).set_defaults(func=corpus_cli.run)
     lm_cli.add_parser(sub)
     tune_cli.add_parser(sub)
+    transcribe.add_parser(sub)
     return parser
 
 
