@@ -116,16 +116,20 @@ class DecodeResult:
 
 
 def span_confidences(spans: Sequence[TokenSpan], log_probs: np.ndarray) -> list[float]:
-    """Each unit's confidence: the mean of its posterior over the frames it covers."""
+    """Each unit's confidence: the mean of its posterior over the frames it covers.
+
+    One cumulative sum per distinct unit's column (a zero row first), so memory is
+    frames x distinct units (at most the vocabulary), not frames x emitted units; a
+    span's sum is the difference of two running sums, added in frame order."""
     if not spans:
         return []
     span = np.array([(s.start_frame, s.end_frame, s.token_id) for s in spans])  # (N, 3)
-    ids = span[:, 2]
-    # cumulative posteriors of the units concerned, a zero row first: a span's sum is a difference
-    cum = np.zeros((log_probs.shape[0] + 1, len(ids)))  # (T + 1, N)
-    np.cumsum(np.exp(log_probs[:, ids].astype(np.float64)), axis=0, out=cum[1:])
-    cols = np.arange(len(ids))
-    sums = cum[span[:, 1], cols] - cum[span[:, 0], cols]
+    # only the frames up to the last span's end are ever summed
+    upto = int(span[:, 1].max())
+    columns, col_of = np.unique(span[:, 2], return_inverse=True)  # (C,), (N,)
+    cum = np.zeros((upto + 1, len(columns)))  # (upto + 1, C)
+    np.cumsum(np.exp(log_probs[:upto, columns].astype(np.float64)), axis=0, out=cum[1:])
+    sums = cum[span[:, 1], col_of] - cum[span[:, 0], col_of]
     return (sums / (span[:, 1] - span[:, 0])).tolist()
 
 

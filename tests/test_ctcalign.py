@@ -179,3 +179,45 @@ def test_prefix_table_decoder_output_unchanged_by_the_compiled_aligner(monkeypat
     assert len(ours) == 6 and any(len(h[4]) > 1 for h in ours)
     monkeypatch.setattr(decoder_module, "_ctcsearch", None)
     assert _outputs(decoder, posts) == ours
+
+
+@settings(max_examples=300, deadline=None)
+@given(problems(), st.data())
+def test_checkpointed_back_trace_gives_the_same_spans(problem, data):
+    """Any checkpoint interval (one frame, a few, the whole) gives the spans, confidences
+    and errors of the alignment that keeps every back-pointer, -inf and NaN included."""
+    lp, units, blank = problem
+    if data.draw(st.booleans(), label="NaNs"):
+        lp = lp.copy()
+        lp[np.random.default_rng(len(lp)).random(lp.shape) < 0.1] = np.nan
+
+    def run(block: int):
+        try:
+            starts, ends, conf = _ctcsearch.align(lp, units, blank, np.exp(lp.astype(np.float64)), block)
+        except RuntimeError as exc:
+            return str(exc)
+        return starts, ends, np.array(conf).tobytes()  # NaN confidences compare equal
+
+    whole = run(len(lp) + 1)
+    block = data.draw(st.integers(1, max(1, len(lp))), label="block")
+    assert run(block) == whole == run(0)
+    if np.isfinite(lp).all():
+        assert whole[:2] == tuple(map(list, zip(*[(s.start_frame, s.end_frame) for s in
+                                                  torchaudio_spans(lp, units, blank)])))
+
+
+def test_long_alignment_is_checkpointed_with_the_same_spans():
+    """Peaky posteriors long enough to be checkpointed by default (T x S over 16M cells):
+    torchaudio's spans, and the same with any block."""
+    rng = np.random.default_rng(3)
+    frames, vocab = 6000, 12
+    units = rng.integers(1, vocab, size=1500).tolist()
+    lp = np.log(rng.dirichlet(np.full(vocab, 0.2), size=frames)).astype(np.float32)
+    assert frames * (2 * len(units) + 1) > 1 << 24
+    spans, conf = compiled(lp, units, 0)
+    assert spans == torchaudio_spans(lp, units, 0)
+    assert conf == span_confidences(spans, lp)
+    starts, ends, _ = _ctcsearch.align(lp, units, 0, None, 77)
+    assert (starts, ends) == ([s.start_frame for s in spans], [s.end_frame for s in spans])
+    with pytest.raises(ValueError, match="block must be >= 0"):
+        _ctcsearch.align(lp, units, 0, None, -1)

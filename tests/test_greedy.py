@@ -64,3 +64,54 @@ def test_clean_posteriors_decode_to_their_text(table, word_list, seed):
     starts = [w.start for w in hyp.words]
     assert starts == sorted(starts) and all(w.start < w.end for w in hyp.words)
     assert all(alignment[t.start_frame] == t.token_id for t in hyp.tokens)
+
+
+def _span_confidences_quadratic(spans, log_probs):
+    """span_confidences as first written: a frames x emitted-units matrix of running sums."""
+    if not spans:
+        return []
+    span = np.array([(s.start_frame, s.end_frame, s.token_id) for s in spans])
+    ids = span[:, 2]
+    cum = np.zeros((log_probs.shape[0] + 1, len(ids)))
+    np.cumsum(np.exp(log_probs[:, ids].astype(np.float64)), axis=0, out=cum[1:])
+    cols = np.arange(len(ids))
+    return ((cum[span[:, 1], cols] - cum[span[:, 0], cols]) / (span[:, 1] - span[:, 0])).tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 80), st.integers(2, 12), st.integers(0, 2**32 - 1),
+       st.sampled_from([np.float32, np.float64]), st.data())
+def test_span_confidences_per_column_sums_equal_the_quadratic_formula(frames, vocab, seed, dtype, data):
+    """One running sum per distinct unit gives, to the bit, what one per emitted unit gave
+    (spans in order or not, overlapping, repeated units)."""
+    from fusion.types import TokenSpan, span_confidences
+
+    rng = np.random.default_rng(seed)
+    lp = np.log(rng.dirichlet(np.full(vocab, 0.3), size=frames)).astype(dtype)
+    n = data.draw(st.integers(0, 40))
+    spans = []
+    for _ in range(n):
+        start = int(rng.integers(0, frames))
+        spans.append(TokenSpan(int(rng.integers(0, vocab)), start, int(rng.integers(start + 1, frames + 1))))
+    assert span_confidences(spans, lp) == _span_confidences_quadratic(spans, lp)
+
+
+def test_confidences_of_a_long_utterance_take_frames_by_vocabulary_memory(table):
+    """An hour of 40 ms frames with 30k units: the running sums are frames x vocabulary
+    (about 26 MB), where one column per unit needed 22 GB."""
+    import tracemalloc
+
+    from fusion.types import TokenSpan, span_confidences
+
+    frames = 90_000
+    rng = np.random.default_rng(0)
+    lp = np.full((frames, len(table)), -8.0, dtype=np.float32)
+    ids = rng.integers(1, len(table), size=30_000)
+    lp[np.arange(0, frames, 3), ids] = -0.01
+    spans = [TokenSpan(int(u), 3 * i, 3 * i + 1) for i, u in enumerate(ids)]
+    tracemalloc.start()
+    conf = span_confidences(spans, lp)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(conf) == 30_000 and min(conf) > 0.98
+    assert peak < 100e6

@@ -17,6 +17,8 @@
 
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
@@ -65,10 +67,59 @@ inline Words group_words(const int32_t* units, int64_t L, const int8_t* kind, in
   return out;
 }
 
+// One frame of the trellis: states [lo, hi) of frame t in ``cur`` from frame t - 1 in
+// ``prev`` (both indexed by state; ``prev`` is read on [lo - 2, hi) only), within the
+// window [start, end) of reachable states: cells outside it are -inf and keep the
+// back-pointer -1 (torchaudio leaves them unwritten). ``bp`` (indexed by state, may be
+// null) gets each cell's move: 0 stay, 1 from the previous state, 2 skip a blank.
+// ``labels``: each state's unit (blank at even states); ``skips``: whether a state may
+// be entered by skipping the blank before it (a unit other than the one before).
+inline void trellis_row(const float* prev, float* cur, int8_t* bp, const float* row,
+                        const int32_t* labels, const uint8_t* skips, int64_t lo, int64_t hi,
+                        int64_t start, int64_t end) {
+  const float kNegInf = -std::numeric_limits<float>::infinity();
+  const int64_t from = std::max(lo, start), to = std::min(hi, end);
+  for (int64_t i = lo; i < std::min(from, hi); ++i) cur[i] = kNegInf;
+  for (int64_t i = std::max(to, lo); i < hi; ++i) cur[i] = kNegInf;
+  if (bp != nullptr) {
+    for (int64_t i = lo; i < std::min(from, hi); ++i) bp[i] = -1;
+    for (int64_t i = std::max(to, lo); i < hi; ++i) bp[i] = -1;
+  }
+  int64_t i = from;
+  if (i == 0 && i < to) {
+    cur[0] = prev[0] + row[labels[0]];
+    if (bp != nullptr) bp[0] = 0;
+    i = 1;
+  }
+  for (; i < to; ++i) {
+    const float x0 = prev[i], x1 = prev[i - 1];
+    const float x2 = skips[i] ? prev[i - 2] : kNegInf;
+    // x1 == x2 > x0 takes x0, as torchaudio does
+    const int8_t move = x2 > x1 && x2 > x0 ? 2 : x1 > x0 && x1 > x2 ? 1 : 0;
+    const float best = move == 2 ? x2 : move == 1 ? x1 : x0;
+    if (bp != nullptr) bp[i] = move;
+    cur[i] = best + row[labels[i]];
+  }
+}
+
+// Back-pointers kept at most (T x (2L + 1) cells) before viterbi checkpoints: 16 MiB.
+constexpr int64_t kFullTrellisCells = int64_t{1} << 24;
+
 // The frame labels of the best CTC path of ``targets`` through ``lp`` (T x V, row-major):
 // torchaudio's forced_align_impl, batch of one. ``path`` gets T labels.
+//
+// Memory is linear in the length: where the T x S back-pointers (S = 2L + 1) would exceed
+// kFullTrellisCells (or ``block`` > 0 asks for it), the forward pass keeps only every
+// block-th row of scores (checkpoints), and the back-trace recomputes one block of frames
+// at a time from its checkpoint, in a band of states: going back from state s at the
+// block's last frame, a path moves down at most 2 states a frame, so frame u of the block
+// needs back-pointers of states [s - 2 (last - u), s] only, and those need the scores of
+// that band alone. Same arithmetic on the same values: the same path, ties included.
+// With block = cbrt(T S): about 4 T S / block bytes of checkpoints and 2 block^2 bytes of
+// back-pointers (30 minutes at 25 ms with 22k units: 10 MB, against 3.2 GB kept whole),
+// and the recomputation costs about T x block cells more than the T x S forward pass.
 inline void viterbi(const float* lp, int64_t T, int64_t V, const int32_t* targets, int64_t L,
-                    int32_t blank, std::vector<int32_t>& path) {
+                    int32_t blank, std::vector<int32_t>& path, int64_t block = 0) {
   if (blank < 0 || blank >= V) throw std::invalid_argument("blank must be within [0, num classes)");
   if (L < 1) throw std::invalid_argument("targets must not be empty");
   for (int64_t i = 0; i < L; ++i) {
@@ -85,49 +136,56 @@ inline void viterbi(const float* lp, int64_t T, int64_t V, const int32_t* target
                              ", and number of repeats: " + std::to_string(R));
   const float kNegInf = -std::numeric_limits<float>::infinity();
   const int64_t S = 2 * L + 1;
-  std::vector<float> alphas(2 * S, kNegInf);
-  std::vector<int8_t> back(static_cast<size_t>(T * S), -1);
-  auto label = [&](int64_t i) { return i % 2 == 0 ? blank : targets[i / 2]; };
-  int64_t start = T - (L + R) > 0 ? 0 : 1;
-  int64_t end = S == 1 ? 1 : 2;
-  for (int64_t i = start; i < end; ++i) alphas[i] = lp[label(i)];
-  for (int64_t t = 1; t < T; ++t) {
-    if (T - t <= L + R) {
-      if (start % 2 == 1 && targets[start / 2] != targets[start / 2 + 1]) ++start;
-      ++start;
+  if (block <= 0) {
+    if (T * S <= kFullTrellisCells) {
+      block = T;
+    } else {
+      block = static_cast<int64_t>(std::cbrt(static_cast<double>(T) * static_cast<double>(S)));
+      block = std::max<int64_t>(block, 16);
     }
-    if (t <= L + R) {
-      if (end % 2 == 0 && end < 2 * L && targets[end / 2 - 1] != targets[end / 2]) ++end;
-      ++end;
-    }
-    const float* row = lp + t * V;
-    float* cur = &alphas[(t % 2) * S];
-    const float* prev = &alphas[((t - 1) % 2) * S];
-    int8_t* bp = &back[t * S];
-    std::fill(cur, cur + S, kNegInf);
-    int64_t loop = start;
-    if (start == 0) {
-      cur[0] = prev[0] + row[blank];
-      bp[0] = 0;
-      loop = 1;
-    }
-    for (int64_t i = loop; i < end; ++i) {
-      const float x0 = prev[i], x1 = prev[i - 1];
-      float x2 = kNegInf;
-      if (i % 2 != 0 && i != 1 && targets[i / 2] != targets[i / 2 - 1]) x2 = prev[i - 2];
-      float best;
-      if (x2 > x1 && x2 > x0) {
-        best = x2;
-        bp[i] = 2;
-      } else if (x1 > x0 && x1 > x2) {  // x1 == x2 > x0 takes x0, as torchaudio does
-        best = x1;
-        bp[i] = 1;
-      } else {
-        best = x0;
-        bp[i] = 0;
+  }
+  const bool whole = block >= T - 1;  // one block: back-pointers kept in the forward pass
+  // the window [start, end) of reachable states of each frame, as torchaudio moves it
+  std::vector<int64_t> starts(static_cast<size_t>(T)), ends(static_cast<size_t>(T));
+  {
+    int64_t start = T - (L + R) > 0 ? 0 : 1, end = S == 1 ? 1 : 2;
+    starts[0] = start;
+    ends[0] = end;
+    for (int64_t t = 1; t < T; ++t) {
+      if (T - t <= L + R) {
+        if (start % 2 == 1 && targets[start / 2] != targets[start / 2 + 1]) ++start;
+        ++start;
       }
-      cur[i] = best + row[label(i)];
+      if (t <= L + R) {
+        if (end % 2 == 0 && end < 2 * L && targets[end / 2 - 1] != targets[end / 2]) ++end;
+        ++end;
+      }
+      starts[t] = start;
+      ends[t] = end;
     }
+  }
+  std::vector<int32_t> labels(static_cast<size_t>(S), blank);
+  std::vector<uint8_t> skips(static_cast<size_t>(S), 0);
+  for (int64_t i = 1; i < S; i += 2) {
+    labels[i] = targets[i / 2];
+    skips[i] = i != 1 && targets[i / 2] != targets[i / 2 - 1];
+  }
+  std::vector<float> alphas(2 * S, kNegInf);
+  auto label = [&](int64_t i) { return labels[i]; };
+  for (int64_t i = starts[0]; i < ends[0]; ++i) alphas[i] = lp[label(i)];
+  std::vector<int8_t> back;  // whole: T x S; else one block's band, (frames x width)
+  std::vector<float> checkpoints;  // the scores of frames 0, block, 2 block, ... (not whole)
+  if (whole) {
+    back.assign(static_cast<size_t>(T * S), -1);
+  } else {
+    checkpoints.reserve(static_cast<size_t>(((T - 2) / block + 1) * S));
+    checkpoints.insert(checkpoints.end(), alphas.begin(), alphas.begin() + S);
+  }
+  for (int64_t t = 1; t < T; ++t) {
+    float* cur = &alphas[(t % 2) * S];
+    trellis_row(&alphas[((t - 1) % 2) * S], cur, whole ? &back[t * S] : nullptr, lp + t * V,
+                labels.data(), skips.data(), 0, S, starts[t], ends[t]);
+    if (!whole && t % block == 0 && t < T - 1) checkpoints.insert(checkpoints.end(), cur, cur + S);
   }
   const float* last = &alphas[((T - 1) % 2) * S];
   int64_t state = last[S - 1] > last[S - 2] ? S - 1 : S - 2;
@@ -136,20 +194,63 @@ inline void viterbi(const float* lp, int64_t T, int64_t V, const int32_t* target
   const char* none = "no alignment of finite score: the posteriors rule out these targets";
   if (last[state] == kNegInf) throw std::runtime_error(none);
   path.resize(static_cast<size_t>(T));
-  for (int64_t t = T - 1; t >= 0; --t) {
-    if (state < 0 || state >= S) throw std::runtime_error(none);  // NaNs in lp can do it
-    path[t] = label(state);
-    state -= back[t * S + state];
+  if (whole) {
+    for (int64_t t = T - 1; t >= 0; --t) {
+      if (state < 0 || state >= S) throw std::runtime_error(none);  // NaNs in lp can do it
+      path[t] = label(state);
+      state -= back[t * S + state];
+    }
+    return;
   }
+  // back-trace, one block of frames (c, top] at a time, c a checkpoint
+  std::vector<float> band(2 * S, kNegInf);
+  for (int64_t top = T - 1; top > 0;) {
+    if (state < 0 || state >= S) throw std::runtime_error(none);
+    const int64_t c = (top - 1) / block * block;
+    const float* first = &checkpoints[(c / block) * S];
+    // the band of states at frame u: [state - 2 (top - u), state]; the whole trellis when
+    // the path leaves it (a -1 back-pointer moves up: only NaNs in lp lead there)
+    bool wide = false;
+    for (;;) {
+      const int64_t hi = wide ? S : state + 1;
+      auto lo_at = [&](int64_t u) { return wide ? int64_t{0} : std::max<int64_t>(0, state - 2 * (top - u)); };
+      const int64_t base = lo_at(c), width = hi - base;
+      back.assign(static_cast<size_t>((top - c) * width), -1);
+      const float* prev = first;
+      for (int64_t u = c + 1; u <= top; ++u) {
+        float* cur = &band[(u % 2) * S];
+        // the row's back-pointers, indexed by state
+        int8_t* bp = back.data() + (u - c - 1) * width - base;
+        trellis_row(prev, cur, bp, lp + u * V, labels.data(), skips.data(), lo_at(u), hi, starts[u],
+                    ends[u]);
+        prev = cur;
+      }
+      int64_t s = state, u = top;
+      for (; u > c; --u) {
+        if (s < lo_at(u) || s >= hi) break;
+        path[u] = label(s);
+        s -= back[(u - c - 1) * width + s - base];
+      }
+      if (u == c) {
+        state = s;
+        break;
+      }
+      if (wide || s < 0 || s >= S) throw std::runtime_error(none);
+      wide = true;
+    }
+    top = c;
+  }
+  if (state < 0 || state >= S) throw std::runtime_error(none);
+  path[0] = label(state);
 }
 
 // The spans of ``targets`` in ``lp``: one per run of a non-blank frame label, in order
 // (as many as both have); given ``probs`` (T x V, the posteriors: exp of ``lp`` in
 // float64, as NumPy computes it), each one's confidence too.
 inline Spans align(const float* lp, int64_t T, int64_t V, const int32_t* targets, int64_t L,
-                   int32_t blank, const double* probs) {
+                   int32_t blank, const double* probs, int64_t block = 0) {
   std::vector<int32_t> path;
-  viterbi(lp, T, V, targets, L, blank, path);
+  viterbi(lp, T, V, targets, L, blank, path, block);
   Spans out;
   for (int64_t t = 0; t < T && static_cast<int64_t>(out.start.size()) < L;) {
     int64_t e = t + 1;

@@ -825,8 +825,10 @@ PYBIND11_MODULE(_ctcsearch, m) {
   m.def(
       "align",
       [](py::array_t<float, py::array::c_style | py::array::forcecast> lp, const std::vector<int32_t>& units,
-         int32_t blank, std::optional<py::array_t<double, py::array::c_style | py::array::forcecast>> probs) {
+         int32_t blank, std::optional<py::array_t<double, py::array::c_style | py::array::forcecast>> probs,
+         int64_t block) {
         if (lp.ndim() != 2) throw std::invalid_argument("log-probabilities must be T x V");
+        if (block < 0) throw std::invalid_argument("block must be >= 0 (0: chosen by the length)");
         const double* p = nullptr;
         if (probs) {
           if (probs->ndim() != 2 || probs->shape(0) != lp.shape(0) || probs->shape(1) != lp.shape(1))
@@ -837,17 +839,20 @@ PYBIND11_MODULE(_ctcsearch, m) {
         {
           py::gil_scoped_release release;
           spans = ctcalign::align(lp.data(), lp.shape(0), lp.shape(1), units.data(),
-                                  static_cast<int64_t>(units.size()), blank, p);
+                                  static_cast<int64_t>(units.size()), blank, p, block);
         }
         py::object conf = py::none();
         if (p != nullptr) conf = py::cast(spans.confidence);
         return py::make_tuple(py::cast(spans.start), py::cast(spans.end), conf);
       },
       py::arg("log_probs"), py::arg("units"), py::arg("blank"), py::arg("probs") = py::none(),
+      py::arg("block") = 0,
       "CTC forced alignment of ``units`` in ``log_probs`` (T x V): the spans of "
       "torchaudio.functional.forced_align, its ties broken alike, as (starts, ends, "
       "confidences) in frames, [start, end). Confidences (fusion.types.span_confidences) "
-      "only given ``probs``, the posteriors (np.exp of log_probs in float64); else None.");
+      "only given ``probs``, the posteriors (np.exp of log_probs in float64); else None. "
+      "Memory is linear in the length: long inputs keep every ``block``-th frame's scores "
+      "and recompute the back-pointers (0: the block chosen by the size; > 0: for tests).");
   m.def(
       "group_words",
       [](const std::vector<int32_t>& units, py::array_t<int8_t, py::array::c_style | py::array::forcecast> kind) {
