@@ -502,42 +502,58 @@ def _append(path: Path, line: str) -> None:
 #          words of its message, utterances still imported)
 ALL = ["000010011", "000010035", "000050012"]
 KALDI_BAD = {
-    "piped-command": ("unsupported-audio", lambda d: _edit(
-        d / "wav.scp", "WAVE/SPEAKER0001/000010035.WAV", "sox WAVE/a.WAV -t wav - |"),
+    "piped-command": (
+        "unsupported-audio",
+        lambda d: _edit(d / "wav.scp", "WAVE/SPEAKER0001/000010035.WAV", "sox WAVE/a.WAV -t wav - |"),
         "wav.scp:2", "piped command", ["000010011", "000050012"]),
-    "archive-offset": ("unsupported-audio", lambda d: _edit(
-        d / "wav.scp", "WAVE/SPEAKER0001/000010035.WAV", "data/wav.ark:1234"),
+    "archive-offset": (
+        "unsupported-audio",
+        lambda d: _edit(d / "wav.scp", "WAVE/SPEAKER0001/000010035.WAV", "data/wav.ark:1234"),
         "wav.scp:2", "Kaldi archive", ["000010011", "000050012"]),
-    "stdin": ("unsupported-audio", lambda d: _edit(
-        d / "wav.scp", "WAVE/SPEAKER0001/000010035.WAV", "-"),
+    "stdin": (
+        "unsupported-audio",
+        lambda d: _edit(d / "wav.scp", "WAVE/SPEAKER0001/000010035.WAV", "-"),
         "wav.scp:2", "standard input", ["000010011", "000050012"]),
-    "missing-file": ("missing-audio", lambda d: (d.parent / "WAVE/SPEAKER0005/000050012.WAV").unlink(),
+    "missing-file": (
+        "missing-audio", lambda d: (d.parent / "WAVE/SPEAKER0005/000050012.WAV").unlink(),
         "wav.scp:3", "no audio file", ALL[:2]),
-    "text-without-audio": ("missing-audio", lambda d: _append(d / "text", "000010077 NO AUDIO"),
+    "text-without-audio": (
+        "missing-audio", lambda d: _append(d / "text", "000010077 NO AUDIO"),
         "text:4", "no wav.scp entry", ALL),
-    "audio-without-text": ("no-transcript",
+    "audio-without-text": (
+        "no-transcript",
         lambda d: _edit(d / "text", "000010035\tZERO THREE FIVE ONE\n", ""),
         "wav.scp:2", "no line in", ["000010011", "000050012"]),
-    "wav-scp-without-path": ("malformed-line", lambda d: _append(d / "wav.scp", "000010088"),
+    "wav-scp-without-path": (
+        "malformed-line", lambda d: _append(d / "wav.scp", "000010088"),
         "wav.scp:4", "RECORDING PATH", ALL),
-    "text-without-words": ("malformed-line", lambda d: _edit(d / "text", "\tZERO THREE FIVE ONE", ""),
+    "text-without-words": (
+        "malformed-line", lambda d: _edit(d / "text", "\tZERO THREE FIVE ONE", ""),
         "text:2", "UTT TRANSCRIPT", ["000010011", "000050012"]),
-    "bad-gender": ("malformed-line", lambda d: _edit(d / "spk2gender", "0005\tf", "0005\tfemale"),
+    "bad-gender": (
+        "malformed-line", lambda d: _edit(d / "spk2gender", "0005\tf", "0005\tfemale"),
         "spk2gender:2", "gender must be m or f", ALL),
-    "bad-age": ("malformed-line", lambda d: _edit(d / "spk2age", "0005\t27", "0005\tadult"),
+    "bad-age": (
+        "malformed-line", lambda d: _edit(d / "spk2age", "0005\t27", "0005\tadult"),
         "spk2age:2", "whole number", ALL),
-    "bad-utt2spk": ("malformed-line", lambda d: _edit(d / "utt2spk", "000050012 0005", "000050012 0005 x"),
+    "bad-utt2spk": (
+        "malformed-line", lambda d: _edit(d / "utt2spk", "000050012 0005", "000050012 0005 x"),
         "utt2spk:3", "UTT SPEAKER", ALL),
-    "duplicate-id": ("duplicate-id", lambda d: _append(d / "text", "000010011 SAID TWICE"),
+    "duplicate-id": (
+        "duplicate-id", lambda d: _append(d / "text", "000010011 SAID TWICE"),
         "text:4", "text:1", ALL),
-    "empty-text": ("empty-text", lambda d: _edit(d / "text", "ZERO THREE FIVE ONE", "..."),
+    "empty-text": (
+        "empty-text", lambda d: _edit(d / "text", "ZERO THREE FIVE ONE", "..."),
         "text:2", "empty once normalised", ["000010011", "000050012"]),
-    "unreadable-audio": ("unreadable-audio",
+    "unreadable-audio": (
+        "unreadable-audio",
         lambda d: (d.parent / "WAVE/SPEAKER0001/000010035.WAV").write_bytes(b"RIFF not audio"),
         "WAVE/SPEAKER0001/000010035.WAV", "cannot read", ["000010011", "000050012"]),
-    "empty-audio": ("empty-audio", lambda d: _audio(d.parent / "WAVE/SPEAKER0001/000010035.WAV", 0.0),
+    "empty-audio": (
+        "empty-audio", lambda d: _audio(d.parent / "WAVE/SPEAKER0001/000010035.WAV", 0.0),
         "WAVE/SPEAKER0001/000010035.WAV", "no samples", ["000010011", "000050012"]),
-    "no-speaker": ("no-speaker", lambda d: _edit(d / "utt2spk", "000050012 0005\n", ""),
+    "no-speaker": (
+        "no-speaker", lambda d: _edit(d / "utt2spk", "000050012 0005\n", ""),
         "text:3", "without a speaker", ALL),
 }  # fmt: skip
 
