@@ -405,7 +405,7 @@ def test_specaugment_options_off_draw_no_randomness():
 
 
 @pytest.mark.parametrize("recipe", sorted(
-    (Path(__file__).parents[1] / "fusion/models/am-default/recipe").glob("*.toml")),
+    (Path(__file__).parents[1] / "benchmarks/lab/am-default/recipe").glob("*.toml")),
     ids=lambda p: p.name)
 def test_committed_recipes_are_valid_configs(recipe):
     # each stage's recipe must still load, so that the model card's commands rerun

@@ -2,7 +2,7 @@
 # Stages 10, 12, 13, 14 and 18, step 1 (on this CPU machine): assemble what travels to a lent
 # GPU machine, which takes 64 MiB and has no TTS program, Debian text package or FLAC corpus.
 #
-#   bash fusion/models/am-default/recipe/gpu-stage10-pack.sh [DEST]   (default .dev/carry)
+#   bash benchmarks/lab/am-default/recipe/gpu-stage10-pack.sh [DEST]   (default .dev/carry)
 #
 # DEST gets: tts-root.tar.xz (espeak-ng, flite, festival and every shared library they
 # and DECtalk load beyond glibc and libstdc++, at their absolute paths; festival's ked
@@ -22,7 +22,7 @@
 # had it nowhere, so .dev/carry went as untracked files of the tree).
 set -euo pipefail
 REPO=$(git rev-parse --show-toplevel)
-R=$REPO/fusion/models/am-default/recipe
+R=$REPO/benchmarks/lab/am-default/recipe
 DEST=$(realpath -m "${1:-$REPO/.dev/carry}")
 H=${ASRFUSE_HOME:-$HOME/.cache/asrfuse}
 PY=${PY:-$REPO/.venv/bin/python}
