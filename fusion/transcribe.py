@@ -466,6 +466,8 @@ def _subtitle_targets(dest: Path | None, suffix: str, recordings: Sequence[Recor
     (one recording only), else ``dest/ID.suffix``."""
     if dest is None:
         return {}
+    if dest.is_file() and dest.suffix.lower() != suffix:
+        raise ValueError(f"{dest}: not a folder nor a {suffix} file")
     if dest.suffix.lower() == suffix:
         if len(recordings) != 1:
             raise ValueError(f"{dest}: one {suffix} file holds one recording's subtitles; "
@@ -543,12 +545,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     recordings = collect_inputs(args.audio)
-    srt = _subtitle_targets(args.srt, ".srt", recordings)
-    vtt = _subtitle_targets(args.vtt, ".vtt", recordings)
+    inputs = [r.path for r in recordings] + [a for a in args.audio if a.is_file()]
     errors_path = args.errors or (args.output.with_suffix(".errors.jsonl") if args.output else None)
     outputs = [p for p in (args.output, args.ctm, errors_path) if p is not None]
-    _refuse_overwriting([*outputs, *srt.values(), *vtt.values()],
-                        [r.path for r in recordings] + [a for a in args.audio if a.is_file()])
+    _refuse_overwriting([*outputs, *(p for p in (args.srt, args.vtt) if p is not None)], inputs)
+    srt = _subtitle_targets(args.srt, ".srt", recordings)
+    vtt = _subtitle_targets(args.vtt, ".vtt", recordings)
+    _refuse_overwriting([*srt.values(), *vtt.values()], inputs)
     if len({p.resolve() for p in outputs}) != len(outputs):
         raise ValueError("-o, --ctm and --errors must be different files")
     vad = SegmenterConfig(threshold=args.vad_threshold, min_silence=args.min_silence,

@@ -165,7 +165,7 @@ class Segmenter:
     def __init__(self, config: SegmenterConfig = SegmenterConfig()) -> None:
         self.config = config
         w = WINDOW / VAD_RATE
-        self._min_silence = max(1, round(config.min_silence / w))
+        self._min_silence = max(1, math.ceil(config.min_silence / w - 1e-9))  # waits >= pad
         self._min_speech = round(config.min_speech / w)
         self._pad = round(config.pad * VAD_RATE)
         # windows of speech a segment may hold so that, padded, it stays within max_segment
@@ -214,9 +214,10 @@ class Segmenter:
     def _cut(self) -> list[Segment]:
         """Split the over-long open segment at its least speech-like window."""
         probs = np.asarray(self._probs)
-        smooth = np.convolve(probs, np.ones(3) / 3, mode="same")  # (N,)
+        smooth = np.convolve(np.pad(probs, 1, mode="edge"), np.ones(3) / 3, mode="valid")  # (N,)
         lo = max(1, len(probs) // 2)
-        tail = smooth[lo:][::-1]  # the latest of equal minima: segments as long as they may be
+        score = smooth + 1e-3 * probs  # equal smoothed values: the window itself decides
+        tail = score[lo:][::-1]  # the latest of equal minima: segments as long as they may be
         start = self._start
         cut = start + lo + len(tail) - 1 - int(np.argmin(tail))
         segments = self._emit(start, cut, pad_end=False, limit=cut * WINDOW)
