@@ -123,3 +123,22 @@ def test_bad_inputs(table, files, tmp_path):
     nan[0, 2, 3] = float("nan")
     with pytest.raises(ValueError, match="utterance 0: emissions have NaN"):
         d(nan)
+
+
+def test_online_decoding_ends_as_one_call(table, files):
+    d = ctc_decoder(**_kwargs(table, files))
+    if not hasattr(d.search, "stream"):
+        pytest.skip("fusion.decoder has no streaming search")
+    _, emissions, lengths = _emissions(table, n=1)
+    whole = d(emissions, lengths)[0]
+    x = emissions[0, : int(lengths[0])]
+    with pytest.raises(RuntimeError, match="before decode_begin"):
+        d.decode_step(x)
+    d.decode_begin()
+    for start in range(0, len(x), 7):
+        d.decode_step(x[start:start + 7].contiguous())
+    d.decode_end()
+    online = d.get_final_hypothesis()
+    assert [h.words for h in online] == [h.words for h in whole]
+    assert online[0].score == pytest.approx(whole[0].score)
+    assert online[0].timesteps.tolist() == whole[0].timesteps.tolist()

@@ -29,9 +29,12 @@ effect); emissions are log-softmaxed per frame first (a per-frame constant, whic
 no ranking, so unnormalised scores work too, and the scores are then log-probabilities);
 units below log-probability -12 are not extended (:func:`fusion.decoder.lexicon_pruning`'s
 floor); ``sil_score`` other than 0 and custom ``CTCDecoderLM`` objects are refused; words
-are given without a lexicon too. ``tokens`` are the collapsed units, with ``sil_token``
+are given without a lexicon too. Online decoding (``decode_begin`` / ``decode_step`` /
+``decode_end`` / ``get_final_hypothesis``) runs :meth:`BeamSearchDecoder.stream` and ends
+with exactly what one call on the whole utterance gives. ``tokens`` are the collapsed units, with ``sil_token``
 where the search put one, and a ``sil_token`` around the utterance as flashlight's are;
-``timesteps`` is each unit's first frame.
+``timesteps`` is each unit's first frame (flashlight's are one frame later: its paths
+carry a start frame).
 """
 
 from __future__ import annotations
@@ -107,6 +110,19 @@ def load_lexicon(path: str | os.PathLike) -> dict[str, list[list[str]]]:
     return lexicon
 
 
+def _log_softmax(emission: np.ndarray, utt: str) -> np.ndarray:
+    """Per-frame log-softmax of ``(T, N)`` emissions, float32 (NaN and +inf refused)."""
+    x = emission.astype(np.float64)
+    if np.isnan(x).any() or np.isposinf(x).any():
+        raise ValueError(f"{utt}: emissions have NaN or +inf")
+    if len(x):
+        m = x.max(axis=1, keepdims=True)
+        m[~np.isfinite(m)] = 0
+        with np.errstate(divide="ignore"):
+            x = x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
+    return x.astype(np.float32)
+
+
 class CTCDecoder:
     """torchaudio's ``CTCDecoder`` interface over :class:`fusion.decoder.BeamSearchDecoder`.
 
@@ -142,16 +158,9 @@ class CTCDecoder:
     def _decode_one(self, emission: np.ndarray, utt: str) -> list[CTCHypothesis]:
         import torch
 
-        x = emission.astype(np.float64)  # (T, N)
-        if np.isnan(x).any() or np.isposinf(x).any():
-            raise ValueError(f"{utt}: emissions have NaN or +inf")
-        if len(x):
-            m = x.max(axis=1, keepdims=True)
-            m[~np.isfinite(m)] = 0
-            with np.errstate(divide="ignore"):
-                x = x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
-        result = self.search.decode(Posteriors(utt, x.astype(np.float32), 1.0))
-        return [self._hypothesis(h, len(x), torch) for h in result.nbest[: self.nbest]]
+        lp = _log_softmax(emission, utt)  # (T, N)
+        result = self.search.decode(Posteriors(utt, lp, 1.0))
+        return [self._hypothesis(h, len(lp), torch) for h in result.nbest[: self.nbest]]
 
     def _hypothesis(self, h: Hypothesis, n_frames: int, torch: Any) -> CTCHypothesis:
         ids = [t.token_id for t in h.tokens]
@@ -186,8 +195,36 @@ class CTCDecoder:
         """The token spellings of ``idxs``."""
         return [self.tokens[int(i)] for i in idxs]
 
-    # streaming: torchaudio's decode_begin/decode_step/decode_end/get_final_hypothesis need
-    # an incremental search, which fusion.decoder does not offer (yet): not provided here.
+    # -- online decoding (torchaudio's decode_begin / decode_step / decode_end) ---------------
+    def decode_begin(self) -> None:
+        """Start an utterance decoded chunk by chunk (:meth:`BeamSearchDecoder.stream`).
+        As torchaudio's, the decoder then holds that one utterance's state."""
+        self._stream = self.search.stream(1.0, "stream")
+        self._final = None
+
+    def decode_step(self, emissions: torch.Tensor) -> None:
+        """Extend the utterance with ``emissions`` ``(frame, num_tokens)``."""
+        self._check(emissions, 2)
+        stream = getattr(self, "_stream", None)
+        if stream is None:
+            raise RuntimeError("decode_step before decode_begin")
+        stream.accept(_log_softmax(emissions.numpy(), "stream"))
+
+    def decode_end(self) -> None:
+        """Finish the utterance (its last word, ``</s>``, the alignment of each hypothesis)."""
+        stream = getattr(self, "_stream", None)
+        if stream is None:
+            raise RuntimeError("decode_end before decode_begin")
+        self._final, self._stream = (stream.finish(), stream.num_frames), None
+
+    def get_final_hypothesis(self) -> list[CTCHypothesis]:
+        """The finished utterance's ``nbest`` hypotheses, best first."""
+        import torch
+
+        if getattr(self, "_final", None) is None:
+            raise RuntimeError("get_final_hypothesis before decode_end")
+        result, n_frames = self._final
+        return [self._hypothesis(h, n_frames, torch) for h in result.nbest[: self.nbest]]
 
 
 def _lm_vocabulary(lm: KenLM, path: Path) -> list[str] | None:
