@@ -382,12 +382,11 @@ class Transcriber:
 
     def _stream_segment(self, seg: Segment, wave: np.ndarray,
                         on_partial: Callable[[float, str], None] | None) -> SegmentResult:
-        stream = self.decoder.stream()
+        stream = self.decoder.stream(self.adapter.frame_shift)
         partials: list[tuple[float, str]] = []
         offset = seg.start / VAD_RATE
         for used_end, frames in self.chunk_log_probs(wave):
-            stream.accept(frames)
-            text = stream.partial().text
+            text = stream.accept(frames).text
             when = offset + used_end / VAD_RATE
             partials.append((when, text))
             if on_partial is not None:
