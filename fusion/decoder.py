@@ -37,7 +37,7 @@ import numpy as np
 from fusion.posteriors import Posteriors
 from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
 from fusion.tokens import TokenTable
-from fusion.types import DecodeResult, Hypothesis, TokenSpan, WordSpan, spans_to_words
+from fusion.types import DecodeResult, Hypothesis, PartialResult, TokenSpan, WordSpan, spans_to_words
 from lm.ngram import KenLM
 
 if TYPE_CHECKING:  # torch is imported where the fallback aligner needs it
@@ -52,8 +52,8 @@ except ImportError as _exc:  # not built: ``make`` builds it (see setup.py)
 
 _new_tuple = tuple.__new__
 
-__all__ = ["ENGINES", "BeamSearchDecoder", "SearchOptions", "candidate_units", "compiled_scorers",
-           "lexicon_pruning"]
+__all__ = ["ENGINES", "BeamSearchDecoder", "DecoderStream", "SearchOptions", "StreamSnapshot",
+           "candidate_units", "compiled_scorers", "lexicon_pruning"]
 
 NEG_INF = -math.inf
 ACOUSTIC = "acoustic"
@@ -210,6 +210,63 @@ class _Final(NamedTuple):
     acoustic: float
     scores: tuple[float, ...]  # unweighted, end-of-utterance scores included
     fused: float  # weighted sum of ``scores``
+
+
+class _SearchState:
+    """The Python search between two chunks of frames (internal).
+
+    Every prefix the search meets gets a number: ``ids[parent * vocab + unit]``. Its
+    word-scorer bookkeeping is worked out once (``infos[n]``; None: ruled out by a
+    constraint) and ``parents[n]`` rebuilds its units at the end."""
+
+    __slots__ = ("beams", "infos", "parents", "ids", "cache", "partials")
+
+    def __init__(self, beams: list[_Beam], infos: list[_Prefix | None],
+                 parents: list[tuple[int, int]], ids: dict[int, int], cache: dict,
+                 partials: dict) -> None:
+        self.beams = beams
+        self.infos = infos
+        self.parents = parents
+        self.ids = ids
+        self.cache = cache  # (scorer, state, word) -> (state, score), for this utterance
+        # partial word (or scorer, state, partial word) -> weighted partial-word estimate
+        self.partials = partials
+
+    def copy(self) -> _SearchState:
+        """An independent copy: new beams and prefixes (the search changes them), the
+        scorers' states shared (values the search never changes)."""
+        made: dict[int, _Prefix] = {}
+
+        def dup(p: _Prefix | None) -> _Prefix | None:
+            if p is None:
+                return None
+            q = made.get(id(p))
+            if q is None:
+                q = made[id(p)] = _Prefix(p.partial, p.states, p.scores, p.fused, p.pterm, p.pending)
+            return q
+
+        infos = [dup(p) for p in self.infos]
+        beams = []
+        for b in self.beams:
+            c = _Beam(b.id, b.last, dup(b.info), b.p_nb)  # type: ignore[arg-type]
+            c.p_b = b.p_b
+            beams.append(c)
+        return _SearchState(beams, infos, list(self.parents), dict(self.ids), dict(self.cache),
+                            dict(self.partials))
+
+    def best(self, w_ac: float) -> tuple[tuple[int, ...], float]:
+        """The units and total of the best beam now (the total the search ranks by)."""
+        top, top_total = None, NEG_INF
+        for b in self.beams:
+            total = w_ac * _lae(b.p_b, b.p_nb) + b.info.fused + b.info.pterm
+            if top is None or total > top_total:
+                top, top_total = b, total
+        units = []
+        n = top.id if top is not None else 0
+        while n:
+            n, unit = self.parents[n]
+            units.append(unit)
+        return tuple(reversed(units)), top_total
 
 
 class BeamSearchDecoder:
@@ -433,6 +490,25 @@ class BeamSearchDecoder:
 
     # -- search -------------------------------------------------------------------------
     def _search(self, lp: np.ndarray) -> list[_Final]:
+        state = self._begin()
+        self._advance(state, lp)
+        return self._end(state)
+
+    def _begin(self) -> _SearchState:
+        """A search before its first frame: the root prefix is the only beam."""
+        root = _Prefix("", tuple(s.start() for s in self.scorers), (0.0,) * len(self.scorers),
+                       0.0, 0.0)
+        first = _Beam(0, -1, root)
+        first.p_b = 0.0
+        return _SearchState([first], [root], [(-1, -1)], {}, {}, {})
+
+    def _end(self, state: _SearchState) -> list[_Final]:
+        """The N best of a search after its last frame (end-of-utterance scores added)."""
+        return self._finish(state.beams, state.cache, self.weights[ACOUSTIC], state.parents)
+
+    def _advance(self, state: _SearchState, lp: np.ndarray) -> None:
+        """Take the frames of ``lp`` ``(T, V)``, the beams carried over in ``state``: a
+        search advanced over any split of the frames is the search over all of them."""
         opts, table = self.options, self.table
         blank, boundary = table.blank_id, table.boundary_id
         n_frames, vocab = lp.shape
@@ -455,20 +531,9 @@ class BeamSearchDecoder:
         # term cached under its spelling (when partial-word terms ignore the states)
         letter = [not e and self._stateless for e in ends_word]
         extend, partial_term = self._extend, self._partial_term
-        cache: dict = {}  # (scorer, state, word) -> (state, score), for this utterance
-        # partial word (or scorer, state, partial word) -> weighted partial-word estimate
-        partials: dict = {}
-        # Every prefix the search meets gets a number: ``ids[parent * vocab + unit]``. Its
-        # word-scorer bookkeeping is worked out once (``infos[n]``; None: ruled out by a
-        # constraint) and ``parents[n]`` rebuilds its units at the end.
-        root = _Prefix("", tuple(s.start() for s in self.scorers), (0.0,) * len(self.scorers),
-                       0.0, 0.0)
-        infos: list[_Prefix | None] = [root]
-        parents: list[tuple[int, int]] = [(-1, -1)]
-        ids: dict[int, int] = {}
-        first = _Beam(0, -1, root)
-        first.p_b = 0.0
-        beams = [first]
+        cache, partials = state.cache, state.partials
+        infos, parents, ids = state.infos, state.parents, state.ids
+        beams = state.beams
         for t in range(n_frames):
             row = lp_rows[t]
             lp_blank = row[blank]
@@ -527,7 +592,7 @@ class BeamSearchDecoder:
                     else:
                         child.p_nb = _lae(child.p_nb, p)
             beams = self._prune(list(nxt.values()), w_ac, cache)
-        return self._finish(beams, cache, w_ac, parents)
+        state.beams = beams
 
     def _compiled_search(self, lp: np.ndarray) -> list[_Final]:
         searcher = self._searcher if self._searcher is not None else self._make_searcher()
@@ -705,10 +770,22 @@ class BeamSearchDecoder:
         if self._spec is not None:  # the scorers it knows keep no per-utterance state
             beams = self._compiled_search(lp)
         else:
-            with ExitStack() as sessions:
-                for scorer in self.scorers:
-                    sessions.enter_context(scorer.session())
+            with self._sessions():
                 beams = self._search(lp)
+        return self._result(posteriors.utt_id, lp, beams, posteriors.frame_shift,
+                            posteriors.duration)
+
+    def _sessions(self) -> ExitStack:
+        """Every scorer's session entered (e.g. a neural LM's KV caches), for the Python search."""
+        sessions = ExitStack()
+        for scorer in self.scorers:
+            sessions.enter_context(scorer.session())
+        return sessions
+
+    def _result(self, utt_id: str, lp: np.ndarray, beams: Sequence[_Final], frame_shift: float,
+                duration: float) -> DecodeResult:
+        """The decode result of the search's N best over ``lp`` ``(T, V)``: each
+        hypothesis aligned to the frames for its times and confidences."""
         probs = emissions = None
         if _ctcsearch is not None:  # the units' confidences sum these (NumPy's exp, not C's)
             probs = np.exp(lp.astype(np.float64)) if beams else None  # (T, V)
@@ -716,9 +793,155 @@ class BeamSearchDecoder:
             import torch
 
             emissions = torch.from_numpy(np.array(lp)).unsqueeze(0)
-        nbest = tuple(self._hypothesis(b, lp, probs, emissions, posteriors.frame_shift)
-                      for b in beams)
-        return DecodeResult(posteriors.utt_id, nbest, posteriors.frame_shift, posteriors.duration)
+        nbest = tuple(self._hypothesis(b, lp, probs, emissions, frame_shift) for b in beams)
+        return DecodeResult(utt_id, nbest, frame_shift, duration)
+
+    def stream(self, frame_shift: float, utt_id: str = "stream") -> DecoderStream:
+        """Decode one utterance chunk by chunk: see :class:`DecoderStream`.
+
+        Args:
+            frame_shift: seconds between frames, as :class:`~fusion.posteriors.Posteriors`.
+            utt_id: the utterance id of the results.
+        """
+        Posteriors(utt_id, np.zeros((0, len(self.table)), dtype=np.float32), frame_shift)  # checks
+        return DecoderStream(self, utt_id, float(frame_shift))
 
     def decode_batch(self, batch: Sequence[Posteriors]) -> list[DecodeResult]:
         return [self.decode(p) for p in batch]
+
+
+class DecoderStream:
+    """One utterance decoded chunk by chunk, the search's beams carried over between
+    chunks (made by :meth:`BeamSearchDecoder.stream`).
+
+    :meth:`finish` gives exactly what :meth:`BeamSearchDecoder.decode` gives for the
+    concatenation of the chunks (same N-best, scores, word times and confidences): the
+    search is stepped frame by frame either way; the end-of-utterance scores (the last
+    word, the LM's ``</s>``) and the forced alignment of each hypothesis over the whole
+    utterance wait for :meth:`finish`. The compiled search keeps its tables in a C++
+    object between chunks; the Python search (any scorer, e.g. a neural LM) keeps its
+    own, with the scorers' sessions entered for each call (a neural LM's KV caches last
+    one call). The stream keeps the chunks for the final alignment: ``T x V`` float32.
+
+    Not safe to share between threads; streams of one decoder are independent.
+    """
+
+    def __init__(self, decoder: BeamSearchDecoder, utt_id: str, frame_shift: float) -> None:
+        self.decoder = decoder
+        self.utt_id = utt_id
+        self.frame_shift = frame_shift
+        self._chunks: list[np.ndarray] = []
+        self._frames = 0
+        self._finished = False
+        if decoder._spec is not None:
+            searcher = decoder._searcher if decoder._searcher is not None else decoder._make_searcher()
+            self._search: object = searcher.stream()  # type: ignore[attr-defined]
+        else:
+            self._search = decoder._begin()
+
+    @property
+    def num_frames(self) -> int:
+        """Frames taken so far."""
+        return self._frames
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def accept(self, log_probs: np.ndarray) -> PartialResult:
+        """Take the next frames, ``(T, V)`` log-probabilities (``T`` may be 0), and give
+        the best hypothesis so far (:meth:`partial`)."""
+        if self._finished:
+            raise ValueError(f"stream {self.utt_id!r}: finished; make a new stream")
+        lp = self._check(log_probs)
+        if isinstance(self._search, _SearchState):
+            with self.decoder._sessions():
+                self.decoder._advance(self._search, lp)
+        else:
+            self._search.accept(lp)  # type: ignore[attr-defined]
+        lp.flags.writeable = False
+        self._chunks.append(lp)
+        self._frames += lp.shape[0]
+        return self.partial()
+
+    def partial(self) -> PartialResult:
+        """The best prefix so far, by the total the search ranks by (its last word may be
+        unfinished; no end-of-utterance scores): cheap, the beams' bookkeeping only."""
+        if isinstance(self._search, _SearchState):
+            units, total = self._search.best(self.decoder.weights[ACOUSTIC])
+        else:
+            units, total = self._search.best()  # type: ignore[attr-defined]
+        table = self.decoder.table
+        text = " ".join(table.word_text(w) for w in table.words_from_ids(units))
+        return PartialResult(self.utt_id, text, tuple(units), float(total), self._frames,
+                             self.frame_shift)
+
+    def finish(self) -> DecodeResult:
+        """End the utterance: what :meth:`BeamSearchDecoder.decode` gives for all the
+        frames taken. The stream takes no frames after this."""
+        if self._finished:
+            raise ValueError(f"stream {self.utt_id!r}: already finished")
+        decoder = self.decoder
+        if isinstance(self._search, _SearchState):
+            with decoder._sessions():
+                beams = decoder._end(self._search)
+        else:
+            beams = [_Final(*f) for f in self._search.finish()]  # type: ignore[attr-defined]
+        self._finished = True
+        vocab = len(decoder.table)
+        lp = np.concatenate(self._chunks) if self._chunks else np.zeros((0, vocab), np.float32)
+        self._chunks = []
+        return decoder._result(self.utt_id, lp, beams, self.frame_shift,
+                               self._frames * self.frame_shift)
+
+    def snapshot(self) -> StreamSnapshot:
+        """The stream's state now, to :meth:`restore` later (any number of times)."""
+        if self._finished:
+            raise ValueError(f"stream {self.utt_id!r}: finished; nothing to snapshot")
+        return StreamSnapshot(self.decoder, self._copy_search(), tuple(self._chunks), self._frames)
+
+    def restore(self, snapshot: StreamSnapshot) -> None:
+        """Put the stream back to ``snapshot`` (taken from this stream or another of the
+        same decoder); a finished stream can be restored too."""
+        if not isinstance(snapshot, StreamSnapshot) or snapshot.decoder is not self.decoder:
+            raise ValueError(f"stream {self.utt_id!r}: not a snapshot of a stream of this decoder")
+        self._search = _copy_search(snapshot.search)
+        self._chunks = list(snapshot.chunks)
+        self._frames = snapshot.frames
+        self._finished = False
+
+    def _copy_search(self) -> object:
+        return _copy_search(self._search)
+
+    def _check(self, log_probs: np.ndarray) -> np.ndarray:
+        arr = np.asarray(log_probs)
+        vocab = len(self.decoder.table)
+        if arr.ndim != 2 or arr.shape[1] != vocab:
+            raise ValueError(f"stream {self.utt_id!r}: a chunk must be frames x {vocab} "
+                             f"log-probabilities (the token table's size), got shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"stream {self.utt_id!r}: a chunk must be floating point, got {arr.dtype}")
+        lp = np.array(arr, dtype=np.float32, order="C")  # the stream's own copy
+        bad = np.isnan(lp) | np.isposinf(lp)
+        if bad.any():
+            t = int(np.argwhere(bad)[0, 0])
+            raise ValueError(f"stream {self.utt_id!r}: NaN or +inf in log-probabilities at "
+                             f"frame {self._frames + t}")
+        return lp
+
+
+@dataclass(frozen=True, eq=False)
+class StreamSnapshot:
+    """A :class:`DecoderStream`'s state at one moment (its own copy): for
+    :meth:`DecoderStream.restore`. Not picklable (the compiled search's tables are a C++
+    object); copying a stream is cheap next to decoding it."""
+
+    decoder: BeamSearchDecoder
+    search: object
+    chunks: tuple[np.ndarray, ...]
+    frames: int
+
+
+def _copy_search(search: object) -> object:
+    """An independent copy of a search in progress (a C++ stream or a _SearchState)."""
+    return search.copy()  # type: ignore[attr-defined]

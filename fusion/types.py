@@ -11,7 +11,7 @@ import numpy as np
 
 from fusion.tokens import TokenTable
 
-__all__ = ["DecodeResult", "Hypothesis", "TokenSpan", "WordSpan", "span_confidences",
+__all__ = ["DecodeResult", "Hypothesis", "PartialResult", "TokenSpan", "WordSpan", "span_confidences",
            "spans_to_words"]
 
 
@@ -113,6 +113,34 @@ class DecodeResult:
         if len(self.nbest) > 1:
             out["nbest"] = [h.to_dict(table, self.frame_shift) for h in self.nbest]
         return out
+
+
+@dataclass(frozen=True)
+class PartialResult:
+    """The best hypothesis of a stream so far (:class:`fusion.decoder.DecoderStream`).
+
+    Attributes:
+        utt_id: the stream's utterance id.
+        text: the words of the best prefix, the last one possibly unfinished.
+        token_ids: its units (blanks removed); no frame spans until the stream finishes.
+        score: the total the search ranks it by (natural log): weighted acoustic score
+            plus word scores, the unfinished word by its estimate, no end-of-utterance
+            scores; not comparable with a final hypothesis's score.
+        num_frames: frames the stream has taken.
+        frame_shift: seconds between frames.
+    """
+
+    utt_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    score: float
+    num_frames: int
+    frame_shift: float
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio taken so far."""
+        return self.num_frames * self.frame_shift
 
 
 def span_confidences(spans: Sequence[TokenSpan], log_probs: np.ndarray) -> list[float]:

@@ -302,21 +302,66 @@ class Searcher {
     for (int u = 0; u < vocab_; ++u) letter_[u] = !starts_[u].has_value();
   }
 
+  // One utterance at once: begin, step over every frame, end. The tables are emptied
+  // afterwards (their capacity kept), so that a copy of the searcher (stream) is cheap.
   std::vector<Final> search(const float* lp, int64_t n_frames, int64_t vocab) {
     if (vocab != vocab_) throw std::invalid_argument("posteriors and token table differ in width");
+    begin();
+    step(lp, n_frames, vocab);
+    std::vector<Final> out = end();
     reset();
-    const size_t S = scorers_.size();
-    const size_t N = n_slots_;
+    return out;
+  }
+
+  // Start an utterance: the root prefix is the only beam.
+  void begin() {
+    reset();
+    new_prefix(-1, -1);
+    for (size_t i = 0; i < scorers_.size(); ++i) states_.push_back(start_state(i));
+    for (size_t i = 0; i < scorers_.size(); ++i) scores_.push_back(0.0);
+    for (size_t j = 0; j < n_slots_; ++j) nodes_.push_back(0);
+    beams_.assign(1, Beam{0, -1, 0.0, NEG_INF});
+  }
+
+  // The end of the utterance: each beam's last word completed, end-of-utterance scores
+  // added, the N best. The beams stay (finishing twice gives the same).
+  std::vector<Final> end() { return finish(beams_); }
+
+  // Frames taken since begin().
+  int64_t frames() const { return frames_; }
+
+  // The best beam so far by the total the search ranks by (no end-of-utterance scores; the
+  // word in progress counts by its partial-word estimate): its units and that total.
+  std::pair<std::vector<int32_t>, double> best() const {
+    size_t top = 0;
+    double top_total = NEG_INF;
+    for (size_t j = 0; j < beams_.size(); ++j) {
+      const Info& info = infos_[beams_[j].id];
+      const double total = w_ac_ * lae(beams_[j].p_b, beams_[j].p_nb) + info.fused + info.pterm;
+      if (j == 0 || total > top_total) {
+        top = j;
+        top_total = total;
+      }
+    }
+    std::vector<int32_t> units;
+    if (beams_.empty()) return {units, NEG_INF};
+    for (int32_t n = beams_[top].id; n != 0; n = parents_[n].first) units.push_back(parents_[n].second);
+    std::reverse(units.begin(), units.end());
+    return {units, top_total};
+  }
+
+  // Take ``n_frames`` more frames (rows of ``lp``, n_frames x vocab), the beams carried
+  // over from the frames before: a search stepped over any split of the frames is the
+  // search over all of them at once.
+  void step(const float* lp, int64_t n_frames, int64_t vocab) {
+    if (vocab != vocab_) throw std::invalid_argument("posteriors and token table differ in width");
+    if (infos_.empty()) throw std::logic_error("step before begin");
+    frames_ += n_frames;
+    std::vector<Beam>& beams = beams_;
     // the candidate units of each frame, best first (ties: lower id first)
     const int k = std::min(top_k_, vocab_ - 1);
     std::vector<int32_t> order(vocab_);
     std::vector<std::pair<int32_t, double>> units;
-    // root prefix
-    new_prefix(-1, -1);
-    for (size_t i = 0; i < S; ++i) states_.push_back(start_state(i));
-    for (size_t i = 0; i < S; ++i) scores_.push_back(0.0);
-    for (size_t j = 0; j < N; ++j) nodes_.push_back(0);
-    std::vector<Beam> beams{{0, -1, 0.0, NEG_INF}};
     std::vector<Beam> nxt;
     std::vector<double> lows, totals;
     std::vector<int32_t> idx;
@@ -393,7 +438,6 @@ class Searcher {
       }
       prune(nxt, beams, totals, idx);
     }
-    return finish(beams);
   }
 
  private:
@@ -414,6 +458,8 @@ class Searcher {
     lm_states_.clear();
     lm_index_.clear();
     completions_.clear();
+    beams_.clear();
+    frames_ = 0;
   }
 
   int32_t new_prefix(int32_t parent, int32_t unit) {
@@ -757,7 +803,12 @@ class Searcher {
   }
 
  public:
-  std::mutex busy;
+  // one search at a time per searcher (and per stream); a copy gets a mutex of its own
+  struct Busy {
+    std::mutex mu;
+    Busy() = default;
+    Busy(const Busy&) {}
+  } busy;
 
  private:
   std::vector<std::string> spellings_;
@@ -770,7 +821,9 @@ class Searcher {
   float min_lp_;
   bool has_skip_ = false;
   float skip_lp_ = 0.0f;
-  std::vector<Scorer> scorers_;
+  // the scorers, shared by copies (streams): read-only once made
+  std::shared_ptr<std::vector<Scorer>> shared_scorers_ = std::make_shared<std::vector<Scorer>>();
+  std::vector<Scorer>& scorers_ = *shared_scorers_;
   std::vector<size_t> partial_, constraints_;  // scorers with a partial-word estimate; constraints
   size_t n_slots_ = 0;
   double pt_bound_ = 0.0;  // >= any partial_term
@@ -791,6 +844,15 @@ class Searcher {
   std::vector<lm::ngram::State> lm_states_;
   std::unordered_map<lm::ngram::State, int32_t, StateHash> lm_index_;
   std::unordered_map<WordKey, std::pair<int32_t, double>, WordKeyHash> completions_;
+  std::vector<Beam> beams_;  // the beams after the frames taken so far
+  int64_t frames_ = 0;
+};
+
+// A search in progress (fusion.decoder.DecoderStream): its own copy of a searcher's
+// tables, stepped chunk by chunk; copying one snapshots it.
+struct Stream {
+  Searcher search;
+  bool finished = false;
 };
 
 }  // namespace
@@ -811,7 +873,7 @@ PYBIND11_MODULE(_ctcsearch, m) {
             std::vector<Final> finals;
             {
               py::gil_scoped_release release;
-              std::lock_guard<std::mutex> lock(self.busy);
+              std::lock_guard<std::mutex> lock(self.busy.mu);
               finals = self.search(lp.data(), lp.shape(0), lp.shape(1));
             }
             py::list out;
@@ -821,7 +883,68 @@ PYBIND11_MODULE(_ctcsearch, m) {
             return out;
           },
           py::arg("log_probs"),
-          "Search one utterance: (units, acoustic, scores, fused) of its N best, best first.");
+          "Search one utterance: (units, acoustic, scores, fused) of its N best, best first.")
+      .def(
+          "stream",
+          [](Searcher& self) {
+            std::unique_ptr<Stream> out;
+            {
+              std::lock_guard<std::mutex> lock(self.busy.mu);
+              out.reset(new Stream{self});
+            }
+            out->search.begin();
+            return out;
+          },
+          "A new search to step chunk by chunk (Stream), with this searcher's settings.");
+  py::class_<Stream>(m, "Stream")
+      .def(
+          "accept",
+          [](Stream& self, py::array_t<float, py::array::c_style | py::array::forcecast> lp) {
+            if (lp.ndim() != 2) throw std::invalid_argument("log-probabilities must be T x V");
+            if (self.finished) throw std::logic_error("the stream is finished");
+            py::gil_scoped_release release;
+            std::lock_guard<std::mutex> lock(self.search.busy.mu);
+            self.search.step(lp.data(), lp.shape(0), lp.shape(1));
+          },
+          py::arg("log_probs"), "Take the next frames (T x V), the beams carried over.")
+      .def(
+          "best",
+          [](Stream& self) {
+            std::pair<std::vector<int32_t>, double> top;
+            {
+              std::lock_guard<std::mutex> lock(self.search.busy.mu);
+              top = self.search.best();
+            }
+            return py::make_tuple(py::tuple(py::cast(top.first)), top.second);
+          },
+          "(units, total) of the best beam so far, by the total the search ranks by.")
+      .def(
+          "finish",
+          [](Stream& self) {
+            if (self.finished) throw std::logic_error("the stream is finished");
+            std::vector<Final> finals;
+            {
+              py::gil_scoped_release release;
+              std::lock_guard<std::mutex> lock(self.search.busy.mu);
+              finals = self.search.end();
+              self.finished = true;
+            }
+            py::list out;
+            for (auto& f : finals)
+              out.append(py::make_tuple(py::tuple(py::cast(f.units)), f.acoustic,
+                                        py::tuple(py::cast(f.scores)), f.fused));
+            return out;
+          },
+          "End the utterance: what Searcher.search gives for all the frames taken.")
+      .def(
+          "copy",
+          [](Stream& self) {
+            std::lock_guard<std::mutex> lock(self.search.busy.mu);
+            return std::make_unique<Stream>(self);
+          },
+          "An independent copy of the stream as it is now (a snapshot).")
+      .def_property_readonly("frames", [](const Stream& self) { return self.search.frames(); })
+      .def_property_readonly("finished", [](const Stream& self) { return self.finished; });
   m.def(
       "align",
       [](py::array_t<float, py::array::c_style | py::array::forcecast> lp, const std::vector<int32_t>& units,

@@ -1,0 +1,228 @@
+"""Streaming decoding (BeamSearchDecoder.stream): the final result is decode()'s on the
+concatenation of the chunks, whatever the chunking, in both searches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fusion.decoder import BeamSearchDecoder, SearchOptions, lexicon_pruning
+from fusion.greedy import greedy_decode
+from fusion.posteriors import Posteriors
+from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus
+from fusion.simulate import SimulationConfig, simulate_posteriors
+from fusion.tokens import character_table
+from fusion.types import PartialResult
+from lm.ngram import KenLM, build_arpa
+
+from conftest import peaky
+
+TRIGRAM = Path(__file__).resolve().parents[1] / "lm" / "models" / "word-3gram"
+HOTWORDS = {"the cat": 2.0, "cat sat on": 1.5, "jane": 3.0, "sat": 0.5}
+TEXTS = ["the cat sat on the mat", "jane austen had a cat", "and the dog ran away from the house",
+         "it is a truth universally acknowledged"]
+SCORER_SETS = ("lm", "lm+hotwords", "lexicon", "constraint")
+
+
+def _scorers(kind: str, lm: KenLM, words: list[str]) -> tuple[list, dict[str, float]]:
+    chosen = {
+        "lm": [LMScorer(lm, unigrams=words), WordBonus()],
+        "lm+hotwords": [LMScorer(lm, unigrams=words), WordBonus(), HotwordScorer(HOTWORDS)],
+        "lexicon": [LMScorer(lm), LexiconScorer(words), WordBonus()],
+        "constraint": [LexiconScorer(words, constraint=True), LMScorer(lm), WordBonus()],
+    }[kind]
+    return chosen, {s.name: w for s, w in zip(chosen, (0.9, 1.2, 1.5))}
+
+
+@pytest.fixture(scope="module")
+def compiled_decoders() -> dict[str, BeamSearchDecoder]:
+    """The committed word 3-gram with each scorer set, compiled search."""
+    pytest.importorskip("fusion._ctcsearch", reason="the compiled search is not built (make builds it)")
+    table = character_table()
+    lm = KenLM(TRIGRAM / "model.bin")
+    words = (TRIGRAM / "vocab.txt").read_text().split()
+    out = {}
+    for kind in SCORER_SETS:
+        scorers, weights = _scorers(kind, lm, words)
+        extra = lexicon_pruning(len(table)) if kind == "constraint" else {}
+        options = SearchOptions(**{"beam_size": 12, "nbest": 3, "engine": "compiled", **extra})
+        out[kind] = BeamSearchDecoder(table, scorers, weights, options)
+    return out
+
+
+@pytest.fixture(scope="module")
+def python_decoders(tmp_path_factory) -> dict[str, BeamSearchDecoder]:
+    """A small 3-gram with each scorer set, Python search."""
+    folder = tmp_path_factory.mktemp("ngram")
+    (folder / "text.txt").write_text("\n".join(TEXTS * 3) + "\n")
+    lm = KenLM(build_arpa(folder / "text.txt", folder / "3.arpa", order=3))
+    words = sorted({w for t in TEXTS for w in t.split()})
+    table = character_table()
+    out = {}
+    for kind in SCORER_SETS:
+        scorers, weights = _scorers(kind, lm, words)
+        out[kind] = BeamSearchDecoder(table, scorers, weights,
+                                      SearchOptions(beam_size=8, nbest=3, engine="python"))
+    return out
+
+
+def _utterance(seed: int, style: str) -> Posteriors:
+    """Simulated speech of one of TEXTS (noisy, confusable), or random log-probabilities."""
+    rng = np.random.default_rng(seed)
+    table = character_table()
+    if style == "random":
+        logits = rng.normal(0, 3, size=(int(rng.integers(0, 60)), len(table)))
+        return Posteriors.from_array("u", logits, kind="logits", frame_shift=0.04)
+    p, _ = simulate_posteriors("u", TEXTS[seed % len(TEXTS)], table, rng,
+                               SimulationConfig(confusion=0.3, noise=1.5, peak=4))
+    return p
+
+
+@st.composite
+def chunkings(draw, frames: int) -> list[int]:
+    """Chunk ends: anywhere, empty chunks and 1-frame chunks included."""
+    style = draw(st.sampled_from(["anywhere", "frames", "whole", "empty ends"]))
+    if style == "frames":
+        return list(range(frames + 1))  # an empty chunk first, then one frame at a time
+    if style == "whole":
+        return [frames]
+    cuts = draw(st.lists(st.integers(0, frames), max_size=12))
+    if style == "empty ends":
+        cuts += [0, 0, frames, frames]
+    return sorted(cuts) + [frames]
+
+
+def _streamed(decoder: BeamSearchDecoder, p: Posteriors, ends: list[int]):
+    stream = decoder.stream(p.frame_shift, p.utt_id)
+    start = 0
+    for end in ends:
+        partial = stream.accept(p.log_probs[start:end])
+        assert partial.num_frames == end
+        start = end
+    return stream.finish()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 2**32 - 1), st.sampled_from(SCORER_SETS), st.sampled_from(["speech", "random"]),
+       st.data())
+def test_compiled_stream_equals_offline_decoding(compiled_decoders, seed, kind, style, data):
+    """The 3-gram, hotwords and the lexicon: same N-best, texts, scores, per-scorer scores,
+    token and word times and confidences as decode() of the whole utterance."""
+    decoder = compiled_decoders[kind]
+    p = _utterance(seed, style)
+    ends = data.draw(chunkings(p.num_frames), label="chunk ends")
+    assert _streamed(decoder, p, ends) == decoder.decode(p)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 2**32 - 1), st.sampled_from(SCORER_SETS), st.sampled_from(["speech", "random"]),
+       st.data())
+def test_python_stream_equals_offline_decoding(python_decoders, seed, kind, style, data):
+    decoder = python_decoders[kind]
+    p = _utterance(seed, style)
+    ends = data.draw(chunkings(p.num_frames), label="chunk ends")
+    assert _streamed(decoder, p, ends) == decoder.decode(p)
+
+
+@pytest.mark.parametrize("engine", ["compiled", "python"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_a_restored_snapshot_goes_on_as_the_stream_did(compiled_decoders, python_decoders, engine,
+                                                       seed, data):
+    """Snapshot mid-utterance, finish, restore, feed the rest chunked otherwise, finish
+    again: the same result, the offline one; a snapshot restores any number of times."""
+    decoder = (compiled_decoders if engine == "compiled" else python_decoders)["lm+hotwords"]
+    p = _utterance(seed, "speech")
+    offline = decoder.decode(p)
+    at = data.draw(st.integers(0, p.num_frames), label="snapshot at")
+    stream = decoder.stream(p.frame_shift, p.utt_id)
+    stream.accept(p.log_probs[:at])
+    snap = stream.snapshot()
+    before = stream.partial()
+    stream.accept(p.log_probs[at:])
+    assert stream.finish() == offline
+    for _ in range(2):
+        stream.restore(snap)
+        assert stream.num_frames == at and stream.partial() == before
+        middle = data.draw(st.integers(at, p.num_frames), label="then a cut at")
+        stream.accept(p.log_probs[at:middle])
+        stream.accept(p.log_probs[middle:])
+        assert stream.finish() == offline
+    other = decoder.stream(p.frame_shift, p.utt_id)  # a snapshot moves between streams too
+    other.restore(snap)
+    other.accept(p.log_probs[at:])
+    assert other.finish() == offline
+
+
+@pytest.mark.parametrize("engine", ["compiled", "python"])
+def test_partial_results_are_the_best_prefix_so_far(engine):
+    """No LM, peaky frames: after each chunk the best prefix is the greedy transcript of
+    the frames so far, the word in progress included."""
+    if engine == "compiled":
+        pytest.importorskip("fusion._ctcsearch")
+    table = character_table()
+    frames = list("--cc-a-tt--|-s-aa-t--")
+    lp = peaky(table, frames, peak=12.0)
+    decoder = BeamSearchDecoder(table, options=SearchOptions(engine=engine))
+    stream = decoder.stream(0.04, "u")
+    for t in range(1, len(frames) + 1):
+        partial = stream.accept(lp[t - 1:t])
+        assert isinstance(partial, PartialResult)
+        (greedy,) = greedy_decode([Posteriors("u", lp[:t], 0.04)], table)
+        assert partial.token_ids == greedy.best.token_ids
+        assert partial.num_frames == t and partial.duration == pytest.approx(t * 0.04)
+    assert partial.text == "cat sat"
+    assert stream.partial() == partial  # asking again changes nothing
+    assert stream.finish().best.text == "cat sat"
+
+
+def test_bad_chunks_and_misuse_are_clear_errors(python_decoders):
+    decoder = python_decoders["lm"]
+    width = len(decoder.table)
+    with pytest.raises(ValueError, match="frame_shift"):
+        decoder.stream(0.0)
+    stream = decoder.stream(0.04, "call-7")
+    with pytest.raises(ValueError, match=rf"stream 'call-7': a chunk must be frames x {width}"):
+        stream.accept(np.zeros((3, width + 1), np.float32))
+    with pytest.raises(ValueError, match="a chunk must be frames x"):
+        stream.accept(np.zeros(width, np.float32))
+    with pytest.raises(ValueError, match="floating point"):
+        stream.accept(np.zeros((2, width), np.int64))
+    stream.accept(np.full((4, width), -np.log(width)))
+    bad = np.full((3, width), -np.log(width))
+    bad[2, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN or \\+inf in log-probabilities at frame 6"):
+        stream.accept(bad)
+    assert stream.num_frames == 4  # a refused chunk is not taken
+    snap = stream.snapshot()
+    stream.finish()
+    assert stream.finished
+    with pytest.raises(ValueError, match="finished"):
+        stream.accept(bad[:0])
+    with pytest.raises(ValueError, match="already finished"):
+        stream.finish()
+    with pytest.raises(ValueError, match="finished"):
+        stream.snapshot()
+    other = BeamSearchDecoder(decoder.table, options=SearchOptions(engine="python"))
+    with pytest.raises(ValueError, match="not a snapshot of a stream of this decoder"):
+        other.stream(0.04).restore(snap)
+    stream.restore(snap)  # a finished stream comes back
+    assert not stream.finished and stream.num_frames == 4
+
+
+def test_a_chunk_is_copied(python_decoders):
+    """The stream keeps its own copy: the caller may reuse its buffer."""
+    decoder = python_decoders["lm"]
+    p = _utterance(3, "speech")
+    stream = decoder.stream(p.frame_shift, p.utt_id)
+    buffer = np.empty((10, p.num_tokens), np.float32)
+    for start in range(0, p.num_frames, 10):
+        chunk = p.log_probs[start:start + 10]
+        buffer[:len(chunk)] = chunk
+        stream.accept(buffer[:len(chunk)])
+        buffer[:] = 0.0
+    assert stream.finish() == decoder.decode(p)
