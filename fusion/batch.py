@@ -23,11 +23,18 @@ appended and flushed after each utterance, so a run killed at any moment (even
 finished utterances of the shard in progress, and its ``hyps.jsonl`` is byte-identical
 to an uninterrupted run's. A torn last journal line is dropped and redone.
 
-Failures of one utterance (unreadable, NaN, wrong vocabulary size, no frames, a decoder
-exception) are recorded with their reason and the others go on. Failures of the run
-(unwritable output, disk full, inputs changed since the run began) raise
-:class:`BatchError` naming the file and the problem; no partial output file is left
-(writes go through :func:`fusion.manifest.atomic_write`).
+Failures of one utterance (unreadable, NaN, wrong vocabulary size, a decoder exception)
+are recorded with their reason and the others go on. An utterance with no frames is an
+empty hypothesis, as with ``fusion decode -o``. Failures of the run (unwritable output,
+disk full, inputs changed since the run began) raise :class:`BatchError` naming the file
+and the problem (:class:`BatchOutputError` for output files); no partial output file is
+left (writes go through :func:`fusion.manifest.atomic_write`).
+
+The plan records each input's content fingerprint: a hash of its zip directory's member
+names, sizes and CRC-32s (what ``.npz`` archives store for every member, checked again
+when a member is read), so fingerprinting a multi-GB file reads only its directory. A
+resumed run whose input changed (regenerated posteriors of the same size and ids
+included) is refused, naming the file.
 
 Worker processes are used only when the caller asks (``workers > 1``): they go through
 :func:`fusion.parallel.decode_parallel` and read their utterances from the files
@@ -40,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import errno
 import fcntl
 import hashlib
 import io
@@ -63,7 +69,9 @@ from typing import Any
 from tqdm import tqdm
 
 from fusion.distributed import add_backend_arguments
-from fusion.manifest import atomic_write
+from fusion.manifest import (EXIT_BAD_INPUT, EXIT_FAILURES, EXIT_OK, EXIT_OUTPUT,
+                             OutputConflict, OutputError, atomic_write, check_outputs,
+                             output_error)
 from fusion.parallel import Backend, Decoder, LocalBackend
 from fusion.posteriors import (DEFAULT_TOLERANCE, KINDS, Kind, Posteriors, PosteriorsError,
                                PosteriorsReader)
@@ -73,6 +81,7 @@ from fusion.types import DecodeResult
 __all__ = [
     "BatchError",
     "BatchOptions",
+    "BatchOutputError",
     "BatchSummary",
     "GreedyDecoder",
     "add_arguments",
@@ -84,6 +93,7 @@ __all__ = [
 
 FORMAT = "asrfuse-batch"
 PLAN = "plan.json"
+PLAN_VERSION = 2  # 2: each input's content fingerprint
 HYPS = "hyps.jsonl"
 ERRORS = "errors.jsonl"
 SHARDS = "shards"
@@ -92,6 +102,10 @@ _OK, _ERR = b"ok\t", b"err\t"
 
 class BatchError(Exception):
     """A batch run that cannot go on; the message names the file and the problem."""
+
+
+class BatchOutputError(BatchError, OutputError):
+    """A batch run's output file cannot be written (disk full, read-only, ...)."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +120,8 @@ class BatchOptions:
         kind: what a plain ``.npz`` holds (asrfuse files say it themselves).
         frame_shift: seconds per frame of a plain ``.npz``.
         tolerance: row-normalisation tolerance when validating posteriors.
-        allow_empty: decode utterances with no frames (default: record them as failures).
+        allow_empty: decode utterances with no frames into empty hypotheses (default,
+            the one rule of ``fusion decode``); ``False`` records them as failures.
         progress: tqdm bar with throughput and ETA; ``None``: only on a terminal.
     """
 
@@ -117,7 +132,7 @@ class BatchOptions:
     kind: Kind | None = None
     frame_shift: float | None = None
     tolerance: float = DEFAULT_TOLERANCE
-    allow_empty: bool = False
+    allow_empty: bool = True
     progress: bool | None = None
 
     def __post_init__(self) -> None:
@@ -279,6 +294,7 @@ class _FileIndex:
     ids: _IdList
     kind: Kind
     token_table: TokenTable | None
+    fingerprint: str
     members: dict[str, Any] | None = None  # name: _IdList; offset, size, crc: array; ...
 
     def location(self, i: int) -> tuple[str, int, int, int, int, float] | None:
@@ -491,8 +507,10 @@ def _stream_index(path: Path, table: TokenTable | None, options: BatchOptions) -
     """The compact index of an .npz as PosteriorsReader would see it (else :class:`_Unsupported`)."""
     names, offset, size, method, crc = _IdList(), array("q"), array("q"), array("B"), array("L")
     meta_loc = None
+    digest = _MemberDigest()
     with open(path, "rb") as fh:
         for name, at, csize, how, check in _zip_members(fh):
+            digest.add(name, csize, how, check)
             if how not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or not name.endswith(".npy"):
                 raise _Unsupported(f"member {name!r}")
             if name == _META_MEMBER:
@@ -511,7 +529,7 @@ def _stream_index(path: Path, table: TokenTable | None, options: BatchOptions) -
             if options.kind is None or options.frame_shift is None:
                 raise _Unsupported("plain .npz without kind and frame shift")
             members["shift"] = array("d", [float(options.frame_shift)]) * len(names)
-            return _FileIndex(names, options.kind, table, members)
+            return _FileIndex(names, options.kind, table, digest.hexdigest(), members)
         ids, shifts = _IdList(), array("d")
         head: dict[str, Any] = {}
         text = _JsonStream(_meta_text(fh, meta_loc))
@@ -559,7 +577,7 @@ def _stream_index(path: Path, table: TokenTable | None, options: BatchOptions) -
     if table is not None and stored is not None and table != stored:
         raise _Unsupported("token table differs")
     members["shift"] = shifts
-    return _FileIndex(ids, head["kind"], table or stored, members)
+    return _FileIndex(ids, head["kind"], table or stored, digest.hexdigest(), members)
 
 
 def _index_file(path: Path, table: TokenTable | None, options: BatchOptions) -> _FileIndex:
@@ -573,7 +591,45 @@ def _index_file(path: Path, table: TokenTable | None, options: BatchOptions) -> 
         ids = _IdList()
         for utt_id in reader.ids:
             ids.append(utt_id)
-        return _FileIndex(ids, reader.kind, reader.token_table)
+        return _FileIndex(ids, reader.kind, reader.token_table, content_fingerprint(path))
+
+
+class _MemberDigest:
+    """SHA-256 over a zip's members as its central directory lists them: name, compressed
+    size, method and the CRC-32 of the uncompressed bytes."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def add(self, name: str, size: int, method: int, crc: int) -> None:
+        self._hash.update(f"{name}\0{size}\0{method}\0{crc}\n".encode("utf-8", "surrogatepass"))
+
+    def hexdigest(self) -> str:
+        return "zip-crc32:" + self._hash.hexdigest()
+
+
+def content_fingerprint(path: str | Path) -> str:
+    """What ``path`` holds, in a short string that changes when its content does.
+
+    A zip (every ``.npz``): a hash of its members' names, sizes and CRC-32s, read from the
+    central directory alone (an ``.npz`` stores each member's CRC there, and reading a
+    member checks it), so a multi-GB file costs a directory read. Anything else: SHA-256 of
+    the bytes, read 1 MiB at a time.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            digest = _MemberDigest()
+            for info in archive.infolist():
+                digest.add(info.filename, info.compress_size, info.compress_type, info.CRC)
+            return digest.hexdigest()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        pass
+    whole = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            whole.update(block)
+    return "sha256:" + whole.hexdigest()
 
 
 @dataclass
@@ -663,14 +719,15 @@ def _make_plan(files: list[Path], table: TokenTable | None, options: BatchOption
         for i, utt_id in enumerate(index.ids):
             digest.update(("\n" if i else "").encode() + utt_id.encode("utf-8", "surrogatepass"))
         inputs.append({"path": str(path), "bytes": path.stat().st_size,
-                       "utterances": len(index.ids), "ids_sha256": digest.hexdigest()})
+                       "utterances": len(index.ids), "ids_sha256": digest.hexdigest(),
+                       "content": index.fingerprint})
     if table is None:
         raise BatchError(f"{files[0]} carries no token table: pass one (--tokens)")
     if n == 0:
         raise BatchError("the inputs hold no utterances")
     duplicates = _find_duplicates(indexes, files)
     record = {
-        "format": FORMAT, "version": 1, "shard_size": options.shard_size, "utterances": n,
+        "format": FORMAT, "version": PLAN_VERSION, "shard_size": options.shard_size, "utterances": n,
         "kind": options.kind, "frame_shift": options.frame_shift,
         "tolerance": options.tolerance, "allow_empty": options.allow_empty,
         "decoder": decoder_id, "token_table": table.to_dict(), "inputs": inputs,
@@ -761,11 +818,9 @@ def _shard_path(shards: Path, k: int, suffix: str) -> Path:
     return shards / f"shard-{k:05d}{suffix}"
 
 
-def _io_error(path: Path, exc: OSError) -> BatchError:
-    what = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-            errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-            errno.EROFS: "read-only file system"}.get(exc.errno or 0, exc.strerror or str(exc))
-    return BatchError(f"cannot write {path}: {what} ({exc})")
+def _io_error(path: Path, exc: OSError) -> BatchOutputError:
+    error = output_error(path, exc)
+    return BatchOutputError(error.path, str(error), error.errno)
 
 
 def _write_atomic(path: Path, chunks: Iterable[bytes]) -> None:
@@ -885,6 +940,12 @@ def _prepare_out_dir(out_dir: Path, plan: _Plan, resume: bool) -> None:
             old = json.loads(plan_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise BatchError(f"{plan_path}: unreadable ({exc})") from None
+        if not isinstance(old, dict) or old.get("version") != PLAN_VERSION:
+            version = old.get("version") if isinstance(old, dict) else None
+            raise BatchError(f"cannot resume {out_dir}: its {PLAN} is version {version}, from "
+                             f"another asrfuse (this one writes version {PLAN_VERSION}, with "
+                             "content fingerprints); use a new folder")
+        _check_inputs_unchanged(out_dir, old.get("inputs"), plan.record["inputs"])
         changed = sorted(k for k in set(old) | set(plan.record) if old.get(k) != plan.record.get(k))
         if changed:
             raise BatchError(f"cannot resume {out_dir}: settings changed since the run recorded "
@@ -893,6 +954,20 @@ def _prepare_out_dir(out_dir: Path, plan: _Plan, resume: bool) -> None:
         if (out_dir / SHARDS).exists() and any((out_dir / SHARDS).iterdir()):
             raise BatchError(f"{out_dir / SHARDS} holds shards but no {PLAN}: choose an empty folder")
         _write_atomic(plan_path, [json.dumps(plan.record, indent=1).encode("utf-8") + b"\n"])
+
+
+def _check_inputs_unchanged(out_dir: Path, old: Any, new: list[dict[str, Any]]) -> None:
+    """Refuse to resume when an input file differs from the one the run began with."""
+    if not isinstance(old, list) or [x.get("path") for x in old if isinstance(x, dict)] != [
+            x["path"] for x in new]:
+        raise BatchError(f"cannot resume {out_dir}: the input files are not the ones the run "
+                         f"began with (see {out_dir / PLAN}); use a new folder")
+    for was, now in zip(old, new):
+        if was != now:
+            what = ", ".join(k for k in ("content", "bytes", "utterances", "ids_sha256")
+                             if was.get(k) != now.get(k))
+            raise BatchError(f"cannot resume {out_dir}: {now['path']} changed since the run "
+                             f"began ({what} differ); restore it or use a new folder")
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -930,6 +1005,14 @@ def decode_batch(
     start = time.perf_counter()
     out_dir = Path(out_dir)
     files = expand_inputs(inputs)
+    try:
+        check_outputs({name: out_dir / name for name in (PLAN, HYPS, ERRORS)},
+                      {**{f"input {path}": path for path in inputs},
+                       **{f"input {path}": path for path in files}})
+    except OutputConflict as exc:
+        raise BatchError(str(exc)) from None
+    except OutputError as exc:
+        raise _io_error(exc.path, exc) from None
     try:
         plan = _make_plan(files, table, options, decoder_id)
     except (PosteriorsError, TokenTableError) as exc:
@@ -1061,8 +1144,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="utterances per shard (default: %(default)s)")
     group.add_argument("--resume", action="store_true",
                        help="continue the run in --out-dir, skipping what is finished")
-    group.add_argument("--allow-empty", action="store_true",
-                       help="decode utterances with no frames (default: record them as failures)")
+    # an utterance with no frames is an empty hypothesis (with -o too); the flag that
+    # asked for this is kept so that scripts which pass it still run
+    group.add_argument("--allow-empty", action="store_true", help=argparse.SUPPRESS)
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -1090,7 +1174,8 @@ def run_batch(args: argparse.Namespace,
 
     ``make_decoder(table)`` builds the beam decoder (``fusion.cli`` passes its own);
     without it, ``--decoder beam`` is a plain beam search of ``--beam-size``. Exit
-    status: 0 all decoded, 1 some utterances failed, 2 the run failed.
+    status (:mod:`fusion.manifest`'s): 0 all decoded, 1 some utterances failed, 2 the run
+    failed on its input or settings, 74 an output file cannot be written.
     """
     try:
         decoder_name = getattr(args, "decoder", "greedy") or "greedy"
@@ -1098,7 +1183,6 @@ def run_batch(args: argparse.Namespace,
         options = BatchOptions(
             shard_size=args.shard_size, workers=getattr(args, "workers", 1) or 1,
             kind=getattr(args, "kind", None), frame_shift=getattr(args, "frame_shift", None),
-            allow_empty=getattr(args, "allow_empty", False),
             progress=False if getattr(args, "no_progress", False) else None)
         files = expand_inputs([args.posteriors])
         if table is None:
@@ -1120,16 +1204,19 @@ def run_batch(args: argparse.Namespace,
         summary = decode_batch(files, args.out_dir, decoder, table=table, options=options,
                                resume=args.resume, decoder_id=_decoder_id(args),
                                backend=_backend(args, options))
+    except OutputError as exc:  # BatchOutputError included
+        print(f"fusion decode: error: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT
     except (BatchError, PosteriorsError, TokenTableError, ValueError, OSError, ImportError) as exc:
         print(f"fusion decode: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     print(f"decoded {summary.decoded} of {summary.utterances} utterances in {summary.shards} "
           f"shards ({summary.shards_skipped} already finished) -> {summary.hyps}", file=sys.stderr)
     if summary.failed:
         print(f"fusion decode: {summary.failed} utterances failed; see {summary.errors}",
               file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILURES
+    return EXIT_OK
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -1152,7 +1239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     if args.out_dir is None:
         print("python -m fusion.batch: error: --out-dir is required", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     return run_batch(args)
 
 

@@ -1,10 +1,18 @@
-"""The ``fusion`` command line: one parser, one subcommand per job."""
+"""The ``fusion`` command line: one parser, one subcommand per job.
+
+Exit statuses (:mod:`fusion.manifest`): 0 done; 1 done, but some utterances failed (they
+are listed in the errors file); 2 bad input or arguments, an output that would overwrite
+an input included (nothing is written); 74 an output file cannot be written (disk full,
+read-only folder, ...; the message names it). SIGTERM ends a command as Ctrl-C does (status
+143): the output files being written are removed, earlier ones are left as they were.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
@@ -22,12 +30,15 @@ from fusion.decoder import ENGINES, BeamSearchDecoder, lexicon_pruning
 from fusion.distributed import add_backend_arguments
 from fusion.formats import ctm_lines, srt_cues, srt_text
 from fusion.greedy import greedy_decode
-from fusion.manifest import ManifestError, atomic_write, iter_jsonl, read_manifest
+from fusion.manifest import (EXIT_BAD_INPUT, EXIT_OUTPUT, ManifestError, OutputError,
+                             atomic_write, check_outputs, iter_jsonl, output_error, read_manifest,
+                             write_failures)
 from fusion.metrics import Comparison, CorpusScore, WordErrors, compare, score_corpus, word_errors
 from fusion.parallel import chunked, decode_parallel
 from fusion.posteriors import KINDS, Posteriors, PosteriorsError, PosteriorsReader
 from fusion.pyctc import FusionLanguageModel, PyctcdecodeBackend
-from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
+from fusion.scorers import (HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer,
+                            warn_vocabulary_overlap)
 from fusion.simulate import SimulationConfig, simulate_posteriors
 from fusion.text import normalize_text
 from fusion.tokens import TokenTable, TokenTableError, character_table
@@ -121,19 +132,23 @@ def get_parser() -> argparse.ArgumentParser:
         help="transcribe a manifest's audio end to end and print WER/CER",
         description="Audio in, transcripts out: the embedded acoustic model (or --model) "
         "computes posteriors, greedy decoding and, with --lm, beam search with shallow fusion "
-        "turn them into text. Without any model, simulated posteriors of the transcripts "
-        "stand in (and the output says so).",
+        "turn them into text. With --simulate, simulated posteriors of the transcripts "
+        "stand in for the model's (and the output says so).",
     )
     p.add_argument("--manifest", type=Path, required=True, help="manifest JSONL with audio, text")
-    p.add_argument("--model", type=Path, default=DEFAULT_AM,
-                   help="acoustic model checkpoint (default: the embedded one)")
+    p.add_argument("--model", type=Path,
+                   help="acoustic model checkpoint (default: the embedded one); one that "
+                   "does not exist is an error")
+    p.add_argument("--simulate", action="store_true",
+                   help="score simulated posteriors of the transcripts instead of an acoustic "
+                   "model's (a check of the decoders without a model)")
     p.add_argument("--lm", type=Path, default=DEFAULT_LM,
                    help="word n-gram for beam search with shallow fusion (default: the embedded "
                    "3-gram; 'none' for greedy only)")
     p.add_argument("--lm-vocab", type=Path,
                    help="the LM's words (default: vocab.txt beside the LM, or the ARPA itself)")
     p.add_argument("--confusion", type=float, default=0.06,
-                   help="simulated model's unit confusion rate, without a model")
+                   help="simulated model's unit confusion rate (--simulate)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--show", type=int, default=5, help="transcripts to print (default: %(default)s)")
     am_cli.add_adapt_arguments(p)
@@ -188,12 +203,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if argv is None:  # a process of its own: training may restart under jemalloc
         am_cli.prefer_jemalloc(args.command)
+        terminate_on_sigterm()
     try:
         return int(args.func(args))
+    except OutputError as exc:
+        print(f"fusion {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT
     except (ManifestError, PosteriorsError, TokenTableError, LMError, FileNotFoundError,
             ValueError, ConnectionError, ImportError) as exc:
         print(f"fusion {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+
+
+def terminate_on_sigterm() -> None:
+    """Make SIGTERM end this process as Ctrl-C does, through ``finally`` blocks and context
+    managers (``SystemExit(143)``), so that :func:`fusion.manifest.atomic_write` removes the
+    temporary files of outputs being written. Python's default is to die on the spot."""
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 # -- decode -----------------------------------------------------------------------------
@@ -216,6 +245,25 @@ def _open_posteriors(args: argparse.Namespace) -> tuple[PosteriorsReader, TokenT
     return reader, reader.token_table
 
 
+def _decode_inputs(args: argparse.Namespace) -> dict[str, Path | None]:
+    """Every file ``fusion decode`` reads, by its flag (config files' paths included)."""
+    inputs: dict[str, Path | None] = {"posteriors": args.posteriors, "--tokens": args.tokens,
+                                      "--config": args.config}
+    if args.decoder != "greedy":
+        config = decode_config(args)
+        inputs.update({"--lm": config.lm, "--lm-vocab": config.lm_vocab,
+                       "--lexicon": config.lexicon, "--hotwords": config.hotwords})
+    return inputs
+
+
+def _write(fh: Any, path: Path, text: str) -> None:
+    """``fh.write(text)``; a failure is an :class:`OutputError` naming ``path``."""
+    try:
+        fh.write(text)
+    except OSError as exc:
+        raise output_error(path, exc) from None
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.workers < 1:
         raise SystemExit("fusion decode: error: --batch-size and --workers must be at least 1")
@@ -223,6 +271,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
         return batch.run_batch(args, make_decoder=lambda table: _beam_decoder(args, table))
     if args.output is None:
         raise SystemExit("fusion decode: error: -o/--output or --out-dir is required")
+    errors_path = args.errors or args.output.with_suffix(".errors.jsonl")
+    check_outputs({"-o": args.output, "--ctm": args.ctm, "--errors": errors_path},
+                  _decode_inputs(args))
     reader, table = _open_posteriors(args)
     failures: list[dict] = []
     stream = _readable(reader, failures)
@@ -237,7 +288,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
             r for batch in chunked(stream, args.batch_size) for r in greedy_decode(batch, table))
     else:
         results = decode_parallel(_beam_decoder(args, table), stream, workers=args.workers)
-    errors_path = args.errors or args.output.with_suffix(".errors.jsonl")
     done = 0
     with ExitStack() as stack:
         stack.enter_context(reader)
@@ -245,19 +295,13 @@ def cmd_decode(args: argparse.Namespace) -> int:
         ctm = stack.enter_context(atomic_write(args.ctm)) if args.ctm else None
         bar = stack.enter_context(tqdm(total=len(reader), unit="utt", desc="decode", disable=None))
         for result in results:
-            out.write(json.dumps(result.to_dict(table), ensure_ascii=False) + "\n")
+            _write(out, args.output, json.dumps(result.to_dict(table), ensure_ascii=False) + "\n")
             if ctm:
-                ctm.writelines(ctm_lines(result.utt_id, result.best.words))
+                _write(ctm, args.ctm, "".join(ctm_lines(result.utt_id, result.best.words)))
             done += 1
             bar.update(1)
-    if failures:
-        with atomic_write(errors_path) as fh:
-            for f in failures:
-                fh.write(json.dumps(f, ensure_ascii=False) + "\n")
-        print(f"fusion decode: {len(failures)} of {len(reader)} utterances failed; "
-              f"see {errors_path}", file=sys.stderr)
     print(f"decoded {done} utterances -> {args.output}", file=sys.stderr)
-    return 1 if failures else 0
+    return write_failures(errors_path, failures, total=len(reader), command="fusion decode")
 
 
 def decode_config(args: argparse.Namespace) -> DecodeConfig:
@@ -271,9 +315,12 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
         lm=args.lm, lm_vocab=args.lm_vocab, hotwords=args.hotwords, lexicon=args.lexicon)
 
 
-def lm_scorers(lm: Path, vocab: Path | None = None, *, oov: bool = False) -> list[WordScorer]:
+def lm_scorers(lm: Path, vocab: Path | None = None, *, oov: bool = False,
+               table: TokenTable | None = None) -> list[WordScorer]:
     """A word n-gram scorer and the word bonus. The LM's words (for partial-word scoring)
     come from ``vocab``, else the ARPA itself, else a ``vocab.txt`` beside a binary.
+    Given the posteriors' ``table``, an LM whose words the table can hardly spell (an
+    upper-case LM for a lower-case table) is warned about on stderr.
 
     With ``oov``, also an unknown-word penalty: a :class:`LexiconScorer` named ``oov`` over
     the LM's words, scoring -1 for each word outside them (its weight is the penalty, as
@@ -282,8 +329,11 @@ def lm_scorers(lm: Path, vocab: Path | None = None, *, oov: bool = False) -> lis
     if vocab is None:
         beside = lm.with_name("vocab.txt")
         vocab = lm if KenLM.is_arpa(lm) else beside if beside.exists() else None
+    model = KenLM(lm)
     unigrams = read_unigrams(vocab) if vocab else None
-    scorers: list[WordScorer] = [LMScorer(KenLM(lm), unigrams=unigrams), WordBonus()]
+    if unigrams and table is not None:
+        warn_vocabulary_overlap(unigrams, table, source=str(lm) if vocab == lm else f"{lm} (words from {vocab})")
+    scorers: list[WordScorer] = [LMScorer(model, unigrams=unigrams), WordBonus()]
     if oov:
         if not unigrams:
             raise ValueError(f"{lm}: an unknown-word penalty (weight 'oov') needs the LM's words: "
@@ -299,13 +349,16 @@ def _beam_decoder(args: argparse.Namespace, table: TokenTable
     if OOV in config.weights and not config.lm:
         raise ValueError("an unknown-word penalty (--oov-penalty, [weights] oov) needs an LM")
     if config.lm:
-        scorers += lm_scorers(config.lm, config.lm_vocab, oov=OOV in config.weights)
+        scorers += lm_scorers(config.lm, config.lm_vocab, oov=OOV in config.weights, table=table)
     if config.lexicon:
         scorers.append(LexiconScorer.from_file(config.lexicon, constraint=True))
     if config.hotwords:
         scorers.append(HotwordScorer(read_hotwords(config.hotwords)))
     names = {s.name for s in scorers}
     weights = {**{k: v for k, v in DEFAULT_WEIGHTS.items() if k in names}, **config.weights}
+    for name, weight in weights.items():
+        if not math.isfinite(weight):
+            raise ValueError(f"weight {name!r} is {weight}: weights must be finite numbers")
     if args.decoder == "pyctcdecode":
         weights.pop("acoustic", None)
         first: BeamSearchDecoder | PyctcdecodeBackend = PyctcdecodeBackend(
@@ -351,9 +404,13 @@ def read_hotwords(path: Path) -> dict[str, float]:
                 continue
             phrase, _, weight = line.rstrip("\n").partition("\t")
             try:
-                phrases[normalize_text(phrase)] = float(weight) if weight.strip() else 1.0
+                value = float(weight) if weight.strip() else 1.0
             except ValueError:
                 raise ValueError(f"{path}:{lineno}: weight {weight!r} is not a number") from None
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{path}:{lineno}: weight {weight.strip()!r} of {phrase!r} must "
+                                 "be a finite number > 0")
+            phrases[normalize_text(phrase)] = value
     return phrases
 
 
@@ -376,6 +433,12 @@ def cmd_align(args: argparse.Namespace) -> int:
     from hmm.timing import BoundaryCalibration
     from hmm.topology import AlignmentError
 
+    errors_path = args.errors or args.output.with_suffix(".errors.jsonl")
+    check_outputs({"-o": args.output, "--ctm": args.ctm, "--srt": args.srt, "--errors": errors_path},
+                  {"posteriors": args.posteriors, "--text": args.text, "--tokens": args.tokens,
+                   **{flag: value for flag, value in (("--hmm", args.hmm),
+                                                      ("--calibration", args.calibration))
+                      if value not in (None, "default")}})
     reader, table = _open_posteriors(args)
     texts = {u.id: u.text for u in read_manifest(args.text, require=("text",))}
     config = AlignerConfig(method=args.method)
@@ -415,7 +478,7 @@ def cmd_align(args: argparse.Namespace) -> int:
                 failures.append({"id": utt_id, "error": str(exc)})
                 continue
             words = result.words if calibration is None else calibration.apply(result.words, post.duration)
-            out.write(json.dumps({
+            _write(out, args.output, json.dumps({
                 "id": utt_id, "method": result.method, "log_likelihood": result.log_likelihood,
                 "calibrated": calibration is not None,
                 "words": [w.to_dict() for w in words],
@@ -426,19 +489,13 @@ def cmd_align(args: argparse.Namespace) -> int:
                            for t, c in zip(result.tokens, result.token_confidences)],
             }, ensure_ascii=False) + "\n")
             if ctm:
-                ctm.writelines(ctm_lines(utt_id, words))
+                _write(ctm, args.ctm, "".join(ctm_lines(utt_id, words)))
             cues += [(a + offset, b + offset, text) for a, b, text in srt_cues(words)]
             offset += post.duration
     if args.srt:
         with atomic_write(args.srt) as fh:
-            fh.write(srt_text(cues))
-    if failures:
-        errors_path = args.errors or args.output.with_suffix(".errors.jsonl")
-        with atomic_write(errors_path) as fh:
-            fh.writelines(json.dumps(f, ensure_ascii=False) + "\n" for f in failures)
-        print(f"fusion align: {len(failures)} of {len(texts)} utterances failed; see {errors_path}",
-              file=sys.stderr)
-    return 1 if failures else 0
+            _write(fh, args.srt, srt_text(cues))
+    return write_failures(errors_path, failures, total=len(texts), command="fusion align")
 
 
 # -- score ------------------------------------------------------------------------------
@@ -529,33 +586,41 @@ def cmd_score(args: argparse.Namespace) -> int:
 # -- demo -------------------------------------------------------------------------------
 def _demo_posteriors(args: argparse.Namespace, refs: dict[str, str]
                      ) -> tuple[list[Posteriors], TokenTable, str]:
-    """Posteriors of the demo manifest: from the acoustic model, or simulated."""
-    if args.model.exists():
+    """Posteriors of the demo manifest: from the acoustic model, or simulated (--simulate)."""
+    if args.simulate and args.model is not None:
+        raise ValueError("--simulate replaces the acoustic model: not with --model")
+    if not args.simulate:
+        checkpoint = args.model or DEFAULT_AM
+        if not checkpoint.is_file():
+            raise FileNotFoundError(
+                f"{checkpoint}: no such acoustic model"
+                + (" (the embedded model's file is missing)" if args.model is None else "")
+                + "; give an existing --model, or --simulate to score simulated posteriors")
         from fusion.am.infer import compute_posteriors
         from fusion.am.model import load_model
 
-        model = load_model(args.model)
+        model = load_model(checkpoint)
         utterances = read_manifest(args.manifest, require=("audio", "text"))
-        adapt = am_cli.adapt_config_from_args(args, args.model)
+        adapt = am_cli.adapt_config_from_args(args, checkpoint)
         posteriors = []
         for item in compute_posteriors(utterances, model, progress=True, adapt=adapt):
             if isinstance(item, Posteriors):
                 posteriors.append(item)
             else:
                 print(f"fusion demo: skipped: {item}", file=sys.stderr)
-        source = f"acoustic model {args.model}"
+        source = f"acoustic model {checkpoint}"
         if adapt is not None:
             source += (f", adapted to each utterance ({adapt.steps} steps of test-time "
                        f"adaptation at lr {adapt.lr:g})")
         return posteriors, model.token_table, source
     if args.adapt or args.adapt_steps:
-        raise ValueError(f"--adapt/--adapt-steps adapts an acoustic model, and there is none at {args.model}")
+        raise ValueError("--adapt/--adapt-steps adapts an acoustic model: not with --simulate")
     table = character_table()
     rng = np.random.default_rng(args.seed)
     config = SimulationConfig(confusion=args.confusion)
     posteriors = [simulate_posteriors(u, refs[u], table, rng, config)[0]
                   for u in tqdm(refs, desc="simulate", unit="utt", disable=None)]
-    return posteriors, table, (f"SIMULATED posteriors (no acoustic model at {args.model}; "
+    return posteriors, table, (f"SIMULATED posteriors (--simulate; no acoustic model; "
                                f"unit confusion {args.confusion})")
 
 
@@ -567,7 +632,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     runs = {"greedy": greedy_decode(posteriors, table)}
     if args.lm and str(args.lm) != "none":
         decoder = BeamSearchDecoder(
-            table, lm_scorers(args.lm, args.lm_vocab),
+            table, lm_scorers(args.lm, args.lm_vocab, table=table),
             {name: DEFAULT_WEIGHTS[name] for name in ("lm", "word_bonus")})
         runs["beam + LM"] = [decoder.decode(p) for p in tqdm(posteriors, desc="beam", disable=None)]
     for r in runs["greedy"][: args.show]:

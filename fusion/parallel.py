@@ -4,6 +4,13 @@ Workers are started with ``spawn`` (safe with threads, CUDA and macOS), each rec
 decoder once (pickled; a KenLM model reloads itself from its path) and then only
 posteriors. Results come back in input order. Nothing here is global in the parent.
 
+Workers exit when the parent dies, even by SIGKILL (the OOM killer's signal), which runs
+none of the parent's clean-up: on Linux the kernel kills them (``PR_SET_PDEATHSIG``), and
+elsewhere a watchdog thread in each worker notices within a second that its parent is
+gone (see :func:`exit_with_parent`). The resource tracker that ``multiprocessing`` starts
+beside the pool needs nothing more: it exits once every process holding its pipe (the
+parent and the workers) is gone.
+
 A :class:`Backend` says where a run's utterances are decoded: :class:`LocalBackend`
 (this machine's processes, via :func:`decode_parallel`) or
 :class:`fusion.distributed.RayBackend` (a Ray cluster); both give the same results.
@@ -11,7 +18,13 @@ A :class:`Backend` says where a run's utterances are decoded: :class:`LocalBacke
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -21,7 +34,7 @@ from typing import Any, Protocol
 from fusion.posteriors import Posteriors
 from fusion.types import DecodeResult
 
-__all__ = ["Backend", "Decoder", "LocalBackend", "chunked", "decode_parallel"]
+__all__ = ["Backend", "Decoder", "LocalBackend", "chunked", "decode_parallel", "exit_with_parent"]
 
 
 class Decoder(Protocol):
@@ -41,8 +54,39 @@ class Backend(Protocol):
 _worker_decoder: Decoder | None = None  # set once in each worker process by _init
 
 
-def _init(decoder: Decoder, threads: int) -> None:
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def exit_with_parent(parent: int, *, interval: float = 1.0) -> None:
+    """Make this (worker) process exit when process ``parent`` dies, however it dies.
+
+    Call it first thing in a pool's initializer, with the parent's pid passed from the
+    parent (``os.getpid()`` there). On Linux the kernel sends this process SIGKILL when
+    the parent dies (``prctl(PR_SET_PDEATHSIG)``); everywhere, a daemon thread checks
+    every ``interval`` seconds whether this process has been handed to another parent,
+    and exits if so. A parent that died before this call is caught at once.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the watchdog alone
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent, interval), daemon=True,
+                     name="exit-with-parent").start()
+
+
+def _watch_parent(parent: int, interval: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def _init(decoder: Decoder, threads: int, parent: int) -> None:
     global _worker_decoder
+    exit_with_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
@@ -91,7 +135,7 @@ def decode_parallel(
     window = max(workers, (in_flight or 4 * workers) // chunk)  # in chunks
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
-                             initargs=(decoder, threads_per_worker)) as pool:
+                             initargs=(decoder, threads_per_worker, os.getpid())) as pool:
         queued: deque[Future[list[DecodeResult]]] = deque()
         try:
             for items in chunked(posteriors, chunk):

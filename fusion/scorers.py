@@ -21,15 +21,24 @@ the search completes one; their state is an immutable, hashable value passed in 
 
 from __future__ import annotations
 
+import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from functools import cached_property
 from typing import Any
 
+from fusion.tokens import TokenTable
 from lm.base import LanguageModel
 
-__all__ = ["HotwordScorer", "LMScorer", "LexiconScorer", "WordBonus", "WordScorer"]
+__all__ = ["HotwordScorer", "LMScorer", "LexiconScorer", "WordBonus", "WordScorer",
+           "spelling_overlap", "warn_vocabulary_overlap"]
+
+log = logging.getLogger(__name__)
+
+#: below this share of an LM's words that the token table can spell, the LM is warned about
+MIN_SPELLING_OVERLAP = 0.5
 
 
 class WordScorer(ABC):
@@ -228,8 +237,9 @@ class HotwordScorer(WordScorer):
             words = phrase.split()
             if not words:
                 raise ValueError(f"scorer {name!r}: empty hotword phrase")
-            if not (weight > 0):
-                raise ValueError(f"scorer {name!r}: phrase {phrase!r} needs a weight > 0, got {weight}")
+            if not (math.isfinite(weight) and weight > 0):
+                raise ValueError(f"scorer {name!r}: phrase {phrase!r} needs a finite weight > 0, "
+                                 f"got {weight}")
             node = 0
             for word in words:
                 nxt = self._goto[node].get(word)
@@ -299,3 +309,38 @@ class HotwordScorer(WordScorer):
             return continued - self._bonus[node]
         restarted = self._prefixes(0).get(partial, 0.0) if node else 0.0
         return restarted - self._bonus[node]  # a word that breaks the match takes it back
+
+
+def spelling_overlap(words: Iterable[str], table: TokenTable) -> tuple[float, list[str]]:
+    """The share of ``words`` that ``table``'s units can spell (every character of the word
+    in some unit other than the blank and the boundary; a ``prefix`` table's marker left
+    out), and up to three words it cannot. An LM whose words a table cannot spell (an
+    upper-case LM for a lower-case table) never matches what the search writes."""
+    marker = table.word_boundary if table.boundary_style == "prefix" else None
+    chars: set[str] = set()
+    for i, token in enumerate(table.tokens):
+        if i == table.blank_id or i == table.boundary_id:
+            continue
+        chars.update(token.replace(marker, "") if marker else token)
+    total = spelt = 0
+    missing: list[str] = []
+    for word in words:
+        total += 1
+        if chars.issuperset(word):
+            spelt += 1
+        elif len(missing) < 3:
+            missing.append(word)
+    return (spelt / total if total else 1.0), missing
+
+
+def warn_vocabulary_overlap(words: Iterable[str], table: TokenTable, *, source: str,
+                            minimum: float = MIN_SPELLING_OVERLAP) -> float:
+    """Log one warning line naming ``source`` when ``table`` can spell less than ``minimum``
+    of an LM's ``words``; returns the share it can spell."""
+    words = list(words)
+    share, missing = spelling_overlap(words, table)
+    if share < minimum:
+        log.warning(f"warning: {source}: the token table can spell only {100 * share:.1f}% of "
+                    f"the LM's {len(words)} words (not e.g. {', '.join(map(repr, missing))}); "
+                    "is the LM cased or spelt differently from the acoustic model's units?")
+    return share

@@ -60,10 +60,14 @@ class KenLM(LanguageModel):
             raise LMError(f"{self.path}: no such LM file")
         try:
             self._loaded: kenlm.Model | None = kenlm.Model(str(self.path))
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, ValueError) as exc:  # ValueError: its message not UTF-8
             # KenLM says little about where an ARPA file is broken: our reader does.
             if _looks_like_arpa(self.path):
-                read_arpa(self.path)
+                try:
+                    read_arpa(self.path)
+                except LMError as problem:
+                    raise LMError(f"{problem} (and it is not a KenLM binary, which starts "
+                                  "with 'mmap lm')") from None
             raise LMError(f"{self.path}: KenLM cannot load it: {exc}") from None
         self.order = self._model.order
         out = kenlm.State()
@@ -261,6 +265,17 @@ def read_unigrams(path: str | Path) -> list[str]:
     """The words of an LM: the ``\\1-grams:`` of an ARPA file (plain or gzipped), or the
     first field of each line of a word list. ``<s>``, ``</s>`` and ``<unk>`` are left out."""
     path = Path(path)
+    try:
+        words = _read_words(path)
+    except UnicodeDecodeError as exc:
+        raise LMError(f"{path}: not UTF-8 text ({exc.reason}): not an ARPA file or a word "
+                      "list") from None
+    except (OSError, EOFError) as exc:
+        raise LMError(f"{path}: cannot read the LM's words: {exc}") from None
+    return [w for w in words if w not in ("<s>", "</s>", "<unk>")]
+
+
+def _read_words(path: Path) -> list[str]:
     opener = gzip.open if path.suffix == ".gz" else open
     words: list[str] = []
     with opener(path, "rt", encoding="utf-8") as fh:
@@ -277,4 +292,4 @@ def read_unigrams(path: str | Path) -> list[str]:
                 fields = line.split()
                 if len(fields) >= 2:
                     words.append(fields[1])
-    return [w for w in words if w not in ("<s>", "</s>", "<unk>")]
+    return words

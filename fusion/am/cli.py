@@ -24,6 +24,7 @@ import argparse
 import ctypes.util
 import json
 import os
+import pickle
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -40,7 +41,8 @@ from fusion.am.config import (
 )
 from fusion.am.features import UtteranceError
 from fusion.am.model import CheckpointError
-from fusion.manifest import ManifestError, atomic_write, read_manifest
+from fusion.manifest import (EXIT_BAD_INPUT, EXIT_OUTPUT, ManifestError, OutputError,
+                             check_outputs, output_error, read_manifest, write_failures)
 from fusion.posteriors import PosteriorsError
 from fusion.tokens import TokenTable, TokenTableError
 
@@ -264,8 +266,10 @@ def add_parsers(subparsers: Any) -> None:
 
 
 def _fail(cmd: str, exc: Exception) -> int:
+    """Say what went wrong, in one line; the exit status: 74 when an output file cannot be
+    written, else 2 (see :mod:`fusion.manifest`)."""
     print(f"fusion {cmd}: error: {exc}", file=sys.stderr)
-    return 2
+    return EXIT_OUTPUT if isinstance(exc, OutputError) else EXIT_BAD_INPUT
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -323,6 +327,7 @@ def run_adapt_tune(args: argparse.Namespace) -> int:
         flags = {k: v for k, v in (("params", args.adapt_params),
                                    ("min_seconds", args.adapt_min_seconds)) if v is not None}
         base = replace(AdaptConfig(), **flags)
+        check_outputs({"-o": out}, {"--model": checkpoint, "--dev": args.dev, "--target": args.target})
         dev = read_manifest(args.dev, require=("audio", "text"))
         target = read_manifest(args.target, require=("audio", "text")) if args.target else None
         model = load_model(checkpoint)
@@ -355,6 +360,7 @@ def run_average(args: argparse.Namespace) -> int:
             return _fail("average", ValueError(f"--last must be >= 1, got {args.last}"))
         paths = sorted(paths)[-args.last:]
     try:
+        check_outputs({"-o": args.output}, {f"checkpoint {p}": p for p in paths})
         data = average_checkpoints(paths, half=not args.fp32, weights=args.weights)
         save_checkpoint(args.output, data)
     except (CheckpointError, OSError, ValueError) as exc:
@@ -377,7 +383,16 @@ def _hf_adapter(folder: Path, tokens: Path | None) -> Any:
         if not vocab_path.is_file():
             raise FileNotFoundError(f"{vocab_path}: no vocabulary; pass --tokens")
         table = token_table_from_hf_vocab(json.loads(vocab_path.read_text(encoding="utf-8")))
-    model = Wav2Vec2ForCTC.from_pretrained(str(folder))
+    try:
+        model = Wav2Vec2ForCTC.from_pretrained(str(folder))
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{folder}: refused: its weights file holds more than tensors (a "
+                              "pickle that could run code when loaded); use a safetensors "
+                              "checkpoint") from None
+    except Exception as exc:  # transformers raises OSError, ValueError, EnvironmentError, ...
+        reason = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(f"{folder}: not a loadable Hugging Face Wav2Vec2ForCTC model "
+                              f"({type(exc).__name__}: {reason})") from None
     return HFWav2Vec2Adapter(model, table)
 
 
@@ -386,8 +401,12 @@ def run_posteriors(args: argparse.Namespace) -> int:
     from fusion.am.model import load_model
 
     torch.set_num_threads(max(1, args.threads))
+    errors_path = args.errors or args.output.with_suffix(".errors.jsonl")
     try:
         utterances = read_manifest(args.manifest, require=("audio",))
+        check_outputs({"-o": args.output, "--errors": errors_path},
+                      {"manifest": args.manifest, "--model": args.model, "--tokens": args.tokens,
+                       **{f"audio of {u.id!r}": u.audio for u in utterances}})
         if args.hf_model is not None:
             if args.adapt or args.adapt_steps:
                 raise ValueError("--adapt/--adapt-steps works with our own models (--model), "
@@ -397,28 +416,25 @@ def run_posteriors(args: argparse.Namespace) -> int:
             checkpoint = args.model or default_model_path()
             adapt = adapt_config_from_args(args, checkpoint)
             adapter = CTCModelAdapter(load_model(checkpoint), adapt)
-        errors_path = args.errors or args.output.with_suffix(".errors.jsonl")
 
         def report(err: UtteranceError) -> None:
             print(f"fusion posteriors: {err}", file=sys.stderr)
 
-        written, errors = write_posteriors(
-            utterances, adapter, args.output, on_error=report,
-            max_batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds,
-            overlap_seconds=args.overlap_seconds, progress=not args.no_progress,
-        )
+        try:  # audio errors are the utterances' own (reported above): an OSError here is -o's
+            written, errors = write_posteriors(
+                utterances, adapter, args.output, on_error=report,
+                max_batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds,
+                overlap_seconds=args.overlap_seconds, progress=not args.no_progress,
+            )
+        except OSError as exc:
+            raise output_error(args.output, exc) from None
     except (CheckpointError, ManifestError, TokenTableError, PosteriorsError, ValueError,
             FileNotFoundError, OSError) as exc:
         return _fail("posteriors", exc)
-    if errors:
-        with atomic_write(errors_path) as fh:
-            for e in errors:
-                fh.write(json.dumps({"id": e.utt_id, "error": e.reason,
-                                     "type": type(e).__name__}) + "\n")
-        print(f"fusion posteriors: {len(errors)} of {len(utterances)} utterances failed; "
-              f"see {errors_path}", file=sys.stderr)
     print(f"wrote posteriors of {written} utterances -> {args.output}", file=sys.stderr)
-    return 1 if errors else 0
+    return write_failures(errors_path, [{"id": e.utt_id, "error": e.reason, "type": type(e).__name__}
+                                        for e in errors],
+                          total=len(utterances), command="fusion posteriors")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,9 @@
 
 * :func:`load_audio` reads any file ``soundfile`` can decode, downmixes to mono,
   resamples to 16 kHz and raises :class:`AudioError` (naming the utterance and the
-  reason) for anything it cannot turn into samples.
+  reason) for anything it cannot turn into samples. A WAV file cut short (its header
+  promises more samples than the file holds, which soundfile reads without a word) is
+  read as far as it goes and warned about (:func:`wav_truncation`).
 * :class:`LogMel` turns one waveform into ``(T, 80)`` log-mel frames,
   ``T = num_samples // 160 + 1`` (centred 25 ms windows every 10 ms).
 * :class:`CMVN` holds global mean/variance statistics, accumulated over a training set
@@ -18,7 +20,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +53,7 @@ __all__ = [
     "random_envelope",
     "spectral_shape",
     "vtlp_source_bins",
+    "wav_truncation",
     "warp_frequency",
 ]
 
@@ -57,6 +63,8 @@ HOP_LENGTH = 160  # 10 ms
 WIN_LENGTH = 400  # 25 ms
 N_FFT = 512
 LOG_FLOOR = 1e-6
+
+log = logging.getLogger(__name__)
 
 
 class UtteranceError(Exception):
@@ -118,7 +126,40 @@ def load_audio(
         samples, rate = sf.read(path, dtype="float32", always_2d=True)  # (N, C)
     except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
         raise AudioError(utt_id, f"cannot decode audio: {exc}", path) from None
+    short = wav_truncation(path)
+    if short is not None:
+        declared, held = short
+        log.warning(f"warning: utterance {utt_id!r} ({path}): the WAV file is cut short: its "
+                    f"header promises {declared} bytes of samples, the file holds {held} "
+                    f"({len(samples) / rate:.2f} s read)")
     return prepare_waveform(samples, rate, utt_id=utt_id, target_rate=target_rate, path=path)
+
+
+def wav_truncation(path: str | Path) -> tuple[int, int] | None:
+    """``(declared, held)`` bytes of samples when ``path`` is a RIFF/WAVE file whose ``data``
+    chunk promises more than the file holds (a copy or a recording cut short), else
+    ``None`` (not a WAV, or whole). A streaming writer's placeholder sizes (0 or
+    0xFFFFFFFF, the file's length unknown when the header was written) are not counted
+    as a promise."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            at = 12
+            while at + 8 <= size:
+                fh.seek(at)
+                chunk, length = struct.unpack("<4sI", fh.read(8))
+                if chunk == b"data":
+                    held = size - at - 8
+                    if length in (0, 0xFFFFFFFF) or length <= held:
+                        return None
+                    return length, held
+                at += 8 + length + (length & 1)  # chunks are padded to even sizes
+    except OSError:
+        return None
+    return None
 
 
 def num_feature_frames(num_samples: int) -> int:
