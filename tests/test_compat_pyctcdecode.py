@@ -85,6 +85,9 @@ def test_alpha_beta_and_unk_offset_are_pyctcdecodes(table, arpa):
     d.reset_params(alpha=1.0, unk_score_offset=0.0)
     assert d._weights["lm"] == 1.0 and d._weights["oov"] == 0.0 and d._weights["word_bonus"] == 2.0
     assert d.engine == "compiled"
+    search = d._search(32, -10.0, -5.0, (), 10.0, 1)
+    d.reset_params(alpha=1.0)  # nothing changes: the search built is kept (HF calls this each time)
+    assert d._search(32, -10.0, -5.0, (), 10.0, 1) is search
     d.reset_params(lm_score_boundary=False)
     assert d.engine == "python"  # the compiled search always starts at <s>
     _, logits = _utterances(table, 1, seed=4)

@@ -317,7 +317,9 @@ class BeamSearchDecoderCTC:
     def reset_params(self, alpha: float | None = None, beta: float | None = None,
                      unk_score_offset: float | None = None,
                      lm_score_boundary: bool | None = None) -> None:
-        """Change the LM weight, word bonus, unknown-word offset or boundary scoring."""
+        """Change the LM weight, word bonus, unknown-word offset or boundary scoring (None
+        keeps a setting; a call that changes nothing keeps the searches built so far)."""
+        before = (self.alpha, self.beta, self.unk_score_offset, self.lm_score_boundary)
         if alpha is not None:
             self.alpha = _finite("alpha", alpha)
         if beta is not None:
@@ -328,6 +330,9 @@ class BeamSearchDecoderCTC:
             if not isinstance(lm_score_boundary, (bool, np.bool_)):
                 raise ValueError(f"lm_score_boundary must be True or False, got {lm_score_boundary!r}")
             self.lm_score_boundary = bool(lm_score_boundary)
+        if self._searches and before == (self.alpha, self.beta, self.unk_score_offset,
+                                         self.lm_score_boundary):
+            return
         self._scorers: list[WordScorer] = []
         self._weights: dict[str, float] = {}
         if self.kenlm_model_path is not None:
