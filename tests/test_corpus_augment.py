@@ -8,16 +8,22 @@ import random
 
 import pytest
 import torch
+import torchaudio.functional as AF
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fusion.corpus.augment import (
     AugmentConfig,
+    RoomConfig,
     add_noise,
     apply_augmentation,
     babble_noise,
     colored_noise,
+    draw_room,
     plan_augmentation,
     reverberate,
     room_impulse_response,
+    room_rir,
     speed_perturb,
     telephone,
 )
@@ -159,3 +165,60 @@ def test_trim_silence_keeps_a_margin() -> None:
     trimmed = trim_silence(padded, RATE, keep_s=0.15)
     assert trimmed.numel() == pytest.approx(speech.numel() + 2 * 0.15 * RATE, abs=RATE // 100)
     assert torch.equal(trim_silence(torch.zeros(RATE), RATE), torch.zeros(RATE))
+
+
+def test_reverberate_is_the_linear_convolution() -> None:
+    g = torch.Generator().manual_seed(3)
+    dry = torch.randn(10_007, generator=g)  # a prime length: the FFT is padded
+    rir = torch.randn(2_003, generator=g)
+    wet = reverberate(dry, rir)
+    reference = AF.fftconvolve(dry, rir)[: dry.numel()]
+    reference *= dry.pow(2).mean().sqrt() / reference.pow(2).mean().sqrt()
+    assert torch.allclose(wet, reference, atol=1e-4)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32))
+def test_draw_room_places_talker_and_mic_inside(seed: int) -> None:
+    config = RoomConfig()
+    op = draw_room(random.Random(seed), config)
+    assert op["type"] == "room" and config.rt60[0] <= op["rt60"] <= config.rt60[1]
+    for size, lo, hi in zip(op["size"], config.size_min, config.size_max):
+        assert lo <= size <= hi
+    for point in (op["source"], op["mic"]):
+        for x, size in zip(point[:2], op["size"]):
+            assert config.wall_margin <= x <= size - config.wall_margin
+    assert config.source_height[0] <= op["source"][2] <= config.source_height[1]
+    assert math.dist(op["source"], op["mic"]) >= config.min_distance
+    assert 0 < op["absorption"] <= 1 and 0 <= op["max_order"] <= config.max_order
+    json.dumps(op)
+
+
+def test_room_rir_starts_at_the_direct_path_and_decays() -> None:
+    op = draw_room(random.Random(0), RoomConfig(rt60=(0.3, 0.3), max_order=12))
+    rir = room_rir(op, RATE)
+    assert torch.isfinite(rir).all() and 0.05 * RATE < rir.numel() < 1.0 * RATE
+    assert int(rir.abs().argmax()) == 40  # half the fractional-delay filter: 2.5 ms
+    energy = rir.pow(2)
+    assert energy[: RATE // 50].sum() > energy[RATE // 10 :].sum()  # early beats late
+    assert torch.equal(room_rir(op, RATE), rir)  # the image-source method is deterministic
+
+
+def test_room_operation_uses_the_given_impulse_responses() -> None:
+    clean = _speechlike(0.5)
+    op = draw_room(random.Random(1), RoomConfig(max_order=6))
+    seen = []
+
+    def bank(room: object, rate: int) -> torch.Tensor:
+        seen.append((room, rate))
+        return torch.tensor([1.0, 0.0, 0.5])
+
+    out = apply_augmentation(clean, RATE, [op], seed=0, rirs=bank)
+    assert seen == [(op, RATE)]
+    assert out.shape == clean.shape and torch.isfinite(out).all()
+    expected = reverberate(clean, torch.tensor([1.0, 0.0, 0.5]))
+    assert torch.allclose(out, expected * min(1.0, 0.99 / float(expected.abs().max())))
+    with pytest.raises(ValueError, match="rt60"):
+        RoomConfig(rt60=(0.8, 0.2))
+    with pytest.raises(ValueError, match="ceiling"):
+        RoomConfig(size_min=(3.0, 3.0, 1.5))

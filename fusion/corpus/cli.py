@@ -1,6 +1,7 @@
 """The ``data`` command: ``fusion data build --out DIR --hours H --jobs N --seed S``,
 ``fusion data voices [PATTERN ...]``, and ``fusion data import-librispeech ROOT -o DIR`` /
-``import-speech-commands ROOT -o DIR`` / ``import-kaldi DATA_DIR [--root ROOT] -o DIR``.
+``import-speech-commands ROOT -o DIR`` / ``import-kaldi DATA_DIR [--root ROOT] -o DIR``,
+and ``fusion data augment MANIFEST --out DIR`` (speed, room and noise copies of real speech).
 
 :func:`add_parser` registers the command on the main parser's subparsers; :func:`run`
 carries it out. ``python -m fusion.corpus.cli build ...`` runs it on its own. The
@@ -116,6 +117,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     voices.add_argument("--installed", action="store_true", help="only voices installed here")
     voices.add_argument("--json", action="store_true", help="one JSON object a line")
     _add_import_parsers(commands)
+    _add_augment_parser(commands)
     return data
 
 
@@ -188,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_import(args)
     if args.data_command == "voices":
         return _run_voices(args)
+    if args.data_command == "augment":
+        return _run_augment(args)
     if args.data_command != "build":
         raise ValueError(f"unknown data command {args.data_command!r}")
     from fusion.corpus.augment import AugmentConfig
@@ -303,6 +307,91 @@ def _run_import(args: argparse.Namespace) -> int:
     if len(problems) > _SHOW_PROBLEMS:
         print(f"{command}: ... and {len(problems) - _SHOW_PROBLEMS} more", file=sys.stderr)
     print(f"{summary.out_dir}: {len(problems)} problem{'s' * (len(problems) != 1)}, bad entries skipped "
+          f"(see {summary.problems_path})")  # fmt: skip
+    return 1
+
+
+# The numbers in these help texts are PerturbConfig's defaults (a test checks that they
+# agree); the flags default to None so that the dataclass alone decides.
+def _add_augment_parser(commands: argparse._SubParsersAction) -> None:
+    aug = commands.add_parser(
+        "augment",
+        help="write speed-perturbed copies of a real-speech manifest, in simulated rooms and noise",
+        description="For every utterance of MANIFEST, write --copies copies at each of --speeds "
+        "(16 kHz WAV) into OUT, each in a simulated room (pyroomacoustics, image-source "
+        "method) with probability --p-room and with noise (white, pink, brown, or babble of "
+        "other speakers of the manifest) with probability --p-noise, and OUT/<name>.jsonl "
+        "listing them (ids <id>~sp0.9-rir-pink, the input's fields, the operations in "
+        "'augment'). The originals are not copied; train on both manifests. Seeded per "
+        "utterance; resumable: rerun the same command to finish. Unreadable audio is skipped "
+        "and listed in OUT/problems.jsonl; the exit status is then 1.",
+    )
+    aug.add_argument("manifest", type=Path, metavar="MANIFEST", help="the manifest to augment")
+    aug.add_argument("-o", "--out", type=Path, required=True,
+                     help="output folder (not the manifest's own)")  # fmt: skip
+    aug.add_argument("--copies", type=int, default=None, metavar="N",
+                     help="copies per speed factor (default 1)")  # fmt: skip
+    aug.add_argument("--speeds", type=float, nargs="+", default=None, metavar="F",
+                     help="speed factors, each giving --copies copies (default 0.9 1.1)")  # fmt: skip
+    aug.add_argument("--p-room", type=float, default=None, metavar="P",
+                     help="probability of a simulated room (default 0.5)")  # fmt: skip
+    aug.add_argument("--p-noise", type=float, default=None, metavar="P",
+                     help="probability of added noise (default 0.5)")  # fmt: skip
+    aug.add_argument("--rt60", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                     help="reverberation time range of the rooms, seconds (default 0.2 0.8)")  # fmt: skip
+    aug.add_argument("--snr", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                     help="SNR range of white, pink and brown noise, dB (default 5 20)")  # fmt: skip
+    aug.add_argument("--babble-snr", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                     help="SNR range of babble, dB (default 13 20)")  # fmt: skip
+    aug.add_argument("--noise-kinds", nargs="+", default=None, metavar="KIND",
+                     choices=("white", "pink", "brown", "babble"),
+                     help="noise kinds drawn (default white pink brown babble)")  # fmt: skip
+    aug.add_argument("--rooms", type=int, default=None, metavar="N",
+                     help="rooms simulated per seed, each copy picks one (default 200)")  # fmt: skip
+    aug.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    aug.add_argument("--jobs", type=int, default=None, metavar="J",
+                     help="worker processes (1: in this process; default 2)")  # fmt: skip
+    aug.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+_AUGMENT_FLAGS = {"copies": "copies", "speeds": "speeds", "p_room": "p_room",
+                  "p_noise": "p_noise", "snr": "snr_db", "babble_snr": "babble_snr_db",
+                  "noise_kinds": "noise_kinds", "rooms": "rooms"}  # fmt: skip
+
+
+def _run_augment(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from fusion.corpus.perturb import DEFAULT_JOBS, PerturbConfig, PerturbError, augment_manifest
+    from fusion.manifest import ManifestError
+
+    command = "fusion data augment"
+    given = {field: getattr(args, flag) for flag, field in _AUGMENT_FLAGS.items()
+             if getattr(args, flag) is not None}  # fmt: skip
+    try:
+        config = PerturbConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+        if args.rt60 is not None:
+            config = dataclasses.replace(
+                config, room=dataclasses.replace(config.room, rt60=tuple(args.rt60))
+            )
+        summary = augment_manifest(
+            args.manifest, args.out, config=config, seed=args.seed,
+            jobs=DEFAULT_JOBS if args.jobs is None else args.jobs, progress=not args.no_progress,
+        )  # fmt: skip
+    except (PerturbError, ManifestError, ValueError, OSError) as exc:
+        print(f"{command}: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{summary.manifest}: {summary.copies} copies of {summary.utterances} utterances, "
+          f"{summary.hours_out:.2f} h ({summary.hours_in:.2f} h in); {summary.written} written, "
+          f"{summary.reused} kept from an earlier run, {summary.seconds:.0f} s")  # fmt: skip
+    problems = summary.problems
+    if not problems:
+        return 0
+    for problem in problems[:_SHOW_PROBLEMS]:
+        print(f"{command}: {problem['error']}", file=sys.stderr)
+    if len(problems) > _SHOW_PROBLEMS:
+        print(f"{command}: ... and {len(problems) - _SHOW_PROBLEMS} more", file=sys.stderr)
+    print(f"{summary.out_dir}: {len(problems)} problem{'s' * (len(problems) != 1)}, skipped "
           f"(see {summary.problems_path})")  # fmt: skip
     return 1
 
