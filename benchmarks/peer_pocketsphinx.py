@@ -20,7 +20,8 @@ empty hypothesis and is listed under ``failed``.
 
 Raw hypotheses are cached in ``cache_dir`` under a key made of the manifest's bytes, each
 audio file's size and modification time, the pocketsphinx version, the model files and
-the decoder arguments, so a rerun costs nothing.
+the decoder arguments, so a rerun costs nothing; each utterance's words are also kept by
+its audio file, so a manifest sharing audio with one decoded before decodes only the rest.
 
     python -m benchmarks.peer_pocketsphinx MANIFEST... [--jobs 2] [--out FILE.json]
 
@@ -76,6 +77,7 @@ SAMPLE_RATE = 16_000
 WAV_HEADER_BYTES = 44  # what the ``wave`` module writes for PCM, and ``-adchdr`` skips
 CHILD_AGE = 18  # speakers younger than this are children in the per-age-group scores
 CACHE_FORMAT = 1  # bump when the cached record changes shape
+CHUNK_UTTERANCES = 50  # per job and pocketsphinx process: a model load per ~4 min of audio
 #: a ``-hyp`` line: ``words (utterance score)``; words may be empty
 _HYP_LINE = re.compile(r"^(?P<words>.*?)\s*\((?P<name>[^\s()]+)\s+(?P<score>-?\d+)\)\s*$")
 #: fillers of the en-us noise dictionary and sentence marks: never words
@@ -284,7 +286,9 @@ def _decode_parts(parts: list[list[str]], wav_dir: Path, work: Path,
 @dataclass(frozen=True)
 class PocketsphinxRun:
     """One manifest decoded: raw words by utterance id (``""`` for a failed one), failures
-    (id -> reason), audio seconds decoded, and the decoding's wall and CPU seconds."""
+    (id -> reason), the manifest's audio seconds, and the decoding's wall and CPU seconds
+    over the ``decoded_seconds`` of audio this run decoded (the other ``reused``
+    utterances' words came from the per-utterance store of another run)."""
 
     words: dict[str, str]
     failed: dict[str, str]
@@ -294,6 +298,8 @@ class PocketsphinxRun:
     jobs: int
     version: str
     errors: list[str] = field(default_factory=list)
+    reused: int = 0
+    decoded_seconds: float | None = None
     cached: bool = False
 
     @property
@@ -305,27 +311,69 @@ class PocketsphinxRun:
         return {"format": CACHE_FORMAT, "words": self.words, "failed": self.failed,
                 "audio_seconds": self.audio_seconds, "wall_seconds": self.wall_seconds,
                 "cpu_seconds": self.cpu_seconds, "jobs": self.jobs, "version": self.version,
-                "errors": self.errors}
+                "errors": self.errors, "reused": self.reused, "decoded_seconds": self.decoded_seconds}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, cached: bool = False) -> PocketsphinxRun:
         return cls(dict(data["words"]), dict(data["failed"]), float(data["audio_seconds"]),
                    float(data["wall_seconds"]), float(data["cpu_seconds"]), int(data["jobs"]),
-                   str(data["version"]), list(data.get("errors", [])), cached)
+                   str(data["version"]), list(data.get("errors", [])), int(data.get("reused", 0)),
+                   data.get("decoded_seconds", data["audio_seconds"]), cached)
 
 
-def cache_key(manifest: Path, utts: Sequence[Utterance], model: PocketsphinxModel,
-              version: str) -> str:
-    """A digest of everything a hypothesis depends on (the job count is not among them)."""
-    audio = []
-    for u in utts:
-        p = Path(u.audio) if u.audio else None
-        st = p.stat() if p is not None and p.is_file() else None
-        audio.append([u.audio, st.st_size if st else None, st.st_mtime_ns if st else None])
-    blob = json.dumps({"format": CACHE_FORMAT, "manifest": hashlib.sha256(manifest.read_bytes()).hexdigest(),
-                       "audio": audio, "version": version, "model": model.fingerprint(),
-                       "args": decoder_args(model, Path("."))}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def decoder_key(model: PocketsphinxModel, version: str) -> str:
+    """A digest of the decoder: pocketsphinx's version, the model files and the arguments."""
+    return _digest({"format": CACHE_FORMAT, "version": version, "model": model.fingerprint(),
+                    "args": decoder_args(model, Path("."))})
+
+
+def audio_key(utt: Utterance) -> list[Any]:
+    """An utterance's audio file as path, size and modification time (``None``s if absent)."""
+    p = Path(utt.audio) if utt.audio else None
+    st = p.stat() if p is not None and p.is_file() else None
+    return [utt.audio, st.st_size if st else None, st.st_mtime_ns if st else None]
+
+
+def cache_key(manifest: Path, utts: Sequence[Utterance], decoder: str) -> str:
+    """A digest of everything a manifest's run depends on (the job count is not among them)."""
+    return _digest({"manifest": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+                    "audio": [audio_key(u) for u in utts], "decoder": decoder})
+
+
+class UtteranceStore:
+    """Raw words and seconds of every utterance decoded so far with one decoder, keyed by
+    its audio file (:func:`audio_key`), in ``cache_dir/utterances-DECODER.jsonl``: a
+    manifest that shares audio with one decoded before (speechocean762-test-adult inside
+    speechocean762-test) decodes only the rest."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, tuple[str, float]] = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    e = json.loads(line)
+                    self.entries[e["audio"]] = (str(e["words"]), float(e["seconds"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a killed run: decoded again
+
+    def get(self, utt: Utterance) -> tuple[str, float] | None:
+        return self.entries.get(_digest(audio_key(utt)))
+
+    def add(self, items: Iterable[tuple[Utterance, str, float]]) -> None:
+        lines = []
+        for utt, words, seconds in items:
+            key = _digest(audio_key(utt))
+            self.entries[key] = (words, seconds)
+            lines.append(json.dumps({"audio": key, "words": words, "seconds": seconds}) + "\n")
+        if lines:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as fh:
+                fh.write("".join(lines))
 
 
 def _children_cpu() -> float:
@@ -334,40 +382,67 @@ def _children_cpu() -> float:
 
 
 def run_pocketsphinx(manifest: Path, *, jobs: int = 2, cache_dir: Path | None = None,
-                     model: PocketsphinxModel | None = None) -> PocketsphinxRun:
-    """Decode every utterance of ``manifest`` with pocketsphinx (or read the cached run).
+                     model: PocketsphinxModel | None = None, progress: bool = False) -> PocketsphinxRun:
+    """Decode every utterance of ``manifest`` with pocketsphinx (or read the cached run;
+    utterances another run decoded are taken from ``cache_dir``'s :class:`UtteranceStore`).
+
+    Utterances go to pocketsphinx in chunks of :data:`CHUNK_UTTERANCES` per job, each
+    kept in the store as it ends, so a killed run resumes where it stopped; ``progress``
+    says on stderr how far it is.
 
     Raises:
         PocketsphinxError: pocketsphinx or its model is not installed.
         fusion.manifest.ManifestError: an unreadable manifest.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     manifest = Path(manifest)
     model = model or PocketsphinxModel.debian()
     model.check()
     version = pocketsphinx_version()
     utts = read_manifest(manifest, require=("audio", "text"))
-    cache = None
+    decoder = decoder_key(model, version)
+    cache = store = None
+    reused: dict[str, tuple[str, float]] = {}
     if cache_dir is not None:
-        cache = Path(cache_dir) / f"{manifest.stem}-{cache_key(manifest, utts, model, version)}.json"
+        cache = Path(cache_dir) / f"{manifest.stem}-{cache_key(manifest, utts, decoder)}.json"
         if cache.is_file():
             return PocketsphinxRun.from_dict(json.loads(cache.read_text()), cached=True)
-    with tempfile.TemporaryDirectory(prefix="pocketsphinx-") as tmp:
-        work = Path(tmp)
-        prepared = write_audio(utts, work / "wav")
-        parts = split_control(prepared.seconds, jobs)
-        t0, cpu0 = time.perf_counter(), _children_cpu()
-        words, missing, errors = (_decode_parts(parts, work / "wav", work, model)
-                                  if parts else ({}, {}, []))
-        wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
-    failed = dict(prepared.failed)
-    failed.update({prepared.ids[n]: why for n, why in missing.items()})
-    by_id = {prepared.ids[n]: w for n, w in words.items()}
+        store = UtteranceStore(Path(cache_dir) / f"utterances-{decoder}.jsonl")
+        reused = {u.id: hit for u in utts if (hit := store.get(u)) is not None}
+    todo = [u for u in utts if u.id not in reused]
+    words, seconds, failed, errors = {}, {}, {}, []
+    wall = cpu = 0.0
+    step = CHUNK_UTTERANCES * jobs
+    for start in range(0, len(todo), step):
+        chunk = todo[start:start + step]
+        with tempfile.TemporaryDirectory(prefix="pocketsphinx-") as tmp:
+            work = Path(tmp)
+            prepared = write_audio(chunk, work / "wav")
+            parts = split_control(prepared.seconds, jobs)
+            t0, cpu0 = time.perf_counter(), _children_cpu()
+            got, missing, chunk_errors = (_decode_parts(parts, work / "wav", work, model)
+                                          if parts else ({}, {}, []))
+            wall, cpu = wall + time.perf_counter() - t0, cpu + _children_cpu() - cpu0
+        failed.update(prepared.failed)
+        failed.update({prepared.ids[n]: why for n, why in missing.items()})
+        words.update({prepared.ids[n]: w for n, w in got.items()})
+        seconds.update({prepared.ids[n]: sec for n, sec in prepared.seconds.items()})
+        errors += chunk_errors
+        if store is not None:  # kept as each chunk ends: a killed run resumes here
+            by_id = {u.id: u for u in chunk}
+            store.add((by_id[u], words[u], seconds[u]) for u in by_id if u in words)
+        if progress:
+            print(f"{manifest}: {min(start + step, len(todo))}/{len(todo)} utterances decoded "
+                  f"({len(reused)} reused, {len(failed)} failed)", file=sys.stderr, flush=True)
+    words.update({u: w for u, (w, _) in reused.items()})
+    decoded = sum(seconds.values())
     run = PocketsphinxRun(
-        words={u.id: by_id.get(u.id, "") for u in utts},
+        words={u.id: words.get(u.id, "") for u in utts},
         failed={u.id: failed[u.id] for u in utts if u.id in failed},
-        audio_seconds=round(sum(prepared.seconds.values()), 3),
-        wall_seconds=round(wall, 3), cpu_seconds=round(cpu, 3), jobs=len(parts),
-        version=version, errors=errors)
+        audio_seconds=round(decoded + sum(sec for _, sec in reused.values()), 3),
+        wall_seconds=round(wall, 3), cpu_seconds=round(cpu, 3), jobs=min(jobs, max(len(todo), 1)),
+        version=version, errors=errors, reused=len(reused), decoded_seconds=round(decoded, 3))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(cache) as fh:
@@ -375,11 +450,11 @@ def run_pocketsphinx(manifest: Path, *, jobs: int = 2, cache_dir: Path | None = 
     return run
 
 
-def pocketsphinx_hypotheses(manifest: Path, *, jobs: int = 2,
-                            cache_dir: Path | None = None) -> dict[str, str]:
+def pocketsphinx_hypotheses(manifest: Path, *, jobs: int = 2, cache_dir: Path | None = None,
+                            model: PocketsphinxModel | None = None) -> dict[str, str]:
     """Utterance id -> pocketsphinx's hypothesis, normalised as ours are; ``""`` for an
     utterance it failed on (see :func:`run_pocketsphinx`)."""
-    return run_pocketsphinx(manifest, jobs=jobs, cache_dir=cache_dir).hypotheses
+    return run_pocketsphinx(manifest, jobs=jobs, cache_dir=cache_dir, model=model).hypotheses
 
 
 # --- scoring -------------------------------------------------------------------------
@@ -408,28 +483,30 @@ def _score_dict(score: Any) -> dict[str, Any]:
 
 
 def pocketsphinx_scores(manifest: Path, *, jobs: int = 2, cache_dir: Path | None = None,
-                        model: PocketsphinxModel | None = None) -> dict[str, Any]:
+                        model: PocketsphinxModel | None = None, progress: bool = False) -> dict[str, Any]:
     """pocketsphinx's WER and CER on ``manifest`` by :func:`fusion.metrics.score_corpus`
     (the same scoring as our model's), with its word and character error counts, the
     failures, the speed (``rtf``: decoding wall seconds per audio second with ``jobs``
-    processes; ``cpu_rtf``: CPU seconds per audio second) and, where the manifest has
+    processes; ``cpu_rtf``: CPU seconds per audio second; both over the audio this run
+    decoded, ``decoded_seconds``, not the ``reused`` utterances) and, where the manifest has
     ``age`` / ``gender``, the same per age group and gender (``groups``)."""
     from fusion.metrics import score_corpus
 
     manifest = Path(manifest)
-    run = run_pocketsphinx(manifest, jobs=jobs, cache_dir=cache_dir, model=model)
+    run = run_pocketsphinx(manifest, jobs=jobs, cache_dir=cache_dir, model=model, progress=progress)
     utts = read_manifest(manifest, require=("audio", "text"))
     refs = {u.id: u.text or "" for u in utts}
     hyps = run.hypotheses
     score = score_corpus(refs, hyps)
-    audio = run.audio_seconds
+    decoded = run.decoded_seconds if run.decoded_seconds is not None else run.audio_seconds
     out: dict[str, Any] = {
         "manifest": str(manifest), **_score_dict(score),
         "failed": len(run.failed), "failed_utterances": run.failed,
         "empty": sum(1 for h in hyps.values() if not h),
-        "audio_seconds": audio, "wall_seconds": run.wall_seconds, "cpu_seconds": run.cpu_seconds,
-        "rtf": round(run.wall_seconds / audio, 4) if audio else None,
-        "cpu_rtf": round(run.cpu_seconds / audio, 4) if audio else None,
+        "audio_seconds": run.audio_seconds, "decoded_seconds": decoded, "reused": run.reused,
+        "wall_seconds": run.wall_seconds, "cpu_seconds": run.cpu_seconds,
+        "rtf": round(run.wall_seconds / decoded, 4) if decoded else None,
+        "cpu_rtf": round(run.cpu_seconds / decoded, 4) if decoded else None,
         "jobs": run.jobs, "pocketsphinx": run.version, "cached": run.cached,
         "log_errors": run.errors,
     }
@@ -497,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for m in args.manifests:
         name = m.stem if m.stem != "manifest" else m.resolve().parent.name
         try:
-            r = pocketsphinx_scores(m, jobs=args.jobs, cache_dir=cache)
+            r = pocketsphinx_scores(m, jobs=args.jobs, cache_dir=cache, progress=True)
         except (PocketsphinxError, ValueError, OSError) as exc:
             print(f"error: {m}: {exc}", file=sys.stderr)
             status = 1
@@ -507,7 +584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            for g, s in by.items())
         print(f"{name}: WER {100 * r['wer']:.2f}% CER {100 * r['cer']:.2f}% over {r['utterances']} "
               f"utterances ({r['failed']} failed), {r['audio_seconds'] / 60:.1f} min audio, "
-              f"RTF {r['rtf']} wall / {r['cpu_rtf']} CPU{' (cached)' if r['cached'] else ''}"
+              f"RTF {r['rtf']} wall / {r['cpu_rtf']} CPU"
+              + (" (cached)" if r["cached"] else f" ({r['reused']} reused)" if r["reused"] else "")
               + (f"; {groups}" if groups else ""), flush=True)
     if args.out is not None and splits:
         from common import header

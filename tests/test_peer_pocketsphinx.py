@@ -78,7 +78,8 @@ def test_write_audio_gives_16k_mono_16bit_wavs_with_44_byte_headers(tmp_path: Pa
     for name in out.ids:
         path = tmp_path / "wav" / f"{name}.wav"
         with wave.open(str(path)) as fh:
-            assert (fh.getnchannels(), fh.getsampwidth(), fh.getframerate(), fh.getnframes()) == (1, 2, 16000, 16000)
+            shape = (fh.getnchannels(), fh.getsampwidth(), fh.getframerate(), fh.getnframes())
+        assert shape == (1, 2, 16000, 16000)
         assert path.stat().st_size == ps.WAV_HEADER_BYTES + 2 * 16000
     # a 16-kHz 16-bit source passes through bit-exact, header skipped as pocketsphinx does
     body = (tmp_path / "wav" / "u000000.wav").read_bytes()[ps.WAV_HEADER_BYTES:]
@@ -171,7 +172,43 @@ def test_scores_count_failures_as_empty_and_reuse_the_cache(
     assert again["cached"] and len(calls) == 1
     assert again["wer"] == r["wer"] and again["failed_utterances"] == r["failed_utterances"]
     m.write_text(m.read_text() + json.dumps({"id": "e", "audio": "a.wav", "text": "x"}) + "\n")
-    assert not ps.pocketsphinx_scores(m, cache_dir=cache, model=model)["cached"]
+    grown = ps.pocketsphinx_scores(m, cache_dir=cache, model=model)
+    assert not grown["cached"] and len(calls) == 2
+    # a, e share a.wav and b was decoded (empty words) before: only c (named u000000 in
+    # this run, where the fake decoder answers "the cat") goes to pocketsphinx again
+    assert grown["reused"] == 3 and calls[1] == [["u000000"]]
+    assert grown["audio_seconds"] == pytest.approx(0.4) and grown["decoded_seconds"] == pytest.approx(0.1)
+    hyps = ps.pocketsphinx_hypotheses(m, cache_dir=cache, model=model)  # cached: no decoding
+    assert len(calls) == 2
+    assert hyps == {"a": "the cat", "b": "", "c": "the cat", "d": "", "e": "the cat"}
+
+
+def test_a_killed_run_resumes_from_the_chunks_it_finished(
+        tmp_path: Path, fake_model: tuple[ps.PocketsphinxModel, list],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    model, calls = fake_model
+    for name in ("a", "b", "c"):
+        sf.write(tmp_path / f"{name}.wav", np.zeros(800, np.float32), 16000)
+    m = _manifest(tmp_path, [{"id": n, "audio": f"{n}.wav", "text": "x"} for n in "abc"])
+    monkeypatch.setattr(ps, "CHUNK_UTTERANCES", 1)
+    real = ps._decode_parts
+    killed: list[bool] = []
+
+    def dies_on_the_second_chunk(*args):  # noqa: ANN002, ANN202
+        if len(calls) == 1 and not killed:
+            killed.append(True)
+            raise RuntimeError("killed")
+        return real(*args)
+
+    monkeypatch.setattr(ps, "_decode_parts", dies_on_the_second_chunk)
+    with pytest.raises(RuntimeError, match="killed"):
+        ps.run_pocketsphinx(m, jobs=1, cache_dir=tmp_path / "cache", model=model)
+    assert calls == [[["u000000"]]]
+    run = ps.run_pocketsphinx(m, jobs=1, cache_dir=tmp_path / "cache", model=model)
+    assert run.reused == 1 and calls[1:] == [[["u000000"]], [["u000000"]]]  # b, then c
+    assert run.words["a"] == "<s> THE CAT(2) [NOISE] </s>" and run.decoded_seconds == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        ps.run_pocketsphinx(m, jobs=0, model=model)
 
 
 def test_missing_model_file_is_named(tmp_path: Path) -> None:
