@@ -411,7 +411,10 @@ def run_pocketsphinx(manifest: Path, *, jobs: int = 2, cache_dir: Path | None = 
         store = UtteranceStore(Path(cache_dir) / f"utterances-{decoder}.jsonl")
         reused = {u.id: hit for u in utts if (hit := store.get(u)) is not None}
     todo = [u for u in utts if u.id not in reused]
-    words, seconds, failed, errors = {}, {}, {}, []
+    words: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    failed: dict[str, str] = {}
+    errors: list[str] = []
     wall = cpu = 0.0
     step = CHUNK_UTTERANCES * jobs
     for start in range(0, len(todo), step):
