@@ -60,8 +60,8 @@ def test_same_api_shapes_and_wer_as_pyctcdecode(table, arpa):
     assert [x[0] for x in a] == sorted((x[0] for x in a), key=[x[0] for x in a].index)
     assert all(a[i][4] >= a[i + 1][4] for i in range(len(a) - 1))  # best first
     batch = ours.decode_beams_batch(None, logits[:3], beam_width=8)
-    assert [len(x[0]) for x in batch] == [4, 4, 4] == [len(x[0]) for x in
-                                                       theirs.decode_beams_batch(None, logits[:3], beam_width=8)]
+    their_batch = theirs.decode_beams_batch(None, logits[:3], beam_width=8)
+    assert [len(x[0]) for x in batch] == [4, 4, 4] == [len(x[0]) for x in their_batch]
     assert ours.decode_batch(None, logits[:3], beam_width=32) == [
         ours.decode(x, beam_width=32) for x in logits[:3]]
 

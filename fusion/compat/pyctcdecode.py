@@ -517,8 +517,8 @@ class BeamSearchDecoderCTC:
             "alpha": self.alpha, "beta": self.beta, "unk_score_offset": self.unk_score_offset,
             "score_boundary": self.lm_score_boundary}))
         known = getattr(self._scorers[0], "unigrams", None) or ()  # those the LM knows
-        (lm_dir / "unigrams.txt").write_text("".join(w + "\n" for w in sorted(known)),
-                                              encoding="utf-8")
+        text = "".join(w + "\n" for w in sorted(known))
+        (lm_dir / "unigrams.txt").write_text(text, encoding="utf-8")
         src = Path(self.kenlm_model_path)
         name = src.name if src.suffix in (".arpa", ".bin", ".binary") else \
             src.name + (".arpa" if KenLM.is_arpa(src) else ".bin")

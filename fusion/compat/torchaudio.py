@@ -31,7 +31,8 @@ units below log-probability -12 are not extended (:func:`fusion.decoder.lexicon_
 floor); ``sil_score`` other than 0 and custom ``CTCDecoderLM`` objects are refused; words
 are given without a lexicon too. Online decoding (``decode_begin`` / ``decode_step`` /
 ``decode_end`` / ``get_final_hypothesis``) runs :meth:`BeamSearchDecoder.stream` and ends
-with exactly what one call on the whole utterance gives. ``tokens`` are the collapsed units, with ``sil_token``
+with exactly what one call on the whole utterance gives. ``tokens`` are the collapsed
+units, with ``sil_token``
 where the search put one, and a ``sil_token`` around the utterance as flashlight's are;
 ``timesteps`` is each unit's first frame (flashlight's are one frame later: its paths
 carry a start frame).
