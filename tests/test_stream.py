@@ -119,6 +119,24 @@ def test_compiled_stream_equals_offline_decoding(compiled_decoders, seed, kind, 
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 2**32 - 1), st.sampled_from(SCORER_SETS), st.integers(1, 200), st.data())
+def test_dropping_pruned_branches_changes_nothing(compiled_decoders, seed, kind, compact_min, data):
+    """The compiled search drops the prefixes no beam descends from once its tables pass
+    ``compact_min`` prefixes (65536 by default): lowered to compact every few frames, the
+    same results as decode(), which never compacts these short utterances."""
+    decoder = compiled_decoders[kind]
+    p = _utterance(seed, "speech")
+    ends = data.draw(chunkings(p.num_frames), label="chunk ends")
+    stream = decoder.stream(p.frame_shift, p.utt_id)
+    stream._search.compact_min = compact_min
+    start = 0
+    for end in ends:
+        stream.accept(p.log_probs[start:end])
+        start = end
+    assert stream.finish() == decoder.decode(p)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(0, 2**32 - 1), st.sampled_from(SCORER_SETS), st.sampled_from(["speech", "random"]),
        st.data())
 def test_python_stream_equals_offline_decoding(python_decoders, seed, kind, style, data):

@@ -437,11 +437,74 @@ class Searcher {
         }
       }
       prune(nxt, beams, totals, idx);
+      if (static_cast<int64_t>(infos_.size()) > compact_at_) {
+        compact();
+        compact_at_ = std::max<int64_t>(compact_min, 2 * static_cast<int64_t>(infos_.size()));
+      }
     }
   }
 
+  // Prefixes kept before the tables drop pruned branches (see compact); tests lower it.
+  int64_t compact_min = int64_t{1} << 16;
+
  private:
   // -- per-utterance tables -------------------------------------------------------------
+  // Drop the prefixes no beam descends from (pruned branches), so that the tables hold the
+  // beams, their ancestors and what their children are, and grow with the length of the
+  // hypotheses, not with every prefix ever tried. Only the numbers change: a dropped
+  // prefix proposed again is made again, from its parent, exactly as it was (its scores
+  // are a function of its parent and unit, and a word's score of the word and the
+  // interned LM state, which are kept).
+  void compact() {
+    const size_t n = infos_.size(), S = scorers_.size(), N = n_slots_;
+    std::vector<char> keep(n, 0);
+    for (const Beam& b : beams_)
+      for (int32_t id = b.id; id >= 0 && !keep[id]; id = parents_[id].first) keep[id] = 1;
+    std::vector<int32_t> remap(n, -1);
+    int32_t m = 0;
+    for (size_t id = 0; id < n; ++id)
+      if (keep[id]) remap[id] = m++;
+    std::vector<Info> infos;
+    std::vector<std::pair<int32_t, int32_t>> parents;
+    std::vector<int32_t> states, nodes, children;
+    std::vector<double> scores, letter_pt;
+    std::vector<int64_t> block(static_cast<size_t>(m), -1);
+    infos.reserve(m);
+    parents.reserve(m);
+    for (size_t id = 0; id < n; ++id) {
+      if (!keep[id]) continue;
+      const int32_t up = parents_[id].first;
+      parents.emplace_back(up < 0 ? -1 : remap[up], parents_[id].second);
+      infos.push_back(std::move(infos_[id]));
+      states.insert(states.end(), states_.begin() + id * S, states_.begin() + (id + 1) * S);
+      scores.insert(scores.end(), scores_.begin() + id * S, scores_.begin() + (id + 1) * S);
+      nodes.insert(nodes.end(), nodes_.begin() + id * N, nodes_.begin() + (id + 1) * N);
+      if (block_[id] >= 0) {
+        block[remap[id]] = static_cast<int64_t>(children.size());
+        for (int u = 0; u < vocab_; ++u) {
+          const int32_t c = children_[block_[id] + u];
+          children.push_back(c >= 0 && keep[c] ? remap[c] : -1);
+          letter_pt.push_back(letter_pt_[block_[id] + u]);
+        }
+      }
+    }
+    infos_ = std::move(infos);
+    parents_ = std::move(parents);
+    states_ = std::move(states);
+    scores_ = std::move(scores);
+    nodes_ = std::move(nodes);
+    children_ = std::move(children);
+    letter_pt_ = std::move(letter_pt);
+    block_ = std::move(block);
+    next_pos_.assign(static_cast<size_t>(m), -1);
+    next_stamp_.assign(static_cast<size_t>(m), -1);
+    live_.assign(static_cast<size_t>(m), -1);
+    for (Beam& b : beams_) b.id = remap[b.id];
+    // the word completions scored so far: a cache, scored again on demand, to the same
+    // values and (interned) states
+    decltype(completions_)().swap(completions_);
+  }
+
   void reset() {
     infos_.clear();
     parents_.clear();
@@ -460,6 +523,7 @@ class Searcher {
     completions_.clear();
     beams_.clear();
     frames_ = 0;
+    compact_at_ = compact_min;
   }
 
   int32_t new_prefix(int32_t parent, int32_t unit) {
@@ -846,6 +910,7 @@ class Searcher {
   std::unordered_map<WordKey, std::pair<int32_t, double>, WordKeyHash> completions_;
   std::vector<Beam> beams_;  // the beams after the frames taken so far
   int64_t frames_ = 0;
+  int64_t compact_at_ = int64_t{1} << 16;  // compact the tables past this many prefixes
 };
 
 // A search in progress (fusion.decoder.DecoderStream): its own copy of a searcher's
@@ -944,6 +1009,13 @@ PYBIND11_MODULE(_ctcsearch, m) {
           },
           "An independent copy of the stream as it is now (a snapshot).")
       .def_property_readonly("frames", [](const Stream& self) { return self.search.frames(); })
+      .def_property(
+          "compact_min", [](const Stream& self) { return self.search.compact_min; },
+          [](Stream& self, int64_t n) {
+            if (n < 1) throw std::invalid_argument("compact_min must be >= 1");
+            self.search.compact_min = n;
+          },
+          "Prefixes kept before pruned branches are dropped from the tables (tests lower it).")
       .def_property_readonly("finished", [](const Stream& self) { return self.finished; });
   m.def(
       "align",
