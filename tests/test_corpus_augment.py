@@ -20,6 +20,7 @@ from fusion.corpus.augment import (
     babble_noise,
     colored_noise,
     draw_room,
+    measured_rt60,
     plan_augmentation,
     reverberate,
     room_impulse_response,
@@ -222,3 +223,11 @@ def test_room_operation_uses_the_given_impulse_responses() -> None:
         RoomConfig(rt60=(0.8, 0.2))
     with pytest.raises(ValueError, match="ceiling"):
         RoomConfig(size_min=(3.0, 3.0, 1.5))
+
+
+@pytest.mark.parametrize("rt60", [0.6, 1.2])
+def test_measured_rt60_of_a_known_decay(rt60: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    rir = room_impulse_response(RATE, rt60=rt60, drr_db=-20.0, generator=g)  # falls 60 dB
+    assert measured_rt60(rir, RATE) == pytest.approx(rt60, rel=0.05)
+    assert math.isnan(measured_rt60(torch.zeros(RATE), RATE))

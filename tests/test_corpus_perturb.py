@@ -20,15 +20,16 @@ from fusion.corpus.perturb import (
     PerturbError,
     RoomBank,
     augment_manifest,
-    draw_room_bank,
     plan_copies,
+    simulate_room_bank,
 )
 from fusion.manifest import Utterance, read_manifest
 
 RATE = 16_000
-# Small rooms of low image order: a test room simulates in milliseconds.
-FAST_ROOMS = RoomConfig(rt60=(0.2, 0.3), size_min=(3.0, 3.0, 2.5), size_max=(4.0, 4.0, 3.0),
-                        max_order=4)  # fmt: skip
+# Small rooms of low image order: a test room simulates in milliseconds (and the order
+# cap shortens its measured RT60 to about 0.2 s).
+FAST_ROOMS = RoomConfig(rt60=(0.15, 0.3), size_min=(3.0, 3.0, 2.5), size_max=(4.0, 4.0, 3.0),
+                        max_order=20)  # fmt: skip
 
 
 def _tone(seconds: float, seed: int, level: float = 0.1) -> np.ndarray:
@@ -115,7 +116,8 @@ def test_room_copy_keeps_length_and_is_finite(tmp_path: Path) -> None:
     summary = _run(manifest, tmp_path / "out", config=_config(speeds=(1.0,), p_room=1, p_noise=0))
     for row, utt in zip(read_manifest(summary.manifest), read_manifest(manifest)):
         (op,) = row.extra["augment"]
-        assert op["type"] == "room" and 0.2 <= op["rt60"] <= 0.3
+        assert op["type"] == "room" and 0.15 <= op["rt60"] <= 0.3
+        assert 0.15 <= op["rt60_measured"] <= 0.3
         wet, _ = sf.read(row.audio)
         dry, _ = sf.read(utt.audio)
         assert wet.shape == dry.shape and np.isfinite(wet).all()
@@ -233,18 +235,33 @@ def test_a_copy_at_speed_one_is_never_the_original(utt_id: str, seed: int) -> No
         assert re.fullmatch(r"audio/[0-9a-f]{2}/[A-Za-z0-9._+~-]+\.wav", copy.audio)
 
 
+def test_room_bank_keeps_rooms_whose_measured_rt60_is_in_range(tmp_path: Path) -> None:
+    config = _config(rooms=4)
+    bank = simulate_room_bank(0, config)
+    assert len(bank.ops) == 4 and all(0.15 <= op["rt60_measured"] <= 0.3 for op in bank.ops)
+    again = simulate_room_bank(0, config, jobs=1)
+    assert bank.ops == again.ops and bank.ops != simulate_room_bank(1, config).ops
+    for op in bank.ops:
+        assert bank.rir(op, RATE).numel() > 0
+    too_short = _config(rooms=1, room=RoomConfig(rt60=(0.3, 0.4), size_min=(3.0, 3.0, 2.5),
+                                                 size_max=(4.0, 4.0, 3.0), max_order=2))  # fmt: skip
+    with pytest.raises(PerturbError, match="measured RT60 in \\[0.3, 0.4\\]"):
+        simulate_room_bank(0, too_short)
+
+
 def test_room_bank_is_cached_and_refused_when_stale(tmp_path: Path) -> None:
-    config = _config(rooms=2)
-    ops = draw_room_bank(0, config)
-    assert ops == draw_room_bank(0, config) and ops != draw_room_bank(1, config)
     import torch
 
+    ops = [{"type": "room", "rt60": 0.3}, {"type": "room", "rt60": 0.5}]
     bank = RoomBank(ops, [torch.arange(3.0), torch.ones(5)])
-    bank.save(tmp_path / "rooms.npz")
-    loaded = RoomBank.load(tmp_path / "rooms.npz", ops)
-    assert loaded is not None and torch.equal(loaded.rir(ops[1], RATE), torch.ones(5))
-    assert RoomBank.load(tmp_path / "rooms.npz", draw_room_bank(1, config)) is None
-    assert RoomBank.load(tmp_path / "missing.npz", ops) is None
+    bank.save(tmp_path / "rooms.npz", {"seed": 0})
+    loaded = RoomBank.load(tmp_path / "rooms.npz", {"seed": 0})
+    assert loaded is not None and loaded.ops == tuple(ops)
+    assert torch.equal(loaded.rir(ops[1], RATE), torch.ones(5))
+    assert RoomBank.load(tmp_path / "rooms.npz", {"seed": 1}) is None
+    assert RoomBank.load(tmp_path / "missing.npz", {"seed": 0}) is None
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    assert RoomBank.load(tmp_path / "bad.npz", {"seed": 0}) is None
 
 
 @pytest.mark.parametrize(

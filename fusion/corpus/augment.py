@@ -16,7 +16,8 @@ order listed, with every random draw (noise samples, room response, crops) taken
     Convolution with the impulse response of a simulated shoebox room (pyroomacoustics,
     image-source method): a talker at ``source`` and a microphone at ``mic`` (metres), the
     walls' energy absorption and the image order from Sabine's formula for ``rt60``
-    seconds (:func:`draw_room`, :func:`room_rir`).
+    seconds (:func:`draw_room`, :func:`room_rir`); a room bank adds the RT60 measured on
+    the simulated response as ``rt60_measured``.
 ``{"type": "noise", "kind": "pink", "snr_db": 12.0}``
     Additive noise at a signal-to-noise ratio; ``kind`` is ``white``, ``pink``,
     ``brown`` or ``babble`` (a mix of other utterances, which the caller supplies).
@@ -45,6 +46,7 @@ __all__ = [
     "babble_noise",
     "colored_noise",
     "draw_room",
+    "measured_rt60",
     "plan_augmentation",
     "reverberate",
     "room_impulse_response",
@@ -258,6 +260,22 @@ def draw_room(rng: random.Random, config: RoomConfig = RoomConfig()) -> dict[str
                 "max_order": min(int(order), config.max_order),
                 "air_absorption": config.air_absorption}  # fmt: skip
     raise ValueError(f"RoomConfig {config} gives no valid room in 1000 draws")
+
+
+def measured_rt60(rir: torch.Tensor, rate: int) -> float:
+    """The RT60 of an impulse response, from the slope of its Schroeder decay between -5 and
+    -35 dB (T30, ``pyroomacoustics.experimental.measure_rt60``); ``nan`` if it has none."""
+    import warnings
+
+    import pyroomacoustics as pra
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            value = float(pra.experimental.measure_rt60(rir.double().numpy(), fs=rate, decay_db=30))
+        except (ValueError, IndexError, ZeroDivisionError):
+            return math.nan
+    return value if math.isfinite(value) and value > 0 else math.nan
 
 
 def room_rir(op: Mapping[str, Any], rate: int) -> torch.Tensor:

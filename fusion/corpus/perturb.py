@@ -16,10 +16,11 @@ Layout of ``out_dir``::
                           fields, ``orig_id``, the new duration, ``augment``
     problems.jsonl        utterances whose audio could not be used (skipped)
     augment.json          the settings (seed, config, input), checked when resuming
-    rooms.npz             the room bank's impulse responses (recomputed if stale)
+    rooms.npz             the room bank's impulse responses (simulated again if stale)
 
 Rooms. The image-source method costs about half a second a room, so ``rooms`` rooms are
-drawn once per seed (:func:`draw_room_bank`) and every copy picks one of them.
+simulated once per seed (:func:`simulate_room_bank`; kept only if the RT60 measured on the
+response is in range too) and every copy picks one of them.
 
 Determinism and resuming. Every choice for a copy comes from a generator seeded by
 ``(seed, utterance id, speed, copy)``, and the audio from a torch generator seeded from
@@ -40,7 +41,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from fusion.corpus.augment import (
     RoomConfig,
     apply_augmentation,
     draw_room,
+    measured_rt60,
     room_rir,
 )
 from fusion.corpus.synth import audio_ok, write_audio
@@ -68,9 +69,9 @@ __all__ = [
     "RoomBank",
     "UtteranceTask",
     "augment_manifest",
-    "draw_room_bank",
     "plan_copies",
     "run_task",
+    "simulate_room_bank",
 ]
 
 DEFAULT_JOBS = 2
@@ -194,21 +195,24 @@ class RoomBank:
         found = self._rirs.get(_room_key(op)) if rate == SAMPLE_RATE else None
         return found if found is not None else room_rir(op, rate)
 
-    def save(self, path: Path) -> None:
-        """Write the bank to ``path`` (``.npz``) atomically."""
+    def save(self, path: Path, key: Mapping[str, Any]) -> None:
+        """Write the bank to ``path`` (``.npz``) atomically, with the settings ``key`` that
+        made it."""
         rirs = [self._rirs[_room_key(op)].numpy() for op in self.ops]
         offsets = np.cumsum([0] + [r.size for r in rirs])
         with atomic_write(path, "wb") as fh:
-            np.savez(fh, ops=np.array(json.dumps(self.ops)), rirs=np.concatenate(rirs),
+            np.savez(fh, key=np.array(json.dumps(key, sort_keys=True)),
+                     ops=np.array(json.dumps(self.ops)), rirs=np.concatenate(rirs),
                      offsets=offsets)  # fmt: skip
 
     @classmethod
-    def load(cls, path: Path, ops: Sequence[dict[str, Any]]) -> RoomBank | None:
-        """The bank saved at ``path`` if it holds exactly the rooms ``ops``, else ``None``."""
+    def load(cls, path: Path, key: Mapping[str, Any]) -> RoomBank | None:
+        """The bank saved at ``path`` if the settings ``key`` made it, else ``None``."""
         try:
             with np.load(path, allow_pickle=False) as data:
-                if json.loads(str(data["ops"])) != json.loads(json.dumps(list(ops))):
+                if str(data["key"]) != json.dumps(key, sort_keys=True):
                     return None
+                ops = json.loads(str(data["ops"]))
                 flat, offsets = data["rirs"], data["offsets"]
         except (OSError, ValueError, KeyError):
             return None
@@ -216,10 +220,44 @@ class RoomBank:
         return cls(ops, rirs)
 
 
-def draw_room_bank(seed: int, config: PerturbConfig) -> list[dict[str, Any]]:
-    """The ``config.rooms`` room operations of a seed (no simulation yet)."""
+def _simulate(op: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
+    """A room's impulse response, and the room with its measured RT60 added."""
+    rir = room_rir(op, SAMPLE_RATE)
+    return {**op, "rt60_measured": round(measured_rt60(rir, SAMPLE_RATE), 3)}, rir
+
+
+def simulate_room_bank(
+    seed: int, config: PerturbConfig, *, jobs: int = 1, progress: bool = False
+) -> RoomBank:
+    """Draw and simulate the ``config.rooms`` rooms of a seed.
+
+    Sabine's formula is a design value: the image-source response of a flat or long room
+    can decay more slowly or quickly. A room is kept only if the RT60 measured on its
+    response (T30) also lies in ``config.room.rt60``; candidates come in a seeded order
+    and the first that pass are kept, so the bank does not depend on ``jobs``.
+
+    Raises:
+        PerturbError: fewer than one candidate in 20 passes.
+    """
     rng = random.Random(_hash(seed, "rooms"))
-    return [draw_room(rng, config.room) for _ in range(config.rooms)]
+    low, high = config.room.rt60
+    kept: list[tuple[dict[str, Any], torch.Tensor]] = []
+    drawn = 0
+    bar = tqdm(total=config.rooms, unit="room", desc="rooms", disable=not progress)
+    with bar, (_one_thread() if jobs == 1 else _pool(jobs)) as pool:
+        while len(kept) < config.rooms:
+            if drawn >= 20 * config.rooms:
+                raise PerturbError(f"only {len(kept)} of {drawn} simulated rooms have a measured "
+                                   f"RT60 in [{low}, {high}] s; widen the RT60 range")  # fmt: skip
+            need = config.rooms - len(kept)
+            batch = [draw_room(rng, config.room) for _ in range(need + need // 4 + 2 * jobs)]
+            drawn += len(batch)
+            simulated = map(_simulate, batch) if pool is None else pool.map(_simulate, batch)
+            for op, rir in simulated:
+                if len(kept) < config.rooms and low <= op["rt60_measured"] <= high:
+                    kept.append((op, rir))
+                    bar.update()
+    return RoomBank([op for op, _ in kept], [rir for _, rir in kept])
 
 
 def _copy_tag(factor: float, ops: Sequence[dict[str, Any]], copy: int, copies: int) -> str:
@@ -418,37 +456,38 @@ def _pool(jobs: int, bank: RoomBank | None = None) -> ProcessPoolExecutor:
 
 
 def _room_bank(out: Path, seed: int, config: PerturbConfig, jobs: int, progress: bool) -> RoomBank:
-    """The seed's room bank: from ``rooms.npz`` when it holds these rooms, else simulated
-    (in ``jobs`` processes) and saved there."""
-    ops = draw_room_bank(seed, config)
-    cached = RoomBank.load(out / ROOMS_FILE, ops)
+    """The seed's room bank: from ``rooms.npz`` when these settings made it, else
+    simulated (in ``jobs`` processes) and saved there."""
+    key = {"seed": seed, "rooms": config.rooms, "room": asdict(config.room)}
+    cached = RoomBank.load(out / ROOMS_FILE, key)
     if cached is not None:
         return cached
-    simulate = partial(room_rir, rate=SAMPLE_RATE)
-    bar = tqdm(total=len(ops), unit="room", desc="rooms", disable=not progress)
-    rirs = []
-    with bar, _one_thread() if jobs == 1 else _pool(jobs) as pool:
-        results = map(simulate, ops) if pool is None else pool.map(simulate, ops, chunksize=4)
-        for rir in results:
-            rirs.append(rir)
-            bar.update()
-    bank = RoomBank(ops, rirs)
-    bank.save(out / ROOMS_FILE)
+    bank = simulate_room_bank(seed, config, jobs=jobs, progress=progress)
+    bank.save(out / ROOMS_FILE, key)
     return bank
 
 
-def _check_folders(manifest: Path, out: Path, tasks: Sequence[UtteranceTask]) -> None:
+def _check_out_dir(manifest: Path, out: Path) -> None:
     if out.resolve() == manifest.resolve().parent:
         raise PerturbError(
             f"--out {out} is the folder of {manifest}: its manifest would overwrite the input; "
             "choose another folder"
         )
+
+
+def _check_copies(manifest: Path, out: Path, tasks: Sequence[UtteranceTask]) -> None:
+    """Refuse copies that would overwrite an input's audio, or share an id."""
     inputs = {str(Path(t.utterance.audio).resolve()) for t in tasks if t.utterance.audio}
+    ids: set[str] = set()
     for task in tasks:
         for plan in task.copies:
             if str((out / plan.audio).resolve()) in inputs:
                 raise PerturbError(f"copy {plan.id!r} would overwrite the input audio "
                                    f"{out / plan.audio}; choose another --out")  # fmt: skip
+            if plan.id in ids:
+                raise PerturbError(f"{manifest}: two copies would have the id {plan.id!r} (an "
+                                   "input id that ends like a copy's, '~sp...')")  # fmt: skip
+            ids.add(plan.id)
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
@@ -496,16 +535,14 @@ def augment_manifest(
         raise PerturbError(f"{manifest}: no utterances")
     settings = {"manifest": str(manifest.resolve()), "seed": seed,
                 "config": json.loads(json.dumps(asdict(config)))}  # fmt: skip
-    rooms = draw_room_bank(seed, config) if config.p_room > 0 else []
-    tasks = [plan_copies(u, seed=seed, config=config, rooms=rooms, pool=utterances)
-             for u in utterances]  # fmt: skip
-    _check_folders(manifest, out, tasks)
-    ids = [plan.id for task in tasks for plan in task.copies]
-    if len(set(ids)) != len(ids):
-        raise PerturbError(f"{manifest}: copy ids collide (an input id ends like a copy's, '~sp...')")
+    _check_out_dir(manifest, out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, settings)
-    bank = _room_bank(out, seed, config, jobs, progress) if rooms else None
+    bank = _room_bank(out, seed, config, jobs, progress) if config.p_room > 0 else None
+    rooms = bank.ops if bank is not None else ()
+    tasks = [plan_copies(u, seed=seed, config=config, rooms=rooms, pool=utterances)
+             for u in utterances]  # fmt: skip
+    _check_copies(manifest, out, tasks)
 
     rows: list[dict[str, Any]] = []
     problems: list[dict[str, Any]] = []
