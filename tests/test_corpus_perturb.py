@@ -160,6 +160,11 @@ def test_resume_writes_only_missing_files(tmp_path: Path) -> None:
     assert not list(out.rglob("*.tmp"))
     with pytest.raises(PerturbError, match="other settings.*seed"):
         _run(manifest, out, seed=1)
+    settings = json.loads((out / "augment.json").read_text())
+    settings["settings"]["version"] -= 1  # made by an older version of the recipe
+    (out / "augment.json").write_text(json.dumps(settings))
+    with pytest.raises(PerturbError, match="other settings.*version"):
+        _run(manifest, out)
 
 
 def test_bad_audio_is_recorded_and_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

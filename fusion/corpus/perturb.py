@@ -62,6 +62,7 @@ from fusion.manifest import Utterance, atomic_write, read_manifest, write_jsonl
 
 __all__ = [
     "DEFAULT_JOBS",
+    "FORMAT_VERSION",
     "CopyPlan",
     "PerturbConfig",
     "PerturbError",
@@ -75,6 +76,9 @@ __all__ = [
 ]
 
 DEFAULT_JOBS = 2
+#: Raised whenever the same settings would make other audio (an output folder made by
+#: another version is then refused instead of being finished with mixed copies).
+FORMAT_VERSION = 1
 PROBLEMS_FILE = "problems.jsonl"
 SETTINGS_FILE = "augment.json"
 ROOMS_FILE = "rooms.npz"
@@ -533,7 +537,7 @@ def augment_manifest(
     utterances = read_manifest(manifest)
     if not utterances:
         raise PerturbError(f"{manifest}: no utterances")
-    settings = {"manifest": str(manifest.resolve()), "seed": seed,
+    settings = {"version": FORMAT_VERSION, "manifest": str(manifest.resolve()), "seed": seed,
                 "config": json.loads(json.dumps(asdict(config)))}  # fmt: skip
     _check_out_dir(manifest, out)
     out.mkdir(parents=True, exist_ok=True)
