@@ -1201,8 +1201,8 @@ def run_batch(args: argparse.Namespace,
 
             decoder = BeamSearchDecoder(table, options=SearchOptions(
                 beam_size=getattr(args, "beam_size", None) or 8))
-        summary = decode_batch(files, args.out_dir, decoder, table=table, options=options,
-                               resume=args.resume, decoder_id=_decoder_id(args),
+        summary = decode_batch([args.posteriors], args.out_dir, decoder, table=table,
+                               options=options, resume=args.resume, decoder_id=_decoder_id(args),
                                backend=_backend(args, options))
     except OutputError as exc:  # BatchOutputError included
         print(f"fusion decode: error: {exc}", file=sys.stderr)
