@@ -22,8 +22,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import kenlm
-
+from lm import _kenlm as kenlm  # KenLM's own binding, built by setup.py
 from lm.arpa import LN10, read_arpa
 from lm.base import LanguageModel, Level, LMError
 
