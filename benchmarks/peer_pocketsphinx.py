@@ -4,7 +4,11 @@ same scoring.
 pocketsphinx is Debian's ``pocketsphinx`` 0.8 (``pocketsphinx_batch``) with the
 ``pocketsphinx-en-us`` model: a continuous-density HMM-GMM acoustic model (``en-us/``),
 its own 3-gram LM (``en-us.lm.bin``) and the CMU dictionary, at the decoder's default
-settings (the model's ``feat.params`` supply the front end).
+settings (the model's ``feat.params`` supply the front end, cepstral mean normalisation
+over each whole utterance among them). That is pocketsphinx at its best on recorded audio:
+on the real-speech dev set it scores 26.2% WER, where ``pocketsphinx_continuous -infile``
+(live CMN from a fixed start, its own voice-activity segmentation) scores 42.8%, the
+figure ``../shared/data/README.md`` quotes.
 
 Every manifest utterance is read with the project's one audio loader
 (:func:`fusion.am.features.load_audio`: any format soundfile reads, downmixed to mono,
