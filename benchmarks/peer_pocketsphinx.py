@@ -54,7 +54,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fusion.manifest import Utterance, atomic_write, read_manifest  # noqa: E402
+from fusion.manifest import Utterance, atomic_write, read_manifest, write_manifest  # noqa: E402
 from fusion.text import normalize_text  # noqa: E402
 
 __all__ = [
@@ -541,6 +541,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="hypothesis cache (default $ASRFUSE_HOME/pocketsphinx)")
     p.add_argument("--no-cache", action="store_true", help="decode again and keep nothing")
+    p.add_argument("--every", type=int, default=1, metavar="K",
+                   help="score every K-th utterance of each manifest (1st, K+1-th, ...), a "
+                   "systematic sample named SPLIT-everyK; its decodes serve the whole split later")
     p.add_argument("--out", type=Path, default=None,
                    help="write the results as this JSON file and a .md beside it")
     return p
@@ -564,13 +567,52 @@ def _markdown(results: dict[str, Any]) -> str:
     h = results["header"]
     return (f"# pocketsphinx {results['pocketsphinx']} (Debian en-us model, its own 3-gram)\n\n"
             f"{h['date']}, `{h['command']}`, {h['machine']['cpu']}, {results['jobs']} jobs\n\n"
-            f"{table(rows, cols)}")
+            f"{table(rows, cols)}\n"
+            "RTF: decoding seconds per second of the audio a run decoded (utterances reused from "
+            "an earlier run's store excluded; a cached run repeats the timing of the run that "
+            "made it). A split named -everyK is its every K-th utterance.\n")
+
+
+def _score_one(manifest: Path, name: str, args: argparse.Namespace, cache: Path | None,
+               tmp: Path) -> dict[str, Any]:
+    """One manifest's scores (of its every ``args.every``-th utterance, written to ``tmp``)."""
+    r: dict[str, Any] = {"name": name}
+    if args.every > 1:
+        r = {"name": f"{name}-every{args.every}", "sample_of": str(manifest), "every": args.every}
+        sample = tmp / f"{r['name']}.jsonl"
+        write_manifest(sample, read_manifest(manifest)[::args.every])
+        manifest = sample
+    return {**r, **pocketsphinx_scores(manifest, jobs=args.jobs, cache_dir=cache, progress=True)}
+
+
+def _summary(r: Mapping[str, Any]) -> str:
+    groups = "; ".join(f"{f} {g} {100 * s['wer']:.1f}" for f, by in r.get("groups", {}).items()
+                       for g, s in by.items())
+    return (f"{r['name']}: WER {100 * r['wer']:.2f}% CER {100 * r['cer']:.2f}% over {r['utterances']} "
+            f"utterances ({r['failed']} failed), {r['audio_seconds'] / 60:.1f} min audio, "
+            f"RTF {r['rtf']} wall / {r['cpu_rtf']} CPU"
+            + (" (cached)" if r["cached"] else f" ({r['reused']} reused)" if r["reused"] else "")
+            + (f"; {groups}" if groups else ""))
+
+
+def _write_results(out: Path, splits: Mapping[str, Any], jobs: int) -> None:
+    from common import header
+
+    first = next(iter(splits.values()))
+    results = {"header": header(), "pocketsphinx": first["pocketsphinx"], "jobs": jobs,
+               "splits": dict(splits)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out) as fh:
+        fh.write(json.dumps(results, indent=1) + "\n")
+    with atomic_write(out.with_suffix(".md")) as fh:
+        fh.write(_markdown(results))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
-    if args.jobs < 1:
-        print(f"error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+    if args.jobs < 1 or args.every < 1:
+        print(f"error: --jobs and --every must be >= 1, got {args.jobs} and {args.every}",
+              file=sys.stderr)
         return 2
     if args.out is not None and args.out.resolve() in {m.resolve() for m in args.manifests}:
         print(f"error: --out {args.out} is an input manifest", file=sys.stderr)
@@ -578,33 +620,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = None if args.no_cache else (args.cache_dir or _default_cache())
     splits: dict[str, Any] = {}
     status = 0
-    for m in args.manifests:
-        name = m.stem if m.stem != "manifest" else m.resolve().parent.name
-        try:
-            r = pocketsphinx_scores(m, jobs=args.jobs, cache_dir=cache, progress=True)
-        except (PocketsphinxError, ValueError, OSError) as exc:
-            print(f"error: {m}: {exc}", file=sys.stderr)
-            status = 1
-            continue
-        splits[name] = r
-        groups = "; ".join(f"{f} {g} {100 * s['wer']:.1f}" for f, by in r.get("groups", {}).items()
-                           for g, s in by.items())
-        print(f"{name}: WER {100 * r['wer']:.2f}% CER {100 * r['cer']:.2f}% over {r['utterances']} "
-              f"utterances ({r['failed']} failed), {r['audio_seconds'] / 60:.1f} min audio, "
-              f"RTF {r['rtf']} wall / {r['cpu_rtf']} CPU"
-              + (" (cached)" if r["cached"] else f" ({r['reused']} reused)" if r["reused"] else "")
-              + (f"; {groups}" if groups else ""), flush=True)
+    with tempfile.TemporaryDirectory(prefix="pocketsphinx-sample-") as tmp:
+        for m in args.manifests:
+            name = m.stem if m.stem != "manifest" else m.resolve().parent.name
+            try:
+                r = _score_one(m, name, args, cache, Path(tmp))
+            except (PocketsphinxError, ValueError, OSError) as exc:
+                print(f"error: {m}: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            splits[r["name"]] = r
+            print(_summary(r), flush=True)
     if args.out is not None and splits:
-        from common import header
-
-        first = next(iter(splits.values()))
-        results = {"header": header(), "pocketsphinx": first["pocketsphinx"], "jobs": args.jobs,
-                   "splits": splits}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(args.out) as fh:
-            fh.write(json.dumps(results, indent=1) + "\n")
-        with atomic_write(args.out.with_suffix(".md")) as fh:
-            fh.write(_markdown(results))
+        _write_results(args.out, splits, args.jobs)
     return status
 
 

@@ -221,6 +221,7 @@ def test_cli_refuses_an_output_over_an_input_and_bad_jobs(tmp_path: Path) -> Non
     m = _manifest(tmp_path, [{"id": "a", "audio": "a.wav", "text": "x"}])
     assert ps.main([str(m), "--out", str(m)]) == 2
     assert ps.main([str(m), "--jobs", "0"]) == 2
+    assert ps.main([str(m), "--every", "0"]) == 2
     assert m.read_text().startswith('{"id": "a"')
 
 
@@ -244,3 +245,8 @@ def test_end_to_end_on_two_real_utterances(tmp_path: Path) -> None:
     assert ps.main([str(m), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["splits"]["m"]["wer"] == 0.0
     assert "| m | 2 | 0 |" in out.with_suffix(".md").read_text()
+    # a sample of every 2nd utterance: the first one, taken from the store, nothing decoded
+    assert ps.main([str(m), "--every", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    sample = json.loads(out.read_text())["splits"]["m-every2"]
+    assert (sample["utterances"], sample["reused"], sample["every"]) == (1, 1, 2)
+    assert sample["decoded_seconds"] == 0 and sample["rtf"] is None
