@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from fusion.manifest import ManifestError, atomic_write, read_manifest
+from fusion.manifest import atomic_write, read_manifest
 from fusion.types import WordSpan
 from fusion.vad import VAD_RATE, Segment, Segmenter, SegmenterConfig, SileroVAD
 

@@ -222,3 +222,29 @@ def test_recording_ids_are_unique_per_part_file():
 
     a, b = Recording("x/y", Path("/a")), Recording("x_y", Path("/b"))
     assert _part_path(Path("p"), a) != _part_path(Path("p"), b)
+
+
+@needs_audio
+def test_streaming_with_unlimited_context_gives_the_offline_transcript(tmp_path, transcriber):
+    from fusion.transcribe import StreamOptions
+
+    audio = write(tmp_path / "a.wav", speech(LONG)[: 6 * RATE])
+    offline, _ = transcriber.transcribe(audio)
+    wave = speech(LONG)[RATE: 4 * RATE]
+    transcriber.stream = StreamOptions(chunk=0.5, left=30.0, lookahead=30.0)
+    try:
+        frames = [f for _, f in transcriber.chunk_log_probs(wave)]
+        streamed, _ = transcriber.transcribe(audio)
+        transcriber.stream = StreamOptions(chunk=0.5, left=1.0, lookahead=0.25)
+        limited = [(end, f) for end, f in transcriber.chunk_log_probs(wave)]
+    finally:
+        transcriber.stream = None
+    whole = transcriber.adapter([wave])[0]
+    np.testing.assert_allclose(np.concatenate(frames), whole, atol=1e-4)
+    assert sum(len(f) for _, f in limited) == len(whole)  # limited context: same frame count
+    assert all(end <= min(len(wave), (k + 1) * RATE // 2 + RATE // 4)
+               for k, (end, _) in enumerate(limited))  # never more look-ahead than asked
+    assert [s.text for s in streamed] == [s.text for s in offline]
+    for s in streamed:
+        assert s.partials and s.partials[-1][1] == s.text
+        assert all(a[0] <= b[0] for a, b in zip(s.partials, s.partials[1:]))
