@@ -332,7 +332,8 @@ def lm_scorers(lm: Path, vocab: Path | None = None, *, oov: bool = False,
     model = KenLM(lm)
     unigrams = read_unigrams(vocab) if vocab else None
     if unigrams and table is not None:
-        warn_vocabulary_overlap(unigrams, table, source=str(lm) if vocab == lm else f"{lm} (words from {vocab})")
+        source = str(lm) if vocab == lm else f"{lm} (words from {vocab})"
+        warn_vocabulary_overlap(unigrams, table, source=source)
     scorers: list[WordScorer] = [LMScorer(model, unigrams=unigrams), WordBonus()]
     if oov:
         if not unigrams:

@@ -206,6 +206,9 @@ def test_an_unwritable_output_is_refused_before_decoding(post, tmp_path, capsys)
         err = capsys.readouterr().err
         one_error_line(err, name, "cannot write")
         assert "decoded" not in err and not hyps.exists()
+    assert main(["decode", str(post), "--out-dir", str(tmp_path / "file" / "run"),
+                 "--no-progress"]) == EXIT_OUTPUT
+    one_error_line(capsys.readouterr().err, "file/run", "cannot write")
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "a", "audio": "missing.wav"}) + "\n")
     assert main(["posteriors", str(manifest), "-o", str(tmp_path / "file" / "p.npz")]) == EXIT_OUTPUT
@@ -214,7 +217,7 @@ def test_an_unwritable_output_is_refused_before_decoding(post, tmp_path, capsys)
 
 @pytest.mark.parametrize("where", ["write", "rename"])
 def test_disk_full_while_writing_is_one_line_with_its_own_status(post, tmp_path, capsys,
-                                                                  monkeypatch, where):
+                                                                 monkeypatch, where):
     hyps = tmp_path / "h.jsonl"
     full = OSError(errno.ENOSPC, "No space left on device")
     if where == "rename":
