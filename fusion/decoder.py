@@ -24,6 +24,7 @@ is 8-11 times faster, and the Python one takes any scorer.
 
 from __future__ import annotations
 
+import contextvars
 import heapq
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
@@ -820,8 +821,9 @@ class DecoderStream:
     word, the LM's ``</s>``) and the forced alignment of each hypothesis over the whole
     utterance wait for :meth:`finish`. The compiled search keeps its tables in a C++
     object between chunks; the Python search (any scorer, e.g. a neural LM) keeps its
-    own, with the scorers' sessions entered for each call (a neural LM's KV caches last
-    one call). The stream keeps the chunks for the final alignment: ``T x V`` float32.
+    own, and the scorers' sessions (a neural LM's KV caches) stay open from the first
+    chunk to :meth:`finish`, in a context of the stream's own, as in one decode() call.
+    The stream keeps the chunks for the final alignment: ``T x V`` float32.
 
     Not safe to share between threads; streams of one decoder are independent.
     """
@@ -833,11 +835,28 @@ class DecoderStream:
         self._chunks: list[np.ndarray] = []
         self._frames = 0
         self._finished = False
+        self._context: contextvars.Context | None = None
+        self._sessions: ExitStack | None = None
         if decoder._spec is not None:
             searcher = decoder._searcher if decoder._searcher is not None else decoder._make_searcher()
             self._search: object = searcher.stream()  # type: ignore[attr-defined]
         else:
-            self._search = decoder._begin()
+            self._open()
+            self._search = self._in_sessions(decoder._begin)
+
+    def _open(self) -> None:
+        """The Python search's scorer sessions, entered in a context of the stream's own
+        (the caller's context is left alone between calls)."""
+        self._context = contextvars.copy_context()
+        self._sessions = self._context.run(self.decoder._sessions)
+
+    def _in_sessions(self, fn, *args):  # type: ignore[no-untyped-def]
+        return self._context.run(fn, *args)  # type: ignore[union-attr]
+
+    def _close(self) -> None:
+        if self._sessions is not None:
+            self._in_sessions(self._sessions.close)
+            self._context = self._sessions = None
 
     @property
     def num_frames(self) -> int:
@@ -855,8 +874,7 @@ class DecoderStream:
             raise ValueError(f"stream {self.utt_id!r}: finished; make a new stream")
         lp = self._check(log_probs)
         if isinstance(self._search, _SearchState):
-            with self.decoder._sessions():
-                self.decoder._advance(self._search, lp)
+            self._in_sessions(self.decoder._advance, self._search, lp)
         else:
             self._search.accept(lp)  # type: ignore[attr-defined]
         lp.flags.writeable = False
@@ -883,8 +901,10 @@ class DecoderStream:
             raise ValueError(f"stream {self.utt_id!r}: already finished")
         decoder = self.decoder
         if isinstance(self._search, _SearchState):
-            with decoder._sessions():
-                beams = decoder._end(self._search)
+            try:
+                beams = self._in_sessions(decoder._end, self._search)
+            finally:
+                self._close()
         else:
             beams = [_Final(*f) for f in self._search.finish()]  # type: ignore[attr-defined]
         self._finished = True
@@ -906,6 +926,8 @@ class DecoderStream:
         if not isinstance(snapshot, StreamSnapshot) or snapshot.decoder is not self.decoder:
             raise ValueError(f"stream {self.utt_id!r}: not a snapshot of a stream of this decoder")
         self._search = _copy_search(snapshot.search)
+        if isinstance(self._search, _SearchState) and self._sessions is None:
+            self._open()  # finished: its sessions were closed
         self._chunks = list(snapshot.chunks)
         self._frames = snapshot.frames
         self._finished = False

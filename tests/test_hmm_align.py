@@ -158,3 +158,20 @@ def test_alignment_scorer(table):
         scorer.score(post, "the c%t")
     with pytest.raises(ValueError, match="mode"):
         AlignmentScorer(model, mode="best")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", ["a", "the cat sat", "aa bb a'a", "hello  world"])
+@pytest.mark.parametrize("topology", [{}, {"blank": "word"}, {"blank": "none"},
+                                      {"states_per_token": 3, "min_duration": 2}])
+def test_sparse_ctc_arcs_are_the_structure_masks(table, text, topology):
+    """The checkpointed path's arcs, made without the S x S mask, are the mask's arcs."""
+    from hmm.align import _ctc_arcs
+    from hmm.topology import TopologyConfig, build_graph, transcript_ids
+
+    graph = build_graph(table, transcript_ids(table, "u", text), TopologyConfig(**topology))
+    start, trans = graph.structure()
+    log_start, src, dst = _ctc_arcs(graph)
+    assert np.array_equal(np.isfinite(log_start), start) and (log_start[start] == 0).all()
+    mask = np.zeros_like(trans)
+    mask[src, dst] = True
+    assert np.array_equal(mask, trans) and len(set(zip(src.tolist(), dst.tolist()))) == len(src)

@@ -3,6 +3,8 @@ concatenation of the chunks, whatever the chunking, in both searches."""
 
 from __future__ import annotations
 
+import contextvars
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 from fusion.decoder import BeamSearchDecoder, SearchOptions, lexicon_pruning
 from fusion.greedy import greedy_decode
 from fusion.posteriors import Posteriors
-from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus
+from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
 from fusion.simulate import SimulationConfig, simulate_posteriors
 from fusion.tokens import character_table
 from fusion.types import PartialResult
@@ -244,3 +246,52 @@ def test_a_chunk_is_copied(python_decoders):
         stream.accept(buffer[:len(chunk)])
         buffer[:] = 0.0
     assert stream.finish() == decoder.decode(p)
+
+
+_OPEN: contextvars.ContextVar[tuple] = contextvars.ContextVar("open_sessions", default=())
+
+
+class _SessionScorer(WordScorer):
+    """A word scorer with a per-utterance session kept in a context variable, as the
+    neural LM keeps its KV caches: records every session and what scored inside one."""
+
+    name = "sessions"
+
+    def __init__(self) -> None:
+        self.opened: list[list[str]] = []
+
+    def start(self):
+        return 0
+
+    def score_word(self, state, word):
+        (session,) = _OPEN.get()  # scoring happens inside exactly one session
+        session.append(word)
+        return state + 1, -0.5 * len(word)
+
+    def session(self):
+        @contextmanager
+        def opened():
+            words: list[str] = []
+            self.opened.append(words)
+            token = _OPEN.set(_OPEN.get() + (words,))
+            try:
+                yield words
+            finally:
+                _OPEN.reset(token)
+        return opened()
+
+
+def test_python_stream_keeps_one_session_open_from_first_chunk_to_finish(table):
+    """A neural LM's caches last the utterance: one session per stream, as per decode(),
+    entered in the stream's own context (the caller's stays clean between calls)."""
+    scorer = _SessionScorer()
+    decoder = BeamSearchDecoder(table, [scorer], {"sessions": 1.0}, SearchOptions(beam_size=8))
+    p = _utterance(1, "speech")
+    offline = decoder.decode(p)
+    assert len(scorer.opened) == 1
+    stream = decoder.stream(p.frame_shift, p.utt_id)
+    for start in range(0, p.num_frames, 7):
+        stream.accept(p.log_probs[start:start + 7])
+        assert _OPEN.get() == ()
+    assert stream.finish() == offline
+    assert len(scorer.opened) == 2 and set(scorer.opened[1]) == set(scorer.opened[0])
