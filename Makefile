@@ -1,6 +1,7 @@
 # One-command set-up: every target installs what it needs into .venv/ first.
 #   make demo   run the main job on the embedded default
-#   make test   install everything and run the test suite
+#   make test   install everything and run the test suite, then the decoder tests again in a
+#               core-only venv (.venv-core: NumPy 2, no torch, pyctcdecode or transformers)
 # A second run with everything present takes seconds (stamp files under .venv/).
 
 PYTHON  ?= python3
@@ -13,6 +14,21 @@ APT     := $(VENV)/.stamp-apt
 
 KENLM   := $(VENV)/bin/lmplz
 KENLM_VERSION := 0.3.0
+
+# Everything for the demo and the tests; the core alone is `pip install .` (setup.cfg).
+EXTRAS  := am,neural,tune,ray,hf,pyctcdecode,corpus,dev,bench
+# setup.py's build requirements (pyproject.toml), installed into each venv so that pip builds
+# with --no-build-isolation and reuses KenLM's objects under build/ between installs.
+BUILD_REQS := 'setuptools>=68' wheel 'pybind11>=2.11' 'Cython>=3.0'
+SOURCES := setup.cfg setup.py pyproject.toml MANIFEST.in fusion/csrc/ctc_search.cpp \
+	fusion/csrc/ctc_align.h
+
+# The core-only world that CI also tests: the package installed (not editable) from this tree
+# with its core requirements only, NumPy 2, and the tests that need nothing more.
+CORE_VENV := .venv-core
+CORE    := $(CORE_VENV)/.stamp-core
+CORE_TESTS := tests/test_decoder.py tests/test_ctcsearch.py tests/test_install.py tests/test_tokens.py \
+	tests/test_posteriors.py tests/test_manifest.py tests/test_text.py
 
 # Debian packages the project needs: KenLM's estimator (boost, compression libraries);
 # TTS voices and English texts for the speech and LM corpora; jemalloc for CPU training.
@@ -48,16 +64,30 @@ $(TORCH): | $(PY)
 	$(PIP) install --no-deps torchaudio==2.11.0
 	touch $@
 
-# KENLM_ROOT/KENLM_LIB: setup.py builds the compiled beam search (fusion._ctcsearch) with them.
-$(DEPS): setup.cfg setup.py pyproject.toml fusion/csrc/ctc_search.cpp fusion/csrc/ctc_align.h $(TORCH) $(KENLM) | $(APT)
-	KENLM_ROOT=$(abspath $(VENV)/src/kenlm-$(KENLM_VERSION)) KENLM_LIB=$(abspath $(VENV)/src/kenlm-build/lib) \
-		$(PIP) install -e '.[dev,bench,corpus,ray]'
-	$(PY) -c "import fusion._ctcsearch"
+# setup.py compiles KenLM (fusion/csrc/kenlm) into the compiled beam search (fusion._ctcsearch)
+# and KenLM's binding (lm._kenlm); after editing ctc_search.cpp, `$(PY) setup.py build_ext
+# --inplace` rebuilds just that.
+$(DEPS): $(SOURCES) $(TORCH) $(KENLM) | $(APT)
+	$(PIP) install $(BUILD_REQS)
+	$(PIP) install --no-build-isolation -e '.[$(EXTRAS)]'
+	$(PY) -c "import fusion._ctcsearch, lm._kenlm"
 	touch $@
 
-# KenLM's lmplz (modified Kneser-Ney estimation) and build_binary, compiled from the same
-# sdist on PyPI that the kenlm Python module comes from; with them its libraries (position
-# independent), which the compiled beam search links.
+# Made afresh whenever the sources change; it builds after $(DEPS), reusing its objects.
+$(CORE): $(SOURCES) $(DEPS)
+	rm -rf $(CORE_VENV)
+	$(PYTHON) -m venv $(CORE_VENV)
+	$(CORE_VENV)/bin/python -m pip --disable-pip-version-check -q install $(BUILD_REQS)
+	$(CORE_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-build-isolation \
+		'.[dev]' 'numpy>=2'
+	cd / && $(abspath $(CORE_VENV))/bin/python -c "import sys, fusion.decoder as d; \
+		assert d._ctcsearch is not None, d._CTC_ERROR; \
+		heavy = {'torch', 'pyctcdecode', 'transformers', 'kenlm'} & set(sys.modules); \
+		assert not heavy, heavy; import numpy; assert numpy.__version__ >= '2', numpy.__version__"
+	touch $@
+
+# KenLM's lmplz (modified Kneser-Ney estimation) and build_binary, for building LMs, compiled
+# from the same kenlm sdist on PyPI whose query library setup.py compiles from fusion/csrc/kenlm.
 $(KENLM): | $(PY) $(APT)
 	rm -rf $(VENV)/src/kenlm-$(KENLM_VERSION) $(VENV)/src/kenlm-build
 	$(PIP) download --no-deps --no-binary kenlm --no-build-isolation \
@@ -66,7 +96,7 @@ $(KENLM): | $(PY) $(APT)
 	cmake -S $(VENV)/src/kenlm-$(KENLM_VERSION) -B $(VENV)/src/kenlm-build \
 		-DKENLM_MAX_ORDER=6 -DCMAKE_BUILD_TYPE=Release -DCMAKE_POSITION_INDEPENDENT_CODE=ON \
 		> $(VENV)/src/kenlm-cmake.log 2>&1
-	$(MAKE) -s -C $(VENV)/src/kenlm-build -j2 lmplz build_binary kenlm kenlm_util \
+	$(MAKE) -s -C $(VENV)/src/kenlm-build -j2 lmplz build_binary \
 		> $(VENV)/src/kenlm-make.log 2>&1
 	cp $(VENV)/src/kenlm-build/bin/build_binary $(VENV)/bin/
 	cp $(VENV)/src/kenlm-build/bin/lmplz $@
@@ -127,13 +157,16 @@ demo: $(DEPS)
 # with the rest of the suite (its spawned worker pools) sometimes exited silently with status 1,
 # and once did so in the tuner's Ray test after the distributed tests' Ray had shut down in the
 # same process, so that test file gets a fresh process too.
-test: $(DEPS)
+# Then the core-only world: pytest's console script (not `python -m`, which would put this
+# tree first on sys.path) runs the installed package; lmplz comes from .venv.
+test: $(DEPS) $(CORE)
 	$(PY) -m pytest -q -m "not ray"
 	$(PY) -m pytest -q -m ray --ignore=tests/test_tune.py
 	$(PY) -m pytest -q -m ray tests/test_tune.py
+	ASRFUSE_KENLM_BIN=$(abspath $(VENV)/bin) $(CORE_VENV)/bin/pytest -q -p no:cacheprovider $(CORE_TESTS)
 
 lint: $(DEPS)
 	$(VENV)/bin/flake8 fusion lm hmm tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(CORE_VENV) build *.egg-info

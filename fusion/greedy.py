@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from fusion.posteriors import Posteriors
 from fusion.tokens import TokenTable
 from fusion.types import DecodeResult, Hypothesis, TokenSpan, spans_to_words
+
+if TYPE_CHECKING:  # torch is imported by the functions that use it (the core has none)
+    import torch
 
 __all__ = ["best_path", "greedy_decode"]
 
@@ -28,6 +31,8 @@ def best_path(
         Per utterance: the collapsed units (repeats merged, blanks dropped) with their frame
         spans, and the path's log-probability (sum of each frame's best log-probability).
     """
+    import torch
+
     batch, frames, _ = log_probs.shape
     best_lp, best = log_probs.max(dim=-1)  # (B, T) each
     valid = torch.arange(frames).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
@@ -61,6 +66,8 @@ def greedy_decode(
                 f"utterance {p.utt_id!r}: posteriors have {p.num_tokens} columns but the "
                 f"token table has {len(table)} tokens"
             )
+    import torch
+
     lengths = torch.tensor([p.num_frames for p in posteriors])
     padded = torch.zeros(len(posteriors), int(lengths.max()), len(table))  # (B, T, V)
     for b, p in enumerate(posteriors):

@@ -13,11 +13,11 @@ from fusion.posteriors import Posteriors
 from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus
 from fusion.simulate import SimulationConfig, simulate_posteriors
 from lm.arpa import ArpaLM
-from lm.neural import DEFAULT_MODEL_DIR, NeuralLM
 
 from conftest import BIASED_ARPA, ambiguous
 
 
+@pytest.mark.torch  # greedy_decode runs in torch
 def test_acoustic_only_equals_greedy_on_peaky_posteriors(table, rng):
     for i, text in enumerate(["the cat sat on the mat", "a", "", "hello  world's end"]):
         p, _ = simulate_posteriors(f"u{i}", text, table, rng, SimulationConfig(peak=10, noise=0.3))
@@ -236,8 +236,12 @@ def test_search_shortcuts_change_nothing(table, seed, monkeypatch, tmp_path):
     assert fast == slow
 
 
-@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.pt").exists(), reason="no committed default model")
+@pytest.mark.torch  # the neural LM runs in torch
 def test_neural_fusion_scores_completions_lazily_with_the_same_results(table, rng):
+    from lm.neural import DEFAULT_MODEL_DIR, NeuralLM
+
+    if not (DEFAULT_MODEL_DIR / "model.pt").exists():
+        pytest.skip("no committed default model")
     nlm = NeuralLM.default()
     options = SearchOptions(beam_size=6, nbest=2)
     calls = {"lazy": 0, "eager": 0}
