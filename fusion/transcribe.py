@@ -261,7 +261,7 @@ class Transcriber:
         from fusion.am.cli import default_model_path
         from fusion.am.infer import CTCModelAdapter
         from fusion.am.model import load_model
-        from fusion.cli import DEFAULT_LM, DEFAULT_WEIGHTS, lm_scorers
+        from fusion.pipeline import DEFAULT_LM, DEFAULT_WEIGHTS, lm_scorers
         from fusion.decoder import BeamSearchDecoder, SearchOptions
 
         self.model_path = Path(model) if model is not None else default_model_path()
