@@ -2,7 +2,7 @@
 same scoring.
 
 pocketsphinx is Debian's ``pocketsphinx`` 0.8 (``pocketsphinx_batch``) with the
-``pocketsphinx-en-us`` model: a continuous-density HMM-GMM acoustic model (``en-us/``),
+``pocketsphinx-en-us`` model: a phonetically tied-mixture HMM-GMM acoustic model (``en-us/``),
 its own 3-gram LM (``en-us.lm.bin``) and the CMU dictionary, at the decoder's default
 settings (the model's ``feat.params`` supply the front end, cepstral mean normalisation
 over each whole utterance among them). That is pocketsphinx at its best on recorded audio:
