@@ -37,7 +37,7 @@ APT_PACKAGES := cmake libboost-program-options-dev libboost-system-dev libboost-
 	espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
 	festvox-itapc16k festvox-suopuhe-mv \
 	r-cran-janeaustenr bible-kjv sword-text-web sword-comm-mhcc sword-comm-tdavid diatheke \
-	wordnet-base chromium libjemalloc2
+	wordnet-base chromium libjemalloc2 pocketsphinx pocketsphinx-en-us
 
 .PHONY: install demo test lint clean rhvoice mbrola
 
