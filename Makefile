@@ -31,7 +31,8 @@ CORE_TESTS := tests/test_decoder.py tests/test_ctcsearch.py tests/test_install.p
 	tests/test_posteriors.py tests/test_manifest.py tests/test_text.py
 
 # Debian packages the project needs: KenLM's estimator (boost, compression libraries);
-# TTS voices and English texts for the speech and LM corpora; jemalloc for CPU training.
+# TTS voices and English texts for the speech and LM corpora; jemalloc for CPU training;
+# pocketsphinx, the acoustic benchmark's HMM-GMM peer.
 APT_PACKAGES := cmake libboost-program-options-dev libboost-system-dev libboost-thread-dev \
 	libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev \
 	espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
