@@ -73,6 +73,8 @@ def run_case(case: str, minutes: float) -> dict:
         decoder = BeamSearchDecoder(table, [lm, WordBonus()],
                                     {"lm": 0.8, "word_bonus": 1.0}, SearchOptions(engine="compiled"))
     elif case == "greedy":
+        import torch  # noqa: F401 (imported by greedy_decode: loaded before the measurement)
+
         from fusion.greedy import greedy_decode
     else:
         from hmm.align import align

@@ -20,6 +20,10 @@ The search itself runs in C++ (``fusion/csrc/ctc_search.cpp``, KenLM linked in) 
 knows every scorer, and here otherwise (:attr:`SearchOptions.engine`). The C++ search is
 this module's search step for step, so both return the same N-best lists and scores; it
 is 8-11 times faster, and the Python one takes any scorer.
+
+:meth:`BeamSearchDecoder.stream` decodes chunk by chunk (:class:`DecoderStream`): the
+search's beams are carried over between chunks, a partial result is the best prefix so
+far, and the final result is :meth:`BeamSearchDecoder.decode`'s for the whole utterance.
 """
 
 from __future__ import annotations
