@@ -40,6 +40,7 @@ import json
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -271,8 +272,15 @@ def _decode_parts(parts: list[list[str]], wav_dir: Path, work: Path,
     words: dict[str, str] = {}
     missing: dict[str, str] = {}
     errors: list[str] = []
+    try:
+        for proc in procs:
+            proc.wait()
+    finally:  # interrupted: no pocketsphinx outlives its caller
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     for k, (names, proc) in enumerate(zip(parts, procs)):
-        proc.wait()
         hyp, log = work / f"part{k}.hyp", work / f"part{k}.log"
         got = parse_hyp_lines(hyp.read_text().splitlines(), str(hyp)) if hyp.exists() else {}
         stderr = (work / f"part{k}.stderr").read_text(errors="replace").strip().splitlines()
@@ -608,8 +616,20 @@ def _write_results(out: Path, splits: Mapping[str, Any], jobs: int) -> None:
         fh.write(_markdown(results))
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # so temporary WAVs are removed and decoders stopped
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.jobs < 1 or args.every < 1:
         print(f"error: --jobs and --every must be >= 1, got {args.jobs} and {args.every}",
               file=sys.stderr)
