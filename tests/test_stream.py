@@ -28,6 +28,7 @@ HOTWORDS = {"the cat": 2.0, "cat sat on": 1.5, "jane": 3.0, "sat": 0.5}
 TEXTS = ["the cat sat on the mat", "jane austen had a cat", "and the dog ran away from the house",
          "it is a truth universally acknowledged"]
 SCORER_SETS = ("lm", "lm+hotwords", "lexicon", "constraint")
+SLOW_OK = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]  # module fixtures; loaded CI
 
 
 def _scorers(kind: str, lm: KenLM, words: list[str]) -> tuple[list, dict[str, float]]:
@@ -108,7 +109,7 @@ def _streamed(decoder: BeamSearchDecoder, p: Posteriors, ends: list[int]):
     return stream.finish()
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=SLOW_OK)
 @given(st.integers(0, 2**32 - 1), st.sampled_from(SCORER_SETS), st.sampled_from(["speech", "random"]),
        st.data())
 def test_compiled_stream_equals_offline_decoding(compiled_decoders, seed, kind, style, data):
@@ -120,7 +121,7 @@ def test_compiled_stream_equals_offline_decoding(compiled_decoders, seed, kind, 
     assert _streamed(decoder, p, ends) == decoder.decode(p)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=SLOW_OK)
 @given(st.integers(0, 2**32 - 1), st.sampled_from(SCORER_SETS), st.integers(1, 200), st.data())
 def test_dropping_pruned_branches_changes_nothing(compiled_decoders, seed, kind, compact_min, data):
     """The compiled search drops the prefixes no beam descends from once its tables pass
@@ -138,7 +139,7 @@ def test_dropping_pruned_branches_changes_nothing(compiled_decoders, seed, kind,
     assert stream.finish() == decoder.decode(p)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=SLOW_OK)
 @given(st.integers(0, 2**32 - 1), st.sampled_from(SCORER_SETS), st.sampled_from(["speech", "random"]),
        st.data())
 def test_python_stream_equals_offline_decoding(python_decoders, seed, kind, style, data):
@@ -149,7 +150,7 @@ def test_python_stream_equals_offline_decoding(python_decoders, seed, kind, styl
 
 
 @pytest.mark.parametrize("engine", ["compiled", "python"])
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=SLOW_OK)
 @given(seed=st.integers(0, 2**32 - 1), data=st.data())
 def test_a_restored_snapshot_goes_on_as_the_stream_did(compiled_decoders, python_decoders, engine,
                                                        seed, data):
