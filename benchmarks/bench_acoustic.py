@@ -193,13 +193,12 @@ def decode_scores(utts: list[Any], posts: list[Any], table: Any, decoder: Any = 
 
 
 def eval_decoder(model: Any) -> Any:
-    """Beam 32 with the embedded word 3-gram at ``fusion decode``'s default weights."""
-    from fusion.cli import DEFAULT_LM, DEFAULT_WEIGHTS, lm_scorers
-    from fusion.decoder import BeamSearchDecoder, SearchOptions
+    """The default pipeline (``fusion demo``'s and ``fusion decode --decoder beam``'s:
+    beam search with the default LM at the default weights)."""
+    from fusion.config import DecodeConfig
+    from fusion.pipeline import build_decoder
 
-    return BeamSearchDecoder(model.token_table, lm_scorers(DEFAULT_LM),
-                             {k: DEFAULT_WEIGHTS[k] for k in ("lm", "word_bonus")},
-                             SearchOptions(beam_size=32))
+    return build_decoder(DecodeConfig.default(), model.token_table)
 
 
 def eval_manifests(args: argparse.Namespace) -> dict[str, Path]:

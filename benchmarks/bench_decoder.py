@@ -32,7 +32,6 @@ import math
 import sys
 import time
 import tomllib
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,14 +46,15 @@ import torch  # noqa: E402
 from pyctcdecode import Alphabet, BeamSearchDecoderCTC, LanguageModel  # noqa: E402
 from torchaudio.models.decoder import ctc_decoder  # noqa: E402
 
-from fusion.cli import OOV, lm_scorers  # noqa: E402
-from fusion.decoder import BeamSearchDecoder, SearchOptions, lexicon_pruning  # noqa: E402
+from fusion.config import DecodeConfig  # noqa: E402
+from fusion.decoder import SearchOptions, lexicon_pruning  # noqa: E402
+from fusion.defaults import OOV  # noqa: E402
 from fusion.greedy import greedy_decode  # noqa: E402
 from fusion.manifest import read_manifest  # noqa: E402
 from fusion.metrics import CorpusScore, compare, score_corpus  # noqa: E402
+from fusion.pipeline import build_decoder  # noqa: E402
 from fusion.posteriors import PosteriorsReader  # noqa: E402
 from fusion.pyctc import pyctcdecode_labels  # noqa: E402
-from fusion.scorers import LexiconScorer  # noqa: E402
 from lm.ngram import read_unigrams  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,14 +94,13 @@ def run_ours(path: str, beam: int, lm: str, vocab: str, alpha: float, beta: floa
              threshold: float, oov: float = 0.0, engine: str = "compiled",
              lexicon: str | None = None):
     posteriors, table = _load(path)
-    scorers = lm_scorers(Path(lm), Path(vocab), oov=oov > 0)  # what fusion decode builds
-    weights = {"lm": alpha, "word_bonus": beta, **({OOV: oov} if oov > 0 else {})}
-    options = SearchOptions(beam_size=beam, beam_threshold=threshold, engine=engine)
-    if lexicon is not None:  # flashlight's lexicon: the output only ever has its words
-        scorers.append(LexiconScorer.from_file(lexicon, constraint=True))
-        weights["lexicon"] = 1.0
-        options = replace(options, **lexicon_pruning(len(table)))  # what fusion decode uses
-    decoder = BeamSearchDecoder(table, scorers, weights, options)
+    # what fusion decode builds; a lexicon (flashlight's: the output only ever has its
+    # words) comes with lexicon_pruning's wide candidates
+    config = DecodeConfig(lm=Path(lm), lm_vocab=Path(vocab),
+                          weights={"lm": alpha, "word_bonus": beta, **({OOV: oov} if oov > 0 else {})},
+                          search=SearchOptions(beam_size=beam, beam_threshold=threshold, engine=engine),
+                          lexicon=None if lexicon is None else Path(lexicon))
+    decoder = build_decoder(config, table)
     hyps, seconds = timed(lambda: {p.utt_id: decoder.decode(p).best.text for p in posteriors})
     return hyps, seconds, sum(p.duration for p in posteriors)
 

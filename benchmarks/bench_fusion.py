@@ -24,9 +24,11 @@ import argparse
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,11 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import header, table, write_results  # noqa: E402
 
-from fusion.decoder import BeamSearchDecoder, SearchOptions  # noqa: E402
+from fusion.config import DecodeConfig  # noqa: E402
+from fusion.decoder import SearchOptions  # noqa: E402
+from fusion.defaults import BEAM_SIZE  # noqa: E402
 from fusion.greedy import greedy_decode  # noqa: E402
 from fusion.manifest import read_manifest  # noqa: E402
 from fusion.metrics import CorpusScore, compare, score_corpus  # noqa: E402
 from fusion.parallel import decode_parallel  # noqa: E402
+from fusion.pipeline import build_decoder, lm_scorers  # noqa: E402
 from fusion.posteriors import Posteriors, PosteriorsReader, PosteriorsWriter  # noqa: E402
 from fusion.rescore import LMRescorer, NbestTable, add_scores  # noqa: E402
 from fusion.scorers import LMScorer  # noqa: E402
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm", type=Path, required=True, help="word n-gram (KenLM binary or ARPA)")
     parser.add_argument("--lm-vocab", type=Path, help="its words, for partial-word scoring")
     parser.add_argument("--work", type=Path, default=HOME / "bench-fusion")
-    parser.add_argument("--beam-size", type=int, default=32)
+    parser.add_argument("--beam-size", type=int, default=BEAM_SIZE)
     parser.add_argument("--nbest", type=int, default=16)
     parser.add_argument("--nlm-weights", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.35, 0.5],
                         help="neural LM weights tried (with the n-gram's weight scaled by 0.5, 0.75, "
@@ -148,17 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     refs = {s: {u.id: u.text or "" for u in read_manifest(SPLITS[s], require=("text",))} for s in SPLITS}
 
     # -- tuning on dev ---------------------------------------------------------------
-    from fusion.cli import lm_scorers
-    from fusion.cli import main as fusion_main
-
     # everything tuned or cached below belongs to this acoustic model: one folder per model
     run_dir = args.work / f"run-{post['dev'].parent.name.removeprefix('posteriors-')}"
     tune_dir = run_dir / "tune"
-    tune_argv = ["tune", str(post["dev"]), "--dev", str(SPLITS["dev"]), "--lm", str(args.lm),
+    tune_argv = [sys.executable, "-m", "fusion.cli", "tune", str(post["dev"]), "--dev", str(SPLITS["dev"]),
+                 "--lm", str(args.lm),
                  "-o", str(tune_dir), "--beam-size", str(args.beam_size), "--nbest", str(args.nbest),
                  "--workers", str(args.workers), "--rescore-trials", str(args.rescore_trials), "--pick-beam",
                  *([f"--lm-vocab={args.lm_vocab}"] if args.lm_vocab else []), *args.tune_args.split()]
-    if fusion_main(tune_argv) != 0:
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    if subprocess.run(tune_argv, env=env).returncode != 0:  # the command, as a user runs it
         raise SystemExit("fusion tune failed")
     summary = json.loads((tune_dir / "summary.json").read_text())
     ngram_w = summary["first_pass"]["best"]["params"]
@@ -174,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     beam = summary["search"]["beam_size"]
     options = SearchOptions(beam_size=beam, nbest=min(args.nbest, beam))
     table_ = _table(post["dev"])
+
+    def decoder(weights: dict[str, float], scorers: list) -> Any:
+        """The first pass at ``weights``, built as ``fusion decode`` builds it, over scorers
+        loaded once (the neural LM's among them)."""
+        config = DecodeConfig(lm=args.lm, lm_vocab=args.lm_vocab, weights=weights, search=options)
+        return build_decoder(config, table_, scorers=scorers)
     # the neural LM takes part of the n-gram's weight (a log-linear interpolation) or adds
     # to it; the word bonus stays as tuned (a 3-D TPE in 16 trials found nothing better)
     params = [Param("lm", 0.0, 2.0, tuple(round(f * ngram_w["lm"], 4) for f in (0.5, 0.75, 1.0))),
@@ -202,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     hmm = TiedDurationHMM.load(tune_dir / "hmm.json")
 
     rescorers = [LMRescorer(nlm, "nlm_sentence"), AlignmentScorer(hmm, "hmm")]
-    nlm_decoder = BeamSearchDecoder(table_, scorers, nlm_w, options)
+    nlm_decoder = decoder(nlm_w, scorers)
 
     def stage3(posteriors: list[Posteriors]) -> tuple[list, dict[str, float]]:
         """Stage 3's N-best lists with the rescoring scores added, and wall seconds of the
@@ -239,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rescoring weights ({stage}): {rescore_w[stage]} dev WER {best['wer']:.2f}", file=sys.stderr)
 
     # -- the ablation ------------------------------------------------------------------
-    ngram_nbest = BeamSearchDecoder(table_, ngram_scorers, ngram_w, options)
+    ngram_nbest = decoder(ngram_w, ngram_scorers)
     tuned_rescorers = [LMRescorer(nlm, "nlm"), AlignmentScorer(hmm, "hmm")]
     tuned_w = {"acoustic": 1.0, **summary["rescore"]["best"]["params"]}
     dev_wer = {STAGES[-1]: best["wer"], TUNED: summary["rescore"]["best"]["wer"]}
@@ -255,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row(split, STAGES[0], r, {x.utt_id: x.best.text for x in greedy},
                         time.perf_counter() - start, audio, scores))
         start = time.perf_counter()
-        ngram = BeamSearchDecoder(table_, ngram_scorers, ngram_w, options)
+        ngram = decoder(ngram_w, ngram_scorers)
         out = list(decode_parallel(ngram, posteriors, workers=args.workers))
         rows.append(row(split, STAGES[1], r, {x.utt_id: x.best.text for x in out},
                         time.perf_counter() - start, audio, scores, STAGES[0]))

@@ -6,7 +6,7 @@ greedy search (one utterance per call) into a sharded output folder:
 * peak memory (VmHWM growth of the decoding process, measured after imports, in a fresh
   spawned process) against the number of utterances (default 1k, 3k, 10k, 30k);
 * throughput against the number of worker processes (1 and 2) on the largest corpus;
-* resume correctness: the real command line (``python -m fusion.batch``) killed with
+* resume correctness: the real command line (``fusion decode --out-dir``) killed with
   SIGKILL at seeded random moments, resumed, and its ``hyps.jsonl`` compared byte for byte
   with an uninterrupted run's.
 
@@ -103,7 +103,7 @@ def kill_trials(post: Path, work: Path, trials: int, shard_size: int, seed: int)
     log = work / "cli.log"
 
     def start(out: Path, resume: bool) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "fusion.batch", str(post), "--out-dir", str(out),
+        cmd = [sys.executable, "-m", "fusion.cli", "decode", str(post), "--out-dir", str(out),
                "--shard-size", str(shard_size), "--no-progress"] + (["--resume"] if resume else [])
         with open(log, "ab") as err:
             return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -266,7 +266,7 @@ def main() -> None:
         ]
     if trials:
         md += [
-            f"\n## Resume after kill -9 ({args.trial_size} utterances, CLI `python -m fusion.batch`)\n",
+            f"\n## Resume after kill -9 ({args.trial_size} utterances, CLI `fusion decode --out-dir`)\n",
             table(trials, [("trial", "trial"), ("killed_at_s", "SIGKILL at (s)"),
                            ("exit", "final exit"), ("identical", "hyps.jsonl identical"),
                            ("leftovers", "temp files left")]),

@@ -41,11 +41,13 @@ Worker processes are used only when the caller asks (``workers > 1``): they go t
 themselves, so only ids travel to them. Another :class:`fusion.parallel.Backend` (e.g.
 :class:`fusion.distributed.RayBackend`, ``--backend ray``) decodes the same references
 elsewhere; its workers need the input files at the same paths. The output is the same.
+
+The command line is ``fusion decode ... --out-dir`` (:mod:`fusion.cli`), which builds the
+decoder with :func:`fusion.pipeline.build_decoder` and records its config in the plan.
 """
 
 from __future__ import annotations
 
-import argparse
 import codecs
 import fcntl
 import hashlib
@@ -61,17 +63,14 @@ import zipfile
 import zlib
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from fusion.distributed import add_backend_arguments
-from fusion.manifest import (EXIT_BAD_INPUT, EXIT_FAILURES, EXIT_OK, EXIT_OUTPUT,
-                             OutputConflict, OutputError, atomic_write, check_outputs,
-                             output_error)
+from fusion.manifest import OutputConflict, OutputError, atomic_write, check_outputs, output_error
 from fusion.parallel import Backend, Decoder, LocalBackend
 from fusion.posteriors import (DEFAULT_TOLERANCE, KINDS, Kind, Posteriors, PosteriorsError,
                                PosteriorsReader)
@@ -84,11 +83,9 @@ __all__ = [
     "BatchOutputError",
     "BatchSummary",
     "GreedyDecoder",
-    "add_arguments",
     "decode_batch",
     "expand_inputs",
-    "main",
-    "run_batch",
+    "stored_token_table",
 ]
 
 FORMAT = "asrfuse-batch"
@@ -1122,126 +1119,18 @@ def _merge(plan: _Plan, out_dir: Path, shards: Path, skipped_shards: int, skippe
         seconds=time.perf_counter() - start)
 
 
-# -- command line -------------------------------------------------------------------------
-_DECODER_KEYS = ("decoder", "config", "beam_size", "nbest", "lm", "lm_vocab", "lm_weight",
-                 "word_bonus", "oov_penalty", "lexicon", "hotwords", "hotword_weight")
+def stored_token_table(inputs: str | Path, options: BatchOptions = BatchOptions()) -> TokenTable:
+    """The token table stored in the first posteriors file of ``inputs`` (a ``.npz`` or a
+    list file), read from its index only.
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the batch flags (``--out-dir``, ``--shard-size``, ``--resume``, ...) to ``parser``.
-
-    Meant for ``fusion decode``, whose parser already has the posteriors path,
-    ``--tokens``, ``--kind``, ``--frame-shift``, ``--decoder`` and ``--workers``.
+    Raises:
+        BatchError: the file is unreadable or carries no token table.
     """
-    group = parser.add_argument_group(
-        "batch decoding (--out-dir)",
-        "Shard the input, write each finished shard atomically under OUT_DIR/shards, merge "
-        "them into OUT_DIR/hyps.jsonl; rerun with --resume after a crash. The posteriors "
-        "argument may also be a list file (one .npz path a line, or JSONL with 'posteriors').")
-    group.add_argument("--out-dir", type=Path,
-                       help="batch output folder (instead of -o): shards, hyps.jsonl, errors.jsonl")
-    group.add_argument("--shard-size", type=int, default=1000,
-                       help="utterances per shard (default: %(default)s)")
-    group.add_argument("--resume", action="store_true",
-                       help="continue the run in --out-dir, skipping what is finished")
-    # an utterance with no frames is an empty hypothesis (with -o too); the flag that
-    # asked for this is kept so that scripts which pass it still run
-    group.add_argument("--allow-empty", action="store_true", help=argparse.SUPPRESS)
-    group.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _decoder_id(args: argparse.Namespace) -> str:
-    return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k in _DECODER_KEYS
-                       if (v := getattr(args, k, None)) is not None}, sort_keys=True)
-
-
-def _backend(args: argparse.Namespace, options: BatchOptions) -> Backend | None:
-    """``--backend ray``: a :class:`fusion.distributed.RayBackend` at ``--ray-address``
-    with ``--workers`` actors when more than one (else one per CPU of the cluster)."""
-    if getattr(args, "backend", "local") != "ray":
-        return None
-    from fusion.distributed import RayBackend
-
-    workers = options.workers if options.workers > 1 else None
-    return RayBackend(address=getattr(args, "ray_address", None), workers=workers,
-                      in_flight=options.chunksize * workers if workers else None,
-                      threads_per_worker=options.threads_per_worker)
-
-
-def run_batch(args: argparse.Namespace,
-              make_decoder: Callable[[TokenTable], Decoder] | None = None) -> int:
-    """Run ``fusion decode ... --out-dir`` from parsed arguments; returns the exit status.
-
-    ``make_decoder(table)`` builds the beam decoder (``fusion.cli`` passes its own);
-    without it, ``--decoder beam`` is a plain beam search of ``--beam-size``. Exit
-    status (:mod:`fusion.manifest`'s): 0 all decoded, 1 some utterances failed, 2 the run
-    failed on its input or settings, 74 an output file cannot be written.
-    """
+    files = expand_inputs([inputs])
     try:
-        decoder_name = getattr(args, "decoder", "greedy") or "greedy"
-        table = TokenTable.load(args.tokens) if getattr(args, "tokens", None) else None
-        options = BatchOptions(
-            shard_size=args.shard_size, workers=getattr(args, "workers", 1) or 1,
-            kind=getattr(args, "kind", None), frame_shift=getattr(args, "frame_shift", None),
-            progress=False if getattr(args, "no_progress", False) else None)
-        files = expand_inputs([args.posteriors])
-        if table is None:
-            try:
-                table = _index_file(files[0], None, options).token_table
-            except PosteriorsError as exc:
-                raise BatchError(str(exc)) from None
-            if table is None:
-                raise BatchError(f"{files[0]} carries no token table: pass --tokens")
-        if decoder_name == "greedy":
-            decoder: Decoder = GreedyDecoder(table)
-        elif make_decoder is not None:
-            decoder = make_decoder(table)
-        else:
-            from fusion.decoder import BeamSearchDecoder, SearchOptions
-
-            decoder = BeamSearchDecoder(table, options=SearchOptions(
-                beam_size=getattr(args, "beam_size", None) or 8))
-        summary = decode_batch([args.posteriors], args.out_dir, decoder, table=table,
-                               options=options, resume=args.resume, decoder_id=_decoder_id(args),
-                               backend=_backend(args, options))
-    except OutputError as exc:  # BatchOutputError included
-        print(f"fusion decode: error: {exc}", file=sys.stderr)
-        return EXIT_OUTPUT
-    except (BatchError, PosteriorsError, TokenTableError, ValueError, OSError, ImportError) as exc:
-        print(f"fusion decode: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(f"decoded {summary.decoded} of {summary.utterances} utterances in {summary.shards} "
-          f"shards ({summary.shards_skipped} already finished) -> {summary.hyps}", file=sys.stderr)
-    if summary.failed:
-        print(f"fusion decode: {summary.failed} utterances failed; see {summary.errors}",
-              file=sys.stderr)
-        return EXIT_FAILURES
-    return EXIT_OK
-
-
-def get_parser() -> argparse.ArgumentParser:
-    """Stand-alone parser of ``python -m fusion.batch`` (greedy or LM-free beam search)."""
-    parser = argparse.ArgumentParser(prog="python -m fusion.batch",
-                                     description="Resumable, sharded batch decoding.")
-    parser.add_argument("posteriors", type=Path, help="posteriors .npz, or a list file of them")
-    parser.add_argument("--tokens", type=Path, help="token table JSON (default: the file's own)")
-    parser.add_argument("--kind", choices=KINDS, help="what a plain .npz holds")
-    parser.add_argument("--frame-shift", type=float, help="seconds per frame, for a plain .npz")
-    parser.add_argument("--decoder", choices=("greedy", "beam"), default="greedy")
-    parser.add_argument("--beam-size", type=int, help="beam size (default: 8)")
-    parser.add_argument("--workers", type=int, default=1, help="decoding processes")
-    add_backend_arguments(parser)
-    add_arguments(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = get_parser().parse_args(argv)
-    if args.out_dir is None:
-        print("python -m fusion.batch: error: --out-dir is required", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return run_batch(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        table = _index_file(files[0], None, options).token_table
+    except PosteriorsError as exc:
+        raise BatchError(str(exc)) from None
+    if table is None:
+        raise BatchError(f"{files[0]} carries no token table: give one (--tokens)")
+    return table

@@ -16,9 +16,8 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -26,36 +25,27 @@ from tqdm import tqdm
 from fusion import __version__, batch
 from fusion.am import cli as am_cli
 from fusion.config import DecodeConfig
-from fusion.decoder import ENGINES, BeamSearchDecoder, lexicon_pruning
+from fusion.decoder import ENGINES
+from fusion.defaults import BEAM_SIZE, DEFAULT_LM, DEFAULT_WEIGHTS, NO_LM, OOV
+from fusion.defaults import DECODERS as SEARCHES
 from fusion.distributed import add_backend_arguments
 from fusion.formats import ctm_lines, srt_cues, srt_text
 from fusion.greedy import greedy_decode
-from fusion.manifest import (EXIT_BAD_INPUT, EXIT_OUTPUT, ManifestError, OutputError,
-                             atomic_write, check_outputs, iter_jsonl, output_error, read_manifest,
-                             write_failures)
+from fusion.manifest import (EXIT_BAD_INPUT, EXIT_FAILURES, EXIT_OK, EXIT_OUTPUT, ManifestError,
+                             OutputError, atomic_write, check_outputs, iter_jsonl, output_error,
+                             read_manifest, write_failures)
 from fusion.metrics import Comparison, CorpusScore, WordErrors, compare, score_corpus, word_errors
-from fusion.parallel import chunked, decode_parallel
+from fusion.parallel import Backend, Decoder, chunked, decode_parallel
+from fusion.pipeline import build_decoder
 from fusion.posteriors import KINDS, Posteriors, PosteriorsError, PosteriorsReader
-from fusion.pyctc import FusionLanguageModel, PyctcdecodeBackend
-from fusion.scorers import (HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer,
-                            warn_vocabulary_overlap)
 from fusion.simulate import SimulationConfig, simulate_posteriors
 from fusion.text import normalize_text
 from fusion.tokens import TokenTable, TokenTableError, character_table
 from fusion.types import DecodeResult
 from lm.base import LMError
-from lm.ngram import KenLM, read_unigrams
 
-if TYPE_CHECKING:
-    from fusion.rescore import RescoringDecoder
-
-DECODERS = ("greedy", "beam", "pyctcdecode")
+DECODERS = ("greedy", *SEARCHES)
 DEFAULT_AM = Path(__file__).resolve().parent / "models" / "am-default" / "model.pt"
-DEFAULT_LM = Path(__file__).resolve().parents[1] / "lm" / "models" / "word-3gram" / "model.bin"
-# lm and word_bonus: fusion tune on dev (embedded acoustic model, word 4-gram, beam 32)
-DEFAULT_WEIGHTS = {"lexicon": 1.0, "lm": 0.95, "word_bonus": 4.22, "hotwords": 2.0}
-#: the weight (and scorer) name of the unknown-word penalty: see :func:`lm_scorers`
-OOV = "oov"
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -86,14 +76,17 @@ def get_parser() -> argparse.ArgumentParser:
     beam = p.add_argument_group(
         "beam search (--decoder beam or pyctcdecode)",
         "Settings come from --config (TOML/JSON, see fusion.config), then these flags. "
-        f"Default weights: {DEFAULT_WEIGHTS}.")
+        f"Without --lm, the embedded word 3-gram; default weights: {dict(DEFAULT_WEIGHTS)}; "
+        f"beam {BEAM_SIZE}.")
     beam.add_argument("--config", type=Path, help="decoding config file (TOML or JSON)")
     beam.add_argument("--beam-size", type=int)
     beam.add_argument("--nbest", type=int, help="hypotheses per utterance")
     beam.add_argument("--engine", choices=ENGINES,
                       help="beam search in C++ or Python (default auto: C++ whenever it knows "
                            "every scorer; both give the same results)")
-    beam.add_argument("--lm", type=Path, help="word n-gram: ARPA, ARPA.gz or KenLM binary")
+    beam.add_argument("--lm", type=Path,
+                      help=f"word n-gram: ARPA, ARPA.gz or KenLM binary (default: the embedded "
+                      f"word 3-gram, {DEFAULT_LM}; '{NO_LM}': no LM)")
     beam.add_argument("--lm-vocab", type=Path,
                       help="the LM's words (ARPA or word list) for partial-word scoring "
                       "(default: the LM itself when it is an ARPA)")
@@ -106,7 +99,7 @@ def get_parser() -> argparse.ArgumentParser:
     beam.add_argument("--hotwords", type=Path,
                       help="phrases to bias towards, one a line, optionally TAB and a weight")
     beam.add_argument("--hotword-weight", type=float)
-    batch.add_arguments(p)
+    add_batch_arguments(p)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("score", help="WER and CER of hypotheses against a reference manifest")
@@ -268,7 +261,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.workers < 1:
         raise SystemExit("fusion decode: error: --batch-size and --workers must be at least 1")
     if args.out_dir is not None:
-        return batch.run_batch(args, make_decoder=lambda table: _beam_decoder(args, table))
+        return _decode_batch(args)
     if args.output is None:
         raise SystemExit("fusion decode: error: -o/--output or --out-dir is required")
     errors_path = args.errors or args.output.with_suffix(".errors.jsonl")
@@ -280,14 +273,16 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if args.backend == "ray":
         from fusion.distributed import decode_ray
 
-        decoder = batch.GreedyDecoder(table) if args.decoder == "greedy" else _beam_decoder(args, table)
+        decoder = (batch.GreedyDecoder(table) if args.decoder == "greedy"
+                   else build_decoder(decode_config(args), table))
         results = decode_ray(decoder, stream, address=args.ray_address,
                              workers=args.workers if args.workers > 1 else None)
     elif args.decoder == "greedy":
         results: Iterator[DecodeResult] = (
             r for batch in chunked(stream, args.batch_size) for r in greedy_decode(batch, table))
     else:
-        results = decode_parallel(_beam_decoder(args, table), stream, workers=args.workers)
+        results = decode_parallel(build_decoder(decode_config(args), table), stream,
+                                  workers=args.workers)
     done = 0
     with ExitStack() as stack:
         stack.enter_context(reader)
@@ -305,114 +300,86 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def decode_config(args: argparse.Namespace) -> DecodeConfig:
-    """The config file (if any) with the command line's flags on top."""
-    config = DecodeConfig.load(args.config) if args.config else DecodeConfig()
+    """The default pipeline, then the config file (if any), then the command line's flags."""
+    config = DecodeConfig.load(args.config) if args.config else DecodeConfig.default()
     return config.with_overrides(
-        search={"beam_size": args.beam_size, "nbest": args.nbest,
-                "engine": getattr(args, "engine", None)},
+        decoder=args.decoder if args.decoder != "greedy" else None,
+        search={"beam_size": args.beam_size, "nbest": args.nbest, "engine": args.engine},
         weights={"lm": args.lm_weight, "word_bonus": args.word_bonus,
                  OOV: args.oov_penalty, "hotwords": args.hotword_weight},
         lm=args.lm, lm_vocab=args.lm_vocab, hotwords=args.hotwords, lexicon=args.lexicon)
 
 
-def lm_scorers(lm: Path, vocab: Path | None = None, *, oov: bool = False,
-               table: TokenTable | None = None) -> list[WordScorer]:
-    """A word n-gram scorer and the word bonus. The LM's words (for partial-word scoring)
-    come from ``vocab``, else the ARPA itself, else a ``vocab.txt`` beside a binary.
-    Given the posteriors' ``table``, an LM whose words the table can hardly spell (an
-    upper-case LM for a lower-case table) is warned about on stderr.
-
-    With ``oov``, also an unknown-word penalty: a :class:`LexiconScorer` named ``oov`` over
-    the LM's words, scoring -1 for each word outside them (its weight is the penalty, as
-    pyctcdecode's ``unk_score_offset`` and flashlight's ``unk_score`` are). It needs the
-    LM's words."""
-    if vocab is None:
-        beside = lm.with_name("vocab.txt")
-        vocab = lm if KenLM.is_arpa(lm) else beside if beside.exists() else None
-    model = KenLM(lm)
-    unigrams = read_unigrams(vocab) if vocab else None
-    if unigrams and table is not None:
-        source = str(lm) if vocab == lm else f"{lm} (words from {vocab})"
-        warn_vocabulary_overlap(unigrams, table, source=source)
-    scorers: list[WordScorer] = [LMScorer(model, unigrams=unigrams), WordBonus()]
-    if oov:
-        if not unigrams:
-            raise ValueError(f"{lm}: an unknown-word penalty (weight 'oov') needs the LM's words: "
-                             "give the LM's ARPA or a word list as its vocabulary (--lm-vocab)")
-        scorers.append(LexiconScorer(unigrams, name=OOV))
-    return scorers
+# -- batch runs (--out-dir) -------------------------------------------------------------
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The batch flags of ``fusion decode`` (``--out-dir``, ``--shard-size``, ``--resume``, ...)."""
+    group = parser.add_argument_group(
+        "batch decoding (--out-dir)",
+        "Shard the input, write each finished shard atomically under OUT_DIR/shards, merge "
+        "them into OUT_DIR/hyps.jsonl; rerun with --resume after a crash. The posteriors "
+        "argument may also be a list file (one .npz path a line, or JSONL with 'posteriors').")
+    group.add_argument("--out-dir", type=Path,
+                       help="batch output folder (instead of -o): shards, hyps.jsonl, errors.jsonl")
+    group.add_argument("--shard-size", type=int, default=1000,
+                       help="utterances per shard (default: %(default)s)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the run in --out-dir, skipping what is finished")
+    # an utterance with no frames is an empty hypothesis (with -o too); the flag that
+    # asked for this is kept so that scripts which pass it still run
+    group.add_argument("--allow-empty", action="store_true", help=argparse.SUPPRESS)
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _beam_decoder(args: argparse.Namespace, table: TokenTable
-                  ) -> BeamSearchDecoder | PyctcdecodeBackend | RescoringDecoder:
-    config = decode_config(args)
-    scorers: list[WordScorer] = []
-    if OOV in config.weights and not config.lm:
-        raise ValueError("an unknown-word penalty (--oov-penalty, [weights] oov) needs an LM")
-    if config.lm:
-        scorers += lm_scorers(config.lm, config.lm_vocab, oov=OOV in config.weights, table=table)
-    if config.lexicon:
-        scorers.append(LexiconScorer.from_file(config.lexicon, constraint=True))
-    if config.hotwords:
-        scorers.append(HotwordScorer(read_hotwords(config.hotwords)))
-    names = {s.name for s in scorers}
-    weights = {**{k: v for k, v in DEFAULT_WEIGHTS.items() if k in names}, **config.weights}
-    for name, weight in weights.items():
-        if not math.isfinite(weight):
-            raise ValueError(f"weight {name!r} is {weight}: weights must be finite numbers")
-    if args.decoder == "pyctcdecode":
-        weights.pop("acoustic", None)
-        first: BeamSearchDecoder | PyctcdecodeBackend = PyctcdecodeBackend(
-            table, FusionLanguageModel(scorers, weights) if scorers else None,
-            beam_size=config.search.beam_size, nbest=config.search.nbest)
-    else:
-        options = config.search
-        if config.lexicon:  # a constraint wants wide candidates: at least lexicon_pruning's
-            wide = lexicon_pruning(len(table))
-            options = replace(options, token_top_k=max(options.token_top_k, wide["token_top_k"]),
-                              token_min_logprob=min(options.token_min_logprob,
-                                                    wide["token_min_logprob"]),
-                              beam_threshold=max(options.beam_threshold, wide["beam_threshold"]))
-        first = BeamSearchDecoder(table, scorers, weights, options)
-    return rescoring_decoder(config, first) if config.rescore_weights is not None else first
+def batch_backend(args: argparse.Namespace, options: batch.BatchOptions) -> Backend | None:
+    """``--backend ray``: a :class:`fusion.distributed.RayBackend` at ``--ray-address``
+    with ``--workers`` actors when more than one (else one per CPU of the cluster)."""
+    if args.backend != "ray":
+        return None
+    from fusion.distributed import RayBackend
+
+    workers = options.workers if options.workers > 1 else None
+    return RayBackend(address=args.ray_address, workers=workers,
+                      in_flight=options.chunksize * workers if workers else None,
+                      threads_per_worker=options.threads_per_worker)
 
 
-def rescoring_decoder(config: DecodeConfig, first_pass: Any) -> RescoringDecoder:
-    """``first_pass`` followed by the config's N-best rescoring (neural LM, HMM score)."""
-    from fusion.rescore import LMRescorer, RescoringDecoder
-    from hmm.model import TiedDurationHMM
-    from hmm.scorer import AlignmentScorer
-
-    if config.search.nbest < 2:
-        raise ValueError("[rescore] needs an N-best list: set [search] nbest (or --nbest) to 2 or more")
-    scorers: list = []
-    if config.rescore_nlm is not None:
-        from lm.neural import NeuralLM
-
-        nlm = config.rescore_nlm
-        scorers.append(LMRescorer(NeuralLM.default() if nlm == "default" else NeuralLM.load(nlm)))
-    if config.rescore_hmm is not None:
-        scorers.append(AlignmentScorer(TiedDurationHMM.load(config.rescore_hmm)))
-    return RescoringDecoder(first_pass, scorers, config.rescore_weights or {})
-
-
-def read_hotwords(path: Path) -> dict[str, float]:
-    """Phrases from a file: one a line, ``phrase`` or ``phrase<TAB>weight``; normalised."""
-    phrases: dict[str, float] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            phrase, _, weight = line.rstrip("\n").partition("\t")
-            try:
-                value = float(weight) if weight.strip() else 1.0
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: weight {weight!r} is not a number") from None
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{path}:{lineno}: weight {weight.strip()!r} of {phrase!r} must "
-                                 "be a finite number > 0")
-            phrases[normalize_text(phrase)] = value
-    return phrases
+def _decode_batch(args: argparse.Namespace) -> int:
+    """``fusion decode ... --out-dir``: :func:`fusion.batch.decode_batch` with the decoder of
+    the flags; the plan records the whole decoding config, so a resumed run decodes as the
+    first did. Exit status (:mod:`fusion.manifest`'s): 0 all decoded, 1 some utterances
+    failed, 2 the run failed on its input or settings, 74 an output file cannot be written."""
+    try:
+        table = TokenTable.load(args.tokens) if args.tokens else None
+        options = batch.BatchOptions(shard_size=args.shard_size, workers=args.workers,
+                                     kind=args.kind, frame_shift=args.frame_shift,
+                                     progress=False if args.no_progress else None)
+        if table is None:
+            table = batch.stored_token_table(args.posteriors, options)
+        if args.decoder == "greedy":
+            decoder: Decoder = batch.GreedyDecoder(table)
+            settings: dict[str, Any] = {"decoder": "greedy"}
+        else:
+            config = decode_config(args)
+            decoder = build_decoder(config, table)
+            settings = config.to_dict()
+        summary = batch.decode_batch([args.posteriors], args.out_dir, decoder, table=table,
+                                     options=options, resume=args.resume,
+                                     decoder_id=json.dumps(settings, sort_keys=True),
+                                     backend=batch_backend(args, options))
+    except OutputError as exc:  # BatchOutputError included
+        print(f"fusion decode: error: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT
+    except (batch.BatchError, PosteriorsError, TokenTableError, LMError, ValueError, OSError,
+            ImportError) as exc:
+        print(f"fusion decode: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"decoded {summary.decoded} of {summary.utterances} utterances in {summary.shards} "
+          f"shards ({summary.shards_skipped} already finished) -> {summary.hyps}", file=sys.stderr)
+    if summary.failed:
+        print(f"fusion decode: {summary.failed} utterances failed; see {summary.errors}",
+              file=sys.stderr)
+        return EXIT_FAILURES
+    return EXIT_OK
 
 
 # -- align ------------------------------------------------------------------------------
@@ -631,10 +598,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     posteriors, table, source = _demo_posteriors(args, refs)
     print(f"{len(utterances)} utterances from {args.manifest}\nposteriors: {source}\n")
     runs = {"greedy": greedy_decode(posteriors, table)}
-    if args.lm and str(args.lm) != "none":
-        decoder = BeamSearchDecoder(
-            table, lm_scorers(args.lm, args.lm_vocab, table=table),
-            {name: DEFAULT_WEIGHTS[name] for name in ("lm", "word_bonus")})
+    config = DecodeConfig.default().with_overrides(lm=args.lm, lm_vocab=args.lm_vocab)
+    if config.lm is not None:
+        decoder = build_decoder(config, table)
         runs["beam + LM"] = [decoder.decode(p) for p in tqdm(posteriors, desc="beam", disable=None)]
     for r in runs["greedy"][: args.show]:
         print(f"{r.utt_id}\n  ref: {refs[r.utt_id]}")

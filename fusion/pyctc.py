@@ -15,6 +15,8 @@ import numpy as np
 from pyctcdecode import Alphabet, BeamSearchDecoderCTC
 from pyctcdecode.language_model import AbstractLanguageModel
 
+from fusion.config import check_weights
+from fusion.defaults import BEAM_SIZE
 from fusion.posteriors import Posteriors
 from fusion.scorers import WordScorer
 from fusion.tokens import TokenTable
@@ -31,11 +33,7 @@ class FusionLanguageModel(AbstractLanguageModel):
     """
 
     def __init__(self, scorers: Sequence[WordScorer], weights: Mapping[str, float]) -> None:
-        missing = [s.name for s in scorers if s.name not in weights]
-        unknown = set(weights) - {s.name for s in scorers}
-        if missing or unknown:
-            raise ValueError(f"weights must name exactly the scorers: missing {missing}, "
-                             f"unknown {sorted(unknown)}")
+        check_weights([s.name for s in scorers], weights, where="pyctcdecode language model")
         self.scorers = tuple(scorers)
         self.weights = tuple(float(weights[s.name]) for s in scorers)
         self._start = tuple(s.start() for s in self.scorers)
@@ -84,7 +82,7 @@ class PyctcdecodeBackend:
     """
 
     def __init__(self, table: TokenTable, language_model: AbstractLanguageModel | None = None,
-                 *, beam_size: int = 32, nbest: int = 1, beam_prune_logp: float = -10.0,
+                 *, beam_size: int = BEAM_SIZE, nbest: int = 1, beam_prune_logp: float = -10.0,
                  token_min_logp: float = -5.0) -> None:
         self.table = table
         alphabet = Alphabet(pyctcdecode_labels(table), is_bpe=False)

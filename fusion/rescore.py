@@ -15,7 +15,6 @@ so the WER of any weights is a matrix product and an arg-max per utterance.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fusion.config import check_weights
 from fusion.manifest import atomic_write
 from fusion.metrics import score_utterance
 from fusion.posteriors import Posteriors
@@ -84,18 +84,6 @@ def add_scores(result: DecodeResult, posteriors: Posteriors,
         nbest = [replace(h, scores={**h.scores, scorer.name: float(v)})
                  for h, v in zip(nbest, values)]
     return replace(result, nbest=tuple(nbest))
-
-
-def check_weights(names: Sequence[str], weights: Mapping[str, float], *, where: str) -> None:
-    """Every score has a finite weight and every weight a score, else ``ValueError``."""
-    missing = sorted(set(names) - set(weights))
-    unknown = sorted(set(weights) - set(names))
-    if missing or unknown:
-        raise ValueError(f"{where}: scores {sorted(names)} need one weight each; "
-                         f"missing {missing}, unknown {unknown} (0 switches a score off)")
-    for name, w in weights.items():
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-            raise ValueError(f"{where}: weight of {name!r} must be a finite number, got {w!r}")
 
 
 def _total(scores: Mapping[str, float], weights: Mapping[str, float]) -> float:

@@ -37,6 +37,7 @@ import numpy as np
 import optuna
 
 from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.defaults import OOV
 from fusion.metrics import CorpusScore, score_corpus
 from fusion.posteriors import Posteriors
 from fusion.rescore import NbestTable
@@ -337,7 +338,7 @@ class FirstPassObjective:
 
 #: search ranges of rescoring weights, by score name (others: 0 to 2); acoustic stays 1
 RESCORE_RANGES = {"lm": (0.0, 2.0), "word_bonus": (-2.0, 6.0), "length": (-2.0, 6.0),
-                  "nlm": (0.0, 2.0), "hmm": (0.0, 3.0), "hotwords": (0.0, 4.0), "oov": (0.0, 20.0)}
+                  "nlm": (0.0, 2.0), "hmm": (0.0, 3.0), "hotwords": (0.0, 4.0), OOV: (0.0, 20.0)}
 
 
 def rescore_param(name: str, num: int = 5) -> Param:

@@ -7,7 +7,7 @@ Steps (each resumable; a rerun with the same arguments skips what is logged):
    an LM whose unknown-word cost times its weight exceeds the threshold drops every
    hypothesis that starts an unknown word, so the best threshold depends on the LM),
    with ``--oov-penalties`` a sweep of the unknown-word penalty (weight ``oov``: see
-   ``fusion.cli.lm_scorers``) at those (a penalty is kept only where a paired bootstrap
+   ``fusion.pipeline.lm_scorers``) at those (a penalty is kept only where a paired bootstrap
    says it beats no penalty with ``--oov-confidence``), then a beam sweep at the best
    weights, threshold and penalty (WER and throughput per beam);
 3. the dev N-best lists at the best weights, with the rescoring scores (neural LM
@@ -32,10 +32,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.config import DecodeConfig
+from fusion.decoder import SearchOptions
+from fusion.defaults import BEAM_SIZE, OOV
 from fusion.distributed import add_backend_arguments
 from fusion.manifest import atomic_write, read_manifest
 from fusion.metrics import compare
+from fusion.pipeline import build_decoder, lm_scorers
 from fusion.posteriors import PosteriorsReader
 from fusion.rescore import LMRescorer, NbestTable, add_scores
 from fusion.tune import (
@@ -81,7 +84,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--lm", type=Path, required=True, help="word n-gram (ARPA or KenLM binary)")
     p.add_argument("--lm-vocab", type=Path, help="the LM's words (default: vocab.txt beside it)")
     p.add_argument("-o", "--out-dir", type=Path, required=True, help="tuning directory")
-    p.add_argument("--beam-size", type=int, default=32, help="beam while tuning (default: %(default)s)")
+    p.add_argument("--beam-size", type=int, default=BEAM_SIZE,
+                   help="beam while tuning (default: %(default)s)")
     p.add_argument("--lm-grid", type=_range, default=(0.0, 2.0, 7), metavar="LOW:HIGH:NUM",
                    help="LM weight range and grid (default: 0:2:7)")
     p.add_argument("--bonus-grid", type=_range, default=(-2.0, 6.0, 7), metavar="LOW:HIGH:NUM",
@@ -249,8 +253,6 @@ def _sweep_oov(objective: FirstPassObjective, params: dict[str, float], penaltie
     (``p_better``, ``interval`` of its WER minus no penalty's), and the winner is kept only
     with ``p_better`` of at least ``confidence``: a few words either way on a few hundred
     utterances is chance, and chasing it flips the choice from one model to the next."""
-    from fusion.cli import OOV
-
     scores, rows = {}, []
     for value in tqdm(penalties, desc="unknown-word penalty sweep", disable=None):
         scores[value], _ = objective.score({**params, OOV: value})
@@ -269,8 +271,6 @@ def _sweep_oov(objective: FirstPassObjective, params: dict[str, float], penaltie
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from fusion.cli import OOV, lm_scorers
-
     out: Path = args.out_dir
     if not args.beam_thresholds or any(not t > 0 for t in args.beam_thresholds):
         raise ValueError(f"--beam-thresholds must be positive, got {args.beam_thresholds}")
@@ -343,9 +343,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         nbest = NbestTable.load(nbest_path)
     else:
         rescorers = _rescorers(args, table, posteriors, refs, out)
-        decoder = BeamSearchDecoder(table, scorers, weights,
-                                    SearchOptions(beam_size=beam, nbest=min(args.nbest, beam),
-                                                  beam_threshold=threshold))
+        config = DecodeConfig(lm=args.lm, lm_vocab=args.lm_vocab, weights=weights,
+                              search=SearchOptions(beam_size=beam, nbest=min(args.nbest, beam),
+                                                   beam_threshold=threshold))
+        decoder = build_decoder(config, table, scorers=scorers)  # the scorers loaded above
         results = []
         for p in tqdm(posteriors, desc="N-best + rescoring scores", unit="utt", disable=None):
             results.append(add_scores(decoder.decode(p), p, rescorers))

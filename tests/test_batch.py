@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fusion.manifest
-from fusion import batch
+from fusion import batch, cli
 from fusion.batch import BatchError, BatchOptions, GreedyDecoder, decode_batch
 from fusion.posteriors import Posteriors, PosteriorsWriter
 from fusion.simulate import simulate_posteriors
@@ -279,13 +279,13 @@ def test_read_only_folder(corpus, tmp_path, table):
 def test_command_line_and_two_workers(corpus, tmp_path, table, capsys):
     post, _ = corpus
     table.save(tmp_path / "tokens.json")
-    args = [str(post), "--out-dir", str(tmp_path / "o1"), "--shard-size", "9", "--no-progress",
-            "--tokens", str(tmp_path / "tokens.json")]
-    assert batch.main(args) == 1  # some utterances failed
+    args = ["decode", str(post), "--out-dir", str(tmp_path / "o1"), "--shard-size", "9",
+            "--no-progress", "--tokens", str(tmp_path / "tokens.json")]
+    assert cli.main(args) == 1  # some utterances failed
     assert "2 utterances failed" in capsys.readouterr().err
-    assert batch.main(args) == 2
+    assert cli.main(args) == 2
     assert "--resume" in capsys.readouterr().err
-    assert batch.main(args + ["--resume"]) == 1
+    assert cli.main(args + ["--resume"]) == 1
     s2 = decode_batch([post], tmp_path / "o2", GreedyDecoder(table), table=table,
                       options=BatchOptions(shard_size=9, workers=2, progress=False))
     assert s2.hyps.read_bytes() == (tmp_path / "o1" / "hyps.jsonl").read_bytes()

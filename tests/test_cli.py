@@ -181,7 +181,7 @@ def test_the_unknown_word_penalty(corpus, tmp_path, capsys):
     # no LM, or an LM whose words are unknown (a binary without a vocabulary): clear errors
     capsys.readouterr()
     assert main(["decode", str(corpus / "post.npz"), "-o", str(tmp_path / "x.jsonl"),
-                 "--decoder", "beam", "--oov-penalty", "2"]) == 2
+                 "--decoder", "beam", "--lm", "none", "--oov-penalty", "2"]) == 2
     assert "unknown-word penalty (--oov-penalty, [weights] oov) needs an LM" in capsys.readouterr().err
     build_binary(lm, tmp_path / "lm.bin")
     assert main(["decode", str(corpus / "post.npz"), "-o", str(tmp_path / "x.jsonl"),
@@ -311,26 +311,25 @@ def test_align_with_a_duration_hmm_and_a_calibration(corpus, tmp_path, table, mo
 def test_a_lexicon_widens_the_candidates_to_at_least_lexicon_pruning(corpus, tmp_path):
     """Wider settings of the config or flags are kept, narrower ones (a tuned config's
     threshold, chosen for a search without the constraint) widened."""
-    from fusion.cli import _beam_decoder, get_parser
+    from fusion.config import DecodeConfig
+    from fusion.pipeline import build_decoder
     from fusion.posteriors import PosteriorsReader
 
-    (tmp_path / "words.txt").write_text("hello\nworld\n")
+    words = tmp_path / "words.txt"
+    words.write_text("hello\nworld\n")
     with PosteriorsReader(corpus / "post.npz") as reader:
         table = reader.token_table
-    base = ["decode", str(corpus / "post.npz"), "-o", str(tmp_path / "h.jsonl"), "--decoder", "beam"]
-    plain = _beam_decoder(get_parser().parse_args(base), table).options
-    assert plain == SearchOptions()
-    args = get_parser().parse_args([*base, "--lexicon", str(tmp_path / "words.txt")])
-    wide = _beam_decoder(args, table).options
+    no_lm = DecodeConfig(lm=None)
+    assert build_decoder(no_lm, table).options == SearchOptions()
+    wide = build_decoder(DecodeConfig(lm=None, lexicon=words), table).options
     assert (wide.token_top_k, wide.token_min_logprob, wide.beam_threshold) == (len(table) - 1, -12.0, 25.0)
     (tmp_path / "dec.toml").write_text("[search]\ntoken_min_logprob = -15.0\nbeam_threshold = 10.0\n")
-    args = get_parser().parse_args([*base, "--lexicon", str(tmp_path / "words.txt"),
-                                    "--config", str(tmp_path / "dec.toml"), "--beam-size", "4"])
-    mixed = _beam_decoder(args, table).options
+    config = DecodeConfig.load(tmp_path / "dec.toml").with_overrides(
+        search={"beam_size": 4}, lexicon=words, lm="none")
+    mixed = build_decoder(config, table).options
     assert (mixed.token_min_logprob, mixed.token_top_k, mixed.beam_size, mixed.beam_threshold) == \
         (-15.0, len(table) - 1, 4, 25.0)
     (tmp_path / "narrow.toml").write_text("[search]\ntoken_min_logprob = -7.0\nbeam_threshold = 30.0\n")
-    args = get_parser().parse_args([*base, "--lexicon", str(tmp_path / "words.txt"),
-                                    "--config", str(tmp_path / "narrow.toml")])
-    widened = _beam_decoder(args, table).options
+    config = DecodeConfig.load(tmp_path / "narrow.toml").with_overrides(lexicon=words, lm="none")
+    widened = build_decoder(config, table).options
     assert (widened.token_min_logprob, widened.beam_threshold) == (-12.0, 30.0)

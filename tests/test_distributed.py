@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray")
 import test_batch  # noqa: E402
 from test_batch import ArgmaxDecoder, FailingDecoder, read_rows, write_corpus  # noqa: E402
 
-from fusion import batch, cli  # noqa: E402
+from fusion import cli  # noqa: E402
 from fusion.batch import BatchOptions, decode_batch  # noqa: E402
 from fusion.decoder import BeamSearchDecoder, SearchOptions  # noqa: E402
 from fusion.distributed import RayBackend, decode_ray, map_ray, ray_session  # noqa: E402
@@ -149,9 +149,9 @@ def test_fusion_decode_backend_ray(tmp_path, table, capsys):
     assert cli.main(["decode", *common, "-o", str(tmp_path / "ray.jsonl"), "--backend", "ray"]) == 1
     rows = read_rows(tmp_path / "ray.jsonl")  # an empty utterance: an empty hypothesis in both
     assert rows == read_rows(tmp_path / "local" / "hyps.jsonl")
-    args = batch.get_parser().parse_args([*common, "--out-dir", "o", "--workers", "2",
-                                          "--backend", "ray", "--ray-address", "auto"])
-    assert batch._backend(args, BatchOptions(workers=2)) == RayBackend(
+    args = cli.get_parser().parse_args(["decode", *common, "--out-dir", "o", "--workers", "2",
+                                        "--backend", "ray", "--ray-address", "auto"])
+    assert cli.batch_backend(args, BatchOptions(workers=2)) == RayBackend(
         address="auto", workers=2, in_flight=32)
 
 

@@ -24,7 +24,8 @@ import soundfile as sf
 
 import fusion.manifest
 from fusion.batch import BatchError, BatchOptions, GreedyDecoder, content_fingerprint, decode_batch
-from fusion.cli import main, read_hotwords
+from fusion.cli import main
+from fusion.pipeline import read_hotwords
 from fusion.manifest import (EXIT_BAD_INPUT, EXIT_FAILURES, EXIT_OK, EXIT_OUTPUT, OutputConflict,
                              OutputError, atomic_write, check_outputs, write_failures)
 from fusion.posteriors import Posteriors, PosteriorsWriter

@@ -66,7 +66,11 @@ from typing import Any, Optional
 
 import numpy as np
 
+from fusion.config import DecodeConfig
 from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.defaults import HOTWORDS, LM, OOV
+from fusion.defaults import WORD_BONUS as BONUS
+from fusion.pipeline import build_decoder
 from fusion.posteriors import Posteriors
 from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
 from fusion.tokens import TokenTable
@@ -99,10 +103,6 @@ UNK_BPE_TOKEN = "▁⁇▁"
 _SPECIAL_TOKEN = re.compile(r"^[<\[].+[>\]]$")
 _BLANK_TOKEN = re.compile(r"^[<\[]pad[>\]]$", flags=re.IGNORECASE)
 _UNK_TOKEN = re.compile(r"^[<\[]unk[>\]]$", flags=re.IGNORECASE)
-
-#: the weight names of the scorers this module builds (``alpha`` and ``beta`` map to the
-#: first two; the unknown-word offset and hotwords to the others)
-LM, BONUS, OOV, HOTWORDS = "lm", "word_bonus", "oov", "hotwords"
 
 #: what ``decode_beams`` returns per beam, and ``decode_beams_batch`` without the LM state
 OutputBeam = tuple[str, None, list[tuple[str, tuple[int, int]]], float, float]
@@ -392,7 +392,12 @@ class BeamSearchDecoderCTC:
             # pyctcdecode's candidates: every unit at or above token_min_logp
             token_top_k=max(1, len(self.table) - 1), token_min_logprob=float(token_min_logp),
             nbest=min(int(nbest), int(beam_width)))
-        search = self._searches[key] = BeamSearchDecoder(self.table, scorers, weights, options)
+        # alpha, beta, unk_score_offset and hotword_weight as a decoding config: the scorers
+        # are this file's (cached per LM file, pyctcdecode's unigram and boundary rules)
+        config = DecodeConfig(search=options, weights=weights,
+                              lm=None if self.kenlm_model_path is None else Path(self.kenlm_model_path))
+        search = build_decoder(config, self.table, scorers=scorers)
+        self._searches[key] = search
         if len(self._searches) > self._MAX_SEARCHES:
             self._searches.popitem(last=False)
         return search

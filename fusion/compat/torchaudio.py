@@ -49,6 +49,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from fusion.decoder import BeamSearchDecoder, SearchOptions, lexicon_pruning
+from fusion.defaults import LEXICON, LM, OOV
+from fusion.defaults import WORD_BONUS as BONUS
 from fusion.posteriors import Posteriors
 from fusion.scorers import LexiconScorer, LMScorer, WordBonus, WordScorer
 from fusion.tokens import TokenTable
@@ -60,8 +62,6 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["CTCDecoder", "CTCHypothesis", "ctc_decoder", "load_lexicon", "load_tokens"]
-
-LM, BONUS, LEXICON, OOV = "lm", "word_bonus", "lexicon", "oov"
 
 
 class CTCHypothesis(NamedTuple):

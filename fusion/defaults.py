@@ -1,0 +1,42 @@
+"""Every default of the decoding pipeline, in one place.
+
+:class:`fusion.config.DecodeConfig` takes its defaults from here, and
+:func:`fusion.pipeline.build_decoder` turns such a config into a decoder; the command
+line, tuning, batch runs, the compatibility adapters and the benchmarks all go through
+those two, so changing a value here changes it everywhere. This module imports nothing of
+ours (it is the bottom of the pipeline's layers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import MappingProxyType
+
+__all__ = ["ACOUSTIC", "BEAM_SIZE", "DECODERS", "DEFAULT_LM", "DEFAULT_WEIGHTS", "HOTWORDS",
+           "LEXICON", "LM", "NO_LM", "OOV", "WORD_BONUS"]
+
+#: the score names (and weight keys) of the pipeline's scorers (:mod:`fusion.scorers`)
+ACOUSTIC = "acoustic"  # the posteriors' own log-probability; weight 1 unless given
+LM = "lm"  # a word n-gram (:class:`fusion.scorers.LMScorer`)
+WORD_BONUS = "word_bonus"  # +1 per word (:class:`fusion.scorers.WordBonus`)
+LEXICON = "lexicon"  # a word list the output keeps to (:class:`fusion.scorers.LexiconScorer`)
+HOTWORDS = "hotwords"  # phrases to bias towards (:class:`fusion.scorers.HotwordScorer`)
+#: the unknown-word penalty: a :class:`~fusion.scorers.LexiconScorer` over the LM's words,
+#: -1 per word outside them; its weight is the penalty (pyctcdecode's ``unk_score_offset``)
+OOV = "oov"
+
+#: the default word n-gram of beam search: the embedded word 3-gram
+DEFAULT_LM = Path(__file__).resolve().parents[1] / "lm" / "models" / "word-3gram" / "model.bin"
+#: what ``--lm`` and ``[lm] path`` say for "decode without an LM"
+NO_LM = "none"
+#: the weight of each scorer in use that the config gives none. lm and word_bonus:
+#: ``fusion tune`` on dev (embedded acoustic model, word 4-gram, beam 32)
+DEFAULT_WEIGHTS = MappingProxyType({LEXICON: 1.0, LM: 0.95, WORD_BONUS: 4.22, HOTWORDS: 2.0})
+
+#: beams kept after each frame (``fusion.decoder.SearchOptions.beam_size`` must agree:
+#: ``tests/test_pipeline.py`` checks it)
+BEAM_SIZE = 32
+
+#: the first-pass searches :func:`fusion.pipeline.build_decoder` builds: ours (C++ or
+#: Python, :class:`fusion.decoder.BeamSearchDecoder`) or pyctcdecode's
+DECODERS = ("beam", "pyctcdecode")
