@@ -75,7 +75,7 @@ def compiled_scorers(scorers: Sequence[WordScorer], weights: Mapping[str, float]
             spec.append({"kind": "bonus", "weight": w})
         elif type(s) is LexiconScorer:
             spec.append({"kind": "lexicon", "weight": w, "words": sorted(s.words),
-                         "constraint": s.constraint})
+                         "constraint": s.constraint, "partial": s.partial})
         elif type(s) is HotwordScorer:
             spec.append({"kind": "hotwords", "weight": w, **s.automaton()})
         elif type(s) is LMScorer and type(s.lm) is KenLM and s.lm.level == "word":
@@ -318,7 +318,7 @@ class BeamSearchDecoder:
         self._w = tuple(self.weights[s.name] for s in self.scorers)
         self._constraints = tuple(s for s in self.scorers if s.constraint)
         self._partial = tuple((i, self.weights[s.name], s) for i, s in enumerate(self.scorers)
-                              if type(s).partial_score is not WordScorer.partial_score)
+                              if s.has_partial)
         # whether no partial-word estimate depends on a state
         self._stateless = not any(s.partial_uses_state for _, _, s in self._partial)
         self._batched = tuple((i, s) for i, s in enumerate(self.scorers) if s.batched)
@@ -327,7 +327,7 @@ class BeamSearchDecoder:
         self._deferred = tuple(
             i for i, s in self._batched
             if s.max_word_score is not None and self._w[i] >= 0
-            and (not s.partial_uses_state or type(s).partial_score is WordScorer.partial_score)
+            and (not s.partial_uses_state or not s.has_partial)
         )
         self._prefetched = tuple((i, s) for i, s in self._batched if i not in self._deferred)
         ends_word = [u == table.boundary_id or table.starts_word(u) for u in range(len(table))]

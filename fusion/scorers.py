@@ -16,13 +16,21 @@ the search completes one; their state is an immutable, hashable value passed in 
 :class:`LexiconScorer`
     -1 per word outside a word list (with a large weight: a lexicon constraint; with a
     moderate one: an OOV penalty); it also says which partial words can still become a
-    listed word, so the search can drop the others early.
+    listed word, so the search can drop the others early (a constraint) or charge them
+    the penalty before they end (``partial=True``).
+
+Partial-word estimates (:meth:`WordScorer.partial_score`) rank a hypothesis while its
+last word is unfinished and are replaced by the word's own score when it completes.
+:class:`LMScorer` and :class:`LexiconScorer` find which partial words can still become a
+listed word the same way (:func:`word_prefixes`; the compiled search walks one character
+trie for both).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -33,12 +41,32 @@ from fusion.tokens import TokenTable
 from lm.base import LanguageModel
 
 __all__ = ["HotwordScorer", "LMScorer", "LexiconScorer", "WordBonus", "WordScorer",
-           "spelling_overlap", "warn_vocabulary_overlap"]
+           "spelling_overlap", "warn_vocabulary_overlap", "word_prefixes"]
 
 log = logging.getLogger(__name__)
 
 #: below this share of an LM's words that the token table can spell, the LM is warned about
 MIN_SPELLING_OVERLAP = 0.5
+
+
+class _Prefixes(frozenset):
+    """A frozenset that can be weakly referenced (see :func:`word_prefixes`)."""
+
+
+# word set -> its prefixes, while some scorer holds them
+_PREFIXES: weakref.WeakValueDictionary[frozenset[str], frozenset[str]] = weakref.WeakValueDictionary()
+
+
+def word_prefixes(words: frozenset[str]) -> frozenset[str]:
+    """Every non-empty prefix of ``words`` (the words themselves included): the partial
+    words that can still become one of them.
+
+    Shared while in use: an LM's scorer and an unknown-word scorer over the same words
+    hold one set (an LM's 72k words make 173k prefixes, 16 MB), freed with the last."""
+    found = _PREFIXES.get(words)
+    if found is None:
+        found = _PREFIXES[words] = _Prefixes(w[:i] for w in words for i in range(1, len(w) + 1))
+    return found
 
 
 class WordScorer(ABC):
@@ -88,9 +116,16 @@ class WordScorer(ABC):
         return True
 
     def partial_score(self, state: Hashable, partial: str) -> float:
-        """An estimate of what the word in progress will score after ``state`` (used for
-        pruning only, never added to a hypothesis's score)."""
+        """An estimate of what the word in progress will score after ``state``: it ranks
+        the hypothesis (pruning) while the word is unfinished and is replaced by the word's
+        own score when it completes, so it is never part of a finished hypothesis's score."""
         return 0.0
+
+    @property
+    def has_partial(self) -> bool:
+        """Whether :meth:`partial_score` can be other than 0 (the search skips it if not):
+        by default, whether the scorer's class defines one."""
+        return type(self).partial_score is not WordScorer.partial_score
 
     def viable_prefix(self, partial: str) -> bool:
         """Whether a partial word can still become a word this scorer accepts."""
@@ -121,7 +156,7 @@ class LMScorer(WordScorer):
         self.prefixes: frozenset[str] | None = None
         if unigrams is not None:
             self.unigrams = tuple(unigrams)
-            self.prefixes = frozenset(w[:i] for w in self.unigrams for i in range(1, len(w) + 1))
+            self.prefixes = word_prefixes(frozenset(w for w in self.unigrams if w))
             self.unk_score = lm.score(lm.start(), "<unk>")[1]
 
     partial_uses_state = False
@@ -174,29 +209,41 @@ class LexiconScorer(WordScorer):
     matters for nothing: no word scores -1); otherwise the weight is an OOV penalty. A
     constraint wants wider per-frame candidates than the default search options give
     (:func:`fusion.decoder.lexicon_pruning`, which ``fusion decode --lexicon`` applies).
+
+    With ``partial=True`` a word in progress that no listed word starts with already
+    scores -1 (:meth:`partial_score`): it can only end as an unlisted word, so the
+    hypothesis is charged the penalty as soon as that is known, not when the word ends,
+    and beams turn away from unknown words early (pyctcdecode charges its
+    ``unk_score_offset`` to such partial words). The charge is replaced by the word's own
+    -1 when it completes: a finished word is charged once, as without the option.
+    Off by default: the default pipeline's results do not change.
     """
 
     def __init__(self, words: Iterable[str], name: str = "lexicon", *,
-                 constraint: bool = False) -> None:
+                 constraint: bool = False, partial: bool = False) -> None:
         self.constraint = constraint
+        self.partial = bool(partial)
         self.words = frozenset(w for w in words if w)
         if not self.words:
             raise ValueError(f"scorer {name!r}: the word list is empty")
         self.name = name
 
+    partial_uses_state = False
+
     @cached_property
     def prefixes(self) -> frozenset[str]:
-        """Every prefix of a listed word: built on first use, since only a constraint asks
-        (an OOV penalty over an LM's 72k words would hold 173k strings, 16 MB, for nothing)."""
-        return frozenset(w[:i] for w in self.words for i in range(1, len(w) + 1))
+        """Every prefix of a listed word (:func:`word_prefixes`): built on first use, since
+        only a constraint or ``partial`` asks (an OOV penalty over an LM's 72k words would
+        otherwise hold 173k strings, 16 MB, for nothing)."""
+        return word_prefixes(self.words)
 
     @classmethod
-    def from_file(cls, path: Any, name: str = "lexicon", *, constraint: bool = False
-                  ) -> LexiconScorer:
+    def from_file(cls, path: Any, name: str = "lexicon", *, constraint: bool = False,
+                  partial: bool = False) -> LexiconScorer:
         """A lexicon from a text file: the first field of each line is a word."""
         with open(path, encoding="utf-8") as fh:
             return cls((line.split()[0] for line in fh if line.strip()), name=name,
-                       constraint=constraint)
+                       constraint=constraint, partial=partial)
 
     def start(self) -> Hashable:
         return None
@@ -209,6 +256,16 @@ class LexiconScorer(WordScorer):
 
     def viable_prefix(self, partial: str) -> bool:
         return partial in self.prefixes
+
+    @property
+    def has_partial(self) -> bool:
+        return self.partial
+
+    def partial_score(self, state: Hashable, partial: str) -> float:
+        """-1 for a partial word no listed word starts with (with ``partial=True``), else 0."""
+        if not self.partial or partial in self.prefixes:
+            return 0.0
+        return -1.0
 
 
 class HotwordScorer(WordScorer):

@@ -112,6 +112,46 @@ def test_same_nbest_as_the_python_search_on_random_posteriors(
     assert _outputs(compiled, p) == _outputs(python, p)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 40), st.integers(2, 29), st.integers(0, 2**32 - 1), st.integers(1, 5),
+       st.sampled_from(["oov", "oov+lm", "oov+hotwords", "oov+constraint"]), st.integers(1, 12),
+       st.floats(-2.0, 25.0))
+def test_same_nbest_with_the_partial_unknown_word_penalty(
+        table, trigram, unigrams, frames, vocab_used, seed, nbest, scorers, beam, penalty):
+    """LexiconScorer(partial=True): the compiled search charges a partial word no listed
+    word starts with as the Python search does (any weight, beside other partial scorers)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, size=(frames, len(table)))
+    logits[:, vocab_used:] -= 20
+    p = Posteriors.from_array("u", logits, kind="logits", frame_shift=0.02)
+    oov = LexiconScorer(unigrams, "oov", partial=True)
+    chosen = {
+        "oov": [oov, WordBonus()],
+        "oov+lm": [LMScorer(trigram, unigrams=unigrams), oov, WordBonus()],
+        "oov+hotwords": [oov, HotwordScorer(HOTWORDS), LMScorer(trigram)],
+        "oov+constraint": [LexiconScorer(unigrams[::2], constraint=True), oov],
+    }[scorers]
+    weights = {s.name: w for s, w in zip(chosen, (0.8, 1.5, 0.6))}
+    weights["oov"] = penalty
+    options = SearchOptions(beam_size=max(beam, nbest), nbest=nbest, token_top_k=int(rng.integers(1, 29)),
+                            beam_threshold=float(rng.choice([5.0, 15.0, math.inf])),
+                            blank_skip=None if seed % 3 == 0 else 0.999)
+    python, compiled = _both(table, chosen, weights, options)
+    assert _outputs(compiled, p) == _outputs(python, p)
+
+
+def test_same_nbest_with_the_partial_penalty_on_simulated_speech(table, trigram, unigrams):
+    rng = np.random.default_rng(5)
+    scorers = [LMScorer(trigram, unigrams=unigrams), WordBonus(),
+               LexiconScorer(unigrams[1:], "oov", partial=True)]
+    weights = {"lm": 0.9, "word_bonus": 1.2, "oov": 6.0}
+    python, compiled = _both(table, scorers, weights, SearchOptions(beam_size=16, nbest=5))
+    for i, text in enumerate(["the cat sat on the mat", "a bat and a cat", "that cat's flat hat"]):
+        p, _ = simulate_posteriors(f"u{i}", text, table, rng,
+                                   SimulationConfig(confusion=0.3, noise=1.5, peak=4))
+        assert _outputs(compiled, p) == _outputs(python, p)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("hotwords", [False, True])
 def test_same_nbest_on_simulated_speech(table, trigram, unigrams, seed, hotwords):

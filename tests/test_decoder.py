@@ -67,6 +67,78 @@ def test_partial_words_pay_the_unknown_word_score(table, biased_lm):
     assert scorer.partial_score(state, "bx") == pytest.approx(-2.0 * math.log(10))
 
 
+def _x_or_c_at(table) -> Posteriors:
+    """'?at' where the first letter is 60% x, 40% c (blank and the rest 1e-6 each)."""
+    frames = ["-", "c", "a", "t", "-"]
+    lp = np.log(np.full((len(frames), len(table)), 1e-6))
+    for t, f in enumerate(frames):
+        lp[t, table.blank_id if f == "-" else table.id_of(f)] = 0.0
+    row = np.full(len(table), 1e-6)
+    row[table.id_of("x")], row[table.id_of("c")] = 0.6, 0.4
+    lp[1] = np.log(row)
+    lp -= np.logaddexp.reduce(lp, axis=1, keepdims=True)
+    return Posteriors("xc", lp, 0.04)
+
+
+@pytest.mark.parametrize("engine", ["python", "compiled"])
+def test_the_partial_unknown_word_penalty_changes_the_best_path(table, engine):
+    """With one beam, 'x' (60%) beats 'c' (40%) unless the partial word 'x', which no
+    listed word starts with, is charged the penalty at once: log .6 - 2 < log .4."""
+    if engine == "compiled":
+        pytest.importorskip("fusion._ctcsearch", reason="the compiled search is not built")
+    p = _x_or_c_at(table)
+    options = SearchOptions(beam_size=1, engine=engine)
+    late = BeamSearchDecoder(table, [LexiconScorer(["cat"], "oov")], {"oov": 2.0}, options)
+    early = BeamSearchDecoder(table, [LexiconScorer(["cat"], "oov", partial=True)], {"oov": 2.0},
+                              options)
+    lost = late.decode(p).best
+    assert lost.text == "xat" and lost.scores["oov"] == -1.0  # charged once, at its end
+    assert lost.score == pytest.approx(lost.scores["acoustic"] - 2.0)
+    best = early.decode(p).best
+    assert best.text == "cat" and best.scores["oov"] == 0.0
+    assert best.scores["acoustic"] == pytest.approx(math.log(0.4), abs=1e-3)  # hand-computed
+    assert best.score == best.scores["acoustic"]
+    # what ranks a hypothesis while its word is unfinished: acoustic + weight x (-1)
+    stream = late.stream(0.04)
+    stream.accept(p.log_probs[:2])
+    assert stream.partial().text == "x" and stream.partial().score == pytest.approx(
+        math.log(0.6), abs=1e-3)
+    stream = BeamSearchDecoder(table, early.scorers, early.weights,
+                               SearchOptions(beam_size=2, engine=engine)).stream(0.04)
+    stream.accept(p.log_probs[:2])
+    assert stream.partial().text == "c"  # 'x' ranks at log .6 - 2 now
+
+
+@pytest.mark.parametrize("engine", ["python", "compiled"])
+def test_the_partial_penalty_charges_a_finished_word_once(table, rng, engine):
+    """An unknown word that wins anyway scores -1 once, as without the option; with a beam
+    wide enough for nothing to be pruned, the N-best lists are the same."""
+    if engine == "compiled":
+        pytest.importorskip("fusion._ctcsearch", reason="the compiled search is not built")
+    options = SearchOptions(beam_size=64, nbest=5, beam_threshold=math.inf, engine=engine)
+    words = ["bat", "sat", "on", "the"]
+    off = BeamSearchDecoder(table, [LexiconScorer(words, "oov")], {"oov": 1.5}, options)
+    on = BeamSearchDecoder(table, [LexiconScorer(words, "oov", partial=True)], {"oov": 1.5},
+                           options)
+    for i, text in enumerate(["cat sat on the mat", "bat sat", "xyz"]):
+        p, _ = simulate_posteriors(f"u{i}", text, table, rng, SimulationConfig(peak=8, noise=0.5))
+        a, b = off.decode(p), on.decode(p)
+        assert [(h.text, h.scores) for h in a.nbest] == [(h.text, h.scores) for h in b.nbest]
+        unknown = sum(w not in words for w in b.best.text.split())
+        assert b.best.scores["oov"] == -unknown
+        assert b.best.score == pytest.approx(b.best.scores["acoustic"] - 1.5 * unknown)
+
+
+def test_partial_unknown_word_scores(table):
+    on = LexiconScorer(["cat", "car"], "oov", partial=True)
+    assert [on.partial_score(None, w) for w in ("c", "ca", "cat", "cx", "x")] == [0, 0, 0, -1, -1]
+    assert on.has_partial and on.score_word(None, "cx") == (None, -1.0)
+    off = LexiconScorer(["cat", "car"], "oov")
+    assert not off.has_partial and off.partial_score(None, "x") == 0.0
+    with pytest.raises(ValueError, match="'oov'.*empty"):
+        LexiconScorer([""], "oov", partial=True)
+
+
 def test_word_times_follow_the_frames(table, rng):
     p, alignment = simulate_posteriors("u", "the cat sat", table, rng,
                                        SimulationConfig(peak=12, noise=0.2))

@@ -2,11 +2,12 @@
 //
 // A line-for-line counterpart of BeamSearchDecoder._search, _finish and _rank, for the
 // scorers it knows: a word-level KenLM n-gram (LMScorer over fusion's KenLM, with its
-// partial-word estimate), WordBonus, LexiconScorer (constraint or OOV penalty) and
-// HotwordScorer (its Aho-Corasick automaton). The Python decoder hands it the same tables
-// it uses itself and turns what it returns into hypotheses, so both paths give the same
-// results: the same candidate units per frame in the same order, the same pruning bounds,
-// the same order of floating-point operations (tests/test_ctcsearch.py compares them).
+// partial-word estimate), WordBonus, LexiconScorer (constraint or OOV penalty, with its
+// optional partial-word penalty) and HotwordScorer (its Aho-Corasick automaton). The
+// Python decoder hands it the same tables it uses itself and turns what it returns into
+// hypotheses, so both paths give the same results: the same candidate units per frame in
+// the same order, the same pruning bounds, the same order of floating-point operations
+// (tests/test_ctcsearch.py compares them).
 // Thresholds on log-probabilities compare in float32, as NumPy does with float32 arrays.
 //
 // Per utterance, KenLM states are interned (an int per distinct state) and each
@@ -169,9 +170,11 @@ struct Scorer {
     const double log10 = static_cast<double>(model->BaseScore(&in, index, &out));
     return unk_missing && index == 0 ? kMissingUnkLog10 : log10;
   }
-  // kLexicon
+  // kLexicon: its words; a constraint, or an OOV penalty that with ``partial`` charges -1
+  // to a word in progress no listed word starts with (LexiconScorer.partial_score)
   std::unique_ptr<Trie> words;
   bool constraint = false;
+  bool partial = false;
   // kHotwords: fusion.scorers.HotwordScorer's Aho-Corasick automaton over words (the state
   // is a node), and per node a trie of the words that continue it with, at each trie
   // node, the best bonus of a word through it (its partial-word estimate)
@@ -247,6 +250,7 @@ class Searcher {
         s.kind = Kind::kLexicon;
         s.words = std::make_unique<Trie>(d["words"].cast<std::vector<std::string>>());
         s.constraint = d["constraint"].cast<bool>();
+        s.partial = d.contains("partial") && d["partial"].cast<bool>();
       } else if (kind == "hotwords") {
         s.kind = Kind::kHotwords;
         s.go = d["goto"].cast<std::vector<std::unordered_map<std::string, int32_t>>>();
@@ -276,12 +280,15 @@ class Searcher {
       scorers_.push_back(std::move(s));
     }
     // the trie positions a prefix keeps (slots): one per LM with unigrams and per lexicon
-    // constraint, two per hotword scorer (in its state's trie and in the root's)
+    // constraint or partial-word penalty, two per hotword scorer (in its state's trie and
+    // in the root's)
     for (size_t i = 0; i < scorers_.size(); ++i) {
       Scorer& sc = scorers_[i];
-      if (sc.kind == Kind::kKenLM || sc.kind == Kind::kHotwords) partial_.push_back(i);
-      if (sc.kind == Kind::kLexicon && sc.constraint) constraints_.push_back(i);
-      int used = (sc.kind == Kind::kKenLM && sc.prefixes) || (sc.kind == Kind::kLexicon && sc.constraint)
+      const bool lexicon = sc.kind == Kind::kLexicon;
+      if (sc.kind == Kind::kKenLM || sc.kind == Kind::kHotwords || (lexicon && sc.partial))
+        partial_.push_back(i);
+      if (lexicon && sc.constraint) constraints_.push_back(i);
+      int used = (sc.kind == Kind::kKenLM && sc.prefixes) || (lexicon && (sc.constraint || sc.partial))
                      ? 1 : sc.kind == Kind::kHotwords ? 2 : 0;
       if (used) {
         sc.slot = static_cast<int>(n_slots_);
@@ -289,14 +296,18 @@ class Searcher {
       }
     }
     // an upper bound of every partial-word term (none: +inf), summed as partial_term sums
-    // (rounding is monotone): an LM's term is 0 or its weighted <unk> score
+    // (rounding is monotone): an LM's term is 0 or its weighted <unk> score, a lexicon's
+    // 0 or its weight times -1
     for (size_t i : partial_) {
       const Scorer& sc = scorers_[i];
-      if (sc.kind != Kind::kKenLM) {
+      if (sc.kind == Kind::kHotwords) {
         pt_bound_ = std::numeric_limits<double>::infinity();
         break;
       }
-      pt_bound_ += sc.prefixes == nullptr ? sc.weight * 0.0 : std::max(sc.weight * 0.0, sc.weight * sc.unk_score);
+      if (sc.kind == Kind::kLexicon)
+        pt_bound_ += std::max(sc.weight * 0.0, sc.weight * -1.0);
+      else
+        pt_bound_ += sc.prefixes == nullptr ? sc.weight * 0.0 : std::max(sc.weight * 0.0, sc.weight * sc.unk_score);
     }
     letter_.resize(vocab_);
     for (int u = 0; u < vocab_; ++u) letter_[u] = !starts_[u].has_value();
@@ -672,6 +683,8 @@ class Searcher {
       double value;
       if (s.kind == Kind::kKenLM) {
         value = s.prefixes == nullptr || nodes[s.slot] >= 0 ? 0.0 : s.unk_score;
+      } else if (s.kind == Kind::kLexicon) {  // LexiconScorer.partial_score (partial=True)
+        value = nodes[s.slot] >= 0 ? 0.0 : -1.0;
       } else {  // hotwords: HotwordScorer.partial_score
         const int32_t node = st[i], pos = nodes[s.slot], root = nodes[s.slot + 1];
         if (pos >= 0) {
