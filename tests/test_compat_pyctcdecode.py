@@ -208,3 +208,23 @@ def test_bad_inputs(table, arpa, tmp_path):
         d.decode(good, hotwords=["cat"], hotword_weight=float("nan"))
     with pytest.raises(ValueError, match="lm_start_state"):
         d.decode(good, lm_start_state=object())
+
+
+def test_partial_unknown_words_are_charged_at_once_as_pyctcdecode_does(table, arpa):
+    """'c?t' where '?' is 80% x, 20% a: one beam keeps 'cx' unless the partial word 'cx'
+    (no unigram starts with it) is charged the unknown-word penalty at once."""
+    frames = ["-", "c", "?", "t", "-"]
+    lp = np.log(np.full((len(frames), len(table)), 1e-6))
+    for t, f in enumerate(frames):
+        if f != "?":
+            lp[t, table.blank_id if f == "-" else table.id_of(f)] = 0.0
+    lp[2, table.id_of("x")], lp[2, table.id_of("a")] = math.log(0.8), math.log(0.2)
+    ours = build_ctcdecoder(_labels(table), arpa, alpha=0.1, beta=0.0, unk_score_offset=-10.0)
+    oov = ours._scorers[-1]
+    assert oov.name == "oov" and oov.has_partial
+    assert ours.decode(lp, beam_width=1) == "cat"
+    assert ours.decode(lp, beam_width=8) == "cat"
+    pyctcdecode = pytest.importorskip("pyctcdecode")
+    theirs = pyctcdecode.build_ctcdecoder(_labels(table), arpa, alpha=0.1, beta=0.0,
+                                          unk_score_offset=-10.0)
+    assert theirs.decode(lp, beam_width=1) == "cat"

@@ -22,7 +22,10 @@ What is pyctcdecode's here, exactly:
 * **Scores**, natural log: each word adds ``alpha * ln p_LM(word | history) + beta``, and
   ``alpha * ln(10) * unk_score_offset`` (KenLM's log10 units, as pyctcdecode's
   ``unk_score_offset`` is) when the word is not among the unigrams; ``</s>`` ends the
-  utterance when ``lm_score_boundary``. Hotwords add ``hotword_weight`` for each word that
+  utterance when ``lm_score_boundary``. Like pyctcdecode, a partial word no unigram
+  starts with is charged at once (ours: the unknown word's penalty, pyctcdecode's: the
+  unscaled offset), and the charge gives way to the word's own score when it ends
+  (``LexiconScorer(partial=True)``). Hotwords add ``hotword_weight`` for each word that
   is one of the hotwords' words (phrases are split into words, as pyctcdecode does).
   In our scorers' terms (:mod:`fusion.scorers`): ``LMScorer`` weighted ``alpha``,
   ``WordBonus`` weighted ``beta``, an unknown-word ``LexiconScorer`` (``"oov"``) weighted
@@ -238,7 +241,9 @@ def _lm_scorers(path: str, stamp: tuple[int, int], unigrams: tuple[str, ...] | N
                            "scoring", len(unigrams), path)
             known = None
     cls = LMScorer if boundary else _NoBoundaryLMScorer
-    return cls(lm, LM, unigrams=known), (LexiconScorer(known, OOV) if known else None)
+    # pyctcdecode charges unk_score_offset to a partial word no unigram starts with
+    oov = LexiconScorer(known, OOV, partial=True) if known else None
+    return cls(lm, LM, unigrams=known), oov
 
 
 def _finite(name: str, value: Any) -> float:
