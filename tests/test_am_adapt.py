@@ -301,8 +301,12 @@ def test_demo_adapts_and_refuses_bad_settings(tmp_path, capsys):
     assert "adapt lr must be > 0" in capsys.readouterr().err
     no_model = ["demo", "--manifest", str(tmp_path / "m.jsonl"), "--model", str(tmp_path / "none.pt"),
                 "--lm", "none", "--adapt-steps", "2"]
-    assert main(no_model) != 0
-    assert "--adapt-steps adapts an acoustic model, and there is none" in capsys.readouterr().err
+    assert main(no_model) != 0  # an explicit model that is not there is an error, adapted or not
+    assert "none.pt: no such acoustic model" in capsys.readouterr().err
+    simulated = ["demo", "--manifest", str(tmp_path / "m.jsonl"), "--simulate", "--lm", "none",
+                 "--adapt-steps", "2"]
+    assert main(simulated) != 0
+    assert "--adapt/--adapt-steps adapts an acoustic model: not with --simulate" in capsys.readouterr().err
 
 
 def test_long_audio_is_adapted_chunk_by_chunk(tmp_path):
