@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 import random
 import sys
 import time
@@ -389,9 +390,12 @@ def run_task(task: Task, out_dir: Path) -> dict[str, Any]:
     return {**task.row(audio.numel() / SAMPLE_RATE), "reused": False}
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
     import torch
 
+    from fusion.parallel import exit_with_parent
+
+    exit_with_parent(parent)  # a killed build leaves no synthesis workers behind
     torch.set_num_threads(1)
 
 
@@ -407,7 +411,8 @@ def _run_all(tasks: Sequence[Task], out_dir: Path, jobs: int) -> Iterator[dict[s
             torch.set_num_threads(threads)
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                             initargs=(os.getpid(),)) as pool:
         yield from pool.map(run_task, tasks, [out_dir] * len(tasks), chunksize=4)
 
 

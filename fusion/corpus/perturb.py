@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 import random
 import re
 import sys
@@ -58,6 +59,7 @@ from fusion.corpus.augment import (
     room_rir,
 )
 from fusion.corpus.synth import audio_ok, write_audio
+from fusion.parallel import exit_with_parent
 from fusion.manifest import Utterance, atomic_write, read_manifest, write_jsonl
 
 __all__ = [
@@ -432,8 +434,9 @@ def _problem(utt_id: str, audio: str | None, exc: Exception) -> dict[str, Any]:
 _WORKER_BANK: RoomBank | None = None
 
 
-def _init_worker(bank: RoomBank | None) -> None:
+def _init_worker(parent: int, bank: RoomBank | None) -> None:
     global _WORKER_BANK
+    exit_with_parent(parent)  # a killed run leaves no workers behind
     torch.set_num_threads(1)
     _WORKER_BANK = bank
 
@@ -456,7 +459,7 @@ def _one_thread() -> Iterator[None]:
 def _pool(jobs: int, bank: RoomBank | None = None) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                               initargs=(bank,))  # fmt: skip
+                               initargs=(os.getpid(), bank))  # fmt: skip
 
 
 def _room_bank(out: Path, seed: int, config: PerturbConfig, jobs: int, progress: bool) -> RoomBank:
