@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_decoder import PASSES, timed  # noqa: E402
+from bench_decoder import PASSES, timed, write_lexicon  # noqa: E402
 from common import header, in_child, table, write_results  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -110,14 +110,6 @@ def _torchaudio(which: str, path: str, lm: str, lexicon: str, alpha: float, beta
     return hyps, seconds, sum(p.duration for p in posteriors)
 
 
-def _lexicon(words: list[str], path: Path) -> Path:
-    with path.open("w") as fh:
-        for w in words:
-            if w and all(c.isascii() and (c.islower() or c == "'") for c in w):
-                fh.write(f"{w} {' '.join(w)} |\n")
-    return path
-
-
 def run(posteriors: str | Path, manifest: str | Path, lm: str | Path,
         vocab: str | Path | None = None, alpha: float = 0.5, beta: float = 1.0,
         beam: int = 32, work: str | Path = "/tmp/asrfuse-bench-dropin") -> dict[str, Any]:
@@ -144,7 +136,7 @@ def run(posteriors: str | Path, manifest: str | Path, lm: str | Path,
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     refs = {u.id: u.text for u in read_manifest(manifest, require=("text",))}
-    lexicon = str(_lexicon(read_unigrams(vocab), work / "lexicon.txt"))
+    lexicon = str(write_lexicon(read_unigrams(vocab), work / "lexicon.txt"))
     args = (str(posteriors), str(lm))
     jobs = [
         ("pyctcdecode", "ours", _pyctc, ("ours", *args, str(vocab), alpha, beta, beam), None),

@@ -17,7 +17,6 @@ Writes benchmarks/results/install.json and install.md.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -156,16 +155,14 @@ def fresh_install(work: Path, python: str, imports: int) -> dict[str, Any]:
 
 
 def dropin(posteriors: Path | None, manifest: Path | None) -> dict[str, Any]:
-    """bench_dropin's results on the given posteriors, or a note saying why there are none."""
-    path = Path(__file__).resolve().parent / "bench_dropin.py"
-    if not path.is_file():
-        return {"note": "benchmarks/bench_dropin.py does not exist yet: rerun this benchmark"}
+    """bench_dropin's results on the given posteriors, or a note saying why there are none.
+    It is imported by its own name (benchmarks/ is on ``sys.path``), so the functions it runs
+    in child processes pickle."""
     if posteriors is None or manifest is None:
         return {"note": "no --dropin-posteriors/--dropin-manifest given: rerun with them"}
-    spec = importlib.util.spec_from_file_location("bench_dropin", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.run(posteriors, manifest, REPO / "lm" / "models" / "word-3gram" / "model.bin")
+    import bench_dropin
+
+    return bench_dropin.run(posteriors, manifest, REPO / "lm" / "models" / "word-3gram" / "model.bin")
 
 
 def markdown(data: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""Word-timing output formats: NIST CTM and SubRip (SRT) subtitles."""
+"""Word-timing output formats: NIST CTM, SubRip (SRT) and WebVTT subtitles."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from fusion.types import WordSpan
 
-__all__ = ["ctm_lines", "srt_cues", "srt_text"]
+__all__ = ["ctm_lines", "srt_cues", "srt_text", "vtt_text"]
 
 
 def ctm_lines(utt_id: str, words: Iterable[WordSpan]) -> Iterator[str]:
@@ -36,15 +36,22 @@ def srt_cues(words: Sequence[WordSpan], *, max_words: int = 10, max_seconds: flo
     return cues
 
 
-def _timestamp(seconds: float) -> str:
+def _timestamp(seconds: float, comma: str = ",") -> str:
+    """``HH:MM:SS,mmm`` (SubRip); ``comma="."`` gives WebVTT's ``HH:MM:SS.mmm``."""
     ms = int(round(seconds * 1000))
     h, ms = divmod(ms, 3_600_000)
     m, ms = divmod(ms, 60_000)
     s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
+    return f"{h:02d}:{m:02d}:{s:02d}{comma}{ms:03d}"
 
 
 def srt_text(cues: Iterable[tuple[float, float, str]]) -> str:
     """SubRip text of numbered cues."""
     return "".join(f"{i}\n{_timestamp(a)} --> {_timestamp(b)}\n{text}\n\n"
                    for i, (a, b, text) in enumerate(cues, start=1))
+
+
+def vtt_text(cues: Iterable[tuple[float, float, str]]) -> str:
+    """WebVTT text of the cues."""
+    return "WEBVTT\n\n" + "".join(f"{_timestamp(a, '.')} --> {_timestamp(b, '.')}\n{text}\n\n"
+                                  for a, b, text in cues)

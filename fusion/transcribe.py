@@ -55,7 +55,6 @@ __all__ = [
     "partial_lag",
     "readable_cues",
     "run",
-    "vtt_text",
 ]
 
 #: extensions of the formats libsndfile reads (and the usual aliases)
@@ -445,20 +444,6 @@ def _cue(words: list[dict[str, Any]], chars: int) -> tuple[float, float, str]:
     return words[0]["start"], words[-1]["end"], text
 
 
-def _vtt_time(seconds: float) -> str:
-    ms = int(round(seconds * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
-
-
-def vtt_text(cues: Iterable[tuple[float, float, str]]) -> str:
-    """WebVTT text of the cues."""
-    return "WEBVTT\n\n" + "".join(f"{_vtt_time(a)} --> {_vtt_time(b)}\n{text}\n\n"
-                                  for a, b, text in cues)
-
-
 def _subtitle_targets(dest: Path | None, suffix: str, recordings: Sequence[Recording]
                       ) -> dict[str, Path]:
     """Where each recording's subtitles go: ``dest`` itself when it ends in ``suffix``
@@ -631,7 +616,7 @@ def _show_partial(bar: Any, rec_id: str, when: float, text: str) -> None:
 
 def _write_outputs(args: argparse.Namespace, results: Sequence[dict[str, Any]],
                    srt: dict[str, Path], vtt: dict[str, Path]) -> None:
-    from fusion.formats import ctm_lines, srt_text
+    from fusion.formats import ctm_lines, srt_text, vtt_text
 
     if args.output is not None:
         with atomic_write(args.output) as fh:

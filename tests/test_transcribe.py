@@ -19,8 +19,8 @@ from fusion.transcribe import (
     collect_inputs,
     partial_lag,
     readable_cues,
-    vtt_text,
 )
+from fusion.formats import vtt_text
 from fusion.types import WordSpan
 from fusion.vad import SegmenterConfig
 
