@@ -267,7 +267,8 @@ def part_pocketsphinx(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for split, manifest in eval_manifests(args).items():
         print(f"pocketsphinx: {split}", file=sys.stderr, flush=True)
-        r = pocketsphinx_scores(manifest, jobs=args.eval_threads, progress=True)
+        r = pocketsphinx_scores(manifest, jobs=args.eval_threads, progress=True,
+                                cache_dir=asrfuse_home() / "pocketsphinx")
         out[split] = {k: v for k, v in r.items() if k != "failed_utterances"}
         for k in ("wer", "cer"):
             out[split][k] = round(100 * out[split][k], 2)
