@@ -11,13 +11,12 @@ Part ``eval``
     on this machine (``--real-splits``, written by ``benchmarks/real_splits.py``):
     ``librispeech-dev``, ``librispeech-test``, ``speechocean762-test`` and its adults
     (``speechocean762-test-adult``, scored on the same posteriors), with per age group and
-    gender rates where the manifest has them.
+    gender rates where the manifest has them. ``rtfx`` is audio seconds per wall second of ``fusion.am.infer.compute_posteriors``
+    (reading audio, features and the network; the cost of the first batch included).
 
 Part ``pocketsphinx``
     CMU pocketsphinx (Debian's HMM-GMM recogniser with its own 3-gram,
     ``benchmarks/peer_pocketsphinx.py``) on the same audio, scored the same way.
-    ``rtfx`` is audio seconds per wall second of ``fusion.am.infer.compute_posteriors``
-    (reading audio, features and the network; the cost of the first batch included).
 
 Part ``adapt``
     The same splits with single-utterance test-time adaptation (``fusion.am.adapt``) at
