@@ -11,8 +11,9 @@ Part ``eval``
     on this machine (``--real-splits``, written by ``benchmarks/real_splits.py``):
     ``librispeech-dev``, ``librispeech-test``, ``speechocean762-test`` and its adults
     (``speechocean762-test-adult``, scored on the same posteriors), with per age group and
-    gender rates where the manifest has them. ``rtfx`` is audio seconds per wall second of ``fusion.am.infer.compute_posteriors``
-    (reading audio, features and the network; the cost of the first batch included).
+    gender rates where the manifest has them. ``rtfx`` is audio seconds per wall second
+    of ``fusion.am.infer.compute_posteriors`` (reading audio, features and the network;
+    the cost of the first batch included).
 
 Part ``pocketsphinx``
     CMU pocketsphinx (Debian's HMM-GMM recogniser with its own 3-gram,
