@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from fusion.defaults import ACOUSTIC, BEAM_SIZE
 from fusion.posteriors import Posteriors
 from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
 from fusion.tokens import TokenTable
@@ -61,7 +62,6 @@ __all__ = ["ENGINES", "BeamSearchDecoder", "DecoderStream", "SearchOptions", "St
            "candidate_units", "compiled_scorers", "lexicon_pruning"]
 
 NEG_INF = -math.inf
-ACOUSTIC = "acoustic"
 ENGINES = ("auto", "compiled", "python")
 
 
@@ -116,7 +116,7 @@ class SearchOptions:
             same results.
     """
 
-    beam_size: int = 32
+    beam_size: int = BEAM_SIZE
     beam_threshold: float = 10.0
     token_top_k: int = 16
     token_min_logprob: float = -5.0
