@@ -6,7 +6,7 @@ relative paths resolve against the list's folder). Utterances are streamed one a
 time (arrays are never held beyond the one being decoded), numbered in input order
 and cut into shards of ``shard_size``. Memory stays flat in the number of utterances
 but for a compact index, about 50 bytes an utterance (its id and where its array lies,
-read from the archive's directory a chunk at a time, see :class:`_FileIndex`); what
+read from the archive's directory a chunk at a time: ``PosteriorsReader(compact=True)``); what
 a shard holds (its journal lines) is bounded by ``shard_size``. The output folder ``OUT`` holds::
 
     OUT/plan.json                       what was asked (inputs, shard size, decoder)
@@ -48,20 +48,12 @@ decoder with :func:`fusion.pipeline.build_decoder` and records its config in the
 
 from __future__ import annotations
 
-import codecs
 import fcntl
 import hashlib
-import io
 import json
 import os
-import re
 import shutil
-import struct
-import sys
 import time
-import zipfile
-import zlib
-from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -72,8 +64,8 @@ from tqdm import tqdm
 
 from fusion.manifest import OutputConflict, OutputError, atomic_write, check_outputs, output_error
 from fusion.parallel import Backend, Decoder, LocalBackend
-from fusion.posteriors import (DEFAULT_TOLERANCE, KINDS, Kind, Posteriors, PosteriorsError,
-                               PosteriorsReader)
+from fusion.posteriors import (DEFAULT_TOLERANCE, KINDS, ArrayLocation, Kind, Posteriors,
+                               PosteriorsError, PosteriorsReader, read_located)
 from fusion.tokens import TokenTable, TokenTableError
 from fusion.types import DecodeResult
 
@@ -189,11 +181,12 @@ class GreedyDecoder:
 
 
 # -- inputs -------------------------------------------------------------------------------
-def _open_reader(path: str | Path, table: TokenTable | None, options: BatchOptions) -> PosteriorsReader:
+def _open_reader(path: str | Path, table: TokenTable | None, options: BatchOptions, *,
+                 compact: bool = False) -> PosteriorsReader:
     """A reader whose failures on a damaged file are all :class:`PosteriorsError`."""
     try:
         return PosteriorsReader(path, kind=options.kind, frame_shift=options.frame_shift,
-                                token_table=table, tolerance=options.tolerance)
+                                token_table=table, tolerance=options.tolerance, compact=compact)
     except PosteriorsError:
         raise
     except Exception as exc:  # numpy/zipfile raise many types on a damaged archive
@@ -241,404 +234,17 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-# -- a streamed, compact index of an .npz -------------------------------------------------
-# PosteriorsReader (through np.load and zipfile) keeps a ZipInfo per member, the parsed
-# metadata and two id tables: about 1 KiB per utterance, for as long as the file is open.
-# Here the zip central directory and the metadata's utterance list are read in chunks, and
-# only what reading one utterance needs is kept, in flat arrays: its id (UTF-8 bytes), the
-# member's offset, compressed size, method and CRC, and its frame shift (about 40 bytes
-# plus the id). A file this index does not handle (not a plain zip of .npy members, odd
-# metadata, damage) is read through PosteriorsReader, which gives the same results and the
-# same errors, at its own memory cost.
-_CHUNK = 1 << 16
-_WS = re.compile(r"[ \t\n\r]*")
-_JSON = json.JSONDecoder()
-_META_MEMBER = "__asrfuse_meta__.npy"
-_POSTERIORS_FORMAT = "asrfuse-posteriors"
-
-
-class _Unsupported(Exception):
-    """A file the streamed index does not handle; PosteriorsReader reads it instead."""
-
-
-class _IdList:
-    """Strings in one ``bytes`` blob with their end offsets: ~9 bytes each beyond the text."""
-
-    def __init__(self) -> None:
-        self._blob = bytearray()
-        self._ends = array("q")
-
-    def append(self, text: str) -> None:
-        self._blob += text.encode("utf-8", "surrogatepass")
-        self._ends.append(len(self._blob))
-
-    def __len__(self) -> int:
-        return len(self._ends)
-
-    def __getitem__(self, i: int) -> str:
-        start = self._ends[i - 1] if i else 0
-        return self._blob[start:self._ends[i]].decode("utf-8", "surrogatepass")
-
-    def __iter__(self) -> Iterator[str]:
-        return (self[i] for i in range(len(self)))
-
-
-@dataclass
-class _FileIndex:
-    """One input's utterances: ids, and where each one's array lies (``None``: read through
-    :class:`PosteriorsReader`)."""
-
-    ids: _IdList
-    kind: Kind
-    token_table: TokenTable | None
-    fingerprint: str
-    members: dict[str, Any] | None = None  # name: _IdList; offset, size, crc: array; ...
-
-    def location(self, i: int) -> tuple[str, int, int, int, int, float] | None:
-        """``(member, offset, compressed size, method, crc, frame shift)`` of utterance ``i``."""
-        m = self.members
-        if m is None:
-            return None
-        return (m["names"][i] + ".npy", m["offset"][i], m["size"][i], m["method"][i],
-                m["crc"][i], m["shift"][i])
-
-
-def _zip_members(fh: Any) -> Iterator[tuple[str, int, int, int, int]]:
-    """``(name, header offset, compressed size, method, crc)`` of every member, read from the
-    central directory a chunk at a time (as :mod:`zipfile` reads it, without its ZipInfos)."""
-    size = fh.seek(0, os.SEEK_END)
-    tail_at = max(0, size - (22 + 0xFFFF))
-    fh.seek(tail_at)
-    tail = fh.read()
-    pos = tail.rfind(b"PK\x05\x06")
-    if pos < 0 or len(tail) - pos < 22:
-        raise _Unsupported("no end of central directory")
-    _, _, _, _, count, cd_size, cd_offset, _ = struct.unpack("<4s4H2LH", tail[pos:pos + 22])
-    concat = tail_at + pos - cd_size - cd_offset
-    if count == 0xFFFF or cd_size == 0xFFFFFFFF or cd_offset == 0xFFFFFFFF:
-        locator = tail[pos - 20:pos] if pos >= 20 else b""
-        if len(locator) != 20 or locator[:4] != b"PK\x06\x07":
-            raise _Unsupported("zip64 locator missing")
-        fh.seek(struct.unpack("<Q", locator[8:16])[0])
-        record = fh.read(56)
-        if len(record) != 56 or record[:4] != b"PK\x06\x06":
-            raise _Unsupported("zip64 end record missing")
-        count, cd_size, cd_offset = struct.unpack("<32xQQQ", record)
-        concat = tail_at + pos - cd_size - cd_offset - 76
-    fh.seek(cd_offset + concat)
-    buf, at = b"", 0
-
-    def take(n: int) -> bytes:
-        nonlocal buf, at
-        if len(buf) - at < n:
-            more = fh.read(max(_CHUNK, n))
-            buf, at = buf[at:] + more, 0
-            if len(buf) < n:
-                raise _Unsupported("central directory truncated")
-        out = buf[at:at + n]
-        at += n
-        return out
-
-    for _ in range(count):
-        (sig, flags, method, crc, csize, usize, name_len, extra_len, comment_len,
-         offset) = struct.unpack("<4s4xHH4xLLLHHH8xL", take(46))
-        if sig != b"PK\x01\x02" or flags & 0x1:
-            raise _Unsupported("bad or encrypted central directory entry")
-        raw = take(name_len)
-        extra = take(extra_len)
-        take(comment_len)
-        if 0xFFFFFFFF in (csize, usize, offset):
-            values = _zip64_extra(extra)
-            if usize == 0xFFFFFFFF:
-                usize = values.pop(0)
-            if csize == 0xFFFFFFFF:
-                csize = values.pop(0)
-            if offset == 0xFFFFFFFF:
-                offset = values.pop(0)
-        name = raw.decode("utf-8" if flags & 0x800 else "cp437")
-        yield name, offset + concat, csize, method, crc
-
-
-def _zip64_extra(extra: bytes) -> list[int]:
-    while len(extra) >= 4:
-        tag, length = struct.unpack("<HH", extra[:4])
-        if tag == 1:
-            body = extra[4:4 + length]
-            return list(struct.unpack(f"<{len(body) // 8}Q", body[:len(body) // 8 * 8]))
-        extra = extra[4 + length:]
-    raise _Unsupported("zip64 extra field missing")
-
-
-def _member_chunks(fh: Any, loc: tuple[str, int, int, int, int, float]) -> Iterator[bytes]:
-    """A member's bytes, uncompressed, a chunk at a time; its CRC is checked at the end."""
-    name, offset, size, method, crc, _ = loc
-    fh.seek(offset)
-    head = fh.read(30)
-    if len(head) != 30 or head[:4] != b"PK\x03\x04":
-        raise zipfile.BadZipFile("Bad magic number for file header")
-    name_len, extra_len = struct.unpack("<26xHH", head)
-    fh.seek(name_len + extra_len, os.SEEK_CUR)
-    if method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise NotImplementedError(f"compression method {method} not supported")
-    inflate = zlib.decompressobj(-15) if method == zipfile.ZIP_DEFLATED else None
-    running = 0
-    while size > 0:
-        data = fh.read(min(size, _CHUNK))
-        if not data:
-            raise EOFError
-        size -= len(data)
-        if inflate is not None:
-            data = inflate.decompress(data)
-        running = zlib.crc32(data, running)
-        yield data
-    if inflate is not None:
-        data = inflate.flush()
-        running = zlib.crc32(data, running)
-        yield data
-    if running != crc:
-        raise zipfile.BadZipFile(f"Bad CRC-32 for file {name!r}")
-
-
-def _read_array(fh: Any, loc: tuple[str, int, int, int, int, float]) -> Any:
-    """What ``np.load(...)[key]`` gives for this member: its array (or its bytes)."""
-    import numpy as np
-
-    data = b"".join(_member_chunks(fh, loc))
-    if not data.startswith(np.lib.format.MAGIC_PREFIX):
-        return data
-    return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-
-
-class _ChunkReader:
-    """``read(n)`` over an iterator of byte chunks (for numpy's .npy header readers)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks, self._buf = chunks, b""
-
-    def read(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            more = next(self._chunks, None)
-            if more is None:
-                break
-            self._buf += more
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
-
-    def rest(self) -> Iterator[bytes]:
-        if self._buf:
-            yield self._buf
-        yield from self._chunks
-
-
-class _JsonStream:
-    """JSON values read one at a time from text that arrives in pieces."""
-
-    def __init__(self, pieces: Iterator[str]) -> None:
-        self._pieces, self._buf, self._pos, self._eof = pieces, "", 0, False
-
-    def _fill(self) -> bool:
-        piece = next(self._pieces, None)
-        if piece is None:
-            self._eof = True
-            return False
-        self._buf, self._pos = self._buf[self._pos:] + piece, 0
-        return True
-
-    def peek(self) -> str:
-        """The next non-blank character ('' at the end)."""
-        while True:
-            self._pos = _WS.match(self._buf, self._pos).end()  # type: ignore[union-attr]
-            if self._pos < len(self._buf):
-                return self._buf[self._pos]
-            if not self._fill():
-                return ""
-
-    def take(self, chars: str) -> str:
-        c = self.peek()
-        if not c or c not in chars:
-            raise _Unsupported(f"expected one of {chars!r}")
-        self._pos += 1
-        return c
-
-    def value(self) -> Any:
-        self.peek()
-        while True:
-            try:
-                value, end = _JSON.raw_decode(self._buf, self._pos)
-            except json.JSONDecodeError:
-                if self._fill():
-                    continue
-                raise _Unsupported("metadata is not JSON") from None
-            if end == len(self._buf) and not self._eof and self._fill():
-                continue  # a number may go on in the next piece
-            self._pos = end
-            return value
-
-
-def _meta_text(fh: Any, loc: tuple[str, int, int, int, int, float]) -> Iterator[str]:
-    """The metadata JSON of an asrfuse .npz (a 0-d unicode array), decoded a chunk at a time."""
-    import numpy as np
-
-    reader = _ChunkReader(_member_chunks(fh, loc))
-    version = np.lib.format.read_magic(reader)
-    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                   else np.lib.format.read_array_header_2_0)
-    shape, _, dtype = read_header(reader)
-    if shape != () or dtype.kind != "U" or dtype.byteorder not in "<=>|":
-        raise _Unsupported("metadata is not a unicode scalar")
-    big = dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big")
-    decoder = codecs.getincrementaldecoder("utf-32-be" if big else "utf-32-le")()
-    left = dtype.itemsize
-    for chunk in reader.rest():
-        chunk = chunk[:left]
-        left -= len(chunk)
-        yield decoder.decode(chunk)
-        if not left:
-            break
-    if left:
-        raise _Unsupported("metadata truncated")
-    yield decoder.decode(b"", final=True)
-
-
-def _stream_index(path: Path, table: TokenTable | None, options: BatchOptions) -> _FileIndex:
-    """The compact index of an .npz as PosteriorsReader would see it (else :class:`_Unsupported`)."""
-    names, offset, size, method, crc = _IdList(), array("q"), array("q"), array("B"), array("L")
-    meta_loc = None
-    digest = _MemberDigest()
-    with open(path, "rb") as fh:
-        for name, at, csize, how, check in _zip_members(fh):
-            digest.add(name, csize, how, check)
-            if how not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or not name.endswith(".npy"):
-                raise _Unsupported(f"member {name!r}")
-            if name == _META_MEMBER:
-                if meta_loc is not None:
-                    raise _Unsupported("two metadata members")
-                meta_loc = (name, at, csize, how, check, 0.0)
-                continue
-            names.append(name[:-4])
-            offset.append(at)
-            size.append(csize)
-            method.append(how)
-            crc.append(check)
-        members: dict[str, Any] = {"names": names, "offset": offset, "size": size,
-                                   "method": method, "crc": crc}
-        if meta_loc is None:  # a plain .npz: one array per utterance, keyed by its id
-            if options.kind is None or options.frame_shift is None:
-                raise _Unsupported("plain .npz without kind and frame shift")
-            members["shift"] = array("d", [float(options.frame_shift)]) * len(names)
-            return _FileIndex(names, options.kind, table, digest.hexdigest(), members)
-        ids, shifts = _IdList(), array("d")
-        head: dict[str, Any] = {}
-        text = _JsonStream(_meta_text(fh, meta_loc))
-        text.take("{")
-        while not (not head and text.peek() == "}"):
-            key = text.value()
-            text.take(":")
-            if not isinstance(key, str) or key in head:
-                raise _Unsupported("odd metadata")
-            if key == "utterances" and text.peek() == "[":
-                text.take("[")
-                while not (len(ids) == 0 and text.peek() == "]"):
-                    entry = text.value()
-                    try:
-                        utt_id, member = str(entry["id"]), str(entry["key"])
-                        shifts.append(float(entry["frame_shift"]))
-                    except Exception:
-                        raise _Unsupported("odd utterance entry") from None
-                    if len(ids) >= len(names) or names[len(ids)] != member:
-                        raise _Unsupported("utterances not in member order")
-                    ids.append(utt_id)
-                    if text.take(",]") == "]":
-                        break
-                else:
-                    text.take("]")  # an empty list
-                head[key] = True
-            else:
-                head[key] = text.value()
-            if text.take(",}") == "}":
-                break
-        else:
-            text.take("}")  # an empty object
-        if text.peek() or head.get("utterances") is not True or len(ids) != len(names):
-            raise _Unsupported("odd metadata")
-    if head.get("format") != _POSTERIORS_FORMAT or head.get("kind") not in KINDS:
-        raise _Unsupported("not asrfuse metadata")
-    if options.kind is not None and options.kind != head["kind"]:
-        raise _Unsupported("kind differs")
-    stored = None
-    if head.get("token_table"):
-        try:
-            stored = TokenTable.from_dict(head["token_table"], source=f"{path} token table")
-        except Exception:
-            raise _Unsupported("odd token table") from None
-    if table is not None and stored is not None and table != stored:
-        raise _Unsupported("token table differs")
-    members["shift"] = shifts
-    return _FileIndex(ids, head["kind"], table or stored, digest.hexdigest(), members)
-
-
-def _index_file(path: Path, table: TokenTable | None, options: BatchOptions) -> _FileIndex:
-    """The streamed index of ``path``; files it does not handle go through PosteriorsReader
-    (whose errors, :class:`PosteriorsError`, name the problem)."""
-    try:
-        return _stream_index(path, table, options)
-    except Exception:  # _Unsupported, or damage: PosteriorsReader says what is wrong
-        pass
-    with _open_reader(path, table, options) as reader:
-        ids = _IdList()
-        for utt_id in reader.ids:
-            ids.append(utt_id)
-        return _FileIndex(ids, reader.kind, reader.token_table, content_fingerprint(path))
-
-
-class _MemberDigest:
-    """SHA-256 over a zip's members as its central directory lists them: name, compressed
-    size, method and the CRC-32 of the uncompressed bytes."""
-
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256()
-
-    def add(self, name: str, size: int, method: int, crc: int) -> None:
-        self._hash.update(f"{name}\0{size}\0{method}\0{crc}\n".encode("utf-8", "surrogatepass"))
-
-    def hexdigest(self) -> str:
-        return "zip-crc32:" + self._hash.hexdigest()
-
-
-def content_fingerprint(path: str | Path) -> str:
-    """What ``path`` holds, in a short string that changes when its content does.
-
-    A zip (every ``.npz``): a hash of its members' names, sizes and CRC-32s, read from the
-    central directory alone (an ``.npz`` stores each member's CRC there, and reading a
-    member checks it), so a multi-GB file costs a directory read. Anything else: SHA-256 of
-    the bytes, read 1 MiB at a time.
-    """
-    path = Path(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            digest = _MemberDigest()
-            for info in archive.infolist():
-                digest.add(info.filename, info.compress_size, info.compress_type, info.CRC)
-            return digest.hexdigest()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        pass
-    whole = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            whole.update(block)
-    return "sha256:" + whole.hexdigest()
-
-
 @dataclass
 class _Plan:
     """Every input's compact index (arrays are never loaded here) and the shard layout.
 
     What it holds grows with the corpus only by the index: each utterance's id and where
-    its array lies, about 50 bytes an utterance (see :class:`_FileIndex`).
+    its array lies, about 50 bytes an utterance (compact :class:`PosteriorsReader` s,
+    which hold no open file).
     """
 
     files: list[Path]
-    indexes: list[_FileIndex]
+    indexes: list[PosteriorsReader]
     offsets: list[int]  # global index of each file's first utterance
     duplicates: dict[int, str]  # global index -> reason (only the duplicates)
     table: TokenTable
@@ -647,7 +253,7 @@ class _Plan:
 
     @property
     def total(self) -> int:
-        return self.offsets[-1] + len(self.indexes[-1].ids) if self.indexes else 0
+        return self.offsets[-1] + len(self.indexes[-1]) if self.indexes else 0
 
     @property
     def num_shards(self) -> int:
@@ -660,7 +266,7 @@ class _Plan:
         f = bisect_right(self.offsets, g) - 1
         return f, self.indexes[f].ids[g - self.offsets[f]]
 
-    def reference(self, g: int) -> tuple[int, int, str, str | None, Any]:
+    def reference(self, g: int) -> tuple[int, int, str, str | None, ArrayLocation | None]:
         """What a worker needs to read and decode utterance ``g`` (see :class:`_UtteranceJob`)."""
         f = bisect_right(self.offsets, g) - 1
         i = g - self.offsets[f]
@@ -668,7 +274,7 @@ class _Plan:
         return g, f, index.ids[i], self.duplicates.get(g), index.location(i)
 
 
-def _find_duplicates(indexes: Sequence[_FileIndex], files: Sequence[Path]) -> dict[int, str]:
+def _find_duplicates(indexes: Sequence[PosteriorsReader], files: Sequence[Path]) -> dict[int, str]:
     """Global index -> reason, for every id seen before (in input order).
 
     Sorts the ids' hashes (16 bytes an utterance, for this call only) instead of holding
@@ -684,7 +290,7 @@ def _find_duplicates(indexes: Sequence[_FileIndex], files: Sequence[Path]) -> di
     equal = np.flatnonzero(ranked[1:] == ranked[:-1])  # ranked[j] == ranked[j + 1]
     del ranked
     runs = np.split(equal, np.flatnonzero(np.diff(equal) != 1) + 1) if equal.size else []
-    starts = np.cumsum([0] + [len(index.ids) for index in indexes])
+    starts = np.cumsum([0] + [len(index) for index in indexes])
     duplicates: dict[int, str] = {}
     for run in runs:  # utterances whose ids have one hash: equal ids, or a collision
         first: dict[str, int] = {}
@@ -701,22 +307,22 @@ def _find_duplicates(indexes: Sequence[_FileIndex], files: Sequence[Path]) -> di
 
 def _make_plan(files: list[Path], table: TokenTable | None, options: BatchOptions,
                decoder_id: str) -> _Plan:
-    indexes: list[_FileIndex] = []
+    indexes: list[PosteriorsReader] = []
     offsets: list[int] = []
     inputs: list[dict[str, Any]] = []
     n = 0
     for path in files:
-        index = _index_file(path, table, options)
+        index = _open_reader(path, table, options, compact=True)
         if table is None:
             table = index.token_table
         indexes.append(index)
         offsets.append(n)
-        n += len(index.ids)
+        n += len(index)
         digest = hashlib.sha256()
         for i, utt_id in enumerate(index.ids):
             digest.update(("\n" if i else "").encode() + utt_id.encode("utf-8", "surrogatepass"))
         inputs.append({"path": str(path), "bytes": path.stat().st_size,
-                       "utterances": len(index.ids), "ids_sha256": digest.hexdigest(),
+                       "utterances": len(index), "ids_sha256": digest.hexdigest(),
                        "content": index.fingerprint})
     if table is None:
         raise BatchError(f"{files[0]} carries no token table: pass one (--tokens)")
@@ -774,19 +380,15 @@ class _UtteranceJob:
             self._readers[f] = reader
         return reader
 
-    def _load(self, f: int, utt_id: str, loc: Any) -> Posteriors:
+    def _load(self, f: int, utt_id: str, loc: ArrayLocation | None) -> Posteriors:
         if loc is None:
             return self._reader(f, False)[utt_id]
-        try:  # as PosteriorsReader reads and reports it
-            array = _read_array(self._reader(f, True), loc)
-        except PosteriorsError:
-            raise
-        except Exception as exc:
-            raise PosteriorsError(f"{self.files[f]}: utterance {utt_id!r} cannot be read ({exc})") from None
-        return Posteriors.from_array(utt_id, array, kind=self.kinds[f], frame_shift=loc[5],
-                                     token_table=self.table, tolerance=self.options.tolerance)
+        return read_located(self._reader(f, True), loc, utt_id, kind=self.kinds[f],
+                            token_table=self.table, tolerance=self.options.tolerance,
+                            source=self.files[f])
 
-    def decode(self, ref: tuple[int, int, str, str | None, Any]) -> tuple[int, bytes]:
+    def decode(self, ref: tuple[int, int, str, str | None, ArrayLocation | None]
+               ) -> tuple[int, bytes]:
         g, f, utt_id, problem, loc = ref
         if problem is None:
             try:
@@ -1058,7 +660,7 @@ def _run(plan: _Plan, out_dir: Path, shards: Path, decoder: Decoder, options: Ba
         skipped_utts += len(journal.lines)
         pending.append((k, len(journal.lines)))
 
-    def references() -> Iterator[tuple[int, int, str, str | None, Any]]:
+    def references() -> Iterator[tuple[int, int, str, str | None, ArrayLocation | None]]:
         for k, done in pending:
             for g in plan.shard_range(k)[done:]:
                 yield plan.reference(g)
@@ -1128,7 +730,7 @@ def stored_token_table(inputs: str | Path, options: BatchOptions = BatchOptions(
     """
     files = expand_inputs([inputs])
     try:
-        table = _index_file(files[0], None, options).token_table
+        table = _open_reader(files[0], None, options, compact=True).token_table
     except PosteriorsError as exc:
         raise BatchError(str(exc)) from None
     if table is None:

@@ -17,23 +17,28 @@ from __future__ import annotations
 import json
 import math
 import zipfile
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, BinaryIO, Literal, NamedTuple
 
 import numpy as np
 
 from fusion.manifest import atomic_write
+from fusion.npzindex import (IdList, JsonStream, MemberTable, NpzMember, Unsupported,
+                             content_fingerprint, read_member, scan_npz, unicode_text)
 from fusion.tokens import TokenTable
 
 __all__ = [
+    "ArrayLocation",
     "KINDS",
     "Kind",
     "Posteriors",
     "PosteriorsError",
     "PosteriorsReader",
     "PosteriorsWriter",
+    "read_located",
     "to_log_probs",
 ]
 
@@ -278,12 +283,123 @@ class PosteriorsWriter:
             self.abort()
 
 
+class ArrayLocation(NamedTuple):
+    """Where one utterance's array lies in an archive: with an open file, all that
+    :func:`read_located` needs (no index), so it can travel to another process."""
+
+    member: NpzMember
+    frame_shift: float
+
+
+def read_located(fh: BinaryIO, location: ArrayLocation, utt_id: str, *, kind: Kind,
+                 token_table: TokenTable | None = None, tolerance: float = DEFAULT_TOLERANCE,
+                 source: str | Path = "<archive>") -> Posteriors:
+    """Read and validate the utterance at ``location`` of the open archive ``fh``, as
+    :class:`PosteriorsReader` reads and reports it (errors name ``source``)."""
+    try:
+        array = read_member(fh, location.member)
+    except Exception as exc:  # zlib.error, EOFError, BadZipFile (CRC), ...
+        raise PosteriorsError(f"{source}: utterance {utt_id!r} cannot be read ({exc})") from None
+    return Posteriors.from_array(utt_id, array, kind=kind, frame_shift=location.frame_shift,
+                                 token_table=token_table, tolerance=tolerance)
+
+
+def _check_stored_table(path: Path, meta_table: object,
+                        token_table: TokenTable | None) -> TokenTable | None:
+    """The token table stored in metadata, checked against the one given."""
+    stored = (TokenTable.from_dict(meta_table, source=f"{path} token table")  # type: ignore[arg-type]
+              if meta_table else None)
+    if token_table is not None and stored is not None and token_table != stored:
+        raise PosteriorsError(f"{path}: the file's token table differs from the one given")
+    return stored
+
+
+@dataclass
+class _CompactIndex:
+    """What compact mode keeps: ids, and where each one's array lies (``members`` and
+    ``shifts`` are ``None`` for a file read the normal way)."""
+
+    ids: IdList
+    kind: Kind
+    token_table: TokenTable | None
+    fingerprint: str
+    members: MemberTable | None = None
+    shifts: array | None = None
+
+
+def _stream_index(path: Path, kind: Kind | None, frame_shift: float | None,
+                  token_table: TokenTable | None) -> _CompactIndex:
+    """The compact index of ``path``, its zip directory and metadata read a chunk at a time
+    (:class:`fusion.npzindex.Unsupported` for what it does not handle)."""
+    with open(path, "rb") as fh:
+        members, meta, fingerprint = scan_npz(fh, _META_KEY)
+        if meta is None:  # a plain .npz: one array per utterance, keyed by its id
+            if kind is None or frame_shift is None:
+                raise Unsupported("plain .npz without kind and frame shift")
+            _check_kind(kind)
+            shifts = array("d", [float(frame_shift)]) * len(members)
+            return _CompactIndex(members.keys, kind, token_table, fingerprint, members, shifts)
+        ids, shifts = IdList(), array("d")
+        head: dict[str, Any] = {}
+        text = JsonStream(unicode_text(fh, meta))
+        text.take("{")
+        while not (not head and text.peek() == "}"):
+            key = text.value()
+            text.take(":")
+            if not isinstance(key, str) or key in head:
+                raise Unsupported("odd metadata")
+            if key == "utterances" and text.peek() == "[":
+                text.take("[")
+                while not (len(ids) == 0 and text.peek() == "]"):
+                    entry = text.value()
+                    try:
+                        utt_id, member = str(entry["id"]), str(entry["key"])
+                        shifts.append(float(entry["frame_shift"]))
+                    except Exception:
+                        raise Unsupported("odd utterance entry") from None
+                    if len(ids) >= len(members) or members.keys[len(ids)] != member:
+                        raise Unsupported("utterances not in member order")
+                    ids.append(utt_id)
+                    if text.take(",]") == "]":
+                        break
+                else:
+                    text.take("]")  # an empty list
+                head[key] = True
+            else:
+                head[key] = text.value()
+            if text.take(",}") == "}":
+                break
+        else:
+            text.take("}")  # an empty object
+        if text.peek() or head.get("utterances") is not True or len(ids) != len(members):
+            raise Unsupported("odd metadata")
+    if head.get("format") != FORMAT or head.get("kind") not in KINDS:
+        raise Unsupported("not asrfuse metadata")
+    if kind is not None and kind != head["kind"]:
+        raise Unsupported("kind differs")
+    try:
+        stored = _check_stored_table(path, head.get("token_table"), token_table)
+    except Exception:
+        raise Unsupported("odd or different token table") from None
+    return _CompactIndex(ids, head["kind"], token_table or stored, fingerprint, members, shifts)
+
+
 class PosteriorsReader:
     """Lazy reader of a posteriors ``.npz``: arrays load one utterance at a time.
 
     Files written by :class:`PosteriorsWriter` carry their kind, frame shifts and token
     table. For a plain ``.npz`` (one array per utterance, keyed by id) pass ``kind`` and
     ``frame_shift``. Every array is validated when read (:func:`to_log_probs`).
+
+    ``compact=True`` opens a huge archive with flat memory: instead of :mod:`zipfile`'s
+    ``ZipInfo`` per member, the parsed metadata and id tables (about 1 KiB an
+    utterance), the zip directory and the metadata are read a chunk at a time and only
+    each utterance's id and where its array lies are kept (about 50 bytes an
+    utterance, :mod:`fusion.npzindex`); :meth:`location` hands that place to another
+    process (:func:`read_located`). The file is open only while arrays are read. An
+    archive this mode does not handle (members that are not ``.npy``, metadata not as
+    :class:`PosteriorsWriter` writes it, damage) is read the normal way, with the same
+    results and errors. Both modes give the same ids, arrays and errors.
     """
 
     def __init__(
@@ -294,8 +410,21 @@ class PosteriorsReader:
         frame_shift: float | None = None,
         token_table: TokenTable | None = None,
         tolerance: float = DEFAULT_TOLERANCE,
+        compact: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.tolerance = tolerance
+        self._compact: _CompactIndex | None = None
+        self._fh: BinaryIO | None = None  # compact mode: the archive, open while reading
+        self._normal: PosteriorsReader | None = None  # compact mode, unhandled file
+        self._hash_order: tuple[np.ndarray, np.ndarray] | None = None
+        if compact:
+            self._open_compact(kind, frame_shift, token_table)
+        else:
+            self._open_npz(kind, frame_shift, token_table)
+
+    def _open_npz(self, kind: Kind | None, frame_shift: float | None,
+                  token_table: TokenTable | None) -> None:
         try:
             self._file = open(self.path, "rb")
         except OSError as exc:
@@ -311,7 +440,6 @@ class PosteriorsReader:
             raise PosteriorsError(f"{self.path}: a single .npy array, not an .npz archive")
         npz.fid = self._file  # closed with the archive (NpzFile.close and its __del__)
         self._npz = npz
-        self.tolerance = tolerance
         try:
             self._read_header(kind, frame_shift, token_table)
         except Exception as exc:
@@ -320,6 +448,23 @@ class PosteriorsReader:
                 raise
             raise PosteriorsError(
                 f"{self.path}: corrupt metadata ({type(exc).__name__}: {exc})") from None
+
+    def _open_compact(self, kind: Kind | None, frame_shift: float | None,
+                      token_table: TokenTable | None) -> None:
+        try:
+            index = _stream_index(self.path, kind, frame_shift, token_table)
+        except Exception:  # Unsupported, or damage: the normal way says what is wrong
+            with PosteriorsReader(self.path, kind=kind, frame_shift=frame_shift,
+                                  token_table=token_table, tolerance=self.tolerance) as normal:
+                ids = IdList()
+                for utt_id in normal.ids:
+                    ids.append(utt_id)
+                index = _CompactIndex(ids, normal.kind, normal.token_table,
+                                      content_fingerprint(self.path))
+        self._compact = index
+        self._frame_shift = frame_shift  # to read the normal way, when needed
+        self.kind = index.kind
+        self.token_table = index.token_table
 
     def _read_header(self, kind: Kind | None, frame_shift: float | None,
                      token_table: TokenTable | None) -> None:
@@ -330,14 +475,7 @@ class PosteriorsReader:
                 raise PosteriorsError(f"{self.path}: corrupt metadata (not a JSON object)")
             if meta.get("format") != FORMAT:
                 raise PosteriorsError(f"{self.path}: unknown format {meta.get('format')!r}")
-            stored_table = (
-                TokenTable.from_dict(meta["token_table"], source=f"{self.path} token table")
-                if meta.get("token_table") else None
-            )
-            if token_table is not None and stored_table is not None and token_table != stored_table:
-                raise PosteriorsError(
-                    f"{self.path}: the file's token table differs from the one given"
-                )
+            stored_table = _check_stored_table(self.path, meta.get("token_table"), token_table)
             if meta.get("kind") not in KINDS:
                 raise PosteriorsError(f"{self.path}: corrupt metadata (kind {meta.get('kind')!r})")
             if kind is not None and kind != meta["kind"]:
@@ -361,16 +499,54 @@ class PosteriorsReader:
         self._by_id = {utt_id: i for i, (utt_id, _, _) in enumerate(self._entries)}
 
     @property
-    def ids(self) -> list[str]:
+    def ids(self) -> Sequence[str]:
+        """Utterance ids in file order (a list; in compact mode a compact sequence)."""
+        if self._compact is not None:
+            return self._compact.ids
         return [e[0] for e in self._entries]
 
+    @property
+    def fingerprint(self) -> str:
+        """The archive's :func:`fusion.npzindex.content_fingerprint` (free in compact mode)."""
+        if self._compact is not None:
+            return self._compact.fingerprint
+        return content_fingerprint(self.path)
+
+    def location(self, index: int) -> ArrayLocation | None:
+        """Where utterance ``index`` (a position in :attr:`ids`) lies, for
+        :func:`read_located`; ``None`` unless compact mode streamed this file."""
+        c = self._compact
+        if c is None or c.members is None or c.shifts is None:
+            return None
+        return ArrayLocation(c.members[index], c.shifts[index])
+
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._compact.ids) if self._compact is not None else len(self._entries)
+
+    def _position(self, utt_id: object) -> int | None:
+        if self._compact is None:
+            return self._by_id.get(utt_id)  # type: ignore[arg-type]
+        if not isinstance(utt_id, str):
+            return None
+        ids = self._compact.ids
+        if self._hash_order is None:  # 16 bytes an utterance, built on the first look-up
+            hashes = np.fromiter((hash(x) for x in ids), dtype=np.int64, count=len(ids))
+            order = np.argsort(hashes, kind="stable")
+            self._hash_order = (hashes[order], order)
+        ranked, order = self._hash_order
+        h = hash(utt_id)
+        lo, hi = np.searchsorted(ranked, h, "left"), np.searchsorted(ranked, h, "right")
+        for i in reversed(order[lo:hi]):  # the last of equal ids, as the normal mode
+            if ids[int(i)] == utt_id:
+                return int(i)
+        return None
 
     def __contains__(self, utt_id: object) -> bool:
-        return utt_id in self._by_id
+        return self._position(utt_id) is not None
 
     def _load(self, index: int) -> Posteriors:
+        if self._compact is not None:
+            return self._load_compact(index)
         utt_id, key, shift = self._entries[index]
         try:
             array = self._npz[key]
@@ -381,19 +557,47 @@ class PosteriorsReader:
             token_table=self.token_table, tolerance=self.tolerance,
         )
 
+    def _load_compact(self, index: int) -> Posteriors:
+        utt_id = self._compact.ids[index]  # type: ignore[union-attr]
+        location = self.location(index)
+        if location is None:  # a file compact mode reads the normal way
+            if self._normal is None:
+                self._normal = PosteriorsReader(self.path, kind=self.kind,
+                                                frame_shift=self._frame_shift,
+                                                token_table=self.token_table,
+                                                tolerance=self.tolerance)
+            return self._normal[utt_id]
+        if self._fh is None:
+            try:
+                self._fh = open(self.path, "rb")
+            except OSError as exc:
+                raise PosteriorsError(f"{self.path}: not a readable .npz file ({exc})") from None
+        return read_located(self._fh, location, utt_id, kind=self.kind,
+                            token_table=self.token_table, tolerance=self.tolerance,
+                            source=self.path)
+
     def __getitem__(self, utt_id: str) -> Posteriors:
-        try:
-            index = self._by_id[utt_id]
-        except KeyError:
-            raise KeyError(f"{self.path}: no utterance {utt_id!r}") from None
+        index = self._position(utt_id)
+        if index is None:
+            raise KeyError(f"{self.path}: no utterance {utt_id!r}")
         return self._load(index)
 
     def __iter__(self) -> Iterator[Posteriors]:
-        for i in range(len(self._entries)):
+        for i in range(len(self)):
             yield self._load(i)
 
     def close(self) -> None:
-        self._npz.close()
+        """Close the archive (compact mode: the files opened to read arrays; its index
+        stays and a later read opens the file again)."""
+        if self._compact is None:
+            self._npz.close()
+            return
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._normal is not None:
+            self._normal.close()
+            self._normal = None
 
     def __enter__(self) -> PosteriorsReader:
         return self

@@ -282,7 +282,7 @@ class Transcriber:
 
     def settings(self) -> dict[str, Any]:
         """What decides the output besides the audio (for resuming)."""
-        from fusion.batch import content_fingerprint
+        from fusion.npzindex import content_fingerprint
 
         return {"model": content_fingerprint(self.model_path),
                 "lm": content_fingerprint(self.lm_path) if self.lm_path else None,
@@ -603,7 +603,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fingerprint(path: Path) -> str:
-    from fusion.batch import content_fingerprint
+    from fusion.npzindex import content_fingerprint
 
     if not path.is_file():
         raise TranscriptionError(f"{path}: no such audio file")

@@ -345,28 +345,6 @@ def test_kill_9_at_random_moments_then_resume(tmp_path, table):
     assert kills >= 5  # most attempts were really killed mid-run
 
 
-def test_streamed_index_reads_as_the_reader_does(tmp_path, table):
-    """The compact index finds every array where PosteriorsReader does (stored, deflated, plain)."""
-    from fusion.posteriors import PosteriorsReader
-
-    write_corpus(tmp_path / "a.npz", table, 12)
-    rng = np.random.default_rng(1)
-    with PosteriorsWriter(tmp_path / "z.npz", token_table=table, compress=True) as w:
-        for i in range(5):
-            w.write(simulate_posteriors(f"z{i}", "a cat", table, rng)[0])
-    np.savez_compressed(tmp_path / "plain.npz", p0=np.zeros((3, len(table))), p1=np.ones((2, 2)))
-    cases = [("a.npz", {}), ("z.npz", {}), ("plain.npz", dict(kind="logits", frame_shift=0.02))]
-    for name, kw in cases:
-        index = batch._index_file(tmp_path / name, None, BatchOptions(**kw))
-        assert index.members is not None, name  # streamed, not through PosteriorsReader
-        with PosteriorsReader(tmp_path / name, **kw) as reader, open(tmp_path / name, "rb") as fh:
-            assert list(index.ids) == reader.ids and index.kind == reader.kind
-            assert index.token_table == reader.token_table
-            for i, utt_id in enumerate(reader.ids):
-                loc = index.location(i)
-                np.testing.assert_array_equal(batch._read_array(fh, loc), reader._npz[loc[0][:-4]])
-
-
 def test_plan_memory_is_a_few_bytes_per_utterance(tmp_path, table):
     """Planning 20,000 utterances holds no Python object per utterance (issue 8: flat memory)."""
     import tracemalloc

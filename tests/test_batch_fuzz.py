@@ -62,13 +62,15 @@ def valid_npz(tmp_path_factory) -> bytes:
 
 
 def _read_all(path, **kwargs) -> None:
-    """Open and read every utterance; only PosteriorsError may come out."""
-    try:
-        with PosteriorsReader(path, **kwargs) as reader:
-            for utt_id in reader.ids:
-                reader[utt_id]
-    except PosteriorsError:
-        pass
+    """Open and read every utterance, in both reading modes; only PosteriorsError may come
+    out."""
+    for compact in (False, True):
+        try:
+            with PosteriorsReader(path, compact=compact, **kwargs) as reader:
+                for utt_id in reader.ids:
+                    reader[utt_id]
+        except PosteriorsError:
+            pass
 
 
 @NEEDS_FIX

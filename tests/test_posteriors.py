@@ -1,8 +1,11 @@
+import zipfile
+
 import numpy as np
 import pytest
 
+from fusion.npzindex import content_fingerprint
 from fusion.posteriors import (
-    Posteriors, PosteriorsError, PosteriorsReader, PosteriorsWriter, to_log_probs,
+    Posteriors, PosteriorsError, PosteriorsReader, PosteriorsWriter, read_located, to_log_probs,
 )
 from fusion.tokens import character_table
 
@@ -116,3 +119,118 @@ def test_stored_table_must_match_given_one(tmp_path, rng, table):
     other = table.__class__(table.tokens[::-1], blank_id=28, word_boundary="|")
     with pytest.raises(PosteriorsError, match="differs"):
         PosteriorsReader(tmp_path / "p.npz", token_table=other)
+
+
+def _asrfuse_archive(path, table, rng, n=6, compress=False):
+    with PosteriorsWriter(path, token_table=table, compress=compress) as w:
+        for i in range(n):
+            w.write(Posteriors(f"spk{i % 2}/utt {i}", _random_log_probs(rng, 1 + i), 0.02 * (1 + i % 3)))
+    return {}
+
+
+def _plain_zip64(path, table, rng):
+    """A plain .npz whose directory uses zip64 throughout (sizes, offsets, end record)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for key in ("a", "b/c", "ünï"):
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, _random_log_probs(rng, 4))
+    return dict(kind="log_probs", frame_shift=0.03)
+
+
+ARCHIVES = {
+    "stored": lambda path, table, rng: _asrfuse_archive(path, table, rng),
+    "deflated": lambda path, table, rng: _asrfuse_archive(path, table, rng, compress=True),
+    "empty": lambda path, table, rng: _asrfuse_archive(path, table, rng, n=0),
+    "plain": lambda path, table, rng: (
+        np.savez_compressed(path, x=_random_log_probs(rng), y=_random_log_probs(rng, 2)),
+        dict(kind="log_probs", frame_shift=0.01))[1],
+}
+
+
+def _assert_same_reading(path, kw, expect_located: bool) -> None:
+    with PosteriorsReader(path, **kw) as normal, PosteriorsReader(path, compact=True, **kw) as compact:
+        assert list(compact.ids) == normal.ids and len(compact) == len(normal)
+        assert compact.kind == normal.kind and compact.token_table == normal.token_table
+        assert compact.fingerprint == normal.fingerprint == content_fingerprint(path)
+        for i, (want, got) in enumerate(zip(normal, compact)):
+            assert (got.utt_id, got.frame_shift) == (want.utt_id, want.frame_shift)
+            np.testing.assert_array_equal(got.log_probs, want.log_probs)
+            np.testing.assert_array_equal(compact[want.utt_id].log_probs, want.log_probs)
+            assert want.utt_id in compact
+            assert (compact.location(i) is not None) == expect_located
+            assert normal.location(i) is None
+        assert "nope" not in compact and 3 not in compact
+        with pytest.raises(KeyError, match="nope"):
+            compact["nope"]
+        if expect_located and len(normal):
+            loc = compact.location(len(normal) - 1)
+            with open(path, "rb") as fh:  # elsewhere, with the location alone
+                got = read_located(fh, loc, normal.ids[-1], kind=compact.kind)
+            np.testing.assert_array_equal(got.log_probs, normal[normal.ids[-1]].log_probs)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHIVES))
+def test_compact_mode_reads_as_the_normal_mode(tmp_path, rng, table, name):
+    """Same ids, arrays, frame shifts, kind and table, whether zipfile indexes the archive or
+    compact mode streams its directory (stored, deflated, empty, plain)."""
+    path = tmp_path / f"{name}.npz"
+    kw = ARCHIVES[name](path, table, rng)
+    _assert_same_reading(path, kw, expect_located=True)
+
+
+def test_compact_mode_reads_zip64_archives(tmp_path, rng, table, monkeypatch):
+    """zip64 sizes, offsets and end records (forced small, as a multi-GB archive has them);
+    Python writes a zip64 end record whose plain twin holds real values past 2 GiB."""
+    monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 2)
+    _asrfuse_archive(tmp_path / "many.npz", table, rng)
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 64)
+    kw = _plain_zip64(tmp_path / "big.npz", table, rng)
+    monkeypatch.undo()
+    for name, args in (("many.npz", {}), ("big.npz", kw)):
+        with open(tmp_path / name, "rb") as fh:
+            assert fh.read()[-42:-38] == b"PK\x06\x07", name  # the zip64 locator is there
+        _assert_same_reading(tmp_path / name, args, expect_located=True)
+
+
+def test_compact_mode_reads_other_archives_the_normal_way(tmp_path, rng, table):
+    """A member that is not .npy: compact mode lists ids the normal way (no locations) and
+    reads the same; a plain .npz with such a member fails the same way in both modes."""
+    _asrfuse_archive(tmp_path / "extra.npz", table, rng)
+    with zipfile.ZipFile(tmp_path / "extra.npz", "a") as archive:
+        archive.writestr("notes.txt", "made by hand")
+    _assert_same_reading(tmp_path / "extra.npz", {}, expect_located=False)
+    np.savez(tmp_path / "plain.npz", a=_random_log_probs(rng))
+    with zipfile.ZipFile(tmp_path / "plain.npz", "a") as archive:
+        archive.writestr("notes.txt", "made by hand")
+    kw = dict(kind="log_probs", frame_shift=0.01)
+    errors = []
+    for compact in (False, True):
+        with PosteriorsReader(tmp_path / "plain.npz", compact=compact, **kw) as reader:
+            assert list(reader.ids) == ["a", "notes.txt"]
+            with pytest.raises(PosteriorsError) as info:
+                reader["notes.txt"]
+            errors.append(str(info.value))
+    assert errors[0] == errors[1] and "notes.txt" in errors[0]
+
+
+def test_compact_mode_errors_match_the_normal_mode(tmp_path, rng, table):
+    """Damage found on opening, and a damaged member found on reading, say the same."""
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    for compact in (False, True):
+        with pytest.raises(PosteriorsError, match="junk.npz: not a readable .npz"):
+            PosteriorsReader(tmp_path / "junk.npz", compact=compact)
+    _asrfuse_archive(tmp_path / "p.npz", table, rng)
+    blob = bytearray((tmp_path / "p.npz").read_bytes())
+    with PosteriorsReader(tmp_path / "p.npz", compact=True) as reader:
+        member = reader.location(2).member
+    at = member.offset + 30 + len(member.name) + member.size // 2
+    blob[at] ^= 0xFF  # one byte of utterance 2's array: its CRC no longer matches
+    (tmp_path / "bad.npz").write_bytes(bytes(blob))
+    errors = []
+    for compact in (False, True):
+        with PosteriorsReader(tmp_path / "bad.npz", compact=compact) as reader:
+            reader[reader.ids[1]]
+            with pytest.raises(PosteriorsError, match="cannot be read") as info:
+                reader[reader.ids[2]]
+            errors.append(str(info.value))
+    assert errors[0] == errors[1] and "spk0/utt 2" in errors[0] and "CRC" in errors[0]
