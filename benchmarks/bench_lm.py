@@ -98,7 +98,7 @@ def measure_neural(model_dir: Path, test: list[list[str]], dev: list[list[str]],
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lm.text import default_lm_text_dir
+    from fusion.corpus.lmtext import default_lm_text_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--text-dir", type=Path, default=default_lm_text_dir())

@@ -49,7 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_text(args: argparse.Namespace) -> int:
-    from lm.text import build_lm_text, default_lm_text_dir
+    # the text is built from the speech corpus's sources: a command runs above every layer
+    from fusion.corpus.lmtext import build_lm_text, default_lm_text_dir
 
     out = args.out or default_lm_text_dir()
     summary = build_lm_text(out, exclude_files=args.exclude,

@@ -4,8 +4,8 @@ import json
 
 from fusion.cli import main
 from fusion.corpus.build import sentence_split
+from fusion.corpus.lmtext import build_lm_text
 from fusion.corpus.sources import cache_path
-from lm.text import build_lm_text
 
 
 def test_no_leakage(tmp_path):

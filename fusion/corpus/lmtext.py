@@ -1,5 +1,9 @@
 """The LM text corpus: the same Debian texts as the speech corpus, split the same way.
 
+It lives with the speech corpus because it is built from the corpus's sources and split
+by the corpus's rule; ``lm/`` (which imports only the engine's lowest layer) trains on
+the text files it writes. ``fusion lm text`` (:mod:`lm.cli`) runs it.
+
 Every sentence of the speech corpus's sources (:mod:`fusion.corpus.sources`) goes to one
 LM split chosen by the speech corpus's own rule (:func:`fusion.corpus.build.sentence_split`,
 a hash of the sentence): ``train`` sentences train the LM; ``dev`` and ``test`` sentences,
