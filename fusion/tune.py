@@ -39,6 +39,7 @@ import optuna
 from fusion.decoder import BeamSearchDecoder, SearchOptions
 from fusion.defaults import OOV
 from fusion.metrics import CorpusScore, score_corpus
+from fusion.parallel import exit_with_parent
 from fusion.posteriors import Posteriors
 from fusion.rescore import NbestTable
 from fusion.scorers import WordScorer
@@ -196,7 +197,11 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(table: TokenTable, scorers: Sequence[WordScorer],
-                 posteriors: Sequence[Posteriors], threads: int) -> None:
+                 posteriors: Sequence[Posteriors], threads: int, parent: int | None = None) -> None:
+    """Hold what every trial decodes with; in a pool's worker (``parent``: the pool owner's
+    pid) exit when the parent dies, as decoding workers do (:func:`exit_with_parent`)."""
+    if parent is not None:
+        exit_with_parent(parent)  # a killed tuning run leaves no workers behind
     import torch
 
     torch.set_num_threads(threads)
@@ -269,7 +274,8 @@ class FirstPassObjective:
         elif self.workers > 1:
             ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                             initargs=(self.table, self.scorers, self.posteriors, 1))
+                                             initargs=(self.table, self.scorers, self.posteriors, 1,
+                                                       os.getpid()))
         else:
             _init_worker(self.table, self.scorers, self.posteriors, 1)
         return self

@@ -288,6 +288,31 @@ WORKERS = textwrap.dedent("""
 """)
 
 
+TUNE_WORKERS = textwrap.dedent("""
+    import multiprocessing, os, sys, time
+    import numpy as np
+    from fusion.posteriors import Posteriors
+    from fusion.tokens import character_table
+    from fusion.tune import FirstPassObjective
+
+    class SlowDevSet(list):
+        \"\"\"The dev set; a pool worker taking it in (its initializer) stays there.\"\"\"
+
+        def __iter__(self):
+            if multiprocessing.parent_process() is not None:
+                open(os.path.join(sys.argv[1], f"worker-{os.getpid()}"), "w").close()
+                time.sleep(120)
+            return super().__iter__()
+
+    if __name__ == "__main__":
+        table = character_table()
+        row = np.full((2, len(table)), -np.log(len(table)), np.float32)
+        dev = SlowDevSet(Posteriors(f"u{i}", row, 0.04) for i in range(2))
+        with FirstPassObjective(table, [], dev, {"u0": "", "u1": ""}, workers=2) as objective:
+            objective.decode({})
+""")
+
+
 def _children(pid: int) -> set[int]:
     found = set()
     for entry in Path("/proc").iterdir():
@@ -310,9 +335,11 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_workers_and_the_resource_tracker_exit_when_the_parent_is_killed(tmp_path):
+@pytest.mark.parametrize("pool", ["decode", "tune"])
+def test_workers_and_the_resource_tracker_exit_when_the_parent_is_killed(tmp_path, pool):
+    """Decoding workers (fusion.parallel) and tuning's first-pass pool (fusion.tune)."""
     script = tmp_path / "workers.py"
-    script.write_text(WORKERS)
+    script.write_text({"decode": WORKERS, "tune": TUNE_WORKERS}[pool])
     parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=REPO,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
