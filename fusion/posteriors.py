@@ -9,7 +9,10 @@ Files are ``.npz`` archives holding many utterances, written one utterance at a 
 :class:`PosteriorsReader`. Utterance ids are kept exactly (any string), the token table
 and frame shifts travel with the arrays. An ``.npz`` written by another pipeline, one
 array per utterance keyed by its id, reads too when the caller states ``kind`` and
-``frame_shift``.
+``frame_shift``. ``PosteriorsReader(path, compact=True)`` opens an archive of millions of
+utterances with flat memory (its zip directory streamed by :mod:`fusion.npzindex`), and
+hands where each array lies to other processes (:meth:`PosteriorsReader.location`,
+:func:`read_located`), as batch runs do.
 """
 
 from __future__ import annotations
