@@ -1,8 +1,99 @@
-"""asrfuse: a model-fusion decoding engine for CTC speech recognition."""
+"""asrfuse: a model-fusion decoding engine for CTC speech recognition.
 
-from importlib.metadata import PackageNotFoundError, version
+The public names, the way in for decoding your own posteriors::
 
-try:
-    __version__ = version("asrfuse")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+    from fusion import DecodeConfig, PosteriorsReader, build_decoder
+
+    with PosteriorsReader("dev.npz") as reader:
+        decoder = build_decoder(DecodeConfig(), reader.token_table)
+        for posteriors in reader:
+            print(decoder.decode(posteriors).best.text)
+
+Each name is imported from its module on first use (PEP 562), so ``import fusion`` stays
+light: no numpy, no torch, no compiled search until a name that needs them is used (and
+no package metadata until ``__version__`` is read).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms)
+
+#: public name -> the module that defines it (the one place it lives)
+_EXPORTS: dict[str, str] = {
+    # the factory and its configuration
+    "DecodeConfig": "fusion.config",
+    "ConfigError": "fusion.config",
+    "build_decoder": "fusion.pipeline",
+    # the search
+    "BeamSearchDecoder": "fusion.decoder",
+    "SearchOptions": "fusion.decoder",
+    "greedy_decode": "fusion.greedy",
+    "RescoringDecoder": "fusion.rescore",
+    # scorers: named knowledge sources with a weight each
+    "WordScorer": "fusion.scorers",
+    "LMScorer": "fusion.scorers",
+    "LexiconScorer": "fusion.scorers",
+    "HotwordScorer": "fusion.scorers",
+    "WordBonus": "fusion.scorers",
+    # the lowest layer: tokens, posteriors, results, text, scoring
+    "TokenTable": "fusion.tokens",
+    "TokenTableError": "fusion.tokens",
+    "character_table": "fusion.tokens",
+    "Posteriors": "fusion.posteriors",
+    "PosteriorsError": "fusion.posteriors",
+    "PosteriorsReader": "fusion.posteriors",
+    "PosteriorsWriter": "fusion.posteriors",
+    "DecodeResult": "fusion.types",
+    "Hypothesis": "fusion.types",
+    "TokenSpan": "fusion.types",
+    "WordSpan": "fusion.types",
+    "normalize_text": "fusion.text",
+    "score_corpus": "fusion.metrics",
+    "word_errors": "fusion.metrics",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:  # what static checkers and editors see; at run time, __getattr__
+    from typing import Any
+
+    from fusion.config import ConfigError, DecodeConfig  # noqa: F401
+    from fusion.decoder import BeamSearchDecoder, SearchOptions  # noqa: F401
+    from fusion.greedy import greedy_decode  # noqa: F401
+    from fusion.metrics import score_corpus, word_errors  # noqa: F401
+    from fusion.pipeline import build_decoder  # noqa: F401
+    from fusion.posteriors import (Posteriors, PosteriorsError,  # noqa: F401
+                                   PosteriorsReader, PosteriorsWriter)
+    from fusion.rescore import RescoringDecoder  # noqa: F401
+    from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer  # noqa: F401
+    from fusion.text import normalize_text  # noqa: F401
+    from fusion.tokens import TokenTable, TokenTableError, character_table  # noqa: F401
+    from fusion.types import DecodeResult, Hypothesis, TokenSpan, WordSpan  # noqa: F401
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("asrfuse")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use (PEP 562)."""
+    if name == "__version__":
+        value = globals()[name] = _version()
+        return value
+    module = _EXPORTS.get(name)
+    if module is None:  # also how ``from fusion import submodule`` finds a submodule
+        raise AttributeError(f"module 'fusion' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # the next use is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
