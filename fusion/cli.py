@@ -2,20 +2,31 @@
 
 Exit statuses (:mod:`fusion.manifest`): 0 done; 1 done, but some utterances failed (they
 are listed in the errors file); 2 bad input or arguments, an output that would overwrite
-an input included (nothing is written); 74 an output file cannot be written (disk full,
-read-only folder, ...; the message names it). SIGTERM ends a command as Ctrl-C does (status
-143): the output files being written are removed, earlier ones are left as they were.
+an input included (nothing is written), and a command whose optional extra is not installed
+(one line naming it: ``pip install 'asrfuse[am]'``); 74 an output file cannot be written
+(disk full, read-only folder, ...; the message names it). SIGTERM ends a command as Ctrl-C
+does (status 143): the output files being written are removed, earlier ones are left as they
+were.
+
+The core commands (``decode``, ``score``, ``align``, ``report``) are built here; the others
+live in the modules of their extras (:data:`EXTENSIONS`) and are imported only when one of
+them runs, so ``import fusion.cli``, ``fusion --help``, ``fusion decode`` and ``fusion
+score`` load no torch, optuna, matplotlib, transformers or pyctcdecode.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.metadata
 import json
 import math
+import re
 import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +34,6 @@ import numpy as np
 from tqdm import tqdm
 
 from fusion import __version__, batch
-from fusion.am import cli as am_cli
 from fusion.config import DecodeConfig
 from fusion.decoder import ENGINES
 from fusion.defaults import BEAM_SIZE, DEFAULT_LM, DEFAULT_WEIGHTS, NO_LM, OOV
@@ -48,7 +58,10 @@ DECODERS = ("greedy", *SEARCHES)
 DEFAULT_AM = Path(__file__).resolve().parent / "models" / "am-default" / "model.pt"
 
 
-def get_parser() -> argparse.ArgumentParser:
+def get_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``fusion`` parser. The subcommands of :data:`EXTENSIONS` are listed by name and
+    help, and built in full (their module imported) only for ``command``; parsing one of the
+    others builds it then. ImportError where ``command``'s module cannot be imported."""
     parser = argparse.ArgumentParser(
         prog="fusion",
         description="Model-fusion decoding engine for CTC speech recognition.",
@@ -120,34 +133,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed for --compare (default: 0)")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser(
-        "demo",
-        help="transcribe a manifest's audio end to end and print WER/CER",
-        description="Audio in, transcripts out: the embedded acoustic model (or --model) "
-        "computes posteriors, greedy decoding and, with --lm, beam search with shallow fusion "
-        "turn them into text. With --simulate, simulated posteriors of the transcripts "
-        "stand in for the model's (and the output says so).",
-    )
-    p.add_argument("--manifest", type=Path, required=True, help="manifest JSONL with audio, text")
-    p.add_argument("--model", type=Path,
-                   help="acoustic model checkpoint (default: the embedded one); one that "
-                   "does not exist is an error")
-    p.add_argument("--simulate", action="store_true",
-                   help="score simulated posteriors of the transcripts instead of an acoustic "
-                   "model's (a check of the decoders without a model)")
-    p.add_argument("--lm", type=Path, default=DEFAULT_LM,
-                   help="word n-gram for beam search with shallow fusion (default: the embedded "
-                   "3-gram; 'none' for greedy only)")
-    p.add_argument("--lm-vocab", type=Path,
-                   help="the LM's words (default: vocab.txt beside the LM, or the ARPA itself)")
-    p.add_argument("--confusion", type=float, default=0.06,
-                   help="simulated model's unit confusion rate (--simulate)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--show", type=int, default=5, help="transcripts to print (default: %(default)s)")
-    am_cli.add_adapt_arguments(p)
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("align", help="force-align transcripts to posteriors: word times, confidences")
+    p = sub.add_parser("align", help="force-align transcripts to posteriors: word times, "
+                       f"confidences [{CORE_EXTRAS['align']}]")
     p.add_argument("posteriors", type=Path, help="posteriors .npz")
     p.add_argument("--text", type=Path, required=True, help="manifest JSONL with 'id' and 'text'")
     p.add_argument("-o", "--output", type=Path, required=True, help="alignments JSONL to write")
@@ -170,38 +157,167 @@ def get_parser() -> argparse.ArgumentParser:
                    help="where failed utterances are recorded (default: OUTPUT with .errors.jsonl)")
     p.set_defaults(func=cmd_align)
 
-    p = sub.add_parser("report", help="HTML report (and PNGs) of a tuning run and the benchmarks")
+    p = sub.add_parser("report", help="HTML report (and PNGs) of a tuning run and the "
+                       f"benchmarks [{CORE_EXTRAS['report']}]")
     p.add_argument("tune_dir", type=Path, help="the output folder of 'fusion tune'")
     p.add_argument("-o", "--out-dir", type=Path, required=True, help="where index.html goes")
     p.add_argument("--fusion-json", type=Path, help="the ablation benchmark (fusion.json)")
     p.add_argument("--decoder-json", type=Path, help="the decoder benchmark (decoder.json)")
     p.set_defaults(func=cmd_report)
 
-    from fusion import transcribe, tune_cli
-    from fusion.corpus import cli as corpus_cli
-    from lm import cli as lm_cli
-    from lm import neural_cli
-
-    am_cli.add_parsers(sub)
-    neural_cli.add_parsers(sub)
-    corpus_cli.add_parser(sub).set_defaults(func=corpus_cli.run)
-    lm_cli.add_parser(sub)
-    tune_cli.add_parser(sub)
-    transcribe.add_parser(sub)
+    for ext in EXTENSIONS:
+        if command in ext.commands:
+            ext.register(sub)
+        else:
+            for name, text in ext.commands.items():
+                _add_placeholder(sub, name, text, ext.extra)
     return parser
 
 
+@dataclass(frozen=True)
+class Extension:
+    """Subcommands whose code lives in a module of their own, imported only to run them.
+
+    Attributes:
+        target: ``"module:function"``; the function registers the subcommands on an
+            ``argparse`` subparsers object.
+        extra: the optional extra of asrfuse they need (``pip install 'asrfuse[EXTRA]'``),
+            or None for the core.
+        commands: each subcommand's name and its one-line help (what ``fusion --help``
+            lists without importing the module; a test checks them against the module's).
+    """
+
+    target: str
+    extra: str | None
+    commands: dict[str, str]
+
+    def register(self, sub: Any) -> None:
+        """Import the module and add its subcommands in full (ImportError if it cannot)."""
+        module, _, function = self.target.partition(":")
+        getattr(importlib.import_module(module), function)(sub)
+
+
+#: every subcommand outside the core ones, in ``fusion --help``'s order
+EXTENSIONS = (
+    Extension("fusion.cli:add_demo_parser", "am", {
+        "demo": "transcribe a manifest's audio end to end and print WER/CER"}),
+    Extension("fusion.am.cli:add_parsers", "am", {
+        "train": "train the Conformer CTC acoustic model (resumable)",
+        "pretrain": "BEST-RQ self-supervised pretraining of the encoder (resumable)",
+        "posteriors": "run an acoustic model over a manifest -> posteriors .npz",
+        "average": "average the weights of CTC checkpoints of one model -> a model",
+        "adapt-tune": "choose test-time adaptation settings for a model on dev sets"}),
+    Extension("lm.neural_cli:add_parsers", "neural", {
+        "lm-train-neural": "train (or resume) the neural Transformer LM",
+        "lm-export-neural": "write a small model-only neural LM file",
+        "lm-eval-neural": "word-normalised perplexity of texts"}),
+    Extension("fusion.cli:add_data_parser", "corpus", {
+        "data": "build the synthetic speech corpus, or import LibriSpeech / Speech Commands"}),
+    Extension("lm.cli:add_parser", None, {
+        "lm": "language models: text corpus, n-gram build, perplexity"}),
+    Extension("fusion.tune_cli:add_parser", "tune", {
+        "tune": "tune fusion weights on a dev set (grid, random, TPE; rescoring)"}),
+    Extension("fusion.transcribe:add_parser", "am", {
+        "transcribe": "transcribe audio files of any length (VAD segments, beam search)"}),
+)
+#: the extra each core subcommand needs beyond the core, where it needs one
+CORE_EXTRAS = {"align": "am", "report": "tune"}
+
+
+def add_data_parser(sub: Any) -> None:
+    """Register ``data`` (the corpus builders and importers)."""
+    from fusion.corpus import cli as corpus_cli
+
+    corpus_cli.add_parser(sub).set_defaults(func=corpus_cli.run)
+
+
+def _add_placeholder(sub: Any, name: str, text: str, extra: str | None) -> None:
+    """``name`` as ``fusion --help`` lists it; parsing it loads the real subcommand."""
+    p = sub.add_parser(name, help=text + (f" [{extra}]" if extra else ""), add_help=False,
+                       prefix_chars="\0")  # every argument goes to ``rest`` as it is
+    p.add_argument("rest", nargs="*")
+    p.set_defaults(func=lambda args: _run(name, [name, *args.rest], False))
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (the first word not an option; the top level takes
+    no option with a value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _extra_of(command: str | None) -> str | None:
+    for ext in EXTENSIONS:
+        if command in ext.commands:
+            return ext.extra
+    return CORE_EXTRAS.get(command or "")
+
+
+def _requirement_extras() -> dict[str, list[str]]:
+    """Our installed distribution's optional requirements: normalised distribution name ->
+    the extras that list it, in setup.cfg's order ({} where the metadata is missing)."""
+    try:
+        requires = importlib.metadata.requires("asrfuse") or []
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+    out: dict[str, list[str]] = {}
+    for req in requires:
+        m = re.match(r"\s*([A-Za-z0-9._-]+).*;.*extra\s*==\s*[\"']([^\"']+)[\"']", req)
+        if m:
+            out.setdefault(re.sub(r"[-_.]+", "_", m[1]).lower(), []).append(m[2])
+    return out
+
+
+def missing_extra(exc: ModuleNotFoundError, command: str | None) -> str | None:
+    """One line for a module a command needs but cannot import, naming the extra to install;
+    None where the module is not one of an extra's (a fault, not a missing extra).
+
+    The extra is the command's own where its requirements hold the module, else the first
+    extra that lists it, else the command's own (a module pulled in by one of its packages)."""
+    if not exc.name:
+        return None
+    top = exc.name.partition(".")[0]
+    if top in ("fusion", "lm", "hmm"):  # our own package: a broken install, not an extra
+        return None
+    own = _extra_of(command)
+    listed = _requirement_extras().get(re.sub(r"[-_.]+", "_", top).lower(), [])
+    extra = own if own in listed else listed[0] if listed else own
+    if extra is None:
+        return None
+    return (f"needs {top!r}, which is not installed: pip install 'asrfuse[{extra}]' "
+            f"(the {extra} extra)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = get_parser()
+    own_process = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return _run(_command(argv), argv, own_process)
+
+
+def _run(command: str | None, argv: list[str], own_process: bool) -> int:
+    """Parse ``argv`` (``command``'s subcommand built in full) and run it."""
+    try:
+        parser = get_parser(command)
+    except ModuleNotFoundError as exc:
+        line = missing_extra(exc, command)
+        if line is None:
+            raise
+        print(f"fusion {command}: error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     args = parser.parse_args(argv)
-    if argv is None:  # a process of its own: training may restart under jemalloc
-        am_cli.prefer_jemalloc(args.command)
+    if own_process:
+        am_cli = sys.modules.get("fusion.am.cli")  # loaded for its commands only
+        if am_cli is not None:  # training may restart under jemalloc
+            am_cli.prefer_jemalloc(args.command)
         terminate_on_sigterm()
     try:
         return int(args.func(args))
     except OutputError as exc:
         print(f"fusion {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_OUTPUT
+    except ModuleNotFoundError as exc:
+        line = missing_extra(exc, args.command)
+        print(f"fusion {args.command}: error: {line or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (ManifestError, PosteriorsError, TokenTableError, LMError, FileNotFoundError,
             ValueError, ConnectionError, ImportError) as exc:
         print(f"fusion {args.command}: error: {exc}", file=sys.stderr)
@@ -552,6 +668,38 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 # -- demo -------------------------------------------------------------------------------
+def add_demo_parser(sub: Any) -> None:
+    """Register ``demo`` (it takes the acoustic model's adaptation flags: the am extra)."""
+    from fusion.am import cli as am_cli
+
+    p = sub.add_parser(
+        "demo",
+        help="transcribe a manifest's audio end to end and print WER/CER",
+        description="Audio in, transcripts out: the embedded acoustic model (or --model) "
+        "computes posteriors, greedy decoding and, with --lm, beam search with shallow fusion "
+        "turn them into text. With --simulate, simulated posteriors of the transcripts "
+        "stand in for the model's (and the output says so).",
+    )
+    p.add_argument("--manifest", type=Path, required=True, help="manifest JSONL with audio, text")
+    p.add_argument("--model", type=Path,
+                   help="acoustic model checkpoint (default: the embedded one); one that "
+                   "does not exist is an error")
+    p.add_argument("--simulate", action="store_true",
+                   help="score simulated posteriors of the transcripts instead of an acoustic "
+                   "model's (a check of the decoders without a model)")
+    p.add_argument("--lm", type=Path, default=DEFAULT_LM,
+                   help="word n-gram for beam search with shallow fusion (default: the embedded "
+                   "3-gram; 'none' for greedy only)")
+    p.add_argument("--lm-vocab", type=Path,
+                   help="the LM's words (default: vocab.txt beside the LM, or the ARPA itself)")
+    p.add_argument("--confusion", type=float, default=0.06,
+                   help="simulated model's unit confusion rate (--simulate)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--show", type=int, default=5, help="transcripts to print (default: %(default)s)")
+    am_cli.add_adapt_arguments(p)
+    p.set_defaults(func=cmd_demo)
+
+
 def _demo_posteriors(args: argparse.Namespace, refs: dict[str, str]
                      ) -> tuple[list[Posteriors], TokenTable, str]:
     """Posteriors of the demo manifest: from the acoustic model, or simulated (--simulate)."""
@@ -564,6 +712,7 @@ def _demo_posteriors(args: argparse.Namespace, refs: dict[str, str]
                 f"{checkpoint}: no such acoustic model"
                 + (" (the embedded model's file is missing)" if args.model is None else "")
                 + "; give an existing --model, or --simulate to score simulated posteriors")
+        from fusion.am import cli as am_cli
         from fusion.am.infer import compute_posteriors
         from fusion.am.model import load_model
 

@@ -59,7 +59,7 @@ except ImportError as _exc:  # not built: ``make`` builds it (see setup.py)
 _new_tuple = tuple.__new__
 
 __all__ = ["ENGINES", "BeamSearchDecoder", "DecoderStream", "SearchOptions", "StreamSnapshot",
-           "candidate_units", "compiled_scorers", "lexicon_pruning"]
+           "candidate_units", "compiled_scorers", "floored", "lexicon_pruning"]
 
 NEG_INF = -math.inf
 ENGINES = ("auto", "compiled", "python")
@@ -106,6 +106,15 @@ class SearchOptions:
         token_min_logprob: candidates below this log-probability are skipped.
         blank_skip: frames whose blank probability is at least this only extend with
             blank (``None`` disables); 0.999 loses nothing measurable on peaky CTC output.
+        floor_every_label: hold blank and a repeated unit to ``token_min_logprob`` too,
+            as new units are (pyctcdecode's rule: a path passes a frame only through a
+            label at or above the floor, or the frame's most probable label, which always
+            passes). Off (the default), every prefix may stay in blank or repeat its last
+            unit on any frame. On, a prefix cannot wait out speech in blank: where a word
+            in progress (``"nocturna"``) can only go on at a partial-word charge
+            (:class:`~fusion.scorers.LexiconScorer` ``partial=True``) while its own charge
+            waits for its end, the search would otherwise keep it and leave the rest of the
+            utterance unsaid (``benchmarks/results/dropin.md``).
         nbest: hypotheses returned per utterance.
         engine: ``"compiled"`` runs the search in C++ (``fusion._ctcsearch``, KenLM linked
             in), which knows :class:`~fusion.scorers.LMScorer` over a word-level
@@ -121,6 +130,7 @@ class SearchOptions:
     token_top_k: int = 16
     token_min_logprob: float = -5.0
     blank_skip: float | None = 0.999
+    floor_every_label: bool = False
     nbest: int = 1
     engine: str = "auto"
 
@@ -138,6 +148,9 @@ class SearchOptions:
             raise ValueError(f"SearchOptions.beam_threshold must be > 0, got {self.beam_threshold}")
         if not (self.token_min_logprob <= 0):
             raise ValueError("SearchOptions.token_min_logprob must be a log-probability <= 0")
+        if not isinstance(self.floor_every_label, bool):
+            raise ValueError(f"SearchOptions.floor_every_label must be True or False, "
+                             f"got {self.floor_every_label!r}")
         if self.blank_skip is not None and not 0.0 < self.blank_skip <= 1.0:
             raise ValueError(f"SearchOptions.blank_skip must be in (0, 1] or None, "
                              f"got {self.blank_skip}")
@@ -154,6 +167,15 @@ def lexicon_pruning(num_units: int) -> dict[str, float | int]:
     stage-10 embedded model's, ``benchmarks/results/decoder.md``: 6.4% against 6.7%)."""
     return {"token_top_k": max(1, num_units - 1), "token_min_logprob": -12.0,
             "beam_threshold": 25.0}
+
+
+def floored(lp: np.ndarray, floor: float) -> np.ndarray:
+    """``lp`` ``(T, V)`` with every label below ``floor`` made impossible (-inf), except each
+    frame's most probable label (:attr:`SearchOptions.floor_every_label`)."""
+    rows = np.arange(lp.shape[0])
+    best = lp[rows, lp.argmax(axis=1)] if lp.shape[0] else np.zeros(0, lp.dtype)  # (T,)
+    held = (lp < floor) & (lp < best[:, None])  # (T, V); ties with the best pass
+    return np.where(held, np.float32(NEG_INF), lp).astype(lp.dtype, copy=False)
 
 
 def candidate_units(lp: np.ndarray, blank: int, top_k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -362,7 +384,8 @@ class BeamSearchDecoder:
                 list(self.table.tokens), list(self._starts), self.table.blank_id,
                 -1 if self.table.boundary_id is None else self.table.boundary_id,
                 self.weights[ACOUSTIC], opts.beam_size, opts.beam_threshold, opts.token_top_k,
-                opts.token_min_logprob, opts.blank_skip, opts.nbest, self._spec)
+                opts.token_min_logprob, opts.blank_skip, opts.nbest, self._spec,
+                opts.floor_every_label)
         except RuntimeError as exc:  # KenLM failed to load a model the Python side loaded
             raise ValueError(f"compiled search: {exc}") from None
         return self._searcher
@@ -517,8 +540,12 @@ class BeamSearchDecoder:
         opts, table = self.options, self.table
         blank, boundary = table.blank_id, table.boundary_id
         n_frames, vocab = lp.shape
+        if opts.floor_every_label:
+            lp = floored(lp, opts.token_min_logprob)
         cand, cand_lp = candidate_units(lp, blank, opts.token_top_k)  # (T, k) each
         keep = cand_lp >= opts.token_min_logprob  # (T, k)
+        if opts.floor_every_label:  # a frame's best unit passes even below the floor
+            keep |= cand_lp > NEG_INF
         # frames where no unit but blank can start: every prefix only stays (cheap path)
         blank_only = ~keep.any(axis=1)
         if opts.blank_skip:

@@ -1,10 +1,13 @@
+import argparse
 import importlib.util
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from fusion.cli import main
+from fusion.cli import EXTENSIONS, get_parser, main
 from fusion.decoder import SearchOptions
 from fusion.posteriors import Posteriors, PosteriorsWriter
 from fusion.simulate import simulate_posteriors
@@ -333,3 +336,69 @@ def test_a_lexicon_widens_the_candidates_to_at_least_lexicon_pruning(corpus, tmp
     config = DecodeConfig.load(tmp_path / "narrow.toml").with_overrides(lexicon=words, lm="none")
     widened = build_decoder(config, table).options
     assert (widened.token_min_logprob, widened.beam_threshold) == (-12.0, 30.0)
+
+
+HEAVY = ("torch", "torchaudio", "pyctcdecode", "transformers", "optuna", "matplotlib")
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter (what it imports is its own)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=240)
+
+
+def test_import_and_parser_load_no_heavy_module():
+    """`import fusion.cli` and `fusion --help`'s parser import no extra's packages."""
+    run = _python("import sys, fusion.cli as c; c.get_parser(); "
+                  f"print(sorted(set({HEAVY!r}) & set(sys.modules)))")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+def test_a_missing_extra_is_one_line_naming_it():
+    """A subcommand whose extra is missing: one line naming the extra, status 2 (torch and
+    pyctcdecode made unimportable, as in the core-only venv)."""
+    run = _python("import sys; sys.modules['torch'] = sys.modules['pyctcdecode'] = None\n"
+                  "from fusion.cli import main\n"
+                  "print(main(['train', '--help']), main(['decode', 'p.npz', '-o', 'h.jsonl', "
+                  "'--decoder', 'pyctcdecode']), file=sys.stderr)")
+    lines = run.stderr.strip().splitlines()
+    assert lines == [
+        "fusion train: error: needs 'torch', which is not installed: "
+        "pip install 'asrfuse[am]' (the am extra)",
+        "fusion decode: error: needs 'pyctcdecode', which is not installed: "
+        "pip install 'asrfuse[pyctcdecode]' (the pyctcdecode extra)", "2 2"], run.stderr
+
+
+def test_help_lists_every_subcommand_and_its_extra(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for ext in EXTENSIONS:
+        for name in ext.commands:
+            assert name in out
+    assert "[am]" in out and "[tune]" in out
+
+
+@pytest.mark.torch
+def test_the_listed_help_lines_are_the_modules_own():
+    """EXTENSIONS' names and help lines, what `fusion --help` shows without importing the
+    modules, are those the modules register."""
+    for ext in EXTENSIONS:
+        try:
+            parser = get_parser(next(iter(ext.commands)))
+        except ImportError as exc:  # this venv lacks the extra
+            pytest.skip(f"{ext.target}: {exc}")
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        helps = {a.dest: a.help for a in sub._choices_actions}
+        assert {n: helps[n] for n in ext.commands} == ext.commands
+
+
+@pytest.mark.torch
+def test_a_listed_subcommand_parsed_from_the_plain_parser_runs_in_full(tmp_path, capsys):
+    """get_parser() without a command: parsing a listed subcommand builds it then."""
+    args = get_parser().parse_args(["average", str(tmp_path / "missing.pt"), "-o",
+                                    str(tmp_path / "out.pt")])
+    assert args.func(args) == 2
+    assert "missing.pt" in capsys.readouterr().err

@@ -107,7 +107,8 @@ def test_same_nbest_as_the_python_search_on_random_posteriors(
     weights = {s.name: w for s, w in zip(chosen, (0.8, 1.5, 0.6))}
     options = SearchOptions(beam_size=max(beam, nbest), nbest=nbest, token_top_k=int(rng.integers(1, 29)),
                             beam_threshold=float(rng.choice([5.0, 15.0, math.inf])),
-                            blank_skip=None if seed % 3 == 0 else 0.999)
+                            blank_skip=None if seed % 3 == 0 else 0.999,
+                            floor_every_label=seed % 4 == 1)
     python, compiled = _both(table, chosen, weights, options)
     assert _outputs(compiled, p) == _outputs(python, p)
 
@@ -135,17 +136,21 @@ def test_same_nbest_with_the_partial_unknown_word_penalty(
     weights["oov"] = penalty
     options = SearchOptions(beam_size=max(beam, nbest), nbest=nbest, token_top_k=int(rng.integers(1, 29)),
                             beam_threshold=float(rng.choice([5.0, 15.0, math.inf])),
-                            blank_skip=None if seed % 3 == 0 else 0.999)
+                            blank_skip=None if seed % 3 == 0 else 0.999,
+                            floor_every_label=seed % 4 == 1)
     python, compiled = _both(table, chosen, weights, options)
     assert _outputs(compiled, p) == _outputs(python, p)
 
 
-def test_same_nbest_with_the_partial_penalty_on_simulated_speech(table, trigram, unigrams):
+@pytest.mark.parametrize("floor_every_label", [False, True])
+def test_same_nbest_with_the_partial_penalty_on_simulated_speech(table, trigram, unigrams,
+                                                                 floor_every_label):
     rng = np.random.default_rng(5)
     scorers = [LMScorer(trigram, unigrams=unigrams), WordBonus(),
                LexiconScorer(unigrams[1:], "oov", partial=True)]
     weights = {"lm": 0.9, "word_bonus": 1.2, "oov": 6.0}
-    python, compiled = _both(table, scorers, weights, SearchOptions(beam_size=16, nbest=5))
+    options = SearchOptions(beam_size=16, nbest=5, floor_every_label=floor_every_label)
+    python, compiled = _both(table, scorers, weights, options)
     for i, text in enumerate(["the cat sat on the mat", "a bat and a cat", "that cat's flat hat"]):
         p, _ = simulate_posteriors(f"u{i}", text, table, rng,
                                    SimulationConfig(confusion=0.3, noise=1.5, peak=4))

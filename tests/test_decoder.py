@@ -7,11 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.decoder import BeamSearchDecoder, SearchOptions, floored
 from fusion.greedy import greedy_decode
 from fusion.posteriors import Posteriors
 from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus
 from fusion.simulate import SimulationConfig, simulate_posteriors
+from fusion.tokens import TokenTable
 from lm.arpa import ArpaLM
 
 from conftest import BIASED_ARPA, ambiguous
@@ -158,6 +159,7 @@ def test_word_times_follow_the_frames(table, rng):
         ({"beam_threshold": 0}, "beam_threshold"),
         ({"token_min_logprob": 1.0}, "token_min_logprob"),
         ({"blank_skip": 1.5}, "blank_skip"),
+        ({"floor_every_label": 1}, "floor_every_label"),
         ({"token_top_k": True}, "token_top_k"),
     ],
 )
@@ -341,3 +343,38 @@ def test_neural_fusion_scores_completions_lazily_with_the_same_results(table, rn
             assert ha.score == pytest.approx(hb.score, abs=1e-4)
             assert ha.scores == pytest.approx(dict(hb.scores), abs=1e-4)
     assert 0 < calls["lazy"] < calls["eager"]
+
+
+@pytest.mark.parametrize("engine", ["python", "compiled"])
+def test_floor_every_label_holds_blank_and_repeats_to_the_floor(engine):
+    """Hand-computed: two frames over blank, a, b (probabilities below). Without the rule
+    "a" wins (aa .36 + a_ .09 + _a .024 = .474 against ab .45); with the floor at log 0.2,
+    blank (.06 and .1) and b at frame 0 (.04) are held (none is its frame's best), so "a"
+    keeps only aa (.36) and "ab" (.9 x .5 = .45) wins. Repeats are held too: at frame 1,
+    a (.4) passes the floor and b is the best."""
+    if engine == "compiled":
+        pytest.importorskip("fusion._ctcsearch", reason="the compiled search is not built")
+    table = TokenTable(("<b>", " ", "a", "b"), 0, " ", "separate")
+    probs = np.array([[0.06, 0.0, 0.9, 0.04], [0.1, 0.0, 0.4, 0.5]])
+    post = Posteriors("u", np.log(np.maximum(probs, 1e-30)).astype(np.float32), 0.04)
+    floor = math.log(0.2)
+    found = {}
+    for rule in (False, True):
+        options = SearchOptions(beam_size=8, nbest=2, token_min_logprob=floor,
+                                floor_every_label=rule, blank_skip=None, engine=engine)
+        found[rule] = [(h.text, h.scores["acoustic"])
+                       for h in BeamSearchDecoder(table, options=options).decode(post).nbest]
+    assert [t for t, _ in found[False]] == ["a", "ab"]
+    assert found[False][0][1] == pytest.approx(math.log(0.474), rel=1e-5)
+    assert found[False][1][1] == pytest.approx(math.log(0.45), rel=1e-5)
+    assert [t for t, _ in found[True]] == ["ab", "a"]
+    assert found[True][0][1] == pytest.approx(math.log(0.45), rel=1e-5)
+    assert found[True][1][1] == pytest.approx(math.log(0.36), rel=1e-5)
+
+
+def test_floored_keeps_each_frames_best_label():
+    lp = np.log(np.array([[0.05, 0.9, 0.05], [0.4, 0.3, 0.3]], dtype=np.float32))
+    out = floored(lp, math.log(0.5))
+    assert out[0, 1] == lp[0, 1] and np.isneginf(out[0, [0, 2]]).all()
+    assert out[1, 0] == lp[1, 0] and np.isneginf(out[1, 1:]).all()  # best below the floor
+    assert np.array_equal(floored(lp, -10.0), lp)

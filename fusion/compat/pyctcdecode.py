@@ -25,7 +25,10 @@ What is pyctcdecode's here, exactly:
   utterance when ``lm_score_boundary``. Like pyctcdecode, a partial word no unigram
   starts with is charged at once (ours: the unknown word's penalty, pyctcdecode's: the
   unscaled offset), and the charge gives way to the word's own score when it ends
-  (``LexiconScorer(partial=True)``). Hotwords add ``hotword_weight`` for each word that
+  (``LexiconScorer(partial=True)``). ``token_min_logp`` holds every label, blank and
+  a repeated one included, the frame's most probable label passing always
+  (``SearchOptions.floor_every_label``): a beam cannot wait out speech in blank inside a
+  word it can only go on with at that charge. Hotwords add ``hotword_weight`` for each word that
   is one of the hotwords' words (phrases are split into words, as pyctcdecode does).
   In our scorers' terms (:mod:`fusion.scorers`): ``LMScorer`` weighted ``alpha``,
   ``WordBonus`` weighted ``beta``, an unknown-word ``LexiconScorer`` (``"oov"``) weighted
@@ -396,6 +399,7 @@ class BeamSearchDecoderCTC:
             beam_size=int(beam_width), beam_threshold=-float(beam_prune_logp),
             # pyctcdecode's candidates: every unit at or above token_min_logp
             token_top_k=max(1, len(self.table) - 1), token_min_logprob=float(token_min_logp),
+            floor_every_label=True,  # and blank too, as pyctcdecode's candidates are
             nbest=min(int(nbest), int(beam_width)))
         # alpha, beta, unk_score_offset and hotword_weight as a decoding config: the scorers
         # are this file's (cached per LM file, pyctcdecode's unigram and boundary rules)

@@ -215,10 +215,10 @@ class Searcher {
   Searcher(const std::vector<std::string>& spellings, const std::vector<std::optional<std::string>>& starts,
            int blank, int boundary, double w_ac, int beam_size, double beam_threshold,
            int token_top_k, double token_min_logprob, std::optional<double> blank_skip, int nbest,
-           const py::list& scorers)
+           const py::list& scorers, bool floor_every_label = false)
       : spellings_(spellings), starts_(starts), blank_(blank), boundary_(boundary), w_ac_(w_ac),
         beam_size_(beam_size), nbest_(nbest), beam_threshold_(beam_threshold), top_k_(token_top_k),
-        min_lp_(static_cast<float>(token_min_logprob)) {
+        min_lp_(static_cast<float>(token_min_logprob)), floor_all_(floor_every_label) {
     vocab_ = static_cast<int>(spellings_.size());
     if (static_cast<int>(starts_.size()) != vocab_)
       throw std::invalid_argument("starts and spellings differ in length");
@@ -378,13 +378,15 @@ class Searcher {
     std::vector<int32_t> idx;
     for (int64_t t = 0; t < n_frames; ++t) {
       const float* row = lp + t * vocab_;
+      if (floor_all_) row = floored(row);
       const double lp_blank = row[blank_];
       units.clear();
       if (!(has_skip_ && row[blank_] >= skip_lp_)) {
-        // the k best of the units above the floor: the floor first, it leaves few
+        // the k best of the units above the floor: the floor first, it leaves few (with
+        // floor_all_, the frame's best unit passes below it: the one finite one there)
         int m = 0;
         for (int u = 0; u < vocab_; ++u)
-          if (u != blank_ && row[u] >= min_lp_) order[m++] = u;
+          if (u != blank_ && (row[u] >= min_lp_ || (floor_all_ && row[u] > NEG_INF))) order[m++] = u;
         auto better = [row](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); };
         const int kept = std::min(k, m);
         std::partial_sort(order.begin(), order.begin() + kept, order.begin() + m, better);
@@ -745,6 +747,16 @@ class Searcher {
     return id;
   }
 
+  // ``row`` with every label below the floor made impossible, except the frame's most
+  // probable label(s) (SearchOptions.floor_every_label; fusion.decoder.floored)
+  const float* floored(const float* row) {
+    held_.assign(row, row + vocab_);
+    const float best = *std::max_element(row, row + vocab_);
+    for (auto& v : held_)
+      if (v < min_lp_ && v < best) v = -std::numeric_limits<float>::infinity();
+    return held_.data();
+  }
+
   // -- pruning ----------------------------------------------------------------------------
   double frame_cut(const std::vector<Beam>& beams, const float* row, double lp_blank,
                    std::vector<double>& lows) const {
@@ -896,6 +908,8 @@ class Searcher {
   double beam_threshold_;
   int top_k_;
   float min_lp_;
+  bool floor_all_ = false;  // SearchOptions.floor_every_label
+  std::vector<float> held_;  // a frame's row as floored() leaves it
   bool has_skip_ = false;
   float skip_lp_ = 0.0f;
   // the scorers, shared by copies (streams): read-only once made
@@ -939,11 +953,11 @@ PYBIND11_MODULE(_ctcsearch, m) {
   m.doc() = "Compiled CTC prefix beam search with KenLM shallow fusion (see fusion.decoder).";
   py::class_<Searcher>(m, "Searcher")
       .def(py::init<const std::vector<std::string>&, const std::vector<std::optional<std::string>>&, int, int,
-                    double, int, double, int, double, std::optional<double>, int, const py::list&>(),
+                    double, int, double, int, double, std::optional<double>, int, const py::list&, bool>(),
            py::arg("spellings"), py::arg("starts"), py::arg("blank"), py::arg("boundary"),
            py::arg("acoustic_weight"), py::arg("beam_size"), py::arg("beam_threshold"),
            py::arg("token_top_k"), py::arg("token_min_logprob"), py::arg("blank_skip"),
-           py::arg("nbest"), py::arg("scorers"))
+           py::arg("nbest"), py::arg("scorers"), py::arg("floor_every_label") = false)
       .def(
           "search",
           [](Searcher& self, py::array_t<float, py::array::c_style | py::array::forcecast> lp) {
