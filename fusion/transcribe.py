@@ -9,8 +9,11 @@ The pipeline, per recording, in one pass and bounded memory:
 2. Silero VAD (:mod:`fusion.vad`) scores the blocks and cuts the stream into speech
    segments at pauses, none longer than ``max_segment`` seconds; only the open segment's
    samples are kept.
-3. The acoustic model (the embedded one by default) turns a batch of segments into
-   posteriors; beam search with the default LM and weights (those of ``fusion demo``,
+3. Segments are gathered into pools of about ``POOL_SECONDS`` of audio; the acoustic
+   model (the embedded one by default) runs over each pool's segments in length-sorted
+   batches of at most ``BATCH_SECONDS`` padded audio (:func:`fusion.am.infer.length_batches`;
+   little of a batch is padding, which costs as much as speech), giving each segment the
+   posteriors it gets alone; beam search with the default LM and weights (those of ``fusion demo``,
    from :mod:`fusion.cli`) decodes each segment; word times are moved into recording time.
 
 With ``stream=True`` each segment is instead fed to the acoustic model chunk by chunk
@@ -63,7 +66,9 @@ AUDIO_EXTENSIONS = frozenset(
      ".snd", ".caf", ".w64", ".rf64", ".sd2", ".voc", ".wve", ".mat", ".pvf", ".xi", ".htk",
      ".sds", ".avr", ".paf", ".nist", ".sph", ".ircam", ".sf", ".mpc2k"})
 BLOCK_SECONDS = 30.0  # audio read (and resampled) at a time
-BATCH_SECONDS = 120.0  # padded audio per acoustic-model batch
+POOL_SECONDS = 300.0  # segments' audio gathered before the acoustic model runs over them
+STREAM_POOL_SECONDS = 60.0  # the same when streaming (partial results come per pool)
+BATCH_SECONDS = 30.0  # padded audio per acoustic-model batch (length-sorted within a pool)
 CUE_CHARS, CUE_LINES, CUE_SECONDS = 42, 2, 7.0  # readable subtitles
 
 
@@ -305,11 +310,12 @@ class Transcriber:
         buffer = _SampleBuffer()
         results: list[SegmentResult] = []
         pending: list[tuple[Segment, np.ndarray]] = []
+        pool = (STREAM_POOL_SECONDS if self.stream is not None else POOL_SECONDS) * VAD_RATE
 
         def take(segments: Iterable[Segment], final: bool = False) -> None:
             for s in segments:
                 pending.append((s, buffer.slice(s.start, s.end)))
-            if pending and (final or sum(len(w) for _, w in pending) >= BATCH_SECONDS / 2 * VAD_RATE):
+            if pending and (final or sum(len(w) for _, w in pending) >= pool):
                 results.extend(self._decode_segments(pending, on_partial))
                 pending.clear()
 
@@ -327,17 +333,13 @@ class Transcriber:
                          on_partial: Callable[[float, str], None] | None) -> list[SegmentResult]:
         if self.stream is not None:
             return [self._stream_segment(s, w, on_partial) for s, w in pending]
+        from fusion.am.infer import length_batches
+
         out: list[SegmentResult] = []
-        order = sorted(range(len(pending)), key=lambda i: len(pending[i][1]))
-        batches: list[list[int]] = [[]]
-        for i in order:  # duration-sorted batches of at most BATCH_SECONDS padded audio
-            n = len(pending[i][1])
-            if batches[-1] and n * (len(batches[-1]) + 1) > BATCH_SECONDS * VAD_RATE:
-                batches.append([])
-            batches[-1].append(i)
+        waves = [self._padded(w) for _, w in pending]
         log_probs: dict[int, np.ndarray] = {}
-        for batch in batches:
-            for i, lp in zip(batch, self.adapter([self._padded(pending[i][1]) for i in batch])):
+        for batch in length_batches([len(w) for w in waves], round(BATCH_SECONDS * VAD_RATE)):
+            for i, lp in zip(batch, self.adapter([waves[i] for i in batch])):
                 log_probs[i] = lp
         for i, (seg, _) in enumerate(pending):
             out.append(self._result(seg, self._decode(log_probs.pop(i))))

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from fusion.am.cli import add_parsers
@@ -23,10 +25,18 @@ from fusion.am.infer import (
     InferenceError,
     chunk_starts,
     compute_posteriors,
+    length_batches,
     token_table_from_hf_vocab,
     write_posteriors,
 )
-from fusion.am.model import CTCModel, ModelConfig, model_checkpoint, save_checkpoint
+from fusion.am.model import (
+    CTCModel,
+    ModelConfig,
+    apply_rotary,
+    model_checkpoint,
+    rotary_tables,
+    save_checkpoint,
+)
 from fusion.manifest import Utterance
 from fusion.posteriors import Posteriors, PosteriorsReader
 from fusion.tokens import character_table
@@ -125,6 +135,52 @@ def test_batching_does_not_change_outputs(tmp_path):
     assert [p.utt_id for p in batched] == ["u0", "u1", "u2"]
     for a, b in zip(batched, single):
         np.testing.assert_allclose(a.log_probs, b.log_probs, atol=1e-4)
+
+
+def test_length_batches_by_hand():
+    # sorted 1, 2, 2, 5, 9: [1, 2, 2] pads to 6 <= 6; 5 alone (5 * 2 > 6); 9 over the cap alone
+    assert length_batches([5, 2, 9, 1, 2], 6) == [[3, 1, 4], [0], [2]]
+    assert length_batches([5, 2, 9, 1, 2], 100, max_batch_size=2) == [[3, 1], [4, 0], [2]]
+    assert length_batches([], 10) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 50), max_size=40), st.integers(1, 120), st.integers(1, 8))
+def test_length_batches_cover_each_item_once_within_the_caps(lengths, cap, size):
+    batches = length_batches(lengths, cap, size)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= size
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= cap
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat)  # length-sorted: neighbours in a batch differ least
+
+
+def test_fast_rotary_equals_the_reference():
+    # Without gradients the rotation is one complex product; with them, the pairwise
+    # formula (training's path). Same numbers to float rounding.
+    torch.manual_seed(0)
+    qkv = torch.randn(3, 50, 3, 4, 16).permute(2, 0, 3, 1, 4)  # (3, B, H, T, Dh), as attention has it
+    cos, sin = rotary_tables(50, 16, torch.device("cpu"))
+    reference = apply_rotary(qkv[0], cos, sin)
+    with torch.no_grad():
+        fast = apply_rotary(qkv[0], cos, sin)
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-6)
+    # a rotation keeps each pair's length
+    pairs = reference.unflatten(-1, (-1, 2)).norm(dim=-1)
+    torch.testing.assert_close(pairs, qkv[0].unflatten(-1, (-1, 2)).norm(dim=-1))
+
+
+def test_inference_path_equals_the_training_path():
+    # CTCModelAdapter runs without gradients (fast rotary); the eval model with gradients
+    # enabled takes the reference formulas: log-probs agree within 1e-5.
+    model = tiny_model()
+    wave = torch.from_numpy(tone(1.3))
+    ad = CTCModelAdapter(model)
+    [fast] = ad([wave.numpy()])
+    feats = ad._logmel(wave)[None]  # (1, T, F)
+    reference, _ = model(feats, torch.tensor([feats.shape[1]]))
+    np.testing.assert_allclose(fast, reference[0].detach().numpy(), rtol=0, atol=1e-5)
 
 
 def test_bad_audio_is_reported_per_utterance(tmp_path):

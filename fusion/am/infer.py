@@ -61,6 +61,7 @@ __all__ = [
     "UtteranceError",
     "adapter_for",
     "compute_posteriors",
+    "length_batches",
     "min_samples",
     "token_table_from_hf_vocab",
     "write_posteriors",
@@ -306,6 +307,26 @@ def chunk_starts(num_samples: int, chunk: int, overlap: int, hop: int) -> list[i
     return starts
 
 
+def length_batches(lengths: Sequence[int], max_padded: int, max_batch_size: int | None = None
+                   ) -> list[list[int]]:
+    """Indices of ``lengths`` in duration-sorted batches: each batch, padded to its
+    longest item, holds at most ``max_padded`` samples (an item longer than that is a
+    batch of its own) and at most ``max_batch_size`` items. Sorting keeps the padding
+    small: the smaller ``max_padded``, the less of a batch is padding."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        full = max_batch_size is not None and len(current) >= max_batch_size
+        if current and (lengths[i] * (len(current) + 1) > max_padded or full):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
 def stitch(pieces: Sequence[_Piece], hop: int) -> np.ndarray:
     """Join chunk outputs: each overlap is split at its middle frame."""
     if len(pieces) == 1:
@@ -381,19 +402,8 @@ def _run_group(group: Sequence[Utterance], ad: Adapter, chunk: int, overlap: int
         own = [_Piece(u, s, wav[s: s + chunk]) for s in starts]
         by_owner[u] = own
         pieces.extend(own)
-    # Duration-sorted batches of pieces.
-    order = sorted(range(len(pieces)), key=lambda i: len(pieces[i].samples))
-    cap = max_batch_seconds * ad.sample_rate
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        n = len(pieces[i].samples)
-        if current and (n * (len(current) + 1) > cap or len(current) >= max_batch_size):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
+    batches = length_batches([len(p.samples) for p in pieces],
+                             round(max_batch_seconds * ad.sample_rate), max_batch_size)
     failed: dict[int, str] = {}
     for batch in batches:
         try:
