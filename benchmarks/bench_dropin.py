@@ -2,7 +2,10 @@
 originals, on the same posteriors, LM and weights, at one beam (default 32).
 
     python benchmarks/bench_dropin.py --posteriors POST.npz --manifest REFS.jsonl \\
-        --lm WORD_LM [--vocab WORDS] [--alpha 0.5] [--beta 1.0] [--beam 32]
+        --lm WORD_LM [--vocab WORDS] [--weights 0.5,1.5 --weights 0.95,4.22] [--beam 32]
+
+Each ``--weights ALPHA,BETA`` is one run of every pair (default: pyctcdecode's defaults,
+alpha 0.5 and beta 1.5), reported side by side.
 
 Pairs, each decoder in a fresh process (``common.in_child``), the fastest of
 ``bench_decoder.PASSES`` passes counting (bench_decoder's rule), hypotheses checked equal
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -111,7 +115,7 @@ def _torchaudio(which: str, path: str, lm: str, lexicon: str, alpha: float, beta
 
 
 def run(posteriors: str | Path, manifest: str | Path, lm: str | Path,
-        vocab: str | Path | None = None, alpha: float = 0.5, beta: float = 1.0,
+        vocab: str | Path | None = None, alpha: float = 0.5, beta: float = 1.5,
         beam: int = 32, work: str | Path = "/tmp/asrfuse-bench-dropin") -> dict[str, Any]:
     """Measure every available pair; returns ``{"rows": [...], "pairs": {...}}``.
 
@@ -176,24 +180,35 @@ def run(posteriors: str | Path, manifest: str | Path, lm: str | Path,
 def markdown(data: dict[str, Any], source: str) -> str:
     cols = [("pair", "API"), ("decoder", "decoder"), ("wer", "WER %"), ("cer", "CER %"),
             ("throughput", "x real time"), ("peak_mib", "peak MiB"), ("utterances", "utts")]
+    runs = data["runs"]
     lines = [f"# Drop-in decoders\n\n{data['date']}, `{data['command']}`  \n"
-             f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores. "
-             f"Posteriors: {source}. LM `{data['lm']}`, alpha {data['alpha']} (nats), beta "
-             f"{data['beta']}, beam {data['beam']}; throughput is one process, the fastest of "
-             f"{data['passes']} passes.\n", table(data["rows"], cols)]
-    target = data["pairs"].get("pyctcdecode")
-    if target:
-        met = target["speedup"] >= 10 and target["wer_delta"] <= 0
-        lines.append(f"\nbuild_ctcdecoder drop-in: {target['speedup']:.1f}x pyctcdecode's "
-                     f"throughput, WER {target['wer_delta']:+.2f} points: target (>= 10x at WER "
-                     f"<= pyctcdecode's) {'met' if met else 'MISSED'}.\n")
-    if "torchaudio" in data["pairs"]:
-        t = data["pairs"]["torchaudio"]
-        lines.append(f"ctc_decoder shim: {t['speedup']:.1f}x flashlight's throughput, WER "
-                     f"{t['wer_delta']:+.2f} points.\n")
-    for s in data["skipped"]:
-        lines.append(f"\nskipped: {s}")
+             f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores"
+             f"{data.get('load', '')}. Posteriors: {source}. LM `{runs[0]['lm']}`, beam "
+             f"{runs[0]['beam']}; alpha in nats; throughput is one process, the fastest of "
+             f"{runs[0]['passes']} passes.\n"]
+    for run in runs:
+        lines += [f"\n## alpha {run['alpha']}, beta {run['beta']}\n", table(run["rows"], cols)]
+        target = run["pairs"].get("pyctcdecode")
+        if target:
+            met = target["speedup"] >= 10 and target["wer_delta"] <= 0
+            lines.append(f"\nbuild_ctcdecoder drop-in: {target['speedup']:.1f}x pyctcdecode's "
+                         f"throughput, WER {target['wer_delta']:+.2f} points: target (>= 10x at "
+                         f"WER <= pyctcdecode's) {'met' if met else 'MISSED'}.\n")
+        if "torchaudio" in run["pairs"]:
+            t = run["pairs"]["torchaudio"]
+            lines.append(f"ctc_decoder shim: {t['speedup']:.1f}x flashlight's throughput, WER "
+                         f"{t['wer_delta']:+.2f} points.\n")
+        for skipped in run["skipped"]:
+            lines.append(f"\nskipped: {skipped}")
     return "\n".join(lines) + "\n"
+
+
+def _weights(text: str) -> tuple[float, float]:
+    try:
+        alpha, beta = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--weights takes ALPHA,BETA, got {text!r}") from None
+    return alpha, beta
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,14 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--lm", type=Path, default=REPO / "lm" / "models" / "word-3gram" / "model.bin")
     parser.add_argument("--vocab", type=Path)
-    parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument("--beta", type=float, default=1.0)
+    parser.add_argument("--weights", type=_weights, action="append", metavar="ALPHA,BETA",
+                        help="alpha and beta of one run (repeat for several; default 0.5,1.5: "
+                             "pyctcdecode's defaults)")
     parser.add_argument("--beam", type=int, default=32)
     parser.add_argument("--source", default="given posteriors",
                         help="what the posteriors are, for the report")
     args = parser.parse_args(argv)
-    data = {**header(), **run(args.posteriors, args.manifest, args.lm, args.vocab, args.alpha,
-                              args.beta, args.beam)}
+    data = {**header(), "load": f", load average {os.getloadavg()[0]:.1f} at the start",
+            "runs": [run(args.posteriors, args.manifest, args.lm, args.vocab, alpha, beta,
+                         args.beam) for alpha, beta in args.weights or [(0.5, 1.5)]]}
     data["source"] = args.source
     write_results("dropin", data, markdown(data, args.source))
     return 0
