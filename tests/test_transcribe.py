@@ -119,6 +119,24 @@ def test_segments_never_exceed_the_maximum_length(tmp_path, transcriber):
 
 
 @needs_audio
+def test_batched_segments_equal_segments_one_at_a_time(tmp_path, transcriber, monkeypatch):
+    # Segments of different lengths share length-sorted batches (padding); run one per
+    # batch instead, each segment's transcript, word times and confidences are the same.
+    gap = np.zeros(RATE, dtype=np.float32)
+    audio = write(tmp_path / "three.wav", np.concatenate(
+        [speech(SHORT), gap, speech(LONG), gap, speech(OTHER), gap, speech(SHORT)]))
+    batched, _ = transcriber.transcribe(audio)
+    monkeypatch.setattr("fusion.transcribe.BATCH_SECONDS", 1e-3)  # every segment alone
+    alone, _ = transcriber.transcribe(audio)
+    assert len(batched) == len(alone) >= 4
+    for a, b in zip(batched, alone):
+        assert (a.start, a.end, a.text) == (b.start, b.end, b.text) and a.text
+        assert [w.word for w in a.words] == [w.word for w in b.words]
+        np.testing.assert_allclose([(w.start, w.end, w.confidence) for w in a.words],
+                                   [(w.start, w.end, w.confidence) for w in b.words], atol=1e-4)
+
+
+@needs_audio
 def test_silence_gives_an_empty_transcript(tmp_path, transcriber):
     quiet = write(tmp_path / "quiet.wav", np.zeros(3 * RATE, dtype=np.float32))
     assert transcriber.transcribe(quiet) == ([], 3.0)
