@@ -355,13 +355,14 @@ def test_import_and_parser_load_no_heavy_module():
     assert run.stdout.strip() == "[]"
 
 
-def test_a_missing_extra_is_one_line_naming_it():
+def test_a_missing_extra_is_one_line_naming_it(corpus):
     """A subcommand whose extra is missing: one line naming the extra, status 2 (torch and
     pyctcdecode made unimportable, as in the core-only venv)."""
+    decode = ["decode", str(corpus / "post.npz"), "-o", str(corpus / "h.jsonl"),
+              "--decoder", "pyctcdecode"]
     run = _python("import sys; sys.modules['torch'] = sys.modules['pyctcdecode'] = None\n"
                   "from fusion.cli import main\n"
-                  "print(main(['train', '--help']), main(['decode', 'p.npz', '-o', 'h.jsonl', "
-                  "'--decoder', 'pyctcdecode']), file=sys.stderr)")
+                  f"print(main(['train', '--help']), main({decode!r}), file=sys.stderr)")
     lines = run.stderr.strip().splitlines()
     assert lines == [
         "fusion train: error: needs 'torch', which is not installed: "
