@@ -58,10 +58,11 @@ DECODERS = ("greedy", *SEARCHES)
 DEFAULT_AM = Path(__file__).resolve().parent / "models" / "am-default" / "model.pt"
 
 
-def get_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The ``fusion`` parser. The subcommands of :data:`EXTENSIONS` are listed by name and
-    help, and built in full (their module imported) only for ``command``; parsing one of the
-    others builds it then. ImportError where ``command``'s module cannot be imported."""
+def get_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The ``fusion`` parser, every subcommand built in full (``"*"``, which needs every
+    extra), or the subcommands of :data:`EXTENSIONS` listed by name and help and only
+    ``command``'s built in full (its module imported; None: none), parsing one of the others
+    building it then. ImportError where a module to build cannot be imported."""
     parser = argparse.ArgumentParser(
         prog="fusion",
         description="Model-fusion decoding engine for CTC speech recognition.",
@@ -166,7 +167,7 @@ def get_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     for ext in EXTENSIONS:
-        if command in ext.commands:
+        if command == "*" or command in ext.commands:
             ext.register(sub)
         else:
             for name, text in ext.commands.items():

@@ -349,7 +349,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 def test_import_and_parser_load_no_heavy_module():
     """`import fusion.cli` and `fusion --help`'s parser import no extra's packages."""
-    run = _python("import sys, fusion.cli as c; c.get_parser(); "
+    run = _python("import sys, fusion.cli as c; c.get_parser(None); "
                   f"print(sorted(set({HEAVY!r}) & set(sys.modules)))")
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
@@ -398,8 +398,8 @@ def test_the_listed_help_lines_are_the_modules_own():
 
 @pytest.mark.torch
 def test_a_listed_subcommand_parsed_from_the_plain_parser_runs_in_full(tmp_path, capsys):
-    """get_parser() without a command: parsing a listed subcommand builds it then."""
-    args = get_parser().parse_args(["average", str(tmp_path / "missing.pt"), "-o",
-                                    str(tmp_path / "out.pt")])
+    """get_parser(None): parsing a listed subcommand builds it then."""
+    args = get_parser(None).parse_args(["average", str(tmp_path / "missing.pt"), "-o",
+                                        str(tmp_path / "out.pt")])
     assert args.func(args) == 2
     assert "missing.pt" in capsys.readouterr().err
