@@ -19,7 +19,7 @@ default) and unknown keys are errors::
     engine = "auto"          # "compiled" (C++), "python", or auto: C++ when it knows every scorer
 
     [weights]                # scorers in use without one get fusion.defaults' weights
-                             # (lm 0.95, word_bonus 4.22, lexicon 1, hotwords 2); acoustic 1
+                             # (lm 0.6, word_bonus 1.5, lexicon 1, hotwords 2); acoustic 1
     lm = 0.5
     word_bonus = 1.0
     oov = 5.0                # unknown-word penalty: per word outside the LM's words

@@ -25,13 +25,15 @@ HOTWORDS = "hotwords"  # phrases to bias towards (:class:`fusion.scorers.Hotword
 #: -1 per word outside them; its weight is the penalty (pyctcdecode's ``unk_score_offset``)
 OOV = "oov"
 
-#: the default word n-gram of beam search: the embedded word 3-gram
-DEFAULT_LM = Path(__file__).resolve().parents[1] / "lm" / "models" / "word-3gram" / "model.bin"
+#: the default word n-gram of beam search: CMU Sphinx's general-English 3-gram, chosen on the
+#: dev sets (``lm/models/cmusphinx-3gram/MODEL_CARD.md``)
+DEFAULT_LM = Path(__file__).resolve().parents[1] / "lm" / "models" / "cmusphinx-3gram" / "model.bin"
 #: what ``--lm`` and ``[lm] path`` say for "decode without an LM"
 NO_LM = "none"
 #: the weight of each scorer in use that the config gives none. lm and word_bonus:
-#: ``fusion tune`` on dev (embedded acoustic model, word 4-gram, beam 32)
-DEFAULT_WEIGHTS = MappingProxyType({LEXICON: 1.0, LM: 0.95, WORD_BONUS: 4.22, HOTWORDS: 2.0})
+#: ``fusion tune`` on the real dev sets (embedded acoustic model, default LM, beam 32),
+#: rounded to the grid point beside the best
+DEFAULT_WEIGHTS = MappingProxyType({LEXICON: 1.0, LM: 0.6, WORD_BONUS: 1.5, HOTWORDS: 2.0})
 
 #: beams kept after each frame (``fusion.decoder.SearchOptions.beam_size`` must agree:
 #: ``tests/test_pipeline.py`` checks it)

@@ -167,8 +167,11 @@ def test_the_unknown_word_penalty(corpus, tmp_path, capsys):
 
     def decode(*extra: str) -> list[dict]:
         out = tmp_path / "oov.jsonl"
+        # weights fixed here, not the defaults: at beam 4 which alignments survive (and so a
+        # hypothesis' summed score) depends on them
         assert main(["decode", str(corpus / "post.npz"), "-o", str(out), "--decoder", "beam",
-                     "--lm", str(lm), "--beam-size", "4", *extra]) == 0
+                     "--lm", str(lm), "--lm-weight", "0.95", "--word-bonus", "4.22",
+                     "--beam-size", "4", *extra]) == 0
         return [json.loads(line) for line in out.read_text().splitlines()]
 
     plain, zero, some = decode(), decode("--oov-penalty", "0"), decode("--oov-penalty", "1.5")

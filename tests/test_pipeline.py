@@ -30,7 +30,7 @@ KNOWN_UPWARD: set[tuple[str, str]] = set()
 KNOWN_CLI_IMPORTS = {("fusion.transcribe", "fusion.am.cli")}
 
 default_lm = pytest.mark.skipif(not defaults.DEFAULT_LM.is_file(),
-                                reason="the embedded word 3-gram is not in this checkout")
+                                reason="the default 3-gram is not in this checkout")
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_every_default_comes_from_fusion_defaults():
     assert tune.beam_size == defaults.BEAM_SIZE
     demo = parser.parse_args(["demo", "--manifest", "m.jsonl"])
     assert demo.lm == defaults.DEFAULT_LM
-    assert config.weights_for(["lm", "word_bonus"]) == {"lm": 0.95, "word_bonus": 4.22}
+    assert config.weights_for(["lm", "word_bonus"]) == {"lm": 0.6, "word_bonus": 1.5}
     with pytest.raises(TypeError):
         defaults.DEFAULT_WEIGHTS["lm"] = 1.0  # read-only: one place, not one copy per caller
 
@@ -83,7 +83,7 @@ def test_the_unknown_word_name_and_the_default_lm_are_spelled_once():
                if "csrc" not in p.parts and defaults.OOV in string_constants(p)]
     assert spelled == ["fusion/defaults.py"]
     mentions = [p.relative_to(REPO).as_posix() for p in (REPO / "fusion").rglob("*.py")
-                if "word-3gram" in string_constants(p)]
+                if "cmusphinx-3gram" in string_constants(p)]
     assert mentions == ["fusion/defaults.py"]
 
 
@@ -95,7 +95,7 @@ def test_the_default_pipeline_is_what_fusion_decode_builds(post, table, tmp_path
     for decoder in (built, from_flags):
         assert isinstance(decoder, BeamSearchDecoder)
         assert [s.name for s in decoder.scorers] == ["lm", "word_bonus"]
-        assert decoder.weights == {"acoustic": 1.0, "lm": 0.95, "word_bonus": 4.22}
+        assert decoder.weights == {"acoustic": 1.0, "lm": 0.6, "word_bonus": 1.5}
         assert decoder.options == SearchOptions()
     assert flags("--decoder", "beam") == DecodeConfig.default()
     # the command's output is the factory's decoder's, byte for byte
