@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fusion import __version__, batch
+from fusion.allocator import prefer_jemalloc
 from fusion.config import DecodeConfig
 from fusion.decoder import ENGINES
 from fusion.defaults import BEAM_SIZE, DEFAULT_LM, DEFAULT_WEIGHTS, NO_LM, OOV
@@ -306,9 +307,7 @@ def _run(command: str | None, argv: list[str], own_process: bool) -> int:
         return EXIT_BAD_INPUT
     args = parser.parse_args(argv)
     if own_process:
-        am_cli = sys.modules.get("fusion.am.cli")  # loaded for its commands only
-        if am_cli is not None:  # training may restart under jemalloc
-            am_cli.prefer_jemalloc(args.command)
+        prefer_jemalloc(args.command)  # training and transcribing may restart under jemalloc
         terminate_on_sigterm()
     try:
         return int(args.func(args))

@@ -466,8 +466,8 @@ def test_checkpoint_save_is_atomic(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
-def test_prefer_jemalloc_restarts_training_commands_only(monkeypatch):
-    from fusion.am import cli as am_cli
+def test_prefer_jemalloc_restarts_training_and_transcribing_only(monkeypatch):
+    from fusion import allocator as am_cli
 
     calls = []
 
@@ -481,8 +481,13 @@ def test_prefer_jemalloc_restarts_training_commands_only(monkeypatch):
     assert am_cli.prefer_jemalloc("train", environ=env, argv=argv, execve=execve)
     path, args, new_env = calls.pop()
     assert args[1:] == argv[1:] and path == args[0]
-    assert new_env == {"PATH": "/bin", "LD_PRELOAD": "libjemalloc.so.2:libfoo.so"}
+    assert new_env == {"PATH": "/bin", "LD_PRELOAD": "libjemalloc.so.2:libfoo.so",
+                       "MALLOC_CONF": "background_thread:true"}
     assert env["LD_PRELOAD"] == "libfoo.so"  # the caller's mapping is left alone
+    # transcribe too; a MALLOC_CONF given is kept
+    assert am_cli.prefer_jemalloc("transcribe", environ={**env, "MALLOC_CONF": "narenas:1"},
+                                  argv=argv, execve=execve)
+    assert calls.pop()[2]["MALLOC_CONF"] == "narenas:1"
     # not again once preloaded, not for other commands, not when opted out
     for command, environ in [("train", new_env), ("decode", env), ("posteriors", env),
                              ("pretrain", {**env, "FUSION_MALLOC": "system"})]:

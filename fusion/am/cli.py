@@ -9,29 +9,21 @@ arguments and returns an exit code (0 success, 1 some utterances failed, 2 bad i
 Configs are TOML files read as data (``tomllib``); ``--set section.key=VALUE`` (VALUE
 in TOML syntax) overrides single keys. Unknown sections and keys are errors.
 
-Training allocates and frees large tensors of a new shape at every step. Under glibc's
-malloc that cost grows as its heap fragments: 500 CPU steps into a run of the embedded
-model, a profile (py-spy) found a quarter of the time in ``malloc`` called by torch's CPU
-allocator, and the process held 9.5 GB; under jemalloc, about 1% and 4 GB.
-:func:`prefer_jemalloc` therefore restarts ``train`` and ``pretrain``, run from the
-command line, under jemalloc (Debian ``libjemalloc2``) when it is installed;
-``FUSION_MALLOC=system`` keeps glibc's malloc.
+Training runs under jemalloc when it can (:mod:`fusion.allocator`).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes.util
 import json
-import os
 import pickle
 import sys
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fusion.allocator import allocator_name, prefer_jemalloc
 from fusion.am.config import (
     ConfigError,
     PretrainConfig,
@@ -50,7 +42,6 @@ __all__ = [
     "add_parsers",
     "default_model_path",
     "main",
-    "prefer_jemalloc",
     "run_average",
     "run_posteriors",
     "run_pretrain",
@@ -61,42 +52,6 @@ __all__ = [
 def default_model_path() -> Path:
     """The embedded acoustic model (``fusion/models/am-default/model.pt``)."""
     return Path(__file__).resolve().parents[1] / "models" / "am-default" / "model.pt"
-
-
-ALLOCATOR_COMMANDS = ("train", "pretrain")
-
-
-def prefer_jemalloc(command: str | None, *, environ: Mapping[str, str] | None = None,
-                    argv: Sequence[str] | None = None,
-                    execve: Callable[[str, list[str], dict[str, str]], Any] = os.execve) -> bool:
-    """Restart this process under jemalloc for a training ``command``, if possible.
-
-    Does nothing (returns False) for other commands, with ``FUSION_MALLOC=system``,
-    when jemalloc is already preloaded, or when ``libjemalloc`` is not installed.
-    Otherwise ``execve`` replaces the process with the same command line (``argv``:
-    ``sys.orig_argv``) and environment (``environ``: ``os.environ``), with jemalloc
-    first in ``LD_PRELOAD``.
-    """
-    env = dict(os.environ if environ is None else environ)
-    preload = env.get("LD_PRELOAD", "")
-    if (command not in ALLOCATOR_COMMANDS or env.get("FUSION_MALLOC", "jemalloc") == "system"
-            or "jemalloc" in preload):
-        return False
-    lib = ctypes.util.find_library("jemalloc")
-    if lib is None:
-        return False
-    env["LD_PRELOAD"] = f"{lib}:{preload}" if preload else lib
-    sys.stdout.flush()
-    sys.stderr.flush()
-    execve(sys.executable, [sys.executable, *(sys.orig_argv if argv is None else argv)[1:]], env)
-    return True
-
-
-def allocator_name() -> str:
-    """The allocator this process runs under, for training logs."""
-    if "jemalloc" in os.environ.get("LD_PRELOAD", ""):
-        return "jemalloc"
-    return "glibc malloc (install Debian libjemalloc2 for faster CPU training)"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
