@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-long-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        per_utt_out = work / "per-utterance.jsonl"
+        per_utt_out = fresh(work / "per-utterance.jsonl")
         data["per_utterance_run"] = run_measured([*fusion, str(args.manifest), "-o", str(per_utt_out)])
         hyps = {r["id"]: r["text"] for r in read_jsonl(per_utt_out)}
         for minutes in sorted(args.minutes)[:2]:
@@ -177,12 +178,20 @@ def wer(refs: dict[str, str], hyps: dict[str, str]) -> float:
     return 100.0 * score_corpus(refs, hyps).wer
 
 
+def fresh(out: Path) -> Path:
+    """``out`` with no earlier run's results beside it: ``fusion transcribe`` resumes from
+    them, and a timed run must do all its work."""
+    out.unlink(missing_ok=True)
+    shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
+    return out
+
+
 def long_run(minutes: float, work: Path, fusion: list[str], manifest: Path,
              refs: dict[str, str], hyps: dict[str, str]) -> dict[str, Any]:
     """One long recording: made, transcribed in a child, scored against per-utterance."""
     audio = work / f"long-{minutes:g}min.wav"
     order = in_child(make_recording, minutes, audio, manifest)[0]
-    out = work / f"long-{minutes:g}min.jsonl"
+    out = fresh(work / f"long-{minutes:g}min.jsonl")
     load = os.getloadavg()[0]
     m = run_measured([*fusion, str(audio), "-o", str(out)])
     (result,) = read_jsonl(out)
