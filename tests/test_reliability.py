@@ -440,6 +440,8 @@ ATOMIC = textwrap.dedent("""
     from fusion.manifest import atomic_write
 
     terminate_on_sigterm()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when
+    # started from a background job (which inherits SIGINT ignored)
     with atomic_write(sys.argv[1]) as fh:
         fh.write("partial")
         fh.flush()
