@@ -105,12 +105,16 @@ def test_same_nbest_as_the_python_search_on_random_posteriors(
         "hotwords": [LMScorer(trigram, unigrams=unigrams), HotwordScorer(HOTWORDS), WordBonus()],
     }[scorers]
     weights = {s.name: w for s, w in zip(chosen, (0.8, 1.5, 0.6))}
-    options = SearchOptions(beam_size=max(beam, nbest), nbest=nbest, token_top_k=int(rng.integers(1, 29)),
-                            beam_threshold=float(rng.choice([5.0, 15.0, math.inf])),
-                            blank_skip=None if seed % 3 == 0 else 0.999,
-                            floor_every_label=seed % 4 == 1)
-    python, compiled = _both(table, chosen, weights, options)
+    python, compiled = _both(table, chosen, weights, _random_options(rng, seed, beam, nbest))
     assert _outputs(compiled, p) == _outputs(python, p)
+
+
+def _random_options(rng: np.random.Generator, seed: int, beam: int, nbest: int) -> SearchOptions:
+    """Search options drawn for the property tests: every pruning rule on and off."""
+    return SearchOptions(beam_size=max(beam, nbest), nbest=nbest, token_top_k=int(rng.integers(1, 29)),
+                         beam_threshold=float(rng.choice([5.0, 15.0, math.inf])),
+                         blank_skip=None if seed % 3 == 0 else 0.999,
+                         floor_every_label=seed % 4 == 1)
 
 
 @settings(max_examples=40, deadline=None)
@@ -134,11 +138,7 @@ def test_same_nbest_with_the_partial_unknown_word_penalty(
     }[scorers]
     weights = {s.name: w for s, w in zip(chosen, (0.8, 1.5, 0.6))}
     weights["oov"] = penalty
-    options = SearchOptions(beam_size=max(beam, nbest), nbest=nbest, token_top_k=int(rng.integers(1, 29)),
-                            beam_threshold=float(rng.choice([5.0, 15.0, math.inf])),
-                            blank_skip=None if seed % 3 == 0 else 0.999,
-                            floor_every_label=seed % 4 == 1)
-    python, compiled = _both(table, chosen, weights, options)
+    python, compiled = _both(table, chosen, weights, _random_options(rng, seed, beam, nbest))
     assert _outputs(compiled, p) == _outputs(python, p)
 
 
