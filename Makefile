@@ -28,9 +28,10 @@ SOURCES := setup.cfg setup.py pyproject.toml MANIFEST.in fusion/csrc/ctc_search.
 CORE_VENV := .venv-core
 CORE    := $(CORE_VENV)/.stamp-core
 CORE_TESTS := tests/test_decoder.py tests/test_ctcsearch.py tests/test_install.py tests/test_tokens.py \
-	tests/test_posteriors.py tests/test_manifest.py tests/test_text.py \
+	tests/test_posteriors.py tests/test_manifest.py tests/test_text.py tests/test_greedy.py \
 	tests/test_cli.py::test_import_and_parser_load_no_heavy_module \
-	tests/test_cli.py::test_help_lists_every_subcommand_and_its_extra
+	tests/test_cli.py::test_help_lists_every_subcommand_and_its_extra \
+	tests/test_cli.py::test_decode_then_score tests/test_cli.py::test_a_missing_extra_is_one_line_naming_it
 
 # Debian packages the project needs: KenLM's estimator (boost, compression libraries);
 # TTS voices and English texts for the speech and LM corpora; jemalloc for CPU training;

@@ -1,9 +1,8 @@
-"""Greedy (best-path) CTC decoding, vectorised over a padded batch."""
+"""Greedy (best-path) CTC decoding, in NumPy (the core has no torch)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,69 +10,49 @@ from fusion.posteriors import Posteriors
 from fusion.tokens import TokenTable
 from fusion.types import DecodeResult, Hypothesis, TokenSpan, spans_to_words
 
-if TYPE_CHECKING:  # torch is imported by the functions that use it (the core has none)
-    import torch
-
 __all__ = ["best_path", "greedy_decode"]
 
 
-def best_path(
-    log_probs: torch.Tensor, lengths: torch.Tensor, blank_id: int
-) -> list[tuple[list[TokenSpan], float]]:
-    """Best path of each utterance in a padded batch.
+def best_path(log_probs: np.ndarray, blank_id: int) -> tuple[list[TokenSpan], float]:
+    """Best path of one utterance.
 
     Args:
-        log_probs: ``(B, T, V)`` log-probabilities; frames past ``lengths`` are ignored.
-        lengths: ``(B,)`` valid frame counts.
+        log_probs: ``(T, V)`` log-probabilities (a torch tensor on the CPU works too).
         blank_id: the CTC blank.
 
     Returns:
-        Per utterance: the collapsed units (repeats merged, blanks dropped) with their frame
-        spans, and the path's log-probability (sum of each frame's best log-probability).
+        The collapsed units (repeats merged, blanks dropped) with their frame spans, and the
+        path's log-probability (sum of each frame's best log-probability). A tie between units
+        goes to the lowest id.
     """
-    import torch
-
-    batch, frames, _ = log_probs.shape
-    best_lp, best = log_probs.max(dim=-1)  # (B, T) each
-    valid = torch.arange(frames).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
-    path_score = torch.where(valid, best_lp.double(), 0.0).sum(dim=1)  # (B,)
-    run_start = torch.ones_like(valid)
-    run_start[:, 1:] = best[:, 1:] != best[:, :-1]  # a new run begins at t
-    run_start &= valid
-    best_np, start_np = best.numpy(), run_start.numpy()
-    out: list[tuple[list[TokenSpan], float]] = []
-    for b in range(batch):
-        n = int(lengths[b])
-        starts = np.flatnonzero(start_np[b, :n])
-        ends = np.append(starts[1:], n)
-        ids = best_np[b, starts]
-        keep = ids != blank_id
-        spans = [TokenSpan(int(i), int(s), int(e))
-                 for i, s, e in zip(ids[keep], starts[keep], ends[keep])]
-        out.append((spans, float(path_score[b])))
-    return out
+    lp = np.asarray(log_probs)
+    n = lp.shape[0]
+    if n == 0:
+        return [], 0.0
+    best = lp.argmax(axis=1)  # (T,)
+    score = float(lp[np.arange(n), best].astype(np.float64).sum())
+    starts = np.flatnonzero(np.r_[True, best[1:] != best[:-1]])  # a new run begins at t
+    ends = np.append(starts[1:], n)
+    ids = best[starts]
+    keep = ids != blank_id
+    spans = [TokenSpan(int(i), int(s), int(e))
+             for i, s, e in zip(ids[keep], starts[keep], ends[keep])]
+    return spans, score
 
 
 def greedy_decode(
     posteriors: Sequence[Posteriors], table: TokenTable
 ) -> list[DecodeResult]:
-    """Greedy-decode a batch of utterances (one padded argmax over the whole batch)."""
-    if not posteriors:
-        return []
+    """Greedy-decode utterances (each on its own: a batch of one == one at a time)."""
     for p in posteriors:
         if p.num_tokens != len(table):
             raise ValueError(
                 f"utterance {p.utt_id!r}: posteriors have {p.num_tokens} columns but the "
                 f"token table has {len(table)} tokens"
             )
-    import torch
-
-    lengths = torch.tensor([p.num_frames for p in posteriors])
-    padded = torch.zeros(len(posteriors), int(lengths.max()), len(table))  # (B, T, V)
-    for b, p in enumerate(posteriors):
-        padded[b, : p.num_frames] = torch.from_numpy(np.array(p.log_probs))
     results = []
-    for p, (spans, score) in zip(posteriors, best_path(padded, lengths, table.blank_id)):
+    for p in posteriors:
+        spans, score = best_path(p.log_probs, table.blank_id)
         words = spans_to_words(table, spans, p.frame_shift, p.log_probs)
         hyp = Hypothesis(
             text=" ".join(w.word for w in words),

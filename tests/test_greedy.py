@@ -1,5 +1,5 @@
 import numpy as np
-import torch
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -44,11 +44,23 @@ def test_batch_equals_singles(table, rng):
         assert b.best.score == s.best.score
 
 
-def test_padding_is_ignored(table):
+def test_a_tie_goes_to_the_lowest_id_and_scores_sum_in_double(table):
+    lp = np.full((3, len(table)), -30.0, dtype=np.float32)
+    a, b = sorted([table.id_of("a"), table.id_of("b")])
+    lp[:, [a, b]] = np.log(0.5)  # every frame a tie between a and b
+    spans, score = best_path(lp, table.blank_id)
+    assert [(s.token_id, s.start_frame, s.end_frame) for s in spans] == [(a, 0, 3)]
+    assert score == 3 * float(np.float32(np.log(0.5)))
+
+
+def test_training_greedy_texts_ignore_padding(table):
+    torch = pytest.importorskip("torch")
+    from fusion.am.train import greedy_texts
+
     lp = torch.from_numpy(peaky(table, ["a", "-", "b"])).float()
-    padded = torch.cat([lp, lp[:1].repeat(4, 1)]).unsqueeze(0)  # padding peaks on "a"
-    (spans, score), = best_path(padded, torch.tensor([3]), table.blank_id)
-    assert [s.token_id for s in spans] == [table.id_of("a"), table.id_of("b")]
+    padded = torch.stack([torch.cat([lp, lp[:1].repeat(4, 1)]),  # padding peaks on "a"
+                          torch.from_numpy(peaky(table, ["b"] * 7)).float()])
+    assert greedy_texts(padded, torch.tensor([3, 7]), table) == ["ab", "b"]
 
 
 words = st.text(alphabet="abcdefghijklmnopqrstuvwxyz'", min_size=1, max_size=8)

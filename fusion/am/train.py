@@ -56,7 +56,9 @@ def ctc_feasible(target: list[int], num_frames: int) -> bool:
 def greedy_texts(log_probs: torch.Tensor, lengths: torch.Tensor, table: TokenTable) -> list[str]:
     """Greedy CTC transcripts of a padded ``(B, T, V)`` batch: argmax, merge repeats, drop blanks."""
     out = []
-    for spans, _ in best_path(log_probs, lengths, table.blank_id):
+    lp = log_probs.detach().cpu().numpy()
+    for b, n in enumerate(lengths.tolist()):
+        spans, _ = best_path(lp[b, :n], table.blank_id)
         out.append(table.text_from_ids([s.token_id for s in spans]))
     return out
 
