@@ -1,4 +1,4 @@
-"""``fusion lm ...``: build the LM text, estimate n-gram models, measure perplexity."""
+"""``fusion lm ...``: build the LM text, estimate n-gram models, mix them, measure perplexity."""
 
 from __future__ import annotations
 
@@ -46,6 +46,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--level", choices=LEVELS, default="word")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_ppl)
+
+    p = sub.add_parser("mix", help="linear interpolation of ARPA n-gram models into one ARPA "
+                       "(SRILM -mix-lm semantics), weights given or fitted by EM on dev text")
+    p.add_argument("models", type=Path, nargs="+", help="ARPA models (.arpa or .arpa.gz)")
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--weights", type=float, nargs="+", metavar="W",
+                         help="one weight per model, summing to 1")
+    weights.add_argument("--fit-weights", type=Path, metavar="DEV_TEXT",
+                         help="fit the weights by EM on this dev text (never the test text)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="ARPA to write (.arpa or .arpa.gz); with --binary also OUTPUT.bin")
+    p.add_argument("--binary", action="store_true", help="also write a KenLM trie binary")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run_mix)
 
 
 def run_text(args: argparse.Namespace) -> int:
@@ -101,6 +115,63 @@ def run_ppl(args: argparse.Namespace) -> int:
     else:
         print(f"perplexity {ppl:.2f} over {units} units ({len(sentences)} sentences, "
               f"{oov} OOV); loaded in {load_s:.2f} s")
+    return 0
+
+
+def run_mix(args: argparse.Namespace) -> int:
+    import resource
+
+    from lm.interpolate import (check_output, check_weights, dev_probabilities, fit_weights,
+                                load_models, mix, model_perplexities, write_arpa)
+
+    check_output(args.models, args.output)
+    if args.weights is not None:
+        check_weights(args.weights, len(args.models))
+    elif not args.fit_weights.is_file():
+        raise LMError(f"{args.fit_weights}: no such dev text")
+    start = time.perf_counter()
+    index, tables = load_models(args.models)
+    result: dict = {"models": [str(m) for m in args.models], "output": str(args.output)}
+    weights = args.weights
+    if args.fit_weights is not None:
+        sentences = sentences_of(args.fit_weights, "word")
+        probs, skipped = dev_probabilities(index, tables, sentences)
+        weights, ppl, iterations = fit_weights(probs)
+        result["fit"] = {
+            "dev": str(args.fit_weights), "tokens": int(probs.shape[1]), "oov_skipped": skipped,
+            "iterations": iterations, "perplexity": ppl,
+            "model_perplexity": model_perplexities(probs),
+        }
+    mixture = mix(index, tables, weights)
+    write_arpa(mixture, args.output)
+    result.update(weights=list(mixture.weights), ngrams=list(mixture.stats.counts),
+                  full_contexts=mixture.stats.full_contexts,
+                  lost_mass_contexts=mixture.stats.lost_mass_contexts,
+                  arpa_mb=args.output.stat().st_size / 1e6,
+                  seconds=time.perf_counter() - start,
+                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if args.binary:
+        binary = build_binary(args.output,
+                              args.output.with_name(args.output.name.split(".")[0] + ".bin"))
+        result["binary"] = str(binary)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    if "fit" in result:
+        fit = result["fit"]
+        alone = ", ".join(f"{p:.2f}" for p in fit["model_perplexity"])
+        print(f"EM on {fit['dev']}: {fit['tokens']} tokens ({fit['oov_skipped']} OOV left out), "
+              f"{fit['iterations']} iterations: mixture perplexity {fit['perplexity']:.2f} "
+              f"(each model alone: {alone})")
+    print("weights " + " ".join(f"{w:.4f}" for w in result["weights"]))
+    print(f"wrote {args.output} ({result['arpa_mb']:.1f} MB; n-grams "
+          f"{' '.join(map(str, result['ngrams']))}) in {result['seconds']:.1f} s, "
+          f"peak memory {result['peak_rss_mb']:.0f} MB")
+    if mixture.stats.lost_mass_contexts:
+        print(f"warning: {mixture.stats.lost_mass_contexts} context(s) have mass left but no "
+              f"words to back off to (up to {mixture.stats.lost_mass_max:.2g} lost)")
+    if args.binary:
+        print(f"wrote {result['binary']} ({Path(result['binary']).stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
