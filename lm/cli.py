@@ -121,10 +121,13 @@ def run_ppl(args: argparse.Namespace) -> int:
 def run_mix(args: argparse.Namespace) -> int:
     import resource
 
-    from lm.interpolate import (check_output, check_weights, dev_probabilities, fit_weights,
-                                load_models, mix, model_perplexities, write_arpa)
+    from lm.interpolate import (check_output, check_weights, common_perplexities,
+                                dev_probabilities, fit_weights, load_models, mix, write_arpa)
 
+    binary = args.output.with_name(args.output.name.split(".")[0] + ".bin")
     check_output(args.models, args.output)
+    if args.binary:
+        check_output(args.models, binary)
     if args.weights is not None:
         check_weights(args.weights, len(args.models))
     elif not args.fit_weights.is_file():
@@ -136,12 +139,9 @@ def run_mix(args: argparse.Namespace) -> int:
     if args.fit_weights is not None:
         sentences = sentences_of(args.fit_weights, "word")
         probs, skipped = dev_probabilities(index, tables, sentences)
-        weights, ppl, iterations = fit_weights(probs)
-        result["fit"] = {
-            "dev": str(args.fit_weights), "tokens": int(probs.shape[1]), "oov_skipped": skipped,
-            "iterations": iterations, "perplexity": ppl,
-            "model_perplexity": model_perplexities(probs),
-        }
+        weights, _, iterations = fit_weights(probs)
+        result["fit"] = {"dev": str(args.fit_weights), "oov_skipped": skipped,
+                         "iterations": iterations, **common_perplexities(probs, weights)}
     mixture = mix(index, tables, weights)
     write_arpa(mixture, args.output)
     result.update(weights=list(mixture.weights), ngrams=list(mixture.stats.counts),
@@ -151,18 +151,17 @@ def run_mix(args: argparse.Namespace) -> int:
                   seconds=time.perf_counter() - start,
                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if args.binary:
-        binary = build_binary(args.output,
-                              args.output.with_name(args.output.name.split(".")[0] + ".bin"))
-        result["binary"] = str(binary)
+        result["binary"] = str(build_binary(args.output, binary))
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
     if "fit" in result:
         fit = result["fit"]
-        alone = ", ".join(f"{p:.2f}" for p in fit["model_perplexity"])
-        print(f"EM on {fit['dev']}: {fit['tokens']} tokens ({fit['oov_skipped']} OOV left out), "
-              f"{fit['iterations']} iterations: mixture perplexity {fit['perplexity']:.2f} "
-              f"(each model alone: {alone})")
+        alone = ", ".join(f"{p:.2f}" for p in fit["common_models"])
+        print(f"EM on {fit['dev']}: {fit['iterations']} iterations; mixture perplexity "
+              f"{fit['mixture']:.2f} over {fit['tokens']} tokens ({fit['oov_skipped']} OOV "
+              f"left out); over the {fit['common_tokens']} every model knows: mixture "
+              f"{fit['common_mixture']:.2f}, each model alone {alone}")
     print("weights " + " ".join(f"{w:.4f}" for w in result["weights"]))
     print(f"wrote {args.output} ({result['arpa_mb']:.1f} MB; n-grams "
           f"{' '.join(map(str, result['ngrams']))}) in {result['seconds']:.1f} s, "

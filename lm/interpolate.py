@@ -53,7 +53,7 @@ from lm.arpa import BOS, LN10, UNK, read_arpa
 from lm.base import LMError
 
 __all__ = ["Mixture", "MixStats", "NgramIndex", "Tables", "check_weights", "fit_weights",
-           "dev_probabilities", "load_models", "log_prob", "mix", "mix_arpa", "model_perplexities",
+           "dev_probabilities", "load_models", "log_prob", "mix", "mix_arpa", "common_perplexities",
            "write_arpa"]
 
 #: log10 "zero" of ARPA files (written for a probability or back-off weight of zero).
@@ -445,11 +445,19 @@ def fit_weights(probs: np.ndarray, *, tol: float = 1e-9, max_iter: int = 10_000
     return tuple(float(w) for w in weights), ppl, iteration
 
 
-def model_perplexities(probs: np.ndarray) -> list[float]:
-    """Each model's perplexity alone on the tokens of :func:`dev_probabilities` (``inf``
-    for a model that gives some token probability zero: a word it does not know)."""
-    with np.errstate(divide="ignore"):
-        return [math.exp(-float(np.mean(np.log(p)))) for p in probs]
+def common_perplexities(probs: np.ndarray, weights: Sequence[float]) -> dict:
+    """Perplexities on the tokens of :func:`dev_probabilities` that every model knows (each
+    model alone, and the mixture), comparable with one another; and the mixture's on all
+    its tokens."""
+    weights = np.asarray(weights, dtype=np.float64)
+    known = np.all(probs > 0, axis=0)
+
+    def ppl(p: np.ndarray) -> float:
+        return math.exp(-float(np.mean(np.log(p)))) if len(p) else float("nan")
+
+    return {"tokens": int(probs.shape[1]), "mixture": ppl(weights @ probs),
+            "common_tokens": int(known.sum()), "common_mixture": ppl(weights @ probs[:, known]),
+            "common_models": [ppl(p[known]) for p in probs]}
 
 
 def mix_arpa(models: Sequence[str | Path], output: str | Path,

@@ -244,8 +244,11 @@ def test_em_weights_known_optimum(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["weights"] == pytest.approx([0.85, 0.15], abs=1e-6)
     expected = math.exp(-(3 * math.log(0.525) + math.log(0.175) + 4 * math.log(0.3)) / 8)
-    assert result["fit"]["perplexity"] == pytest.approx(expected)
-    assert result["fit"]["tokens"] == 8
+    fit = result["fit"]
+    assert fit["mixture"] == pytest.approx(expected) == fit["common_mixture"]
+    assert fit["tokens"] == fit["common_tokens"] == 8
+    alone_a = math.exp(-(3 * math.log(0.6) + math.log(0.1) + 4 * math.log(0.3)) / 8)
+    assert fit["common_models"][0] == pytest.approx(alone_a)
     # the written mixture gives a the mixed probability
     assert read_arpa(tmp_path / "m.arpa").ngrams[0]["a",][0] == pytest.approx(math.log(.525), abs=1e-6)
 
