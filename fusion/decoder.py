@@ -41,10 +41,9 @@ import numpy as np
 
 from fusion.defaults import ACOUSTIC, BEAM_SIZE
 from fusion.posteriors import Posteriors
-from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
+from fusion.scorers import WordScorer
 from fusion.tokens import TokenTable
 from fusion.types import DecodeResult, Hypothesis, PartialResult, TokenSpan, WordSpan, spans_to_words
-from lm.ngram import KenLM
 
 if TYPE_CHECKING:  # torch is imported where the fallback aligner needs it
     import torch
@@ -65,26 +64,10 @@ NEG_INF = -math.inf
 ENGINES = ("auto", "compiled", "python")
 
 
-def compiled_scorers(scorers: Sequence[WordScorer], weights: Mapping[str, float]
-                     ) -> list[dict] | str:
-    """What the compiled search needs of ``scorers``, or why it cannot run them."""
-    spec: list[dict] = []
-    for s in scorers:
-        w = float(weights[s.name])
-        if type(s) is WordBonus:
-            spec.append({"kind": "bonus", "weight": w})
-        elif type(s) is LexiconScorer:
-            spec.append({"kind": "lexicon", "weight": w, "words": sorted(s.words),
-                         "constraint": s.constraint, "partial": s.partial})
-        elif type(s) is HotwordScorer:
-            spec.append({"kind": "hotwords", "weight": w, **s.automaton()})
-        elif type(s) is LMScorer and type(s.lm) is KenLM and s.lm.level == "word":
-            spec.append({"kind": "kenlm", "weight": w, "path": str(s.lm.path),
-                         "unigrams": None if s.unigrams is None else list(s.unigrams)})
-        else:
-            return (f"scorer {s.name!r} ({type(s).__name__}) runs in Python only: "
-                    "use engine 'auto' or 'python'")
-    return spec
+def compiled_scorers(scorers: Sequence[WordScorer], weights: Mapping[str, float]) -> list[dict]:
+    """What the compiled search needs of ``scorers``: each describes itself
+    (:meth:`~fusion.scorers.WordScorer.compiled`); one it cannot run natively is called back."""
+    return [s.compiled(float(weights[s.name])) for s in scorers]
 
 
 @dataclass(frozen=True)
@@ -115,6 +98,10 @@ class SearchOptions:
             (:class:`~fusion.scorers.LexiconScorer` ``partial=True``) while its own charge
             waits for its end, the search would otherwise keep it and leave the rest of the
             utterance unsaid (``benchmarks/results/dropin.md``).
+        split_blank_ends: rank each prefix's blank-ending and label-ending paths as two
+            candidates of the ``beam_size`` (pyctcdecode's beams, keyed by their last label),
+            a prefix keeping only the mass of its ends that made the beam. Off (the default),
+            a prefix ranks by the sum of both, as CTC prefix beam search does.
         nbest: hypotheses returned per utterance.
         engine: ``"compiled"`` runs the search in C++ (``fusion._ctcsearch``, KenLM linked
             in), which knows :class:`~fusion.scorers.LMScorer` over a word-level
@@ -131,6 +118,7 @@ class SearchOptions:
     token_min_logprob: float = -5.0
     blank_skip: float | None = 0.999
     floor_every_label: bool = False
+    split_blank_ends: bool = False
     nbest: int = 1
     engine: str = "auto"
 
@@ -148,9 +136,10 @@ class SearchOptions:
             raise ValueError(f"SearchOptions.beam_threshold must be > 0, got {self.beam_threshold}")
         if not (self.token_min_logprob <= 0):
             raise ValueError("SearchOptions.token_min_logprob must be a log-probability <= 0")
-        if not isinstance(self.floor_every_label, bool):
-            raise ValueError(f"SearchOptions.floor_every_label must be True or False, "
-                             f"got {self.floor_every_label!r}")
+        for flag in ("floor_every_label", "split_blank_ends"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"SearchOptions.{flag} must be True or False, "
+                                 f"got {getattr(self, flag)!r}")
         if self.blank_skip is not None and not 0.0 < self.blank_skip <= 1.0:
             raise ValueError(f"SearchOptions.blank_skip must be in (0, 1] or None, "
                              f"got {self.blank_skip}")
@@ -362,22 +351,19 @@ class BeamSearchDecoder:
         self._starts = tuple("" if u == table.boundary_id else table.tokens[u][wb:] if e else None
                              for u, e in enumerate(ends_word))
         engine = options.engine
-        spec = compiled_scorers(self.scorers, self.weights) if engine != "python" else None
-        if engine == "compiled":
-            if _ctcsearch is None:
-                raise ValueError(f"engine 'compiled': fusion._ctcsearch is not built "
-                                 f"(make builds it): {_CTC_ERROR}")
-            if isinstance(spec, str):
-                raise ValueError(f"engine 'compiled': {spec}")
-        self._spec = spec if _ctcsearch is not None and not isinstance(spec, str) else None
+        if engine == "compiled" and _ctcsearch is None:
+            raise ValueError(f"engine 'compiled': fusion._ctcsearch is not built "
+                             f"(make builds it): {_CTC_ERROR}")
+        self._spec = (compiled_scorers(self.scorers, self.weights)
+                      if engine != "python" and _ctcsearch is not None else None)
         self._searcher: object | None = None  # a C++ object: made here, and after unpickling
         if self._spec is not None:
             self._make_searcher()
 
     def _make_searcher(self) -> object:
         opts = self.options
-        for s in self.scorers:  # the search loads its own copy: one copy in memory, not two
-            if type(s) is LMScorer and type(s.lm) is KenLM:
+        for s, spec in zip(self.scorers, self._spec):  # a KenLM file: the search loads its own
+            if spec["kind"] == "kenlm":  # copy, so that it is in memory once, not twice
                 s.lm.release()
         try:
             self._searcher = _ctcsearch.Searcher(
@@ -385,7 +371,7 @@ class BeamSearchDecoder:
                 -1 if self.table.boundary_id is None else self.table.boundary_id,
                 self.weights[ACOUSTIC], opts.beam_size, opts.beam_threshold, opts.token_top_k,
                 opts.token_min_logprob, opts.blank_skip, opts.nbest, self._spec,
-                opts.floor_every_label)
+                opts.floor_every_label, opts.split_blank_ends)
         except RuntimeError as exc:  # KenLM failed to load a model the Python side loaded
             raise ValueError(f"compiled search: {exc}") from None
         return self._searcher
@@ -481,7 +467,12 @@ class BeamSearchDecoder:
         cannot survive :meth:`_prune` whatever its real score, so it is never scored.
         """
         opts = self.options
-        exact = [s for b, s in zip(beams, totals) if b.info.pending is None]
+        if opts.split_blank_ends:  # the candidates are the ends (see _prune_split)
+            w_ac = self.weights[ACOUSTIC]
+            exact = [x for b in beams if b.info.pending is None
+                     for x in self._ends(b, w_ac) if x > NEG_INF]
+        else:
+            exact = [s for b, s in zip(beams, totals) if b.info.pending is None]
         cut = NEG_INF
         if exact:
             cut = max(exact) - opts.beam_threshold
@@ -644,9 +635,14 @@ class BeamSearchDecoder:
         opts = self.options
         lows = []
         for b in beams:
-            kept = _lae(_lae(b.p_b, b.p_nb) + lp_blank,
-                        b.p_nb + row[b.last] if b.last >= 0 else NEG_INF)
-            lows.append(w_ac * kept + b.info.fused + b.info.pterm)
+            info = b.info
+            to_blank = _lae(b.p_b, b.p_nb) + lp_blank
+            repeat = b.p_nb + row[b.last] if b.last >= 0 else NEG_INF
+            if opts.split_blank_ends:  # the two ends are candidates of their own
+                lows.append(w_ac * to_blank + info.fused + info.pterm)
+                lows.append(w_ac * repeat + info.fused + info.pterm)
+            else:
+                lows.append(w_ac * _lae(to_blank, repeat) + info.fused + info.pterm)
         cut = max(lows) - opts.beam_threshold
         if len(lows) >= opts.beam_size:
             cut = max(cut, heapq.nlargest(opts.beam_size, lows)[-1])
@@ -687,9 +683,44 @@ class BeamSearchDecoder:
                           + info.fused + info.pterm)
         if pending:
             beams, totals = self._resolve(beams, totals, cache)
+        if opts.split_blank_ends:
+            kept = self._prune_split(beams, w_ac)
+            if kept:  # else no finite candidate (an acoustic weight of 0): as one
+                return kept
         order = sorted(range(len(beams)), key=totals.__getitem__, reverse=True)
         floor = totals[order[0]] - opts.beam_threshold
         return [beams[j] for j in order[: opts.beam_size] if totals[j] >= floor]
+
+    @staticmethod
+    def _ends(b: _Beam, w_ac: float) -> tuple[float, float]:
+        """The totals of a beam's blank-ending and label-ending mass, ranked apart under
+        :attr:`SearchOptions.split_blank_ends`."""
+        info = b.info
+        return (w_ac * b.p_b + info.fused + info.pterm, w_ac * b.p_nb + info.fused + info.pterm)
+
+    def _prune_split(self, beams: list[_Beam], w_ac: float) -> list[_Beam]:
+        """:meth:`_prune` under :attr:`SearchOptions.split_blank_ends`: each prefix's two ends
+        rank as two candidates (pyctcdecode's beams, keyed by their last label); the
+        ``beam_size`` best within ``beam_threshold`` of the best are kept, each prefix with the
+        mass of its kept ends only, prefixes in the order of their best kept candidate."""
+        opts = self.options
+        cands = [(x, 2 * j + e) for j, b in enumerate(beams) for e, x in enumerate(self._ends(b, w_ac))]
+        best = max((x for x, _ in cands if x == x), default=NEG_INF)  # NaN never counts as best
+        floor = best - opts.beam_threshold
+        ok = sorted(((x, c) for x, c in cands if x >= floor and x > NEG_INF),
+                    key=lambda xc: (-xc[0], xc[1]))
+        out: dict[int, _Beam] = {}
+        for _, c in ok[: opts.beam_size]:
+            j, label_end = divmod(c, 2)
+            b = beams[j]
+            kept = out.get(j)
+            if kept is None:
+                kept = out[j] = _Beam(b.id, b.last, b.info)
+            if label_end:
+                kept.p_nb = b.p_nb
+            else:
+                kept.p_b = b.p_b
+        return list(out.values())
 
     def _finish(self, beams: list[_Beam], cache: dict, w_ac: float,
                 parents: list[tuple[int, int]]) -> list[_Final]:
@@ -799,16 +830,13 @@ class BeamSearchDecoder:
                 f"columns but the token table has {len(self.table)} tokens"
             )
         lp = np.ascontiguousarray(posteriors.log_probs, dtype=np.float32)  # (T, V)
-        if self._spec is not None:  # the scorers it knows keep no per-utterance state
-            beams = self._compiled_search(lp)
-        else:
-            with self._sessions():
-                beams = self._search(lp)
+        with self._sessions():
+            beams = self._compiled_search(lp) if self._spec is not None else self._search(lp)
         return self._result(posteriors.utt_id, lp, beams, posteriors.frame_shift,
                             posteriors.duration)
 
     def _sessions(self) -> ExitStack:
-        """Every scorer's session entered (e.g. a neural LM's KV caches), for the Python search."""
+        """Every scorer's session entered (e.g. a neural LM's KV caches), for one utterance."""
         sessions = ExitStack()
         for scorer in self.scorers:
             sessions.enter_context(scorer.session())
@@ -868,16 +896,16 @@ class DecoderStream:
         self._finished = False
         self._context: contextvars.Context | None = None
         self._sessions: ExitStack | None = None
+        self._open()
         if decoder._spec is not None:
             searcher = decoder._searcher if decoder._searcher is not None else decoder._make_searcher()
-            self._search: object = searcher.stream()  # type: ignore[attr-defined]
+            self._search: object = self._in_sessions(searcher.stream)  # type: ignore[attr-defined]
         else:
-            self._open()
             self._search = self._in_sessions(decoder._begin)
 
     def _open(self) -> None:
-        """The Python search's scorer sessions, entered in a context of the stream's own
-        (the caller's context is left alone between calls)."""
+        """The scorers' sessions, entered in a context of the stream's own (the caller's
+        context is left alone between calls)."""
         self._context = contextvars.copy_context()
         self._sessions = self._context.run(self.decoder._sessions)
 
@@ -907,7 +935,7 @@ class DecoderStream:
         if isinstance(self._search, _SearchState):
             self._in_sessions(self.decoder._advance, self._search, lp)
         else:
-            self._search.accept(lp)  # type: ignore[attr-defined]
+            self._in_sessions(self._search.accept, lp)  # type: ignore[attr-defined]
         lp.flags.writeable = False
         self._chunks.append(lp)
         self._frames += lp.shape[0]
@@ -931,13 +959,14 @@ class DecoderStream:
         if self._finished:
             raise ValueError(f"stream {self.utt_id!r}: already finished")
         decoder = self.decoder
-        if isinstance(self._search, _SearchState):
-            try:
+        try:
+            if isinstance(self._search, _SearchState):
                 beams = self._in_sessions(decoder._end, self._search)
-            finally:
-                self._close()
-        else:
-            beams = [_Final(*f) for f in self._search.finish()]  # type: ignore[attr-defined]
+            else:
+                ends = self._in_sessions(self._search.finish)  # type: ignore[attr-defined]
+                beams = [_Final(*f) for f in ends]
+        finally:
+            self._close()
         self._finished = True
         vocab = len(decoder.table)
         lp = np.concatenate(self._chunks) if self._chunks else np.zeros((0, vocab), np.float32)
@@ -957,7 +986,7 @@ class DecoderStream:
         if not isinstance(snapshot, StreamSnapshot) or snapshot.decoder is not self.decoder:
             raise ValueError(f"stream {self.utt_id!r}: not a snapshot of a stream of this decoder")
         self._search = _copy_search(snapshot.search)
-        if isinstance(self._search, _SearchState) and self._sessions is None:
+        if self._sessions is None:
             self._open()  # finished: its sessions were closed
         self._chunks = list(snapshot.chunks)
         self._frames = snapshot.frames

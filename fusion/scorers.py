@@ -131,6 +131,29 @@ class WordScorer(ABC):
         """Whether a partial word can still become a word this scorer accepts."""
         return True
 
+    def compiled(self, weight: float) -> dict[str, Any]:
+        """What the compiled search (``fusion._ctcsearch``) needs to run this scorer at
+        ``weight``. By default the scorer itself, called back: its states interned per
+        utterance, the words a frame's beams could complete scored in one
+        :meth:`score_words` call, :meth:`partial_score` once per spelling (per state and
+        spelling if :attr:`partial_uses_state`), :meth:`accepts` and :meth:`viable_prefix`
+        once per string. A scorer the search runs natively says so (kinds ``"bonus"``,
+        ``"lexicon"``, ``"hotwords"``, ``"kenlm"``) when its class keeps the methods that
+        kind implements."""
+        return {"kind": "python", "weight": weight, "scorer": self, "constraint": self.constraint,
+                "partial": self.has_partial, "partial_uses_state": self.partial_uses_state}
+
+
+def _keeps(scorer: WordScorer, cls: type, *names: str) -> bool:
+    """Whether ``scorer``'s class keeps ``cls``'s ``names`` (a subclass that overrides one
+    is called back rather than run natively)."""
+    return all(getattr(type(scorer), n) is getattr(cls, n) for n in names)
+
+
+# the methods every native kind implements in C++
+_SCORING = ("start", "score_word", "finish", "partial_score", "has_partial", "accepts",
+            "viable_prefix")
+
 
 class LMScorer(WordScorer):
     """A word-level language model as a scorer: log p(word | history), natural log.
@@ -189,6 +212,20 @@ class LMScorer(WordScorer):
     def finish(self, state: Hashable) -> float:
         return self.lm.finish(state)
 
+    def compiled(self, weight: float) -> dict[str, Any]:
+        """A word-level KenLM runs natively (kind ``"kenlm"``); any other LM is called back,
+        its partial-word estimate (the ``<unk>`` rule over the unigrams) computed natively."""
+        if not _keeps(self, LMScorer, *_SCORING, "score_words"):
+            return super().compiled(weight)
+        unigrams = None if self.unigrams is None else list(self.unigrams)
+        source = self.lm.compiled()
+        if source is not None:
+            return {**source, "weight": weight, "unigrams": unigrams}
+        spec = super().compiled(weight)
+        if unigrams is not None:
+            spec.update(unigrams=unigrams, unk_score=self.unk_score)
+        return spec
+
 
 class WordBonus(WordScorer):
     """Scores +1 for every word: with weight ``w``, a word-insertion bonus of ``w``."""
@@ -200,6 +237,11 @@ class WordBonus(WordScorer):
 
     def score_word(self, state: Hashable, word: str) -> tuple[Hashable, float]:
         return None, 1.0
+
+    def compiled(self, weight: float) -> dict[str, Any]:
+        if not _keeps(self, WordBonus, *_SCORING):
+            return super().compiled(weight)
+        return {"kind": "bonus", "weight": weight}
 
 
 class LexiconScorer(WordScorer):
@@ -266,6 +308,12 @@ class LexiconScorer(WordScorer):
         if not self.partial or partial in self.prefixes:
             return 0.0
         return -1.0
+
+    def compiled(self, weight: float) -> dict[str, Any]:
+        if not _keeps(self, LexiconScorer, *_SCORING):
+            return super().compiled(weight)
+        return {"kind": "lexicon", "weight": weight, "words": sorted(self.words),
+                "constraint": self.constraint, "partial": self.partial}
 
 
 class HotwordScorer(WordScorer):
@@ -334,6 +382,11 @@ class HotwordScorer(WordScorer):
 
     def start(self) -> int:
         return 0
+
+    def compiled(self, weight: float) -> dict[str, Any]:
+        if not _keeps(self, HotwordScorer, *_SCORING):
+            return super().compiled(weight)
+        return {"kind": "hotwords", "weight": weight, **self.automaton()}
 
     def score_word(self, state: Hashable, word: str) -> tuple[Hashable, float]:
         node = int(state)  # type: ignore[arg-type]

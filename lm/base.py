@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["LMError", "LanguageModel", "Level", "LMState", "perplexity"]
 
@@ -52,6 +52,11 @@ class LanguageModel(ABC):
     @abstractmethod
     def contains(self, unit: str) -> bool:
         """Whether ``unit`` is in the model's vocabulary."""
+
+    def compiled(self) -> dict[str, Any] | None:
+        """How the compiled search can run this model natively, or None (it is then called
+        back through its scorer, :meth:`fusion.scorers.WordScorer.compiled`)."""
+        return None
 
     def score_many(
         self, states: Sequence[LMState], units: Sequence[str]

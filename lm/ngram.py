@@ -21,6 +21,7 @@ import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from lm import _kenlm as kenlm  # KenLM's own binding, built by setup.py
 from lm.arpa import LN10, read_arpa
@@ -41,17 +42,21 @@ class KenLM(LanguageModel):
     outside the vocabulary scores as KenLM's ``<unk>``; a model without ``<unk>`` (for
     which KenLM substitutes log10 -100, making every unknown word a dead end that a
     search escapes by leaving the rest of an utterance unsaid) scores it at
-    :attr:`MISSING_UNK_LOG10` instead (the size of pyctcdecode's unknown-word offset,
+    ``missing_unk_log10`` instead (-10: the size of pyctcdecode's unknown-word offset,
     which pyctcdecode itself adds to KenLM's -100). The compiled search
     (``fusion/csrc/ctc_search.cpp``) does the same.
 
     Args:
         path: ARPA (``.arpa``, ``.arpa.gz``) or KenLM binary file.
         level: ``"word"`` for word models, ``"token"`` for character/piece models.
+        missing_unk_log10: what an unknown word scores (log10) when the model has no
+            ``<unk>``; None keeps KenLM's -100 (pyctcdecode's behaviour, for the drop-in).
     """
 
-    def __init__(self, path: str | Path, *, level: Level = "word") -> None:
+    def __init__(self, path: str | Path, *, level: Level = "word",
+                 missing_unk_log10: float | None = -10.0) -> None:
         self.path = Path(path)
+        self.missing_unk_log10 = missing_unk_log10
         if level not in ("word", "token"):
             raise ValueError(f"level must be 'word' or 'token', got {level!r}")
         self.level = level
@@ -71,10 +76,8 @@ class KenLM(LanguageModel):
         self.order = self._model.order
         out = kenlm.State()
         # KenLM puts exactly -100 where an ARPA file lacks <unk>
-        self._unk_missing = self._model.BaseScore(self.null_state(), "<unk>", out) == -100.0
-
-    #: log10 probability of an unknown word under a model that has no ``<unk>``.
-    MISSING_UNK_LOG10 = -10.0
+        self._unk_missing = (missing_unk_log10 is not None
+                             and self._model.BaseScore(self.null_state(), "<unk>", out) == -100.0)
 
     @property
     def _model(self) -> kenlm.Model:
@@ -101,10 +104,18 @@ class KenLM(LanguageModel):
         return _looks_like_arpa(Path(path))
 
     def __reduce__(self):  # picklable for worker processes: each reloads from the path
-        return (_load_kenlm, (str(self.path), self.level))
+        return (_load_kenlm, (str(self.path), self.level, self.missing_unk_log10))
 
     def contains(self, unit: str) -> bool:
         return unit in self._model and unit not in ("<s>", "</s>", "<unk>")
+
+    def compiled(self) -> dict[str, Any] | None:
+        """A word-level model runs in the compiled search, which loads the file itself (the
+        same scores: its ``<unk>`` rule is ``missing_unk_log10``'s)."""
+        kept = all(getattr(type(self), n) is getattr(KenLM, n) for n in ("start", "score", "finish"))
+        if self.level != "word" or not kept:  # a subclass that scores otherwise is called back
+            return None
+        return {"kind": "kenlm", "path": str(self.path), "missing_unk_log10": self.missing_unk_log10}
 
     def start(self) -> kenlm.State:
         state = kenlm.State()
@@ -121,7 +132,7 @@ class KenLM(LanguageModel):
         out, model = kenlm.State(), self._model
         log10 = model.BaseScore(state, unit, out)
         if self._unk_missing and unit not in model:
-            log10 = self.MISSING_UNK_LOG10
+            log10 = self.missing_unk_log10
         return out, log10 * LN10
 
     def finish(self, state: kenlm.State) -> float:
@@ -133,8 +144,8 @@ class KenLM(LanguageModel):
         return self._model.score(" ".join(units), bos=True, eos=eos) * LN10
 
 
-def _load_kenlm(path: str, level: Level) -> KenLM:
-    return KenLM(path, level=level)
+def _load_kenlm(path: str, level: Level, missing_unk_log10: float | None = -10.0) -> KenLM:
+    return KenLM(path, level=level, missing_unk_log10=missing_unk_log10)
 
 
 def _looks_like_arpa(path: Path) -> bool:

@@ -88,8 +88,8 @@ def test_alpha_beta_and_unk_offset_are_pyctcdecodes(table, arpa):
     search = d._search(32, -10.0, -5.0, (), 10.0, 1)
     d.reset_params(alpha=1.0)  # nothing changes: the search built is kept (HF calls this each time)
     assert d._search(32, -10.0, -5.0, (), 10.0, 1) is search
-    d.reset_params(lm_score_boundary=False)
-    assert d.engine == "python"  # the compiled search always starts at <s>
+    d.reset_params(lm_score_boundary=False)  # its LM scorer starts with no context: called back
+    assert [s["kind"] for s in d._search(32, -10.0, -5.0, (), 10.0, 1)._spec][0] == "python"
     _, logits = _utterances(table, 1, seed=4)
     assert isinstance(d.decode(logits[0], beam_width=8), str)
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fusion.decoder import BeamSearchDecoder, SearchOptions
 from fusion.posteriors import Posteriors
-from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus
+from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
 from fusion.simulate import SimulationConfig, simulate_posteriors
 from fusion.tokens import TokenTable
 from lm.arpa import ArpaLM
@@ -114,7 +114,7 @@ def _random_options(rng: np.random.Generator, seed: int, beam: int, nbest: int) 
     return SearchOptions(beam_size=max(beam, nbest), nbest=nbest, token_top_k=int(rng.integers(1, 29)),
                          beam_threshold=float(rng.choice([5.0, 15.0, math.inf])),
                          blank_skip=None if seed % 3 == 0 else 0.999,
-                         floor_every_label=seed % 4 == 1)
+                         floor_every_label=seed % 4 == 1, split_blank_ends=seed // 4 % 2 == 1)
 
 
 @settings(max_examples=40, deadline=None)
@@ -142,14 +142,16 @@ def test_same_nbest_with_the_partial_unknown_word_penalty(
     assert _outputs(compiled, p) == _outputs(python, p)
 
 
-@pytest.mark.parametrize("floor_every_label", [False, True])
+@pytest.mark.parametrize("floor_every_label, split_blank_ends",
+                         [(False, False), (True, False), (True, True)])
 def test_same_nbest_with_the_partial_penalty_on_simulated_speech(table, trigram, unigrams,
-                                                                 floor_every_label):
+                                                                 floor_every_label, split_blank_ends):
     rng = np.random.default_rng(5)
     scorers = [LMScorer(trigram, unigrams=unigrams), WordBonus(),
                LexiconScorer(unigrams[1:], "oov", partial=True)]
     weights = {"lm": 0.9, "word_bonus": 1.2, "oov": 6.0}
-    options = SearchOptions(beam_size=16, nbest=5, floor_every_label=floor_every_label)
+    options = SearchOptions(beam_size=16, nbest=5, floor_every_label=floor_every_label,
+                            split_blank_ends=split_blank_ends)
     python, compiled = _both(table, scorers, weights, options)
     for i, text in enumerate(["the cat sat on the mat", "a bat and a cat", "that cat's flat hat"]):
         p, _ = simulate_posteriors(f"u{i}", text, table, rng,
@@ -240,18 +242,80 @@ def test_searchers_share_a_loaded_kenlm_file_until_it_changes(table, tmp_path):
     del first
 
 
-def test_engine_choice(table, tmp_path):
+def test_engine_choice_and_how_scorers_describe_themselves(table, tmp_path):
     (tmp_path / "b.arpa").write_text(BIASED_ARPA)
     kenlm_scorer = LMScorer(KenLM(tmp_path / "b.arpa"))
     hot = HotwordScorer(["bat sat"])
     assert BeamSearchDecoder(table, [kenlm_scorer, hot], {"lm": 1.0, "hotwords": 1.0}).engine == "compiled"
-    # auto: an LM the compiled search does not know (a neural LM, our ARPA reader) runs in Python
-    arpa = LMScorer(ArpaLM(tmp_path / "b.arpa"), name="arpa")
-    assert BeamSearchDecoder(table, [arpa, hot], {"arpa": 1.0, "hotwords": 1.0}).engine == "python"
-    with pytest.raises(ValueError, match="'arpa' \\(LMScorer\\) runs in Python only"):
-        BeamSearchDecoder(table, [arpa], {"arpa": 1.0}, COMPILED)
+    # an LM the compiled search does not know (a neural LM, our ARPA reader) is called back
+    arpa = LMScorer(ArpaLM(tmp_path / "b.arpa"), name="arpa", unigrams=["bat", "cat"])
+    decoder = BeamSearchDecoder(table, [arpa, hot], {"arpa": 1.0, "hotwords": 1.0})
+    assert decoder.engine == "compiled"
+    assert [s["kind"] for s in decoder._spec] == ["python", "hotwords"]
+    assert decoder._spec[0]["unigrams"] == ["bat", "cat"]  # its partial-word rule runs natively
+    # a subclass that scores otherwise is called back, not run as its parent's kind
+    assert _Listed(["cat"], constraint=True).compiled(1.0)["kind"] == "python"
+    assert LexiconScorer(["cat"]).compiled(1.0)["kind"] == "lexicon"
+    assert LMScorer(_Batched(tmp_path / "b.arpa")).compiled(1.0)["kind"] == "python"
     with pytest.raises(ValueError, match="engine must be one of"):
         SearchOptions(engine="gpu")
+
+
+class _Batched(ArpaLM):
+    """An LM with a score_many of its own: the Python search defers its word scores to the
+    frame's pruning, the compiled one scores a frame's words in one call."""
+
+    def score_many(self, states, units):
+        return [self.score(s, u) for s, u in zip(states, units)]
+
+
+class _Parity(WordScorer):
+    """A scorer only Python knows: its state, partial-word estimate and end score matter."""
+
+    name = "parity"
+
+    def start(self):
+        return 0
+
+    def score_word(self, state, word):
+        nxt = (state + len(word)) % 3
+        return nxt, -0.5 * (nxt % 2)
+
+    def partial_score(self, state, partial):
+        return -0.25 * ((state + len(partial)) % 4)
+
+    def finish(self, state):
+        return -0.3 * state
+
+
+class _Listed(LexiconScorer):
+    """A lexicon constraint that answers in Python (its accepts is its own)."""
+
+    def accepts(self, word):
+        return word in self.words
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 40), st.integers(2, 29), st.integers(0, 2**32 - 1), st.integers(1, 5),
+       st.sampled_from(["arpa", "batched", "parity", "constraint"]), st.integers(1, 12))
+def test_scorers_called_back_give_the_python_search_s_nbest(
+        table, trigram, unigrams, frames, vocab_used, seed, nbest, scorers, beam):
+    """Scorers the compiled search runs through Python callbacks (an LM it does not know,
+    batched or not; state-dependent partial-word estimates; a constraint) give the same
+    N-best lists, scores and times as the Python search."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, size=(frames, len(table)))
+    logits[:, vocab_used:] -= 20
+    p = Posteriors.from_array("u", logits, kind="logits", frame_shift=0.02)
+    chosen = {
+        "arpa": [LMScorer(ArpaLM(trigram.path), unigrams=unigrams), WordBonus()],
+        "batched": [LMScorer(_Batched(trigram.path), unigrams=unigrams), WordBonus(), _Parity()],
+        "parity": [_Parity(), LMScorer(trigram), WordBonus()],
+        "constraint": [_Listed(unigrams, "listed", constraint=True), LMScorer(trigram), _Parity()],
+    }[scorers]
+    weights = {s.name: w for s, w in zip(chosen, (0.8, 1.5, 0.6))}
+    python, compiled = _both(table, chosen, weights, _random_options(rng, seed, beam, nbest))
+    assert _outputs(compiled, p) == _outputs(python, p)
 
 
 def test_a_pickled_decoder_makes_its_own_searcher(table, trigram, unigrams, rng):

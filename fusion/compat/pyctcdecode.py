@@ -41,14 +41,17 @@ Where ours differs, on purpose:
 
 * The search is ours (:class:`fusion.decoder.BeamSearchDecoder`, in C++): a CTC prefix
   search that sums every alignment of a prefix, with partial-word LM scoring for pruning
-  only. Hypotheses and scores are close to pyctcdecode's, not equal; the benchmark
-  (``benchmarks/bench_dropin.py``) compares WER. ``prune_history`` is accepted and has no
-  effect (our beams are whole prefixes). Word frames come from a CTC forced alignment of
-  each hypothesis.
+  only; as pyctcdecode's beams are keyed by their last label, a prefix's blank-ending and
+  label-ending paths rank as two candidates (``SearchOptions.split_blank_ends``), and an
+  LM without ``<unk>`` keeps KenLM's log10 -100 for unknown words as in pyctcdecode
+  (``KenLM(missing_unk_log10=None)``). Hypotheses and scores are close to pyctcdecode's,
+  not equal; the benchmark (``benchmarks/bench_dropin.py``) compares WER.
+  ``prune_history`` is accepted and has no effect (our beams are whole prefixes). Word
+  frames come from a CTC forced alignment of each hypothesis.
 * The LM state in ``decode_beams`` is ``None``: the search keeps KenLM's state in C++, and
   ``lm_start_state`` is refused rather than ignored.
-* ``lm_score_boundary=False`` runs the search in Python (the same search, several times
-  slower): the compiled search always starts at ``<s>``.
+* ``lm_score_boundary=False`` calls its LM scorer back from the compiled search (the
+  KenLM kind there always starts at ``<s>``).
 * No class-level model registry: a decoder owns its models, pickles as its settings and
   is rebuilt in each worker process (``pool`` may be any ``multiprocessing`` pool).
 * A label ending in ``"▁"`` (``"▁⁇▁"``) does not force a word break after it.
@@ -216,7 +219,7 @@ def pyctcdecode_log_probs(logits: Any, width: int) -> np.ndarray:
 # -- scorers --------------------------------------------------------------------------------
 class _NoBoundaryLMScorer(LMScorer):
     """An n-gram scorer that starts without ``<s>`` and adds no ``</s>``
-    (``lm_score_boundary=False``); the compiled search does not know it, so it runs in Python."""
+    (``lm_score_boundary=False``); the compiled search calls it back."""
 
     def start(self) -> Hashable:
         return self.lm.null_state()  # type: ignore[attr-defined]
@@ -234,7 +237,7 @@ def _lm_scorers(path: str, stamp: tuple[int, int], unigrams: tuple[str, ...] | N
     Cached per file (``stamp``: its size and mtime) and unigrams, so that worker processes
     that unpickle one decoder per task build the scorers once (the compiled search shares
     the KenLM model itself across decoders)."""
-    lm = KenLM(path)
+    lm = KenLM(path, missing_unk_log10=None)  # pyctcdecode keeps KenLM's -100 for <unk>
     known = None
     if unigrams is not None:
         # pyctcdecode keeps the unigrams the LM knows (its _prepare_unigram_set)
@@ -400,6 +403,7 @@ class BeamSearchDecoderCTC:
             # pyctcdecode's candidates: every unit at or above token_min_logp
             token_top_k=max(1, len(self.table) - 1), token_min_logprob=float(token_min_logp),
             floor_every_label=True,  # and blank too, as pyctcdecode's candidates are
+            split_blank_ends=True,  # and a prefix's two ends rank as two of its beams
             nbest=min(int(nbest), int(beam_width)))
         # alpha, beta, unk_score_offset and hotword_weight as a decoding config: the scorers
         # are this file's (cached per LM file, pyctcdecode's unigram and boundary rules)

@@ -151,7 +151,7 @@ struct WordKeyHash {
   }
 };
 
-enum class Kind { kKenLM, kBonus, kLexicon, kHotwords };
+enum class Kind { kKenLM, kBonus, kLexicon, kHotwords, kPython };
 
 // One scorer: what it needs to score words and partial words.
 struct Scorer {
@@ -163,12 +163,12 @@ struct Scorer {
   double unk_score = 0.0;
   double ln10 = std::log(10.0);
   // lm.ngram.KenLM's rule: a model without <unk> (KenLM puts log10 -100 there) scores an
-  // unknown word at KenLM.MISSING_UNK_LOG10
+  // unknown word at KenLM.missing_unk_log10 (None: KenLM's -100 stays)
   bool unk_missing = false;
-  static constexpr double kMissingUnkLog10 = -10.0;
+  double missing_unk_log10 = -10.0;
   double word_log10(const lm::ngram::State& in, lm::WordIndex index, lm::ngram::State& out) const {
     const double log10 = static_cast<double>(model->BaseScore(&in, index, &out));
-    return unk_missing && index == 0 ? kMissingUnkLog10 : log10;
+    return unk_missing && index == 0 ? missing_unk_log10 : log10;
   }
   // kLexicon: its words; a constraint, or an OOV penalty that with ``partial`` charges -1
   // to a word in progress no listed word starts with (LexiconScorer.partial_score)
@@ -184,8 +184,42 @@ struct Scorer {
   std::vector<uint8_t> final;
   std::vector<Trie> cont;
   std::vector<std::vector<double>> best;
+  // kPython: a fusion.scorers.WordScorer called back (the GIL taken for each call): its
+  // word scores in one score_words call per frame, its states interned as ints (PyStates);
+  // with ``prefixes`` (LMScorer over any LM), its partial-word estimate is the KenLM kind's
+  // rule, else partial_score is called back (``py_partial``), per state where it uses one.
+  // A constraint (``constraint``) is asked accepts / viable_prefix.
+  py::object py;
+  bool py_partial = false;
+  bool py_partial_state = false;
   // where this scorer keeps its partial-word trie positions in a prefix's slots
   int slot = -1;
+};
+
+// The states of the Python scorers in an utterance, interned as ints; a copy (a stream's
+// snapshot) gets an index of its own. Touched only with the GIL held.
+struct PyStates {
+  std::vector<py::object> states;
+  py::dict index;
+  PyStates() = default;
+  PyStates(const PyStates& o)
+      : states(o.states), index(py::reinterpret_steal<py::dict>(PyDict_Copy(o.index.ptr()))) {}
+  PyStates& operator=(const PyStates& o) {
+    if (this != &o) {
+      states = o.states;
+      index = py::reinterpret_steal<py::dict>(PyDict_Copy(o.index.ptr()));
+    }
+    return *this;
+  }
+  int32_t intern(const py::handle& state) {
+    PyObject* hit = PyDict_GetItemWithError(index.ptr(), state.ptr());
+    if (hit != nullptr) return py::cast<int32_t>(py::handle(hit));
+    if (PyErr_Occurred()) throw py::error_already_set();
+    const auto id = static_cast<int32_t>(states.size());
+    states.push_back(py::reinterpret_borrow<py::object>(state));
+    index[state] = id;
+    return id;
+  }
 };
 
 // Per-utterance bookkeeping of one prefix: fusion.decoder._Prefix.
@@ -215,10 +249,11 @@ class Searcher {
   Searcher(const std::vector<std::string>& spellings, const std::vector<std::optional<std::string>>& starts,
            int blank, int boundary, double w_ac, int beam_size, double beam_threshold,
            int token_top_k, double token_min_logprob, std::optional<double> blank_skip, int nbest,
-           const py::list& scorers, bool floor_every_label = false)
+           const py::list& scorers, bool floor_every_label = false, bool split_blank_ends = false)
       : spellings_(spellings), starts_(starts), blank_(blank), boundary_(boundary), w_ac_(w_ac),
         beam_size_(beam_size), nbest_(nbest), beam_threshold_(beam_threshold), top_k_(token_top_k),
-        min_lp_(static_cast<float>(token_min_logprob)), floor_all_(floor_every_label) {
+        min_lp_(static_cast<float>(token_min_logprob)), floor_all_(floor_every_label),
+        split_(split_blank_ends) {
     vocab_ = static_cast<int>(spellings_.size());
     if (static_cast<int>(starts_.size()) != vocab_)
       throw std::invalid_argument("starts and spellings differ in length");
@@ -236,7 +271,10 @@ class Searcher {
         {
           lm::ngram::State null, out;
           s.model->NullContextWrite(&null);
-          s.unk_missing = s.model->BaseScore(&null, 0, &out) == -100.0f;
+          const bool raw = d.contains("missing_unk_log10") && d["missing_unk_log10"].is_none();
+          s.unk_missing = !raw && s.model->BaseScore(&null, 0, &out) == -100.0f;
+          if (s.unk_missing && d.contains("missing_unk_log10"))
+            s.missing_unk_log10 = d["missing_unk_log10"].cast<double>();
         }
         if (!d["unigrams"].is_none()) {
           s.prefixes = std::make_unique<Trie>(d["unigrams"].cast<std::vector<std::string>>());
@@ -274,6 +312,17 @@ class Searcher {
           }
           s.best.push_back(std::move(best));
         }
+      } else if (kind == "python") {
+        s.kind = Kind::kPython;
+        s.py = d["scorer"];
+        s.constraint = d["constraint"].cast<bool>();
+        if (d.contains("unigrams") && !d["unigrams"].is_none()) {
+          s.prefixes = std::make_unique<Trie>(d["unigrams"].cast<std::vector<std::string>>());
+          s.unk_score = d["unk_score"].cast<double>();
+        } else {
+          s.py_partial = d["partial"].cast<bool>();
+          s.py_partial_state = d["partial_uses_state"].cast<bool>();
+        }
       } else {
         throw std::invalid_argument("unknown scorer kind " + kind);
       }
@@ -284,11 +333,14 @@ class Searcher {
     // in the root's)
     for (size_t i = 0; i < scorers_.size(); ++i) {
       Scorer& sc = scorers_[i];
-      const bool lexicon = sc.kind == Kind::kLexicon;
-      if (sc.kind == Kind::kKenLM || sc.kind == Kind::kHotwords || (lexicon && sc.partial))
+      const bool lexicon = sc.kind == Kind::kLexicon, python = sc.kind == Kind::kPython;
+      if (sc.kind == Kind::kKenLM || sc.kind == Kind::kHotwords || (lexicon && sc.partial) ||
+          (python && (sc.prefixes || sc.py_partial)))
         partial_.push_back(i);
-      if (lexicon && sc.constraint) constraints_.push_back(i);
-      int used = (sc.kind == Kind::kKenLM && sc.prefixes) || (lexicon && (sc.constraint || sc.partial))
+      if ((lexicon || python) && sc.constraint) constraints_.push_back(i);
+      if (python) python_.push_back(i);
+      int used = ((sc.kind == Kind::kKenLM || python) && sc.prefixes) ||
+                         (lexicon && (sc.constraint || sc.partial))
                      ? 1 : sc.kind == Kind::kHotwords ? 2 : 0;
       if (used) {
         sc.slot = static_cast<int>(n_slots_);
@@ -300,8 +352,8 @@ class Searcher {
     // 0 or its weight times -1
     for (size_t i : partial_) {
       const Scorer& sc = scorers_[i];
-      if (sc.kind == Kind::kHotwords) {
-        pt_bound_ = std::numeric_limits<double>::infinity();
+      if (sc.kind == Kind::kHotwords || (sc.kind == Kind::kPython && !sc.prefixes)) {
+        pt_bound_ = std::numeric_limits<double>::infinity();  // none known
         break;
       }
       if (sc.kind == Kind::kLexicon)
@@ -311,6 +363,8 @@ class Searcher {
     }
     letter_.resize(vocab_);
     for (int u = 0; u < vocab_; ++u) letter_[u] = !starts_[u].has_value();
+    py_accepts_.resize(scorers_.size());
+    py_viable_.resize(scorers_.size());
   }
 
   // One utterance at once: begin, step over every frame, end. The tables are emptied
@@ -400,6 +454,9 @@ class Searcher {
         }
         continue;
       }
+      if (!python_.empty() &&
+          std::any_of(units.begin(), units.end(), [this](const auto& u) { return starts_[u.first].has_value(); }))
+        prefetch(beams);
       const double cut = frame_cut(beams, row, lp_blank, lows);
       ++stamp_;
       for (const auto& b : beams) mark(live_, b.id);
@@ -534,6 +591,11 @@ class Searcher {
     lm_states_.clear();
     lm_index_.clear();
     completions_.clear();
+    if (!python_.empty()) {  // Python objects: dropped with the GIL held
+      py::gil_scoped_acquire gil;
+      py_states_ = PyStates();
+      py_partials_.clear();
+    }
     beams_.clear();
     frames_ = 0;
     compact_at_ = compact_min;
@@ -581,6 +643,10 @@ class Searcher {
 
   int32_t start_state(size_t i) {
     const Scorer& s = scorers_[i];
+    if (s.kind == Kind::kPython) {
+      py::gil_scoped_acquire gil;
+      return py_states_.intern(s.py.attr("start")());
+    }
     if (s.kind != Kind::kKenLM) return 0;
     lm::ngram::State begin;
     s.model->BeginSentenceWrite(&begin);
@@ -613,13 +679,59 @@ class Searcher {
         completions_.emplace(std::move(key), hit);
         return hit;
       }
+      case Kind::kPython: {  // one word, where prefetch has not scored it (a cache miss)
+        WordKey key{static_cast<int32_t>(i * 0x1000000 + state), word};
+        auto it = completions_.find(key);
+        if (it != completions_.end()) return it->second;
+        py::gil_scoped_acquire gil;
+        py::tuple hit = s.py.attr("score_word")(py_states_.states[state], word);
+        std::pair<int32_t, double> out{py_states_.intern(hit[0]), hit[1].cast<double>()};
+        completions_.emplace(std::move(key), out);
+        return out;
+      }
     }
     return {0, 0.0};
+  }
+
+  // Every word the beams' prefixes could complete, scored in one score_words call per
+  // Python scorer (BeamSearchDecoder._prefetch): a neural LM gets a frame's words at once.
+  void prefetch(const std::vector<Beam>& beams) {
+    if (python_.empty()) return;
+    const size_t S = scorers_.size();
+    py::gil_scoped_acquire gil;
+    for (size_t i : python_) {
+      std::vector<WordKey> keys;
+      std::unordered_map<WordKey, bool, WordKeyHash> seen;
+      py::list pairs;
+      for (const auto& b : beams) {
+        const Info& info = infos_[b.id];
+        if (info.partial.empty()) continue;
+        const int32_t state = states_[b.id * S + i];
+        WordKey key{static_cast<int32_t>(i * 0x1000000 + state), info.partial};
+        if (completions_.count(key) || !seen.emplace(key, true).second) continue;
+        pairs.append(py::make_tuple(py_states_.states[state], info.partial));
+        keys.push_back(std::move(key));
+      }
+      if (keys.empty()) continue;
+      py::list hits(scorers_[i].py.attr("score_words")(pairs));
+      if (hits.size() != keys.size())
+        throw std::runtime_error("score_words gave " + std::to_string(hits.size()) + " scores for " +
+                                 std::to_string(keys.size()) + " words");
+      for (size_t n = 0; n < keys.size(); ++n) {
+        py::tuple hit = hits[n];
+        completions_.emplace(std::move(keys[n]),
+                             std::pair<int32_t, double>{py_states_.intern(hit[0]), hit[1].cast<double>()});
+      }
+    }
   }
 
   double end_score(size_t i, int32_t state) {
     const Scorer& s = scorers_[i];
     if (s.kind == Kind::kHotwords) return -s.bonus[state];  // an unfinished phrase
+    if (s.kind == Kind::kPython) {
+      py::gil_scoped_acquire gil;
+      return s.py.attr("finish")(py_states_.states[state]).cast<double>();
+    }
     if (s.kind != Kind::kKenLM) return 0.0;
     lm::ngram::State in = lm_states_[state], out;
     return static_cast<double>(s.model->BaseScore(
@@ -637,16 +749,33 @@ class Searcher {
     return fused;
   }
 
-  bool accepted(const int32_t* nodes) const {
-    for (size_t i : constraints_)
-      if (!scorers_[i].words->is_word(nodes[scorers_[i].slot])) return false;
+  bool accepted(const int32_t* nodes, const std::string& word) {
+    for (size_t i : constraints_) {
+      const Scorer& s = scorers_[i];
+      if (s.kind == Kind::kPython ? !py_check(i, "accepts", word) : !s.words->is_word(nodes[s.slot]))
+        return false;
+    }
     return true;
   }
 
-  bool viable(const int32_t* nodes) const {
-    for (size_t i : constraints_)
-      if (nodes[scorers_[i].slot] < 0) return false;
+  bool viable(const int32_t* nodes, const std::string& partial) {
+    for (size_t i : constraints_) {
+      const Scorer& s = scorers_[i];
+      if (s.kind == Kind::kPython ? !py_check(i, "viable_prefix", partial) : nodes[s.slot] < 0)
+        return false;
+    }
     return true;
+  }
+
+  // A Python constraint's answer (``method``: accepts or viable_prefix), asked once a string.
+  bool py_check(size_t i, const char* method, const std::string& text) {
+    auto& seen = (method[0] == 'a' ? py_accepts_ : py_viable_)[i];
+    auto it = seen.find(text);
+    if (it != seen.end()) return it->second;
+    py::gil_scoped_acquire gil;
+    const bool ok = scorers_[i].py.attr(method)(text).cast<bool>();
+    seen.emplace(text, ok);
+    return ok;
   }
 
   // The slots of a word that starts with ``partial`` after states ``st``.
@@ -658,7 +787,7 @@ class Searcher {
         nodes[s.slot] = s.cont[st[i]].walk(0, partial);
         nodes[s.slot + 1] = s.cont[0].walk(0, partial);
       } else {
-        nodes[s.slot] = (s.kind == Kind::kKenLM ? s.prefixes : s.words)->walk(0, partial);
+        nodes[s.slot] = (s.prefixes ? s.prefixes : s.words)->walk(0, partial);
       }
     }
   }
@@ -672,18 +801,30 @@ class Searcher {
         nodes[s.slot] = s.cont[st[i]].walk(up[s.slot], spelling);
         nodes[s.slot + 1] = s.cont[0].walk(up[s.slot + 1], spelling);
       } else {
-        nodes[s.slot] = (s.kind == Kind::kKenLM ? s.prefixes : s.words)->walk(up[s.slot], spelling);
+        nodes[s.slot] = (s.prefixes ? s.prefixes : s.words)->walk(up[s.slot], spelling);
       }
     }
   }
 
-  // The weighted partial-word estimate of a (non-empty) word in progress: _partial_term.
-  double partial_term(const int32_t* nodes, const int32_t* st) const {
+  // The weighted partial-word estimate of a (non-empty) word in progress ``partial``:
+  // _partial_term.
+  double partial_term(const int32_t* nodes, const int32_t* st, const std::string& partial) {
     double term = 0.0;
     for (size_t i : partial_) {
       const Scorer& s = scorers_[i];
       double value;
-      if (s.kind == Kind::kKenLM) {
+      if (s.kind == Kind::kPython && !s.prefixes) {  // partial_score, called back once a key
+        const int32_t state = s.py_partial_state ? st[i] : 0xffffff;
+        WordKey key{static_cast<int32_t>(i * 0x1000000 + state), partial};
+        auto it = py_partials_.find(key);
+        if (it != py_partials_.end()) {
+          value = it->second;
+        } else {
+          py::gil_scoped_acquire gil;
+          value = s.py.attr("partial_score")(py_states_.states[st[i]], partial).cast<double>();
+          py_partials_.emplace(std::move(key), value);
+        }
+      } else if (s.kind == Kind::kKenLM || s.kind == Kind::kPython) {
         value = s.prefixes == nullptr || nodes[s.slot] >= 0 ? 0.0 : s.unk_score;
       } else if (s.kind == Kind::kLexicon) {  // LexiconScorer.partial_score (partial=True)
         value = nodes[s.slot] >= 0 ? 0.0 : -1.0;
@@ -706,7 +847,7 @@ class Searcher {
     tmp_nodes_.resize(n_slots_);
     const int32_t* st = &states_[parent * scorers_.size()];
     advance_slots(tmp_nodes_.data(), &nodes_[parent * n_slots_], st, spellings_[unit]);
-    return partial_term(tmp_nodes_.data(), st);
+    return partial_term(tmp_nodes_.data(), st, infos_[parent].partial + spellings_[unit]);
   }
 
   // The prefix ``parent`` + ``unit``: fusion.decoder.BeamSearchDecoder._extend.
@@ -725,7 +866,7 @@ class Searcher {
     const int32_t* st = &states_[id * S];
     if (starts_[unit].has_value()) {  // the unit ends the word in progress
       if (!up.partial.empty()) {
-        if (!constraints_.empty() && !accepted(&nodes_[parent * N])) {
+        if (!constraints_.empty() && !accepted(&nodes_[parent * N], up.partial)) {
           info.valid = false;
           return id;
         }
@@ -738,11 +879,11 @@ class Searcher {
       advance_slots(nodes, &nodes_[parent * N], st, spellings_[unit]);
     }
     if (!info.partial.empty()) {
-      if (!constraints_.empty() && !viable(nodes)) {
+      if (!constraints_.empty() && !viable(nodes, info.partial)) {
         info.valid = false;
         return id;
       }
-      if (!partial_.empty()) info.pterm = partial_term(nodes, st);
+      if (!partial_.empty()) info.pterm = partial_term(nodes, st, info.partial);
     }
     return id;
   }
@@ -763,8 +904,15 @@ class Searcher {
     if (w_ac_ <= 0) return NEG_INF;
     lows.clear();
     for (const auto& b : beams) {
-      double kept = lae(lae(b.p_b, b.p_nb) + lp_blank, b.last >= 0 ? b.p_nb + row[b.last] : NEG_INF);
-      lows.push_back(w_ac_ * kept + infos_[b.id].fused + infos_[b.id].pterm);
+      const Info& info = infos_[b.id];
+      const double to_blank = lae(b.p_b, b.p_nb) + lp_blank;
+      const double repeat = b.last >= 0 ? b.p_nb + row[b.last] : NEG_INF;
+      if (split_) {  // the two ends are candidates of their own
+        lows.push_back(w_ac_ * to_blank + info.fused + info.pterm);
+        lows.push_back(w_ac_ * repeat + info.fused + info.pterm);
+      } else {
+        lows.push_back(w_ac_ * lae(to_blank, repeat) + info.fused + info.pterm);
+      }
     }
     double cut = *std::max_element(lows.begin(), lows.end()) - beam_threshold_;
     if (static_cast<int>(lows.size()) >= beam_size_) {
@@ -776,6 +924,10 @@ class Searcher {
 
   void prune(const std::vector<Beam>& nxt, std::vector<Beam>& beams, std::vector<double>& totals,
              std::vector<int32_t>& idx) const {
+    if (split_) {
+      prune_split(nxt, beams, totals, idx);
+      if (!beams.empty()) return;  // no finite candidate (an acoustic weight of 0): as one
+    }
     totals.resize(nxt.size());
     idx.resize(nxt.size());
     for (size_t j = 0; j < nxt.size(); ++j) {
@@ -807,6 +959,45 @@ class Searcher {
     if (n < m) std::nth_element(idx.begin(), idx.begin() + n, idx.begin() + m, before);
     std::sort(idx.begin(), idx.begin() + n, before);
     for (size_t j = 0; j < n; ++j) beams.push_back(nxt[idx[j]]);
+  }
+
+  // SearchOptions.split_blank_ends: each prefix's blank-ending and label-ending mass rank as
+  // two candidates (pyctcdecode's beams, keyed by their last label): the beam_size best
+  // candidates within beam_threshold of the best are kept, a prefix with the mass of its
+  // kept ends only, prefixes in the order of their best kept candidate.
+  void prune_split(const std::vector<Beam>& nxt, std::vector<Beam>& beams, std::vector<double>& totals,
+                   std::vector<int32_t>& idx) const {
+    const size_t n_cand = 2 * nxt.size();
+    totals.resize(n_cand);
+    for (size_t j = 0; j < nxt.size(); ++j) {
+      const Info& info = infos_[nxt[j].id];
+      totals[2 * j] = w_ac_ * nxt[j].p_b + info.fused + info.pterm;
+      totals[2 * j + 1] = w_ac_ * nxt[j].p_nb + info.fused + info.pterm;
+    }
+    beams.clear();
+    double best = NEG_INF;
+    for (double x : totals)
+      if (x > best) best = x;  // NaN never counts as best
+    const double floor = best - beam_threshold_;
+    idx.clear();
+    for (size_t c = 0; c < n_cand; ++c)
+      if (totals[c] >= floor && totals[c] > NEG_INF) idx.push_back(static_cast<int32_t>(c));
+    const size_t n = std::min(idx.size(), static_cast<size_t>(beam_size_));
+    auto before = [&totals](int32_t a, int32_t b) {
+      return totals[a] > totals[b] || (totals[a] == totals[b] && a < b);
+    };
+    if (n < idx.size()) std::nth_element(idx.begin(), idx.begin() + n, idx.end(), before);
+    std::sort(idx.begin(), idx.begin() + n, before);
+    std::vector<int32_t> at(nxt.size(), -1);  // a prefix's place in beams
+    for (size_t j = 0; j < n; ++j) {
+      const size_t c = static_cast<size_t>(idx[j]), k = c / 2;
+      if (at[k] < 0) {
+        at[k] = static_cast<int32_t>(beams.size());
+        beams.push_back(Beam{nxt[k].id, nxt[k].last, NEG_INF, NEG_INF});
+      }
+      Beam& b = beams[static_cast<size_t>(at[k])];
+      (c % 2 == 0 ? b.p_b : b.p_nb) = (c % 2 == 0 ? nxt[k].p_b : nxt[k].p_nb);
+    }
   }
 
   // The words of a unit sequence as one key: units, -1 between words (words_from_ids).
@@ -858,12 +1049,14 @@ class Searcher {
     const size_t S = scorers_.size(), N = n_slots_;
     std::vector<Final> out;
     std::vector<int32_t> st(S);
+    prefetch(beams);
     // a beam whose last word a constraint refuses is dropped, unless every beam's is
     std::vector<char> refused(beams.size());
     bool waive = true;
     for (size_t j = 0; j < beams.size(); ++j) {
       const int32_t id = beams[j].id;
-      refused[j] = !constraints_.empty() && !infos_[id].partial.empty() && !accepted(&nodes_[id * N]);
+      refused[j] = !constraints_.empty() && !infos_[id].partial.empty() &&
+                   !accepted(&nodes_[id * N], infos_[id].partial);
       waive = waive && refused[j];
     }
     for (size_t j = 0; j < beams.size(); ++j) {
@@ -909,6 +1102,7 @@ class Searcher {
   int top_k_;
   float min_lp_;
   bool floor_all_ = false;  // SearchOptions.floor_every_label
+  bool split_ = false;      // SearchOptions.split_blank_ends
   std::vector<float> held_;  // a frame's row as floored() leaves it
   bool has_skip_ = false;
   float skip_lp_ = 0.0f;
@@ -916,6 +1110,7 @@ class Searcher {
   std::shared_ptr<std::vector<Scorer>> shared_scorers_ = std::make_shared<std::vector<Scorer>>();
   std::vector<Scorer>& scorers_ = *shared_scorers_;
   std::vector<size_t> partial_, constraints_;  // scorers with a partial-word estimate; constraints
+  std::vector<size_t> python_;                 // Python scorers (Kind::kPython)
   size_t n_slots_ = 0;
   double pt_bound_ = 0.0;  // >= any partial_term
   std::vector<uint8_t> letter_;
@@ -935,10 +1130,22 @@ class Searcher {
   std::vector<lm::ngram::State> lm_states_;
   std::unordered_map<lm::ngram::State, int32_t, StateHash> lm_index_;
   std::unordered_map<WordKey, std::pair<int32_t, double>, WordKeyHash> completions_;
+  PyStates py_states_;  // Python scorers' states in this utterance
+  std::unordered_map<WordKey, double, WordKeyHash> py_partials_;  // their partial_score answers
+  std::vector<std::unordered_map<std::string, bool>> py_accepts_, py_viable_;  // their constraints'
   std::vector<Beam> beams_;  // the beams after the frames taken so far
   int64_t frames_ = 0;
   int64_t compact_at_ = int64_t{1} << 16;  // compact the tables past this many prefixes
 };
+
+// ``mu`` locked, waited for without the GIL (a search holding it may be calling back into
+// Python), and the GIL held again on return.
+std::unique_lock<std::mutex> lock_without_gil(std::mutex& mu) {
+  std::unique_lock<std::mutex> lock(mu, std::defer_lock);
+  py::gil_scoped_release release;
+  lock.lock();
+  return lock;
+}
 
 // A search in progress (fusion.decoder.DecoderStream): its own copy of a searcher's
 // tables, stepped chunk by chunk; copying one snapshots it.
@@ -953,11 +1160,13 @@ PYBIND11_MODULE(_ctcsearch, m) {
   m.doc() = "Compiled CTC prefix beam search with KenLM shallow fusion (see fusion.decoder).";
   py::class_<Searcher>(m, "Searcher")
       .def(py::init<const std::vector<std::string>&, const std::vector<std::optional<std::string>>&, int, int,
-                    double, int, double, int, double, std::optional<double>, int, const py::list&, bool>(),
+                    double, int, double, int, double, std::optional<double>, int, const py::list&, bool,
+                    bool>(),
            py::arg("spellings"), py::arg("starts"), py::arg("blank"), py::arg("boundary"),
            py::arg("acoustic_weight"), py::arg("beam_size"), py::arg("beam_threshold"),
            py::arg("token_top_k"), py::arg("token_min_logprob"), py::arg("blank_skip"),
-           py::arg("nbest"), py::arg("scorers"), py::arg("floor_every_label") = false)
+           py::arg("nbest"), py::arg("scorers"), py::arg("floor_every_label") = false,
+           py::arg("split_blank_ends") = false)
       .def(
           "search",
           [](Searcher& self, py::array_t<float, py::array::c_style | py::array::forcecast> lp) {
@@ -981,7 +1190,7 @@ PYBIND11_MODULE(_ctcsearch, m) {
           [](Searcher& self) {
             std::unique_ptr<Stream> out;
             {
-              std::lock_guard<std::mutex> lock(self.busy.mu);
+              auto lock = lock_without_gil(self.busy.mu);
               out.reset(new Stream{self});
             }
             out->search.begin();
@@ -1004,7 +1213,7 @@ PYBIND11_MODULE(_ctcsearch, m) {
           [](Stream& self) {
             std::pair<std::vector<int32_t>, double> top;
             {
-              std::lock_guard<std::mutex> lock(self.search.busy.mu);
+              auto lock = lock_without_gil(self.search.busy.mu);
               top = self.search.best();
             }
             return py::make_tuple(py::tuple(py::cast(top.first)), top.second);
@@ -1031,7 +1240,7 @@ PYBIND11_MODULE(_ctcsearch, m) {
       .def(
           "copy",
           [](Stream& self) {
-            std::lock_guard<std::mutex> lock(self.search.busy.mu);
+            auto lock = lock_without_gil(self.search.busy.mu);
             return std::make_unique<Stream>(self);
           },
           "An independent copy of the stream as it is now (a snapshot).")
