@@ -13,7 +13,7 @@ variables and no KenLM installed:
   which ``lm.ngram.KenLM`` uses; so the PyPI ``kenlm`` module is not needed.
 
 A build that cannot happen (no C++17 compiler, say) fails the install with the
-compiler's error: there is no silent fallback to the Python search.
+compiler's error: there is no silent fallback (the decoder needs the compiled search).
 
 Rebuild after editing ``fusion/csrc/ctc_search.cpp`` or ``ctc_align.h`` (only the changed
 extension recompiles; KenLM's objects under ``build/`` are reused), in seconds::

@@ -1,8 +1,8 @@
 """Decoder benchmark: ours against pyctcdecode and flashlight (torchaudio) side by side.
 
 On the posteriors of the test splits (``fusion posteriors``), with the same word n-gram
-and weights for ours and pyctcdecode: greedy; ours (the C++ search, and the same search
-in Python as ``ours-python`` unless ``--skip-python``) and pyctcdecode at beams 8/32/128;
+and weights for ours and pyctcdecode: greedy; ours (the C++ search) and pyctcdecode at
+beams 8/32/128;
 flashlight's ``ctc_decoder`` with a lexicon and the word LM, and lexicon-free with a
 character n-gram (its lexicon-free search queries the LM per token). Columns: WER, CER,
 throughput (audio seconds per wall second, decoding only, one process; the fastest of
@@ -91,14 +91,13 @@ def run_greedy(path: str) -> tuple[dict[str, str], float, float]:
 
 
 def run_ours(path: str, beam: int, lm: str, vocab: str, alpha: float, beta: float,
-             threshold: float, oov: float = 0.0, engine: str = "compiled",
-             lexicon: str | None = None):
+             threshold: float, oov: float = 0.0, lexicon: str | None = None):
     posteriors, table = _load(path)
     # what fusion decode builds; a lexicon (flashlight's: the output only ever has its
     # words) comes with lexicon_pruning's wide candidates
     config = DecodeConfig(lm=Path(lm), lm_vocab=Path(vocab),
                           weights={"lm": alpha, "word_bonus": beta, **({OOV: oov} if oov > 0 else {})},
-                          search=SearchOptions(beam_size=beam, beam_threshold=threshold, engine=engine),
+                          search=SearchOptions(beam_size=beam, beam_threshold=threshold),
                           lexicon=None if lexicon is None else Path(lexicon))
     decoder = build_decoder(config, table)
     hyps, seconds = timed(lambda: {p.utt_id: decoder.decode(p).best.text for p in posteriors})
@@ -168,8 +167,6 @@ def main(argv: list[str] | None = None) -> int:
                         "tuned at other beams for per-beam weights")
     parser.add_argument("--beams", type=int, nargs="+", default=list(BEAMS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/asrfuse-bench"))
-    parser.add_argument("--skip-python", action="store_true",
-                        help="leave out our Python search (the compiled one always runs)")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite decoder.md and decoder.png from decoder.json")
     args = parser.parse_args(argv)
@@ -222,10 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 ours = (str(lm_path), vocab, w["alpha"], w["beta"], w["beam_threshold"],
                         w.get("oov", 0.0))
                 measure("ours", lm_name, beam, run_ours, post, beam, *ours)
-                measure("ours-lexicon", lm_name, beam, run_ours, post, beam, *ours,
-                        "compiled", str(lexicon))
-                if not args.skip_python:
-                    measure("ours-python", lm_name, beam, run_ours, post, beam, *ours, "python")
+                measure("ours-lexicon", lm_name, beam, run_ours, post, beam, *ours, str(lexicon))
                 measure("pyctcdecode", lm_name, beam, run_pyctcdecode, post, beam, str(lm_path),
                         vocab, w["alpha"], w["beta"])
                 measure("flashlight-lexicon", lm_name, beam, run_flashlight, post, beam,
@@ -317,9 +311,11 @@ def markdown(data: dict) -> str:
             + ("the best of a dev grid" if data["lexfree_dev_grid"] else
                "given: the best of the dev grid of an earlier `--tune-lexfree` run")
             + ").\n\n"
-            "`ours` is our beam search in C++ (`fusion._ctcsearch`, the default wherever it knows "
-            "the scorers), `ours-python` the same search in Python: both give the same hypotheses. "
-            "`ours-lexicon` is ours with flashlight's lexicon as a constraint (`LexiconScorer`, "
+            "`ours` is our beam search in C++ (`fusion._ctcsearch`)"
+            + (", `ours-python` the same search in Python (since then the tests' oracle only): both "
+               "give the same hypotheses. " if any(r["decoder"] == "ours-python" for r in data["rows"])
+               else ". ")
+            + "`ours-lexicon` is ours with flashlight's lexicon as a constraint (`LexiconScorer`, "
             "`constraint=True`: only the LM's words) and `fusion decode --lexicon`'s pruning "
             f"(`lexicon_pruning`: every unit a candidate down to log-prob {wide['token_min_logprob']:g}, "
             f"beam threshold {wide['beam_threshold']:g}). "
@@ -368,7 +364,7 @@ def summarise(rows: list[dict], scores: dict[tuple, CorpusScore] | None = None) 
 
     split = "test" if any(r["split"] == "test" for r in rows) else rows[0]["split"]
     beam = 32 if any(r["beam"] == 32 for r in rows) else max(r["beam"] or 0 for r in rows)
-    mine = ("ours", "ours-lexicon")  # our configurations (ours-python is ours, slower)
+    mine = ("ours", "ours-lexicon")  # our configurations (an old run's ours-python is ours, slower)
     ours = min((r for r in (find(split, d, "ours-4gram", beam) for d in mine) if r),
                key=lambda r: r["wer"])
     peers = [r for r in (find(split, "pyctcdecode", "ours-4gram", beam),

@@ -8,8 +8,8 @@ scratch, as from an sdist), makes a venv with the machine's ``python3``, and tim
 ``pip install`` of the core only (no extras: pip picks the newest NumPy, 2.x). Then, in
 fresh processes of that venv started outside the tree: ``import fusion.decoder``'s time
 (median of ``--imports``) and peak memory (VmHWM), which heavy modules it loaded, the
-NumPy version, and whether a decoder with a KenLM scorer runs the compiled search
-(``BeamSearchDecoder.engine``). Where benchmarks/bench_dropin.py exists and posteriors
+NumPy version, and whether the compiled search is built (``fusion._ctcsearch``, which
+every decoder runs). Where benchmarks/bench_dropin.py exists and posteriors
 are given, its results (the drop-in decoders against the originals) go under ``dropin``.
 Writes benchmarks/results/install.json and install.md.
 """
@@ -71,7 +71,8 @@ logits = rng.normal(size=(50, len(table)))
 lp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
 decoder.decode(Posteriors("probe", lp, 0.04))
 import fusion.decoder as d
-print(json.dumps({"engine": decoder.engine, "compiled_error": d._CTC_ERROR,
+print(json.dumps({"engine": "compiled" if d._ctcsearch is not None else "none",
+                  "compiled_error": d._CTC_ERROR,
                   "torch_loaded": "torch" in sys.modules}))
 """
 

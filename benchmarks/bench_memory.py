@@ -71,7 +71,7 @@ def run_case(case: str, minutes: float) -> dict:
         unigrams = (TRIGRAM / "vocab.txt").read_text().split()
         lm = LMScorer(KenLM(TRIGRAM / "model.bin"), unigrams=unigrams)
         decoder = BeamSearchDecoder(table, [lm, WordBonus()],
-                                    {"lm": 0.8, "word_bonus": 1.0}, SearchOptions(engine="compiled"))
+                                    {"lm": 0.8, "word_bonus": 1.0}, SearchOptions())
     elif case == "greedy":
         import torch  # noqa: F401 (imported by greedy_decode: loaded before the measurement)
 

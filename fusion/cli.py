@@ -36,7 +36,6 @@ from tqdm import tqdm
 from fusion import __version__, batch
 from fusion.allocator import prefer_jemalloc
 from fusion.config import DecodeConfig
-from fusion.decoder import ENGINES
 from fusion.defaults import BEAM_SIZE, DEFAULT_LM, DEFAULT_WEIGHTS, NO_LM, OOV
 from fusion.defaults import DECODERS as SEARCHES
 from fusion.distributed import add_backend_arguments
@@ -96,9 +95,6 @@ def get_parser(command: str | None = "*") -> argparse.ArgumentParser:
     beam.add_argument("--config", type=Path, help="decoding config file (TOML or JSON)")
     beam.add_argument("--beam-size", type=int)
     beam.add_argument("--nbest", type=int, help="hypotheses per utterance")
-    beam.add_argument("--engine", choices=ENGINES,
-                      help="beam search in C++ or Python (default auto: C++ whenever it knows "
-                           "every scorer; both give the same results)")
     beam.add_argument("--lm", type=Path,
                       help=f"word n-gram: ARPA, ARPA.gz or KenLM binary (default: the embedded "
                       f"word 3-gram, {DEFAULT_LM}; '{NO_LM}': no LM)")
@@ -420,7 +416,7 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
     config = DecodeConfig.load(args.config) if args.config else DecodeConfig.default()
     return config.with_overrides(
         decoder=args.decoder if args.decoder != "greedy" else None,
-        search={"beam_size": args.beam_size, "nbest": args.nbest, "engine": args.engine},
+        search={"beam_size": args.beam_size, "nbest": args.nbest},
         weights={"lm": args.lm_weight, "word_bonus": args.word_bonus,
                  OOV: args.oov_penalty, "hotwords": args.hotword_weight},
         lm=args.lm, lm_vocab=args.lm_vocab, hotwords=args.hotwords, lexicon=args.lexicon)

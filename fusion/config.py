@@ -16,7 +16,6 @@ default) and unknown keys are errors::
     token_top_k = 16
     token_min_logprob = -12.0
     blank_skip = 0.999       # or false to disable
-    engine = "auto"          # "compiled" (C++), "python", or auto: C++ when it knows every scorer
 
     [weights]                # scorers in use without one get fusion.defaults' weights
                              # (lm 0.6, word_bonus 1.5, lexicon 1, hotwords 2); acoustic 1
@@ -161,9 +160,6 @@ class DecodeConfig:
             if self.weights.get(ACOUSTIC, 1.0) != 1.0:
                 raise ConfigError("pyctcdecode's search weighs the acoustic score 1: no "
                                   "[weights] acoustic with decoder 'pyctcdecode'")
-            if self.search.engine != "auto":
-                raise ConfigError(f"engine {self.search.engine!r} chooses our search: not with "
-                                  "decoder 'pyctcdecode'")
         if self.rescore_weights is None:
             if self.rescore_nlm is not None or self.rescore_hmm is not None:
                 raise ConfigError("[rescore] nlm and hmm need [rescore.weights]")

@@ -86,22 +86,11 @@ class WordScorer(ABC):
     def score_word(self, state: Hashable, word: str) -> tuple[Hashable, float]:
         """``(next_state, score)`` for ``word`` after ``state`` (unweighted)."""
 
-    #: whether :meth:`score_words` is cheaper than one :meth:`score_word` per pair, so the
-    #: search should gather a frame's word completions and score them in one call
-    batched: bool = False
-    #: an upper bound of every :meth:`score_word` score, or None. With it (and a weight
-    #: >= 0, and a :meth:`partial_score` that ignores the state), the search may score a
-    #: batched scorer's word completions only once a frame's pruning shows they matter
-    max_word_score: float | None = None
-
     def score_words(self, pairs: Sequence[tuple[Hashable, str]]) -> list[tuple[Hashable, float]]:
-        """:meth:`score_word` of many ``(state, word)`` pairs at once."""
+        """:meth:`score_word` of many ``(state, word)`` pairs at once: the compiled search
+        asks a scorer it calls back for a frame's word completions in one call (a neural
+        LM batches them)."""
         return [self.score_word(state, word) for state, word in pairs]
-
-    def word_bounds(self, pairs: Sequence[tuple[Hashable, str]]) -> list[float]:
-        """Upper bounds of :meth:`score_word`'s scores of ``(state, word)`` pairs, cheaper
-        than scoring them (only asked of scorers with a :attr:`max_word_score`)."""
-        return [self.max_word_score] * len(pairs)  # type: ignore[list-item]
 
     def session(self) -> AbstractContextManager[object]:
         """A context the search enters for each utterance (e.g. a neural LM's KV caches)."""
@@ -173,8 +162,6 @@ class LMScorer(WordScorer):
             raise ValueError(f"scorer {name!r}: needs a word-level LM, got level {lm.level!r}")
         self.lm = lm
         self.name = name
-        # a model that batches (a neural LM) gets a frame's word completions in one call
-        self.batched = type(lm).score_many is not LanguageModel.score_many
         self.unigrams: tuple[str, ...] | None = None
         self.prefixes: frozenset[str] | None = None
         if unigrams is not None:
@@ -183,7 +170,6 @@ class LMScorer(WordScorer):
             self.unk_score = lm.score(lm.start(), "<unk>")[1]
 
     partial_uses_state = False
-    max_word_score = 0.0  # a log-probability
 
     def partial_score(self, state: Hashable, partial: str) -> float:
         if self.prefixes is None or partial in self.prefixes:
@@ -198,12 +184,6 @@ class LMScorer(WordScorer):
 
     def score_words(self, pairs: Sequence[tuple[Hashable, str]]) -> list[tuple[Hashable, float]]:
         return self.lm.score_many([s for s, _ in pairs], [w for _, w in pairs])
-
-    def word_bounds(self, pairs: Sequence[tuple[Hashable, str]]) -> list[float]:
-        bounds = getattr(self.lm, "word_bounds", None)  # a neural LM's: see NeuralLM
-        if callable(bounds):
-            return bounds([s for s, _ in pairs], [w for _, w in pairs])
-        return super().word_bounds(pairs)
 
     def session(self) -> AbstractContextManager[object]:
         session = getattr(self.lm, "session", None)

@@ -67,9 +67,6 @@ CHECKPOINT_FORMAT = "asrfuse.neural-lm"
 CHECKPOINT_VERSION = 1
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "neural-default"
 MODEL_FILE = "model.pt"
-#: added to :meth:`NeuralLM.word_bounds` (nats): float32 forwards of different batches
-#: agree to far better than this
-BOUND_SLACK = 1e-3
 
 
 # -- the network ------------------------------------------------------------------------
@@ -436,12 +433,6 @@ class NeuralLM(LanguageModel):
     ) -> list[tuple[tuple[int, ...], float]]:
         return self._score_many(states, units, self._cache())
 
-    def word_bounds(self, states: Sequence[LMState], units: Sequence[str]) -> list[float]:
-        """Upper bounds of ``score(state, unit)[1]``, without a forward: the log-probability
-        of the word's first piece where the state's next-piece distribution is cached
-        (the later pieces only subtract), else 0."""
-        return self._word_bounds(states, units, self._cache())
-
     def finish(self, state: LMState) -> float:
         return self.finish_many([state])[0]
 
@@ -477,18 +468,6 @@ class NeuralLM(LanguageModel):
         return [
             (full, math.fsum(e.lp[len(s):])) for full, e, s in zip(fulls, entries, states)
         ]
-
-    def _word_bounds(self, states: Sequence[LMState], units: Sequence[str],
-                     cache: _PrefixCache) -> list[float]:
-        out = []
-        for state, unit in zip(states, units):
-            e = cache.entries.get(state)  # type: ignore[call-overload]
-            if e is None:
-                out.append(0.0)
-            else:  # the first piece as scored by another forward may differ in the last bits
-                first = float(e.last[self.tokenizer.encode_word(unit)[0]])
-                out.append(min(0.0, first + BOUND_SLACK))
-        return out
 
     def _finish_many(self, states: Sequence[LMState], cache: _PrefixCache) -> list[float]:
         entries = self._entries([self._check_state(s) for s in states], cache)
@@ -689,9 +668,6 @@ class NeuralSession(LanguageModel):
         self, states: Sequence[LMState], units: Sequence[str]
     ) -> list[tuple[tuple[int, ...], float]]:
         return self.lm._score_many(states, units, self.cache)
-
-    def word_bounds(self, states: Sequence[LMState], units: Sequence[str]) -> list[float]:
-        return self.lm._word_bounds(states, units, self.cache)
 
     def finish(self, state: LMState) -> float:
         return self.lm._finish_many([state], self.cache)[0]

@@ -1,5 +1,4 @@
 import argparse
-import importlib.util
 import json
 import re
 import subprocess
@@ -147,14 +146,6 @@ def test_beam_decode_with_an_lm(corpus, tmp_path):
         "hello world", "the cat sat", "good morning"]
     assert main(["decode", str(corpus / "post.npz"), "-o", str(out), "--decoder", "beam",
                  "--nbest", "9", "--beam-size", "4"]) == 2
-    # the C++ and the Python search write the same file
-    outs = {}
-    for engine in ("compiled", "python") if importlib.util.find_spec("fusion._ctcsearch") else ():
-        outs[engine] = tmp_path / f"{engine}.jsonl"
-        assert main(["decode", str(corpus / "post.npz"), "-o", str(outs[engine]), "--decoder", "beam",
-                     "--lm", str(tmp_path / "lm.arpa"), "--nbest", "3", "--engine", engine]) == 0
-    if outs:
-        assert outs["compiled"].read_text() == outs["python"].read_text()
 
 
 def test_the_unknown_word_penalty(corpus, tmp_path, capsys):

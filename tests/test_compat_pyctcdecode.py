@@ -84,7 +84,7 @@ def test_alpha_beta_and_unk_offset_are_pyctcdecodes(table, arpa):
     assert d._weights == {"lm": 0.4, "word_bonus": 2.0, "oov": pytest.approx(0.4 * math.log(10) * 7)}
     d.reset_params(alpha=1.0, unk_score_offset=0.0)
     assert d._weights["lm"] == 1.0 and d._weights["oov"] == 0.0 and d._weights["word_bonus"] == 2.0
-    assert d.engine == "compiled"
+    assert [s["kind"] for s in d._search(32, -10.0, -5.0, (), 10.0, 1)._spec][0] == "kenlm"
     search = d._search(32, -10.0, -5.0, (), 10.0, 1)
     d.reset_params(alpha=1.0)  # nothing changes: the search built is kept (HF calls this each time)
     assert d._search(32, -10.0, -5.0, (), 10.0, 1) is search

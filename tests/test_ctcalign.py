@@ -10,12 +10,11 @@ import torchaudio.functional as AF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion import decoder as decoder_module
 from fusion.decoder import BeamSearchDecoder, SearchOptions
 from fusion.posteriors import Posteriors, PosteriorsReader
 from fusion.simulate import SimulationConfig, simulate_posteriors
 from fusion.tokens import TokenTable, character_table
-from fusion.types import TokenSpan, span_confidences
+from fusion.types import TokenSpan, span_confidences, spans_to_words
 
 _ctcsearch = pytest.importorskip("fusion._ctcsearch",
                                  reason="the compiled search is not built (make builds it)")
@@ -117,21 +116,19 @@ def test_fewest_frames_and_impossible_alignments(table):
         _ctcsearch.align(np.full((4, 3), -np.inf, dtype=np.float32), [1, 2, 1], 0)
 
 
-def _outputs(decoder: BeamSearchDecoder, p: Posteriors) -> list[tuple]:
-    return [(h.text, h.score, dict(h.scores), h.tokens, h.words) for h in decoder.decode(p).nbest]
-
-
-@pytest.mark.parametrize("engine", ["python", "compiled"])
-def test_decoder_output_unchanged_by_the_compiled_aligner(table, monkeypatch, engine):
-    """Times and confidences of every hypothesis: the same with torchaudio aligning."""
+def test_decoder_words_are_torchaudios_spans_grouped_in_python(table):
+    """Every hypothesis's spans are torchaudio's, and its words (times, confidences) what
+    spans_to_words makes of them: the compiled aligner and word grouping change nothing."""
     rng = np.random.default_rng(5)
-    decoder = BeamSearchDecoder(table, options=SearchOptions(beam_size=8, nbest=4, engine=engine))
-    posts = [simulate_posteriors(f"u{i}", text, table, rng,
-                                 SimulationConfig(confusion=0.3, noise=1.5, peak=4))[0]
-             for i, text in enumerate(["the cat sat on the mat", "a bat and a cat", "hello  l"])]
-    ours = [_outputs(decoder, p) for p in posts]
-    monkeypatch.setattr(decoder_module, "_ctcsearch", None)  # the search made, align with torchaudio
-    assert [_outputs(decoder, p) for p in posts] == ours
+    decoder = BeamSearchDecoder(table, options=SearchOptions(beam_size=8, nbest=4))
+    for i, text in enumerate(["the cat sat on the mat", "a bat and a cat", "hello  l"]):
+        p = simulate_posteriors(f"u{i}", text, table, rng,
+                                SimulationConfig(confusion=0.3, noise=1.5, peak=4))[0]
+        lp = np.ascontiguousarray(p.log_probs, dtype=np.float32)
+        for h in decoder.decode(p).nbest:
+            units = [t.token_id for t in h.tokens]
+            assert h.tokens == (torchaudio_spans(lp, units, table.blank_id) if units else ())
+            assert h.words == spans_to_words(table, h.tokens, p.frame_shift, lp)
 
 
 @pytest.mark.skipif(not TEST_POSTERIORS.exists(), reason=f"no {TEST_POSTERIORS}")
@@ -169,16 +166,17 @@ def test_word_groups_as_the_token_table_makes_them(style, data):
     assert [units[f:e + 1] for f, e in zip(first, last)] == table.words_from_ids(units)
 
 
-def test_prefix_table_decoder_output_unchanged_by_the_compiled_aligner(monkeypatch):
+def test_prefix_table_decoder_words_are_torchaudios_spans_grouped_in_python():
     rng = np.random.default_rng(2)
     T, V = 60, len(PREFIX_TABLE)
     lp = torch.log_softmax(torch.from_numpy(rng.normal(0, 3, (T, V))).float(), -1).numpy()
-    posts = Posteriors("u", lp, 0.04)
     decoder = BeamSearchDecoder(PREFIX_TABLE, options=SearchOptions(beam_size=8, nbest=6))
-    ours = _outputs(decoder, posts)
-    assert len(ours) == 6 and any(len(h[4]) > 1 for h in ours)
-    monkeypatch.setattr(decoder_module, "_ctcsearch", None)
-    assert _outputs(decoder, posts) == ours
+    nbest = decoder.decode(Posteriors("u", lp, 0.04)).nbest
+    assert len(nbest) == 6 and any(len(h.words) > 1 for h in nbest)
+    for h in nbest:
+        units = [t.token_id for t in h.tokens]
+        assert h.tokens == (torchaudio_spans(lp, units, PREFIX_TABLE.blank_id) if units else ())
+        assert h.words == spans_to_words(PREFIX_TABLE, h.tokens, 0.04, lp)
 
 
 @settings(max_examples=300, deadline=None)

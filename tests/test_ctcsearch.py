@@ -3,7 +3,6 @@
 import math
 import os
 import pickle
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,10 +18,10 @@ from lm.arpa import ArpaLM
 from lm.ngram import KenLM, build_arpa
 
 from conftest import ambiguous
+from search_oracle import SEARCHES, PythonSearchDecoder
 
 pytest.importorskip("fusion._ctcsearch", reason="the compiled search is not built (make builds it)")
 
-COMPILED = SearchOptions(engine="compiled")
 # overlapping phrases, one inside another, with their own weights
 HOTWORDS = {"the cat": 2.0, "cat sat on": 1.5, "a bat": 3.0, "sat": 0.5, "the flat mat": 1.0}
 TEXT = """the cat sat on the mat
@@ -71,14 +70,12 @@ def _outputs(decoder: BeamSearchDecoder, posteriors: Posteriors) -> list[tuple]:
 
 
 def _both(table, scorers, weights, options) -> tuple[BeamSearchDecoder, BeamSearchDecoder]:
-    python = BeamSearchDecoder(table, scorers, weights, replace(options, engine="python"))
-    compiled = BeamSearchDecoder(table, scorers, weights, replace(options, engine="compiled"))
-    assert (python.engine, compiled.engine) == ("python", "compiled")
-    return python, compiled
+    return (PythonSearchDecoder(table, scorers, weights, options),
+            BeamSearchDecoder(table, scorers, weights, options))
 
 
 def _agree_on_random_posteriors(table, lm, weights, options, rng, *, frames, scale, times) -> None:
-    """Both engines give the same N-best with ``lm`` (without and with its unigrams) and a
+    """Both searches give the same N-best with ``lm`` (without and with its unigrams) and a
     word bonus, on ``times`` random utterances of ``frames`` frames."""
     for unigrams in (None, ["bat", "cat", "sat"]):
         python, compiled = _both(table, [LMScorer(lm, unigrams=unigrams), WordBonus()], weights, options)
@@ -190,15 +187,14 @@ def test_compiled_search_fuses_the_lm(table, tmp_path):
     (tmp_path / "b.arpa").write_text(BIASED_ARPA)
     lm = KenLM(tmp_path / "b.arpa")
     p = ambiguous(table)
-    assert BeamSearchDecoder(table, options=COMPILED).decode(p).best.text == "cat sat"
-    fused = BeamSearchDecoder(table, [LMScorer(lm)], {"lm": 0.5}, COMPILED).decode(p).best
+    assert BeamSearchDecoder(table, options=SearchOptions()).decode(p).best.text == "cat sat"
+    fused = BeamSearchDecoder(table, [LMScorer(lm)], {"lm": 0.5}).decode(p).best
     assert fused.text == "bat sat"
     assert fused.scores["lm"] == pytest.approx(lm.score_sentence(["bat", "sat"]))
     constrained = BeamSearchDecoder(table, [LexiconScorer(["bat", "sat"], constraint=True)],
-                                    {"lexicon": 1.0}, COMPILED).decode(p).best
+                                    {"lexicon": 1.0}).decode(p).best
     assert constrained.text == "bat sat"
-    hot = BeamSearchDecoder(table, [HotwordScorer({"bat sat": 2.0})], {"hotwords": 1.0},
-                            COMPILED).decode(p).best
+    hot = BeamSearchDecoder(table, [HotwordScorer({"bat sat": 2.0})], {"hotwords": 1.0}).decode(p).best
     assert hot.text == "bat sat" and hot.scores["hotwords"] == pytest.approx(4.0)
 
 
@@ -209,12 +205,12 @@ def test_the_compiled_search_holds_the_only_copy_of_a_kenlm_model(table, tmp_pat
     lm = KenLM(tmp_path / "b.arpa")
     before = lm.score_sentence(["bat", "sat"])
     scorers, weights = [LMScorer(lm, unigrams=["bat", "cat", "sat"])], {"lm": 0.5}
-    compiled = BeamSearchDecoder(table, scorers, weights, COMPILED)
+    compiled = BeamSearchDecoder(table, scorers, weights)
     assert not lm.loaded
     p = ambiguous(table)
     best = compiled.decode(p).best
     assert not lm.loaded and best.text == "bat sat"
-    python = BeamSearchDecoder(table, scorers, weights, replace(COMPILED, engine="python"))
+    python = PythonSearchDecoder(table, scorers, weights)
     assert _outputs(python, p) == _outputs(compiled, p) and lm.loaded
     assert lm.score_sentence(["bat", "sat"]) == before == pytest.approx(best.scores["lm"])
 
@@ -228,9 +224,9 @@ def test_searchers_share_a_loaded_kenlm_file_until_it_changes(table, tmp_path):
     p = ambiguous(table)
 
     def best(lm_file):
-        return BeamSearchDecoder(table, [LMScorer(KenLM(lm_file))], {"lm": 0.5}, COMPILED).decode(p).best
+        return BeamSearchDecoder(table, [LMScorer(KenLM(lm_file))], {"lm": 0.5}).decode(p).best
 
-    first = BeamSearchDecoder(table, [LMScorer(KenLM(path))], {"lm": 0.5}, COMPILED)
+    first = BeamSearchDecoder(table, [LMScorer(KenLM(path))], {"lm": 0.5})
     assert first.decode(p).best.text == "bat sat"
     flipped = BIASED_ARPA.replace("-0.5\tbat", "-3.0\tbat").replace("-3.0\tcat", "-0.5\tcat")
     stat = path.stat()
@@ -242,23 +238,21 @@ def test_searchers_share_a_loaded_kenlm_file_until_it_changes(table, tmp_path):
     del first
 
 
-def test_engine_choice_and_how_scorers_describe_themselves(table, tmp_path):
+def test_how_scorers_describe_themselves_to_the_search(table, tmp_path):
     (tmp_path / "b.arpa").write_text(BIASED_ARPA)
     kenlm_scorer = LMScorer(KenLM(tmp_path / "b.arpa"))
     hot = HotwordScorer(["bat sat"])
-    assert BeamSearchDecoder(table, [kenlm_scorer, hot], {"lm": 1.0, "hotwords": 1.0}).engine == "compiled"
+    decoder = BeamSearchDecoder(table, [kenlm_scorer, hot], {"lm": 1.0, "hotwords": 1.0})
+    assert [s["kind"] for s in decoder._spec] == ["kenlm", "hotwords"]
     # an LM the compiled search does not know (a neural LM, our ARPA reader) is called back
     arpa = LMScorer(ArpaLM(tmp_path / "b.arpa"), name="arpa", unigrams=["bat", "cat"])
     decoder = BeamSearchDecoder(table, [arpa, hot], {"arpa": 1.0, "hotwords": 1.0})
-    assert decoder.engine == "compiled"
     assert [s["kind"] for s in decoder._spec] == ["python", "hotwords"]
     assert decoder._spec[0]["unigrams"] == ["bat", "cat"]  # its partial-word rule runs natively
     # a subclass that scores otherwise is called back, not run as its parent's kind
     assert _Listed(["cat"], constraint=True).compiled(1.0)["kind"] == "python"
     assert LexiconScorer(["cat"]).compiled(1.0)["kind"] == "lexicon"
     assert LMScorer(_Batched(tmp_path / "b.arpa")).compiled(1.0)["kind"] == "python"
-    with pytest.raises(ValueError, match="engine must be one of"):
-        SearchOptions(engine="gpu")
 
 
 class _Batched(ArpaLM):
@@ -322,13 +316,12 @@ def test_a_pickled_decoder_makes_its_own_searcher(table, trigram, unigrams, rng)
     decoder = BeamSearchDecoder(table, [LMScorer(trigram, unigrams=unigrams), WordBonus()],
                                 {"lm": 0.9, "word_bonus": 1.0}, SearchOptions(beam_size=8, nbest=2))
     copy = pickle.loads(pickle.dumps(decoder))
-    assert copy.engine == "compiled"
     p, _ = simulate_posteriors("u", "the cat sat", table, rng, SimulationConfig(noise=1.0, peak=5))
     assert _outputs(copy, p) == _outputs(decoder, p)
 
 
 def test_compiled_search_rejects_bad_posteriors(table):
-    decoder = BeamSearchDecoder(table, options=COMPILED)
+    decoder = BeamSearchDecoder(table, options=SearchOptions())
     with pytest.raises(ValueError, match="'u'.*5 columns"):
         decoder.decode(Posteriors("u", np.zeros((3, 5)), 0.04))
     # empty utterances decode to nothing
@@ -339,7 +332,7 @@ NO_UNK_ARPA = BIASED_ARPA.replace("-2.0\t<unk>\t0\n", "").replace("ngram 1=6", "
 
 
 def test_an_lm_without_unk_scores_unknown_words_at_pyctcdecodes_offset(table, tmp_path):
-    """KenLM puts log10 -100 where <unk> is missing; we put -10 (both engines alike), so
+    """KenLM puts log10 -100 where <unk> is missing; we put -10 (both searches alike), so
     an unknown word is a cost, not a dead end the search avoids by saying nothing."""
     (tmp_path / "n.arpa").write_text(NO_UNK_ARPA)
     lm = KenLM(tmp_path / "n.arpa")
@@ -361,8 +354,8 @@ def test_a_constraint_is_waived_when_every_beam_ends_inside_a_word(table, engine
     """Audio that ends in the middle of a listed word: the best beam, not nothing."""
     p, _ = simulate_posteriors("u", "the ca", table, np.random.default_rng(0),
                                SimulationConfig(confusion=0.0, noise=0.0, peak=8))
-    decoder = BeamSearchDecoder(table, [LexiconScorer(["the", "cat"], constraint=True)],
-                                {"lexicon": 1.0}, SearchOptions(beam_size=4, engine=engine))
+    decoder = SEARCHES[engine](table, [LexiconScorer(["the", "cat"], constraint=True)],
+                               {"lexicon": 1.0}, SearchOptions(beam_size=4))
     assert decoder.decode(p).best.text == "the ca"
     whole, _ = simulate_posteriors("v", "the cat", table, np.random.default_rng(0),
                                    SimulationConfig(confusion=0.0, noise=0.0, peak=8))

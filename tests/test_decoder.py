@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion.decoder import BeamSearchDecoder, SearchOptions, floored
+from fusion.decoder import BeamSearchDecoder, SearchOptions
 from fusion.greedy import greedy_decode
 from fusion.posteriors import Posteriors
 from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus
@@ -16,9 +16,9 @@ from fusion.tokens import TokenTable
 from lm.arpa import ArpaLM
 
 from conftest import BIASED_ARPA, ambiguous
+from search_oracle import SEARCHES, PythonSearchDecoder, floored
 
 
-@pytest.mark.torch  # greedy_decode runs in torch
 def test_acoustic_only_equals_greedy_on_peaky_posteriors(table, rng):
     for i, text in enumerate(["the cat sat on the mat", "a", "", "hello  world's end"]):
         p, _ = simulate_posteriors(f"u{i}", text, table, rng, SimulationConfig(peak=10, noise=0.3))
@@ -85,13 +85,11 @@ def _x_or_c_at(table) -> Posteriors:
 def test_the_partial_unknown_word_penalty_changes_the_best_path(table, engine):
     """With one beam, 'x' (60%) beats 'c' (40%) unless the partial word 'x', which no
     listed word starts with, is charged the penalty at once: log .6 - 2 < log .4."""
-    if engine == "compiled":
-        pytest.importorskip("fusion._ctcsearch", reason="the compiled search is not built")
     p = _x_or_c_at(table)
-    options = SearchOptions(beam_size=1, engine=engine)
-    late = BeamSearchDecoder(table, [LexiconScorer(["cat"], "oov")], {"oov": 2.0}, options)
-    early = BeamSearchDecoder(table, [LexiconScorer(["cat"], "oov", partial=True)], {"oov": 2.0},
-                              options)
+    options = SearchOptions(beam_size=1)
+    late = SEARCHES[engine](table, [LexiconScorer(["cat"], "oov")], {"oov": 2.0}, options)
+    early = SEARCHES[engine](table, [LexiconScorer(["cat"], "oov", partial=True)], {"oov": 2.0},
+                             options)
     lost = late.decode(p).best
     assert lost.text == "xat" and lost.scores["oov"] == -1.0  # charged once, at its end
     assert lost.score == pytest.approx(lost.scores["acoustic"] - 2.0)
@@ -104,8 +102,8 @@ def test_the_partial_unknown_word_penalty_changes_the_best_path(table, engine):
     stream.accept(p.log_probs[:2])
     assert stream.partial().text == "x" and stream.partial().score == pytest.approx(
         math.log(0.6), abs=1e-3)
-    stream = BeamSearchDecoder(table, early.scorers, early.weights,
-                               SearchOptions(beam_size=2, engine=engine)).stream(0.04)
+    stream = SEARCHES[engine](table, early.scorers, early.weights,
+                              SearchOptions(beam_size=2)).stream(0.04)
     stream.accept(p.log_probs[:2])
     assert stream.partial().text == "c"  # 'x' ranks at log .6 - 2 now
 
@@ -114,13 +112,11 @@ def test_the_partial_unknown_word_penalty_changes_the_best_path(table, engine):
 def test_the_partial_penalty_charges_a_finished_word_once(table, rng, engine):
     """An unknown word that wins anyway scores -1 once, as without the option; with a beam
     wide enough for nothing to be pruned, the N-best lists are the same."""
-    if engine == "compiled":
-        pytest.importorskip("fusion._ctcsearch", reason="the compiled search is not built")
-    options = SearchOptions(beam_size=64, nbest=5, beam_threshold=math.inf, engine=engine)
+    options = SearchOptions(beam_size=64, nbest=5, beam_threshold=math.inf)
     words = ["bat", "sat", "on", "the"]
-    off = BeamSearchDecoder(table, [LexiconScorer(words, "oov")], {"oov": 1.5}, options)
-    on = BeamSearchDecoder(table, [LexiconScorer(words, "oov", partial=True)], {"oov": 1.5},
-                           options)
+    off = SEARCHES[engine](table, [LexiconScorer(words, "oov")], {"oov": 1.5}, options)
+    on = SEARCHES[engine](table, [LexiconScorer(words, "oov", partial=True)], {"oov": 1.5},
+                          options)
     for i, text in enumerate(["cat sat on the mat", "bat sat", "xyz"]):
         p, _ = simulate_posteriors(f"u{i}", text, table, rng, SimulationConfig(peak=8, noise=0.5))
         a, b = off.decode(p), on.decode(p)
@@ -278,16 +274,10 @@ def test_batched_scorers_see_a_frames_words_at_once(table, rng, tmp_path):
     assert batching.batches and max(batching.batches) > 1
 
 
-class _EagerLMScorer(LMScorer):
-    """An LM scorer without a score bound: the search scores every completion it meets."""
-
-    max_word_score = None
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_search_shortcuts_change_nothing(table, seed, monkeypatch, tmp_path):
-    """Prefixes skipped below the beams' own cut and completions left unscored below the
-    frame's cut: the same N-best as the search that makes and scores everything."""
+    """Prefixes skipped below the beams' own cut: the compiled search gives the N-best of
+    the oracle search that makes every prefix."""
     rng = np.random.default_rng(seed)
     options = SearchOptions(beam_size=8, nbest=4, token_top_k=8, beam_threshold=30.0)
     texts = ["bat sat cat", "the cat sat on the mat", "sat bat"]
@@ -295,54 +285,41 @@ def test_search_shortcuts_change_nothing(table, seed, monkeypatch, tmp_path):
                                       SimulationConfig(confusion=0.3, noise=1.5, peak=4))[0]
                   for i, t in enumerate(texts)]
 
-    def decode_all(lm_scorer):
-        decoder = BeamSearchDecoder(table, [lm_scorer, WordBonus()],
-                                    {"lm": 0.7, "word_bonus": 1.0}, options)
+    def decode_all(search, lm_scorer):
+        decoder = search(table, [lm_scorer, WordBonus()], {"lm": 0.7, "word_bonus": 1.0}, options)
         return [[(h.text, h.score, dict(h.scores)) for h in decoder.decode(p).nbest]
                 for p in posteriors]
 
     (tmp_path / "b.arpa").write_text(BIASED_ARPA)
     batching = _BatchingLM(tmp_path / "b.arpa")
-    fast = decode_all(LMScorer(batching, unigrams=["bat", "cat", "sat"]))
+    fast = decode_all(BeamSearchDecoder, LMScorer(batching, unigrams=["bat", "cat", "sat"]))
     assert batching.batches  # completions went through score_words
-    monkeypatch.setattr(BeamSearchDecoder, "_cut", lambda self, *args: -math.inf)
-    slow = decode_all(_EagerLMScorer(_BatchingLM(tmp_path / "b.arpa"), unigrams=["bat", "cat", "sat"]))
+    monkeypatch.setattr(PythonSearchDecoder, "_cut", lambda self, *args: -math.inf)
+    slow = decode_all(PythonSearchDecoder, LMScorer(_BatchingLM(tmp_path / "b.arpa"),
+                                                    unigrams=["bat", "cat", "sat"]))
     assert fast == slow
 
 
 @pytest.mark.torch  # the neural LM runs in torch
-def test_neural_fusion_scores_completions_lazily_with_the_same_results(table, rng):
+def test_neural_fusion_is_called_back_with_the_oracles_results(table, rng):
+    """The neural LM in the compiled search (called back, a frame's words in one batch)
+    gives the oracle search's N-best (scores within float32 batching noise)."""
     from lm.neural import DEFAULT_MODEL_DIR, NeuralLM
 
     if not (DEFAULT_MODEL_DIR / "model.pt").exists():
         pytest.skip("no committed default model")
     nlm = NeuralLM.default()
-    options = SearchOptions(beam_size=6, nbest=2, engine="python")  # the Python search defers
-    calls = {"lazy": 0, "eager": 0}
-
-    def counting(scorer, key):
-        score_words = scorer.score_words
-
-        def counted(pairs):
-            calls[key] += len(pairs)
-            return score_words(pairs)
-
-        scorer.score_words = counted
-        return scorer
-
-    lazy = BeamSearchDecoder(table, [counting(LMScorer(nlm, "nlm"), "lazy"), WordBonus()],
-                             {"nlm": 0.5, "word_bonus": 1.5}, options)
-    eager = BeamSearchDecoder(table, [counting(_EagerLMScorer(nlm, "nlm"), "eager"), WordBonus()],
-                              {"nlm": 0.5, "word_bonus": 1.5}, options)
-    for i, text in enumerate(["the cat sat"]):
-        p, _ = simulate_posteriors(f"u{i}", text, table, rng,
-                                   SimulationConfig(confusion=0.2, noise=0.5, peak=6))
-        a, b = lazy.decode(p), eager.decode(p)
-        assert [h.text for h in a.nbest] == [h.text for h in b.nbest]
-        for ha, hb in zip(a.nbest, b.nbest):
-            assert ha.score == pytest.approx(hb.score, abs=1e-4)
-            assert ha.scores == pytest.approx(dict(hb.scores), abs=1e-4)
-    assert 0 < calls["lazy"] < calls["eager"]
+    options = SearchOptions(beam_size=6, nbest=2)
+    decoders = [search(table, [LMScorer(nlm, "nlm"), WordBonus()], {"nlm": 0.5, "word_bonus": 1.5},
+                       options) for search in (BeamSearchDecoder, PythonSearchDecoder)]
+    assert decoders[0]._spec[0]["kind"] == "python"
+    p, _ = simulate_posteriors("u", "the cat sat", table, rng,
+                               SimulationConfig(confusion=0.2, noise=0.5, peak=6))
+    a, b = (d.decode(p) for d in decoders)
+    assert [h.text for h in a.nbest] == [h.text for h in b.nbest]
+    for ha, hb in zip(a.nbest, b.nbest):
+        assert ha.score == pytest.approx(hb.score, abs=1e-4)
+        assert ha.scores == pytest.approx(dict(hb.scores), abs=1e-4)
 
 
 @pytest.mark.parametrize("engine", ["python", "compiled"])
@@ -352,8 +329,6 @@ def test_floor_every_label_holds_blank_and_repeats_to_the_floor(engine):
     blank (.06 and .1) and b at frame 0 (.04) are held (none is its frame's best), so "a"
     keeps only aa (.36) and "ab" (.9 x .5 = .45) wins. Repeats are held too: at frame 1,
     a (.4) passes the floor and b is the best."""
-    if engine == "compiled":
-        pytest.importorskip("fusion._ctcsearch", reason="the compiled search is not built")
     table = TokenTable(("<b>", " ", "a", "b"), 0, " ", "separate")
     probs = np.array([[0.06, 0.0, 0.9, 0.04], [0.1, 0.0, 0.4, 0.5]])
     post = Posteriors("u", np.log(np.maximum(probs, 1e-30)).astype(np.float32), 0.04)
@@ -361,9 +336,9 @@ def test_floor_every_label_holds_blank_and_repeats_to_the_floor(engine):
     found = {}
     for rule in (False, True):
         options = SearchOptions(beam_size=8, nbest=2, token_min_logprob=floor,
-                                floor_every_label=rule, blank_skip=None, engine=engine)
+                                floor_every_label=rule, blank_skip=None)
         found[rule] = [(h.text, h.scores["acoustic"])
-                       for h in BeamSearchDecoder(table, options=options).decode(post).nbest]
+                       for h in SEARCHES[engine](table, options=options).decode(post).nbest]
     assert [t for t, _ in found[False]] == ["a", "ab"]
     assert found[False][0][1] == pytest.approx(math.log(0.474), rel=1e-5)
     assert found[False][1][1] == pytest.approx(math.log(0.45), rel=1e-5)

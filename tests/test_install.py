@@ -88,7 +88,7 @@ def test_kenlm_is_compiled_in_and_the_decoder_runs_the_compiled_search(table, tm
     model = _kenlm.Model(str(path))
     assert model.order == 2 and round(model.score("bat", bos=False, eos=False), 6) == -0.5
     decoder = BeamSearchDecoder(table, [LMScorer(KenLM(path))], {"lm": 1.0})
-    assert decoder.engine == "compiled"
+    assert [s["kind"] for s in decoder._spec] == ["kenlm"]
     assert decoder.decode(ambiguous(table)).best.text == "bat sat"
 
 

@@ -168,23 +168,6 @@ def test_growing_words_reuse_the_longest_cached_prefix(lm: NeuralLM) -> None:
     assert cache.longest_prefix(full[:2] + (7,), hint=2)[0] == 2
 
 
-def test_word_bounds_bound_the_scores(lm: NeuralLM) -> None:
-    vocab = sorted({w for s in SENTENCES for w in s}) + ["xyzzy", "caf\u00e9"]
-    with lm.session() as session:
-        states = [session.start()] + [session.score(session.start(), w)[0] for w in vocab[:6]]
-        pairs = [(s, w) for s in states for w in vocab]
-        bounds = session.word_bounds([s for s, _ in pairs], [w for _, w in pairs])
-        scores = [lp for _, lp in session.score_many([s for s, _ in pairs], [w for _, w in pairs])]
-        assert all(lp <= b <= 0.0 for lp, b in zip(scores, bounds))
-        assert bounds[: len(vocab)] == [0.0] * len(vocab)  # <s> was not scored from yet
-        assert sum(b < -1.0 for b in bounds) > len(bounds) // 2  # cached states: informative
-        # one-piece words: the bound is the score itself, up to the slack
-        one = [(b, lp) for (s, w), b, lp in zip(pairs, bounds, scores)
-               if s != lm.start() and len(lm.tokenizer.encode_word(w)) == 1]
-        assert one and all(b - lp <= 2e-3 for b, lp in one)
-    assert lm.word_bounds([states[3]], ["the"]) == [0.0]  # no session: nothing cached
-
-
 def test_states_are_immutable_hashable_values(lm: NeuralLM) -> None:
     s0 = lm.start()
     s1, lp1 = lm.score(s0, "the")

@@ -153,7 +153,6 @@ def test_to_dict_reads_back_equal(config):
     (DecodeConfig(rescore_weights={"acoustic": 1.0}), "needs an N-best list"),
     (DecodeConfig(rescore_nlm="default"), r"need \[rescore.weights\]"),
     (DecodeConfig(decoder="pyctcdecode", weights={"acoustic": 0.5}), "weighs the acoustic score 1"),
-    (DecodeConfig(decoder="pyctcdecode", search=SearchOptions(engine="python")), "not with decoder"),
     (DecodeConfig(decoder="greedy"), "decoder must be one of"),
 ])
 def test_contradicting_settings_are_refused_in_one_place(config, message, table):

@@ -22,6 +22,7 @@ from fusion.types import PartialResult
 from lm.ngram import KenLM, build_arpa
 
 from conftest import peaky
+from search_oracle import SEARCHES, PythonSearchDecoder
 
 TRIGRAM = Path(__file__).resolve().parents[1] / "lm" / "models" / "word-3gram"
 HOTWORDS = {"the cat": 2.0, "cat sat on": 1.5, "jane": 3.0, "sat": 0.5}
@@ -44,7 +45,6 @@ def _scorers(kind: str, lm: KenLM, words: list[str]) -> tuple[list, dict[str, fl
 @pytest.fixture(scope="module")
 def compiled_decoders() -> dict[str, BeamSearchDecoder]:
     """The committed word 3-gram with each scorer set, compiled search."""
-    pytest.importorskip("fusion._ctcsearch", reason="the compiled search is not built (make builds it)")
     table = character_table()
     lm = KenLM(TRIGRAM / "model.bin")
     words = (TRIGRAM / "vocab.txt").read_text().split()
@@ -52,14 +52,14 @@ def compiled_decoders() -> dict[str, BeamSearchDecoder]:
     for kind in SCORER_SETS:
         scorers, weights = _scorers(kind, lm, words)
         extra = lexicon_pruning(len(table)) if kind == "constraint" else {}
-        options = SearchOptions(**{"beam_size": 12, "nbest": 3, "engine": "compiled", **extra})
+        options = SearchOptions(**{"beam_size": 12, "nbest": 3, **extra})
         out[kind] = BeamSearchDecoder(table, scorers, weights, options)
     return out
 
 
 @pytest.fixture(scope="module")
 def python_decoders(tmp_path_factory) -> dict[str, BeamSearchDecoder]:
-    """A small 3-gram with each scorer set, Python search."""
+    """A small 3-gram with each scorer set, the oracle's Python search."""
     folder = tmp_path_factory.mktemp("ngram")
     (folder / "text.txt").write_text("\n".join(TEXTS * 3) + "\n")
     lm = KenLM(build_arpa(folder / "text.txt", folder / "3.arpa", order=3))
@@ -68,8 +68,7 @@ def python_decoders(tmp_path_factory) -> dict[str, BeamSearchDecoder]:
     out = {}
     for kind in SCORER_SETS:
         scorers, weights = _scorers(kind, lm, words)
-        out[kind] = BeamSearchDecoder(table, scorers, weights,
-                                      SearchOptions(beam_size=8, nbest=3, engine="python"))
+        out[kind] = PythonSearchDecoder(table, scorers, weights, SearchOptions(beam_size=8, nbest=3))
     return out
 
 
@@ -183,12 +182,10 @@ def test_a_restored_snapshot_goes_on_as_the_stream_did(compiled_decoders, python
 def test_partial_results_are_the_best_prefix_so_far(engine):
     """No LM, peaky frames: after each chunk the best prefix is the greedy transcript of
     the frames so far, the word in progress included."""
-    if engine == "compiled":
-        pytest.importorskip("fusion._ctcsearch")
     table = character_table()
     frames = list("--cc-a-tt--|-s-aa-t--")
     lp = peaky(table, frames, peak=12.0)
-    decoder = BeamSearchDecoder(table, options=SearchOptions(engine=engine))
+    decoder = SEARCHES[engine](table)
     stream = decoder.stream(0.04, "u")
     for t in range(1, len(frames) + 1):
         partial = stream.accept(lp[t - 1:t])
@@ -228,7 +225,7 @@ def test_bad_chunks_and_misuse_are_clear_errors(python_decoders):
         stream.finish()
     with pytest.raises(ValueError, match="finished"):
         stream.snapshot()
-    other = BeamSearchDecoder(decoder.table, options=SearchOptions(engine="python"))
+    other = PythonSearchDecoder(decoder.table)
     with pytest.raises(ValueError, match="not a snapshot of a stream of this decoder"):
         other.stream(0.04).restore(snap)
     stream.restore(snap)  # a finished stream comes back

@@ -372,12 +372,6 @@ class BeamSearchDecoderCTC:
         """The unigrams given (or read from the LM), before keeping those the LM knows."""
         return self._unigrams
 
-    @property
-    def engine(self) -> str:
-        """The search that runs: ``"compiled"`` (C++) or ``"python"``."""
-        return self._search(DEFAULT_BEAM_WIDTH, DEFAULT_PRUNE_LOGP, DEFAULT_MIN_TOKEN_LOGP,
-                            (), DEFAULT_HOTWORD_WEIGHT, 1).engine
-
     def _search(self, beam_width: int, beam_prune_logp: float, token_min_logp: float,
                 hotwords: tuple[str, ...], hotword_weight: float, nbest: int) -> BeamSearchDecoder:
         """The search for these settings (kept for the next call with the same ones)."""

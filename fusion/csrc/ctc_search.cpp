@@ -1,13 +1,14 @@
 // The compiled search of fusion.decoder.BeamSearchDecoder (module fusion._ctcsearch).
 //
-// A line-for-line counterpart of BeamSearchDecoder._search, _finish and _rank, for the
-// scorers it knows: a word-level KenLM n-gram (LMScorer over fusion's KenLM, with its
-// partial-word estimate), WordBonus, LexiconScorer (constraint or OOV penalty, with its
-// optional partial-word penalty) and HotwordScorer (its Aho-Corasick automaton). The
-// Python decoder hands it the same tables it uses itself and turns what it returns into
-// hypotheses, so both paths give the same results: the same candidate units per frame in
-// the same order, the same pruning bounds, the same order of floating-point operations
-// (tests/test_ctcsearch.py compares them).
+// Its Python counterpart, line for line, is the tests' oracle (tests/search_oracle.py,
+// PythonSearchDecoder): the same candidate units per frame in the same order, the same
+// pruning bounds, the same order of floating-point operations (tests/test_ctcsearch.py
+// compares them). Scorers describe themselves (fusion.scorers.WordScorer.compiled): a
+// word-level KenLM n-gram (LMScorer over fusion's KenLM, with its partial-word estimate),
+// WordBonus, LexiconScorer (constraint or OOV penalty, with its optional partial-word
+// penalty) and HotwordScorer (its Aho-Corasick automaton) run natively; any other scorer
+// (a neural LM) is called back with the GIL taken (Kind::kPython). The Python decoder
+// turns what the search returns into hypotheses.
 // Thresholds on log-probabilities compare in float32, as NumPy does with float32 arrays.
 //
 // Per utterance, KenLM states are interned (an int per distinct state) and each
@@ -68,7 +69,7 @@ std::shared_ptr<lm::base::Model> load_kenlm(const std::string& path) {
 
 constexpr double NEG_INF = -std::numeric_limits<double>::infinity();
 
-// log(exp(a) + exp(b)), -inf safe: fusion.decoder._lae.
+// log(exp(a) + exp(b)), -inf safe: search_oracle._lae.
 inline double lae(double a, double b) {
   if (a < b) std::swap(a, b);
   if (b == NEG_INF) return a;
@@ -222,7 +223,7 @@ struct PyStates {
   }
 };
 
-// Per-utterance bookkeeping of one prefix: fusion.decoder._Prefix.
+// Per-utterance bookkeeping of one prefix: search_oracle._Prefix.
 struct Info {
   bool valid = true;
   std::string partial;
@@ -694,7 +695,7 @@ class Searcher {
   }
 
   // Every word the beams' prefixes could complete, scored in one score_words call per
-  // Python scorer (BeamSearchDecoder._prefetch): a neural LM gets a frame's words at once.
+  // Python scorer (score_words): a neural LM gets a frame's words at once.
   void prefetch(const std::vector<Beam>& beams) {
     if (python_.empty()) return;
     const size_t S = scorers_.size();
@@ -850,7 +851,7 @@ class Searcher {
     return partial_term(tmp_nodes_.data(), st, infos_[parent].partial + spellings_[unit]);
   }
 
-  // The prefix ``parent`` + ``unit``: fusion.decoder.BeamSearchDecoder._extend.
+  // The prefix ``parent`` + ``unit``: PythonSearchDecoder._extend.
   int32_t extend(int32_t parent, int32_t unit) {
     const size_t S = scorers_.size(), N = n_slots_;
     const int32_t id = new_prefix(parent, unit);
@@ -889,7 +890,7 @@ class Searcher {
   }
 
   // ``row`` with every label below the floor made impossible, except the frame's most
-  // probable label(s) (SearchOptions.floor_every_label; fusion.decoder.floored)
+  // probable label(s) (SearchOptions.floor_every_label; search_oracle.floored)
   const float* floored(const float* row) {
     held_.assign(row, row + vocab_);
     const float best = *std::max_element(row, row + vocab_);
@@ -1016,7 +1017,7 @@ class Searcher {
     return key;
   }
 
-  // The ``nbest`` best finished beams, one per word sequence: BeamSearchDecoder._rank.
+  // The ``nbest`` best finished beams, one per word sequence: PythonSearchDecoder._rank.
   std::vector<Final> rank(std::vector<Final> finals) const {
     std::vector<std::vector<int32_t>> keys;
     std::vector<size_t> best;  // per distinct key, in order of first appearance
