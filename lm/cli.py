@@ -57,6 +57,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                          help="fit the weights by EM on this dev text (never the test text)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="ARPA to write (.arpa or .arpa.gz); with --binary also OUTPUT.bin")
+    p.add_argument("--drop-unk", action="store_true",
+                   help="leave <unk> out (a closed-vocabulary mixture, unigrams renormalised): "
+                   "the decoder then scores unknown words with its own penalty, as for a model "
+                   "without <unk>; for decoding LMs (an input's <unk> probability is far too "
+                   "generous for any one unknown spelling)")
     p.add_argument("--binary", action="store_true", help="also write a KenLM trie binary")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_mix)
@@ -133,7 +138,7 @@ def run_mix(args: argparse.Namespace) -> int:
     elif not args.fit_weights.is_file():
         raise LMError(f"{args.fit_weights}: no such dev text")
     start = time.perf_counter()
-    index, tables = load_models(args.models)
+    index, tables = load_models(args.models, drop_words=("<unk>",) if args.drop_unk else ())
     result: dict = {"models": [str(m) for m in args.models], "output": str(args.output)}
     weights = args.weights
     if args.fit_weights is not None:
@@ -142,9 +147,9 @@ def run_mix(args: argparse.Namespace) -> int:
         weights, _, iterations = fit_weights(probs)
         result["fit"] = {"dev": str(args.fit_weights), "oov_skipped": skipped,
                          "iterations": iterations, **common_perplexities(probs, weights)}
-    mixture = mix(index, tables, weights)
+    mixture = mix(index, tables, weights, renormalise=args.drop_unk)
     write_arpa(mixture, args.output)
-    result.update(weights=list(mixture.weights), ngrams=list(mixture.stats.counts),
+    result.update(weights=list(mixture.weights), drop_unk=args.drop_unk, ngrams=list(mixture.stats.counts),
                   full_contexts=mixture.stats.full_contexts,
                   lost_mass_contexts=mixture.stats.lost_mass_contexts,
                   arpa_mb=args.output.stat().st_size / 1e6,
@@ -167,8 +172,9 @@ def run_mix(args: argparse.Namespace) -> int:
           f"{' '.join(map(str, result['ngrams']))}) in {result['seconds']:.1f} s, "
           f"peak memory {result['peak_rss_mb']:.0f} MB")
     if mixture.stats.lost_mass_contexts:
-        print(f"warning: {mixture.stats.lost_mass_contexts} context(s) have mass left but no "
-              f"words to back off to (up to {mixture.stats.lost_mass_max:.2g} lost)")
+        print(f"note: {mixture.stats.lost_mass_contexts} context(s) list every word the shorter "
+              f"one does: their listed words were scaled up to take the mass left (up to "
+              f"{mixture.stats.lost_mass_max:.2g})")
     if args.binary:
         print(f"wrote {result['binary']} ({Path(result['binary']).stat().st_size / 1e6:.1f} MB)")
     return 0

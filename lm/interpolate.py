@@ -21,7 +21,11 @@ over the union vocabulary, and so does the mixture (giving every unknown word ``
 probability would count ``<unk>``'s mass once per such word). ``<unk>`` itself is a word
 like any other: the mixture gives it ``sum_k lambda_k p_k(<unk> | h)``, zero from a model
 that lists none. In a history, a word a model does not know is a context that model has
-never seen: it backs off past it.
+never seen: it backs off past it. For a decoding LM ``<unk>`` can instead be left out
+(``drop_unk``: a closed-vocabulary mixture, unigrams renormalised), so that a decoder scores
+unknown words with its own penalty as it does for a model without ``<unk>``: an input's
+``<unk>`` probability is the mass of all its unknown words, far too much for any one
+spelling a search proposes.
 
 The mixture is exact (equal to querying the models separately and mixing) for every
 listed n-gram. For a word reached by back-off it is the usual static approximation: the
@@ -118,7 +122,8 @@ class MixStats:
     counts: tuple[int, ...] = ()
     #: contexts whose listed words already take all the mixture's mass (back-off set to 0)
     full_contexts: int = 0
-    #: contexts with mass left but none to back off to (that mass is lost)
+    #: contexts with mass left but no word to back off to (their listed words are scaled up
+    #: to take it; only where every word is listed after the shorter context)
     lost_mass_contexts: int = 0
     lost_mass_max: float = 0.0
 
@@ -192,16 +197,20 @@ class _Raw:
     log_backoff: list[np.ndarray]
 
 
-def _read_raw(path: Path, ids: dict[str, int]) -> _Raw:
-    """Read one ARPA (strictly, with :func:`read_arpa`), adding its words to ``ids``."""
+def _read_raw(path: Path, ids: dict[str, int], drop: frozenset[str] = frozenset()) -> _Raw:
+    """Read one ARPA (strictly, with :func:`read_arpa`), adding its words to ``ids``;
+    n-grams with a word of ``drop`` are left out."""
     with path.open("rb") as fh:
         if fh.read(8).startswith(b"mmap lm "):
             raise LMError(f"{path}: a KenLM binary: mixing needs the model's ARPA file")
     model = read_arpa(path)
     for (word,) in model.ngrams[0]:
-        ids.setdefault(word, len(ids))
+        if word not in drop:
+            ids.setdefault(word, len(ids))
     raw = _Raw(path, [], [], [])
     for n, table in enumerate(model.ngrams, start=1):
+        if drop:
+            table = {g: v for g, v in table.items() if drop.isdisjoint(g)}
         try:
             flat = np.fromiter((ids[w] for gram in table for w in gram), np.int32,
                                count=n * len(table))
@@ -261,8 +270,11 @@ def _tables(index: NgramIndex, raw: _Raw) -> Tables:
     return Tables(tuple(keys), tuple(probs), tuple(backoffs))
 
 
-def load_models(paths: Sequence[str | Path]) -> tuple[NgramIndex, list[Tables]]:
-    """Read ARPA models (plain or ``.gz``) into one union index and a table set per model.
+def load_models(paths: Sequence[str | Path], *, drop_words: Sequence[str] = ()
+                ) -> tuple[NgramIndex, list[Tables]]:
+    """Read ARPA models (plain or ``.gz``) into one union index and a table set per model,
+    leaving out every n-gram with a word of ``drop_words`` (e.g. ``<unk>``; :func:`mix`
+    with ``renormalise=True`` then gives the mass they had back to the other words).
 
     Raises:
         LMError: a missing or broken file, a KenLM binary (its ARPA is needed), an n-gram
@@ -273,7 +285,7 @@ def load_models(paths: Sequence[str | Path]) -> tuple[NgramIndex, list[Tables]]:
     for path in map(Path, paths):
         if not path.is_file():
             raise LMError(f"{path}: no such LM file")
-        raws.append(_read_raw(path, ids))
+        raws.append(_read_raw(path, ids, frozenset(drop_words)))
     words = tuple(ids)  # in order of first appearance: ids[word] == position
     index = _build_index(words, raws)
     return index, [_tables(index, raw) for raw in raws]
@@ -304,13 +316,21 @@ def _mixed_log_prob(models: Sequence[Tables], weights: Sequence[float], query: _
     return total
 
 
-def mix(index: NgramIndex, models: Sequence[Tables], weights: Sequence[float]) -> Mixture:
-    """The static linear mixture of back-off models on their union index (module doc)."""
+def mix(index: NgramIndex, models: Sequence[Tables], weights: Sequence[float], *,
+        renormalise: bool = False) -> Mixture:
+    """The static linear mixture of back-off models on their union index (module doc).
+
+    With ``renormalise``, the mixed unigrams are scaled to sum to one (for models read
+    with words left out: the back-off weights then normalise every context too)."""
     weights = check_weights(weights, len(models))
     top = index.order
     probs = [_mixed_log_prob(models, weights, _Query(index, index.rows[n - 1]))
              for n in range(1, top + 1)]
     if BOS in index.words:  # <s> is a context, never predicted: ARPA's log10 -99
+        probs[0][index.words.index(BOS)] = -np.inf
+    if renormalise:
+        probs[0] -= np.logaddexp.reduce(probs[0])
+    if BOS in index.words:
         probs[0][index.words.index(BOS)] = LOG10_ZERO * LN10
     backoffs = [np.zeros(len(index.rows[n - 1])) for n in range(1, top + 1)]
     mixture = Tables(index.keys, tuple(probs), tuple(backoffs))
@@ -322,13 +342,20 @@ def mix(index: NgramIndex, models: Sequence[Tables], weights: Sequence[float]) -
         contexts = len(index.rows[n - 2])
         listed = np.bincount(context, weights=np.exp(probs[n - 1]), minlength=contexts)
         shorter = np.bincount(context, weights=np.exp(lower), minlength=contexts)
-        backoffs[n - 2][:] = _backoff_weights(1.0 - listed, 1.0 - shorter, stats)
+        backoffs[n - 2][:], lost = _backoff_weights(1.0 - listed, 1.0 - shorter, stats)
+        if lost.any():  # no word to back off to: the listed words share the mass left
+            scale = np.zeros(contexts)
+            scale[lost] = np.log(listed[lost])
+            probs[n - 1] -= scale[context]
     return Mixture(index, mixture, weights, stats)
 
 
-def _backoff_weights(left: np.ndarray, lower_left: np.ndarray, stats: MixStats) -> np.ndarray:
+def _backoff_weights(left: np.ndarray, lower_left: np.ndarray, stats: MixStats
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """ln of ``left / lower_left`` per context, with the edge cases of finite precision:
-    no mass left (back-off 0, written as log10 -99) and no mass below to give it to (1)."""
+    no mass left (back-off 0, written as log10 -99) and no mass below to give it to
+    (back-off 1; those contexts are returned as a mask: the caller scales their listed
+    words up)."""
     eps = 1e-12
     out = np.zeros(len(left))
     normal = (left > eps) & (lower_left > eps)
@@ -340,7 +367,7 @@ def _backoff_weights(left: np.ndarray, lower_left: np.ndarray, stats: MixStats) 
     stats.lost_mass_contexts += int(lost.sum())
     if lost.any():
         stats.lost_mass_max = max(stats.lost_mass_max, float(left[lost].max()))
-    return out
+    return out, lost
 
 
 # ---------------------------------------------------------------------------- writing
@@ -460,17 +487,18 @@ def common_perplexities(probs: np.ndarray, weights: Sequence[float]) -> dict:
             "common_models": [ppl(p[known]) for p in probs]}
 
 
-def mix_arpa(models: Sequence[str | Path], output: str | Path,
-             weights: Sequence[float]) -> Mixture:
-    """Mix ARPA files with the given weights and write the mixture as an ARPA file.
+def mix_arpa(models: Sequence[str | Path], output: str | Path, weights: Sequence[float], *,
+             drop_unk: bool = False) -> Mixture:
+    """Mix ARPA files with the given weights and write the mixture as an ARPA file;
+    with ``drop_unk``, a closed-vocabulary mixture: ``<unk>`` left out, unigrams renormalised.
 
     Raises:
         LMError: bad weights, a missing or broken model, or an output that is an input.
     """
     check_output(models, output)
     check_weights(weights, len(models))
-    index, tables = load_models(models)
-    mixture = mix(index, tables, weights)
+    index, tables = load_models(models, drop_words=(UNK,) if drop_unk else ())
+    mixture = mix(index, tables, weights, renormalise=drop_unk)
     write_arpa(mixture, output)
     return mixture
 
