@@ -47,7 +47,7 @@ from pyctcdecode import Alphabet, BeamSearchDecoderCTC, LanguageModel  # noqa: E
 from torchaudio.models.decoder import ctc_decoder  # noqa: E402
 
 from fusion.config import DecodeConfig  # noqa: E402
-from fusion.decoder import SearchOptions, lexicon_pruning  # noqa: E402
+from fusion.options import SearchOptions, lexicon_pruning  # noqa: E402
 from fusion.defaults import OOV  # noqa: E402
 from fusion.greedy import greedy_decode  # noqa: E402
 from fusion.manifest import read_manifest  # noqa: E402

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import header, table, write_results  # noqa: E402
 
 from fusion.config import DecodeConfig  # noqa: E402
-from fusion.decoder import SearchOptions  # noqa: E402
+from fusion.options import SearchOptions  # noqa: E402
 from fusion.defaults import BEAM_SIZE  # noqa: E402
 from fusion.greedy import greedy_decode  # noqa: E402
 from fusion.manifest import read_manifest  # noqa: E402

@@ -64,7 +64,8 @@ def run_case(case: str, minutes: float) -> dict:
     """In the child: the case's peak RSS growth (MiB), time and an output digest."""
     p, text, table = make_posteriors(minutes)
     if case == "beam":
-        from fusion.decoder import BeamSearchDecoder, SearchOptions
+        from fusion.decoder import BeamSearchDecoder
+        from fusion.options import SearchOptions
         from fusion.scorers import LMScorer, WordBonus
         from lm.ngram import KenLM
 

@@ -80,7 +80,8 @@ def decode_run(post: str, out: str, workers: int, shard_size: int, beam: int | N
     base = reset_peak_rss()
     start = time.perf_counter()
     if beam:
-        from fusion.decoder import BeamSearchDecoder, SearchOptions
+        from fusion.decoder import BeamSearchDecoder
+        from fusion.options import SearchOptions
 
         decoder = BeamSearchDecoder(tokens, options=SearchOptions(beam_size=beam))
     else:

@@ -28,7 +28,7 @@ _EXPORTS: dict[str, str] = {
     "build_decoder": "fusion.pipeline",
     # the search
     "BeamSearchDecoder": "fusion.decoder",
-    "SearchOptions": "fusion.decoder",
+    "SearchOptions": "fusion.options",
     "greedy_decode": "fusion.greedy",
     "RescoringDecoder": "fusion.rescore",
     # scorers: named knowledge sources with a weight each
@@ -60,9 +60,10 @@ if TYPE_CHECKING:  # what static checkers and editors see; at run time, __getatt
     from typing import Any
 
     from fusion.config import ConfigError, DecodeConfig  # noqa: F401
-    from fusion.decoder import BeamSearchDecoder, SearchOptions  # noqa: F401
+    from fusion.decoder import BeamSearchDecoder  # noqa: F401
     from fusion.greedy import greedy_decode  # noqa: F401
     from fusion.metrics import score_corpus, word_errors  # noqa: F401
+    from fusion.options import SearchOptions  # noqa: F401
     from fusion.pipeline import build_decoder  # noqa: F401
     from fusion.posteriors import (Posteriors, PosteriorsError,  # noqa: F401
                                    PosteriorsReader, PosteriorsWriter)

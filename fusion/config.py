@@ -8,7 +8,7 @@ the default pipeline: beam search with the embedded word 3-gram at its tuned wei
 A file has up to six tables; every key is optional (what a file leaves out keeps its
 default) and unknown keys are errors::
 
-    [search]                 # fusion.decoder.SearchOptions, and the search to run
+    [search]                 # fusion.options.SearchOptions, and the search to run
     decoder = "beam"         # or "pyctcdecode" (its own search, with our scorers as its LM)
     beam_size = 32
     nbest = 1
@@ -61,7 +61,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from fusion.decoder import SearchOptions
+from fusion.options import SearchOptions
 from fusion.defaults import ACOUSTIC, DECODERS, DEFAULT_LM, DEFAULT_WEIGHTS, NO_LM, OOV
 
 __all__ = ["ConfigError", "DecodeConfig", "check_weights"]
@@ -102,7 +102,7 @@ class DecodeConfig:
 
     Attributes:
         decoder: the first-pass search, one of :data:`fusion.defaults.DECODERS`.
-        search: beam-search settings (:class:`~fusion.decoder.SearchOptions`; the
+        search: beam-search settings (:class:`~fusion.options.SearchOptions`; the
             pyctcdecode search takes its ``beam_size`` and ``nbest``).
         weights: weights given explicitly, by score name; a scorer in use without one
             gets :data:`fusion.defaults.DEFAULT_WEIGHTS`' (see :meth:`weights_for`). A

@@ -35,7 +35,7 @@ NO_LM = "none"
 #: rounded to the grid point beside the best
 DEFAULT_WEIGHTS = MappingProxyType({LEXICON: 1.0, LM: 0.6, WORD_BONUS: 1.5, HOTWORDS: 2.0})
 
-#: beams kept after each frame (``fusion.decoder.SearchOptions.beam_size`` must agree:
+#: beams kept after each frame (``fusion.options.SearchOptions.beam_size`` must agree:
 #: ``tests/test_pipeline.py`` checks it)
 BEAM_SIZE = 32
 

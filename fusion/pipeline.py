@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fusion.config import DecodeConfig, check_weights
-from fusion.decoder import BeamSearchDecoder, lexicon_pruning
+from fusion.decoder import BeamSearchDecoder
+from fusion.options import lexicon_pruning
 from fusion.defaults import ACOUSTIC, DEFAULT_LM, DEFAULT_WEIGHTS, OOV
 from fusion.scorers import (HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer,
                             warn_vocabulary_overlap)

@@ -77,7 +77,7 @@ class PyctcdecodeBackend:
         table: the posteriors' token table (``separate`` style).
         language_model: any pyctcdecode language model (e.g. :class:`FusionLanguageModel`
             or pyctcdecode's own KenLM ``LanguageModel``), or ``None``.
-        beam_size, nbest: as in :class:`~fusion.decoder.SearchOptions`.
+        beam_size, nbest: as in :class:`~fusion.options.SearchOptions`.
         beam_prune_logp, token_min_logp: pyctcdecode's pruning settings.
     """
 

@@ -230,7 +230,7 @@ class LexiconScorer(WordScorer):
     With ``constraint=True`` the search produces listed words only (its weight then only
     matters for nothing: no word scores -1); otherwise the weight is an OOV penalty. A
     constraint wants wider per-frame candidates than the default search options give
-    (:func:`fusion.decoder.lexicon_pruning`, which ``fusion decode --lexicon`` applies).
+    (:func:`fusion.options.lexicon_pruning`, which ``fusion decode --lexicon`` applies).
 
     With ``partial=True`` a word in progress that no listed word starts with already
     scores -1 (:meth:`partial_score`): it can only end as an unlisted word, so the

@@ -254,7 +254,7 @@ class Transcriber:
     Args:
         model: acoustic model checkpoint (default: the embedded one).
         lm: word n-gram for beam search (default: ``fusion demo``'s); ``None``: no LM.
-        beam_size: beams kept per frame (default: :class:`~fusion.decoder.SearchOptions`').
+        beam_size: beams kept per frame (default: :class:`~fusion.options.SearchOptions`').
         vad: segmentation settings.
         stream: chunked inference and streaming decoding instead of whole segments.
     """
@@ -266,7 +266,8 @@ class Transcriber:
         from fusion.am.infer import CTCModelAdapter
         from fusion.am.model import load_model
         from fusion.pipeline import DEFAULT_LM, DEFAULT_WEIGHTS, lm_scorers
-        from fusion.decoder import BeamSearchDecoder, SearchOptions
+        from fusion.decoder import BeamSearchDecoder
+        from fusion.options import SearchOptions
 
         self.model_path = Path(model) if model is not None else default_model_path()
         if not self.model_path.is_file():

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import optuna
 
-from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.decoder import BeamSearchDecoder
+from fusion.options import SearchOptions
 from fusion.defaults import OOV
 from fusion.metrics import CorpusScore, score_corpus
 from fusion.parallel import exit_with_parent

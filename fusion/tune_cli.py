@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fusion.config import DecodeConfig
-from fusion.decoder import SearchOptions
+from fusion.options import SearchOptions
 from fusion.defaults import BEAM_SIZE, OOV
 from fusion.distributed import add_backend_arguments
 from fusion.manifest import atomic_write, read_manifest

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fusion.batch import BatchError, BatchOptions, GreedyDecoder, decode_batch
-from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.decoder import BeamSearchDecoder
+from fusion.options import SearchOptions
 from fusion.posteriors import KINDS, Posteriors, PosteriorsError, PosteriorsReader, PosteriorsWriter
 from fusion.simulate import simulate_posteriors
 from fusion.tokens import character_table

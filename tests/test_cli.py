@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fusion.cli import EXTENSIONS, get_parser, main
-from fusion.decoder import SearchOptions
+from fusion.options import SearchOptions
 from fusion.posteriors import Posteriors, PosteriorsWriter
 from fusion.simulate import simulate_posteriors
 

@@ -10,7 +10,8 @@ import torchaudio.functional as AF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.decoder import BeamSearchDecoder
+from fusion.options import SearchOptions
 from fusion.posteriors import Posteriors, PosteriorsReader
 from fusion.simulate import SimulationConfig, simulate_posteriors
 from fusion.tokens import TokenTable, character_table

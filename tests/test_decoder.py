@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.decoder import BeamSearchDecoder
+from fusion.options import SearchOptions
 from fusion.greedy import greedy_decode
 from fusion.posteriors import Posteriors
 from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus

@@ -17,7 +17,8 @@ from test_batch import ArgmaxDecoder, FailingDecoder, read_rows, write_corpus  #
 
 from fusion import cli  # noqa: E402
 from fusion.batch import BatchOptions, decode_batch  # noqa: E402
-from fusion.decoder import BeamSearchDecoder, SearchOptions  # noqa: E402
+from fusion.decoder import BeamSearchDecoder  # noqa: E402
+from fusion.options import SearchOptions  # noqa: E402
 from fusion.distributed import RayBackend, decode_ray, map_ray, ray_session  # noqa: E402
 from fusion.parallel import decode_parallel  # noqa: E402
 from fusion.scorers import HotwordScorer, LMScorer, WordBonus  # noqa: E402

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.decoder import BeamSearchDecoder
+from fusion.options import SearchOptions
 from fusion.parallel import decode_parallel
 from fusion.scorers import HotwordScorer, LMScorer, WordBonus
 from fusion.simulate import SimulationConfig, simulate_posteriors

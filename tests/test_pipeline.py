@@ -12,7 +12,8 @@ import pytest
 
 from fusion import cli, defaults
 from fusion.config import ConfigError, DecodeConfig, check_weights
-from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.decoder import BeamSearchDecoder
+from fusion.options import SearchOptions
 from fusion.pipeline import build_decoder
 from fusion.posteriors import PosteriorsReader, PosteriorsWriter
 from fusion.simulate import simulate_posteriors

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from pyctcdecode import Alphabet, BeamSearchDecoderCTC, LanguageModel
 
-from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.decoder import BeamSearchDecoder
+from fusion.options import SearchOptions
 from fusion.pyctc import FusionLanguageModel, PyctcdecodeBackend, pyctcdecode_labels
 from fusion.scorers import HotwordScorer, LMScorer, WordBonus
 from fusion.simulate import SimulationConfig, simulate_posteriors

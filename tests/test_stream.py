@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fusion.decoder import BeamSearchDecoder, SearchOptions, lexicon_pruning
+from fusion.decoder import BeamSearchDecoder
+from fusion.options import SearchOptions, lexicon_pruning
 from fusion.greedy import greedy_decode
 from fusion.posteriors import Posteriors
 from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer

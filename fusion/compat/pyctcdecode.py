@@ -76,7 +76,8 @@ from typing import Any, Optional
 import numpy as np
 
 from fusion.config import DecodeConfig
-from fusion.decoder import BeamSearchDecoder, SearchOptions
+from fusion.decoder import BeamSearchDecoder
+from fusion.options import SearchOptions
 from fusion.defaults import HOTWORDS, LM, OOV
 from fusion.defaults import WORD_BONUS as BONUS
 from fusion.pipeline import build_decoder

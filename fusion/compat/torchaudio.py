@@ -27,7 +27,7 @@ How torchaudio's settings map to our scorers (:mod:`fusion.scorers`), natural lo
 Differences, on purpose: the search sums every alignment of a prefix (``log_add`` has no
 effect); emissions are log-softmaxed per frame first (a per-frame constant, which changes
 no ranking, so unnormalised scores work too, and the scores are then log-probabilities);
-units below log-probability -12 are not extended (:func:`fusion.decoder.lexicon_pruning`'s
+units below log-probability -12 are not extended (:func:`fusion.options.lexicon_pruning`'s
 floor); ``sil_score`` other than 0 and custom ``CTCDecoderLM`` objects are refused; words
 are given without a lexicon too. Online decoding (``decode_begin`` / ``decode_step`` /
 ``decode_end`` / ``get_final_hypothesis``) runs :meth:`BeamSearchDecoder.stream` and ends
@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from fusion.decoder import BeamSearchDecoder, SearchOptions, lexicon_pruning
+from fusion.decoder import BeamSearchDecoder
+from fusion.options import SearchOptions, lexicon_pruning
 from fusion.defaults import LEXICON, LM, OOV
 from fusion.defaults import WORD_BONUS as BONUS
 from fusion.posteriors import Posteriors
