@@ -67,14 +67,12 @@ from fusion.parallel import Backend, Decoder, LocalBackend
 from fusion.posteriors import (DEFAULT_TOLERANCE, KINDS, ArrayLocation, Kind, Posteriors,
                                PosteriorsError, PosteriorsReader, read_located)
 from fusion.tokens import TokenTable, TokenTableError
-from fusion.types import DecodeResult
 
 __all__ = [
     "BatchError",
     "BatchOptions",
     "BatchOutputError",
     "BatchSummary",
-    "GreedyDecoder",
     "decode_batch",
     "expand_inputs",
     "stored_token_table",
@@ -162,22 +160,6 @@ class BatchSummary:
     shards_skipped: int
     utterances_skipped: int
     seconds: float
-
-
-@dataclass(frozen=True)
-class GreedyDecoder:
-    """Greedy (best-path) decoding of one utterance at a time, as a :class:`Decoder`.
-
-    One utterance per call keeps results independent of how utterances are grouped
-    (a resumed run gives the same bytes); torch is imported on first use.
-    """
-
-    table: TokenTable
-
-    def decode(self, posteriors: Posteriors) -> DecodeResult:
-        from fusion.greedy import greedy_decode
-
-        return greedy_decode([posteriors], self.table)[0]
 
 
 # -- inputs -------------------------------------------------------------------------------

@@ -40,12 +40,12 @@ from fusion.defaults import BEAM_SIZE, DEFAULT_LM, DEFAULT_WEIGHTS, NO_LM, OOV
 from fusion.defaults import DECODERS as SEARCHES
 from fusion.distributed import add_backend_arguments
 from fusion.formats import ctm_lines, srt_cues, srt_text
-from fusion.greedy import greedy_decode
+from fusion.greedy import GreedyDecoder, greedy_decode
 from fusion.manifest import (EXIT_BAD_INPUT, EXIT_FAILURES, EXIT_OK, EXIT_OUTPUT, ManifestError,
                              OutputError, atomic_write, check_outputs, iter_jsonl, output_error,
                              read_manifest, write_failures)
 from fusion.metrics import Comparison, CorpusScore, WordErrors, compare, score_corpus, word_errors
-from fusion.parallel import Backend, Decoder, chunked, decode_parallel
+from fusion.parallel import Backend, Decoder, LocalBackend
 from fusion.pipeline import build_decoder
 from fusion.posteriors import KINDS, Posteriors, PosteriorsError, PosteriorsReader
 from fusion.simulate import SimulationConfig, simulate_posteriors
@@ -80,9 +80,9 @@ def get_parser(command: str | None = "*") -> argparse.ArgumentParser:
     p.add_argument("--frame-shift", type=float, help="seconds per frame, for a plain .npz")
     p.add_argument("--decoder", choices=DECODERS, default="greedy", help="search (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32,
-                   help="utterances per greedy batch (default: %(default)s)")
+                   help="utterances a worker takes at a time (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1,
-                   help="processes for beam search (default: %(default)s)")
+                   help="decoding processes (default: %(default)s)")
     add_backend_arguments(p)
     p.add_argument("--ctm", type=Path, help="also write the best hypotheses' words as CTM")
     p.add_argument("--errors", type=Path,
@@ -382,19 +382,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     reader, table = _open_posteriors(args)
     failures: list[dict] = []
     stream = _readable(reader, failures)
-    if args.backend == "ray":
-        from fusion.distributed import decode_ray
-
-        decoder = (batch.GreedyDecoder(table) if args.decoder == "greedy"
-                   else build_decoder(decode_config(args), table))
-        results = decode_ray(decoder, stream, address=args.ray_address,
-                             workers=args.workers if args.workers > 1 else None)
-    elif args.decoder == "greedy":
-        results: Iterator[DecodeResult] = (
-            r for batch in chunked(stream, args.batch_size) for r in greedy_decode(batch, table))
-    else:
-        results = decode_parallel(build_decoder(decode_config(args), table), stream,
-                                  workers=args.workers)
+    decoder = GreedyDecoder(table) if args.decoder == "greedy" else build_decoder(decode_config(args), table)
+    results: Iterator[DecodeResult] = decode_backend(args).decode(decoder, stream)
     done = 0
     with ExitStack() as stack:
         stack.enter_context(reader)
@@ -442,6 +431,18 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def decode_backend(args: argparse.Namespace) -> Backend:
+    """Where ``fusion decode -o`` decodes: ``--workers`` processes here, or Ray at
+    ``--ray-address`` (``--backend ray``); ``--batch-size`` utterances a task."""
+    if args.backend == "ray":
+        from fusion.distributed import RayBackend
+
+        workers = args.workers if args.workers > 1 else None
+        return RayBackend(address=args.ray_address, workers=workers,
+                          in_flight=args.batch_size * workers if workers else None)
+    return LocalBackend(workers=args.workers, chunk=args.batch_size)
+
+
 def batch_backend(args: argparse.Namespace, options: batch.BatchOptions) -> Backend | None:
     """``--backend ray``: a :class:`fusion.distributed.RayBackend` at ``--ray-address``
     with ``--workers`` actors when more than one (else one per CPU of the cluster)."""
@@ -468,7 +469,7 @@ def _decode_batch(args: argparse.Namespace) -> int:
         if table is None:
             table = batch.stored_token_table(args.posteriors, options)
         if args.decoder == "greedy":
-            decoder: Decoder = batch.GreedyDecoder(table)
+            decoder: Decoder = GreedyDecoder(table)
             settings: dict[str, Any] = {"decoder": "greedy"}
         else:
             config = decode_config(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -10,7 +11,7 @@ from fusion.posteriors import Posteriors
 from fusion.tokens import TokenTable
 from fusion.types import DecodeResult, Hypothesis, TokenSpan, spans_to_words
 
-__all__ = ["best_path", "greedy_decode"]
+__all__ = ["GreedyDecoder", "best_path", "greedy_decode"]
 
 
 def best_path(log_probs: np.ndarray, blank_id: int) -> tuple[list[TokenSpan], float]:
@@ -63,3 +64,14 @@ def greedy_decode(
         )
         results.append(DecodeResult(p.utt_id, (hyp,), p.frame_shift, p.duration))
     return results
+
+
+@dataclass(frozen=True)
+class GreedyDecoder:
+    """Greedy decoding as a decoder (``decode(posteriors)``), for the batch runner and the
+    backends (:mod:`fusion.parallel`) that run any decoder."""
+
+    table: TokenTable
+
+    def decode(self, posteriors: Posteriors) -> DecodeResult:
+        return greedy_decode([posteriors], self.table)[0]

@@ -87,9 +87,9 @@ def _watch_parent(parent: int, interval: float) -> None:
 def _init(decoder: Decoder, threads: int, parent: int) -> None:
     global _worker_decoder
     exit_with_parent(parent)
-    import torch
-
-    torch.set_num_threads(threads)
+    torch = sys.modules.get("torch")  # loaded with the decoder where it needs torch (a neural LM)
+    if torch is not None:
+        torch.set_num_threads(threads)
     _worker_decoder = decoder
 
 

@@ -15,7 +15,8 @@ import pytest
 
 import fusion.manifest
 from fusion import batch, cli
-from fusion.batch import BatchError, BatchOptions, GreedyDecoder, decode_batch
+from fusion.batch import BatchError, BatchOptions, decode_batch
+from fusion.greedy import GreedyDecoder
 from fusion.posteriors import Posteriors, PosteriorsWriter
 from fusion.simulate import simulate_posteriors
 from fusion.types import DecodeResult, Hypothesis

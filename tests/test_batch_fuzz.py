@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fusion.batch import BatchError, BatchOptions, GreedyDecoder, decode_batch
+from fusion.batch import BatchError, BatchOptions, decode_batch
+from fusion.greedy import GreedyDecoder
 from fusion.decoder import BeamSearchDecoder
 from fusion.options import SearchOptions
 from fusion.posteriors import KINDS, Posteriors, PosteriorsError, PosteriorsReader, PosteriorsWriter

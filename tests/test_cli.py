@@ -38,6 +38,19 @@ def test_decode_then_score(corpus, capsys):
     assert result["wer"] == 0.0 and result["utterances"] == 3 and "word_errors" not in result
 
 
+def test_decode_in_worker_processes_writes_what_one_process_writes(corpus, tmp_path):
+    """-o with --workers 2 (the local backend, --batch-size utterances a task): the same
+    file as in this process, greedy and beam search alike."""
+    for decoder in ("greedy", "beam"):
+        outs = []
+        for workers in ("1", "2"):
+            out = tmp_path / f"{decoder}-{workers}.jsonl"
+            assert main(["decode", str(corpus / "post.npz"), "-o", str(out), "--decoder", decoder,
+                         "--workers", workers, "--batch-size", "2"]) == 0
+            outs.append(out.read_bytes())
+        assert outs[0] == outs[1] and outs[0].count(b"\n") == 3
+
+
 def test_score_lists_the_words_misrecognised_most(tmp_path, capsys):
     (tmp_path / "ref.jsonl").write_text(
         json.dumps({"id": "a", "text": "The cat and the dog."}) + "\n"
