@@ -24,6 +24,7 @@ import json
 import math
 import multiprocessing
 import os
+import sys
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -203,9 +204,9 @@ def _init_worker(table: TokenTable, scorers: Sequence[WordScorer],
     pid) exit when the parent dies, as decoding workers do (:func:`exit_with_parent`)."""
     if parent is not None:
         exit_with_parent(parent)  # a killed tuning run leaves no workers behind
-    import torch
-
-    torch.set_num_threads(threads)
+    torch = sys.modules.get("torch")  # loaded with the scorers where they need it (a neural LM)
+    if torch is not None:
+        torch.set_num_threads(threads)
     _worker.clear()  # a decoder of other scorers must not stay alive
     _worker.update(table=table, scorers=tuple(scorers), posteriors=tuple(posteriors))
 
