@@ -201,16 +201,28 @@ class BeamSearchDecoder:
 
     def decode(self, posteriors: Posteriors) -> DecodeResult:
         """Decode one utterance: its N-best list, best first."""
+        lp = self._frames(posteriors)
+        with self._sessions():
+            beams = self._search(lp)
+        return self._result(posteriors.utt_id, lp, beams, posteriors.frame_shift,
+                            posteriors.duration)
+
+    def best_text(self, posteriors: Posteriors) -> str:
+        """``decode(posteriors).best.text`` without the forced alignment that gives
+        :meth:`decode` its times and confidences (what pyctcdecode's ``decode`` returns)."""
+        lp = self._frames(posteriors)
+        with self._sessions():
+            units = self._search(lp)[0].prefix
+        return " ".join(map(self.table.word_text, self.table.words_from_ids(units)))
+
+    def _frames(self, posteriors: Posteriors) -> np.ndarray:
+        """The log-probabilities the search takes: ``(T, V)`` float32, C order."""
         if posteriors.num_tokens != len(self.table):
             raise ValueError(
                 f"utterance {posteriors.utt_id!r}: posteriors have {posteriors.num_tokens} "
                 f"columns but the token table has {len(self.table)} tokens"
             )
-        lp = np.ascontiguousarray(posteriors.log_probs, dtype=np.float32)  # (T, V)
-        with self._sessions():
-            beams = self._search(lp)
-        return self._result(posteriors.utt_id, lp, beams, posteriors.frame_shift,
-                            posteriors.duration)
+        return np.ascontiguousarray(posteriors.log_probs, dtype=np.float32)
 
     def _sessions(self) -> ExitStack:
         """Every scorer's session entered (e.g. a neural LM's KV caches), for one utterance."""

@@ -174,6 +174,7 @@ def test_prefix_table_decoder_words_are_torchaudios_spans_grouped_in_python():
     decoder = BeamSearchDecoder(PREFIX_TABLE, options=SearchOptions(beam_size=8, nbest=6))
     nbest = decoder.decode(Posteriors("u", lp, 0.04)).nbest
     assert len(nbest) == 6 and any(len(h.words) > 1 for h in nbest)
+    assert decoder.best_text(Posteriors("u", lp, 0.04)) == nbest[0].text
     for h in nbest:
         units = [t.token_id for t in h.tokens]
         assert h.tokens == (torchaudio_spans(lp, units, PREFIX_TABLE.blank_id) if units else ())

@@ -104,7 +104,9 @@ def test_same_nbest_as_the_python_search_on_random_posteriors(
     }[scorers]
     weights = {s.name: w for s, w in zip(chosen, (0.8, 1.5, 0.6))}
     python, compiled = _both(table, chosen, weights, _random_options(rng, seed, beam, nbest))
-    assert _outputs(compiled, p) == _outputs(python, p)
+    outputs = _outputs(compiled, p)
+    assert outputs == _outputs(python, p)
+    assert compiled.best_text(p) == outputs[0][0]  # the best text without the alignment
 
 
 def _random_options(rng: np.random.Generator, seed: int, beam: int, nbest: int) -> SearchOptions:

@@ -415,9 +415,11 @@ class BeamSearchDecoderCTC:
                     nbest: int) -> tuple[Hypothesis, ...]:
         search = self._search(beam_width, beam_prune_logp, token_min_logp,
                               _hotword_words(hotwords), hotword_weight, nbest)
-        lp = pyctcdecode_log_probs(logits, len(self.table))
         # frame_shift 1: word start/end come out in frames, as pyctcdecode gives them
-        return search.decode(Posteriors("logits", lp, 1.0)).nbest
+        return search.decode(self._posteriors(logits)).nbest
+
+    def _posteriors(self, logits: Any) -> Posteriors:
+        return Posteriors("logits", pyctcdecode_log_probs(logits, len(self.table)), 1.0)
 
     @staticmethod
     def _beam(h: Hypothesis) -> OutputBeam:
@@ -452,8 +454,9 @@ class BeamSearchDecoderCTC:
         if lm_start_state is not None:
             raise ValueError("lm_start_state is not supported: the compiled search keeps the LM "
                              "state itself (decode whole utterances)")
-        return self._hypotheses(logits, beam_width, beam_prune_logp, token_min_logp, hotwords,
-                                hotword_weight, 1)[0].text
+        search = self._search(beam_width, beam_prune_logp, token_min_logp,
+                              _hotword_words(hotwords), hotword_weight, 1)
+        return search.best_text(self._posteriors(logits))
 
     def _decode_beams_mp_safe(self, logits: np.ndarray, beam_width: int, beam_prune_logp: float,
                               token_min_logp: float, hotwords: Optional[Iterable[str]],
