@@ -37,6 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--level", choices=LEVELS, default="word",
                    help="word n-gram, or character n-gram with '|' between words")
     p.add_argument("--binary", action="store_true", help="also write a KenLM trie binary")
+    p.add_argument("--quantize", type=int, metavar="BITS",
+                   help="with --binary: quantise its probabilities and back-offs to BITS (8: "
+                   "as the default 3-gram's)")
     p.add_argument("--memory", default="20%", help="lmplz memory budget (default: %(default)s)")
     p.set_defaults(func=run_build)
 
@@ -63,6 +66,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "without <unk>; for decoding LMs (an input's <unk> probability is far too "
                    "generous for any one unknown spelling)")
     p.add_argument("--binary", action="store_true", help="also write a KenLM trie binary")
+    p.add_argument("--quantize", type=int, metavar="BITS",
+                   help="with --binary: quantise its probabilities and back-offs to BITS (8: "
+                   "as the default 3-gram's)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_mix)
 
@@ -90,7 +96,8 @@ def run_build(args: argparse.Namespace) -> int:
     arpa = build_arpa(text, args.output, order=args.order, prune=args.prune, memory=args.memory)
     print(f"wrote {arpa} ({arpa.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - start:.1f} s")
     if args.binary:
-        binary = build_binary(arpa, args.output.with_name(args.output.name.split(".")[0] + ".bin"))
+        binary = build_binary(arpa, args.output.with_name(args.output.name.split(".")[0] + ".bin"),
+                              quantize=args.quantize)
         print(f"wrote {binary} ({binary.stat().st_size / 1e6:.1f} MB)")
     return 0
 
@@ -156,7 +163,7 @@ def run_mix(args: argparse.Namespace) -> int:
                   seconds=time.perf_counter() - start,
                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if args.binary:
-        result["binary"] = str(build_binary(args.output, binary))
+        result["binary"] = str(build_binary(args.output, binary, quantize=args.quantize))
     if args.json:
         print(json.dumps(result, indent=1))
         return 0

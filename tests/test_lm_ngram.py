@@ -66,6 +66,22 @@ def built(tmp_path_factory):
     return d
 
 
+def test_a_quantised_binary_scores_as_its_arpa_to_within_its_bits(built):
+    """build_binary(quantize=8) (build_binary -q 8 -b 8 trie, as the default 3-gram's): a
+    smaller file whose sentence scores stay close to the ARPA's; bad settings are refused."""
+    q8 = build_binary(built / "3.arpa", built / "3q8.bin", quantize=8)
+    assert q8.stat().st_size < (built / "3.bin").stat().st_size
+    exact, quantised = KenLM(built / "3.arpa"), KenLM(q8)
+    for line in (built / "test.txt").read_text().splitlines()[:20]:
+        words = line.split()
+        assert quantised.score_sentence(words) == pytest.approx(
+            exact.score_sentence(words), abs=0.05 * len(words) + 0.05)
+    with pytest.raises(ValueError, match="quantize needs a trie"):
+        build_binary(built / "3.arpa", built / "x.bin", data_structure="probing", quantize=8)
+    with pytest.raises(ValueError, match="1 to 25 bits"):
+        build_binary(built / "3.arpa", built / "x.bin", quantize=0)
+
+
 def test_hand_computed_back_off(small_arpa):
     lm = ArpaLM(small_arpa)
     s0 = lm.start()
