@@ -73,7 +73,8 @@ def decode_run(post: str, out: str, workers: int, shard_size: int, beam: int | N
 
     import fusion.greedy  # noqa: F401
     from common import peak_rss_kib, reset_peak_rss
-    from fusion.batch import BatchOptions, GreedyDecoder, decode_batch
+    from fusion.batch import BatchOptions, decode_batch
+    from fusion.greedy import GreedyDecoder
     from fusion.tokens import character_table
 
     tokens = character_table()
@@ -231,7 +232,7 @@ def main() -> None:
         "kill_trials": len(trials),
         "kills": sum(len(t["killed_at_s"]) for t in trials),
     }
-    data = {**header(), "decoder": "greedy (fusion.batch.GreedyDecoder); workers runs: beam search "
+    data = {**header(), "decoder": "greedy (fusion.greedy.GreedyDecoder); workers runs: beam search "
             f"(beam {args.scale_beam}, no LM) on {args.scale_size} utterances of 8-15 words",
             "shard_size": args.shard_size, "memory": memory, "scaling": scaling,
             "resume_trials": trials, "summary": summary}

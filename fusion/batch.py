@@ -569,7 +569,7 @@ def decode_batch(
         inputs: posteriors ``.npz`` files and/or list files naming them.
         out_dir: output folder (created); must be empty or hold a run to resume.
         decoder: anything with ``decode(Posteriors) -> DecodeResult`` (picklable when
-            ``options.workers > 1``), e.g. :class:`GreedyDecoder` or ``BeamSearchDecoder``.
+            ``options.workers > 1``), e.g. :class:`~fusion.greedy.GreedyDecoder` or ``BeamSearchDecoder``.
         table: token table of the posteriors (default: the one stored in the first file).
         options: shard size, workers, reading settings.
         resume: continue the run recorded in ``out_dir``.

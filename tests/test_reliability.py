@@ -23,7 +23,8 @@ import pytest
 import soundfile as sf
 
 import fusion.manifest
-from fusion.batch import BatchError, BatchOptions, GreedyDecoder, decode_batch
+from fusion.batch import BatchError, BatchOptions, decode_batch
+from fusion.greedy import GreedyDecoder
 from fusion.npzindex import content_fingerprint
 from fusion.cli import main
 from fusion.pipeline import read_hotwords
