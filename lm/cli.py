@@ -36,10 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="lmplz count thresholds per order, e.g. 0 0 1 (default: none)")
     p.add_argument("--level", choices=LEVELS, default="word",
                    help="word n-gram, or character n-gram with '|' between words")
-    p.add_argument("--binary", action="store_true", help="also write a KenLM trie binary")
-    p.add_argument("--quantize", type=int, metavar="BITS",
-                   help="with --binary: quantise its probabilities and back-offs to BITS (8: "
-                   "as the default 3-gram's)")
+    add_binary_arguments(p)
     p.add_argument("--memory", default="20%", help="lmplz memory budget (default: %(default)s)")
     p.set_defaults(func=run_build)
 
@@ -65,12 +62,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "the decoder then scores unknown words with its own penalty, as for a model "
                    "without <unk>; for decoding LMs (an input's <unk> probability is far too "
                    "generous for any one unknown spelling)")
+    add_binary_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run_mix)
+
+
+def add_binary_arguments(p: argparse.ArgumentParser) -> None:
+    """--binary and --quantize: the KenLM binary written beside an ARPA."""
     p.add_argument("--binary", action="store_true", help="also write a KenLM trie binary")
     p.add_argument("--quantize", type=int, metavar="BITS",
                    help="with --binary: quantise its probabilities and back-offs to BITS (8: "
                    "as the default 3-gram's)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=run_mix)
 
 
 def run_text(args: argparse.Namespace) -> int:
