@@ -36,6 +36,7 @@
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -340,6 +341,7 @@ class Searcher {
         partial_.push_back(i);
       if ((lexicon || python) && sc.constraint) constraints_.push_back(i);
       if (python) python_.push_back(i);
+      spelled_ = spelled_ || (python && !sc.prefixes && sc.py_partial);
       int used = ((sc.kind == Kind::kKenLM || python) && sc.prefixes) ||
                          (lexicon && (sc.constraint || sc.partial))
                      ? 1 : sc.kind == Kind::kHotwords ? 2 : 0;
@@ -702,14 +704,14 @@ class Searcher {
     py::gil_scoped_acquire gil;
     for (size_t i : python_) {
       std::vector<WordKey> keys;
-      std::unordered_map<WordKey, bool, WordKeyHash> seen;
+      std::unordered_set<WordKey, WordKeyHash> seen;
       py::list pairs;
       for (const auto& b : beams) {
         const Info& info = infos_[b.id];
         if (info.partial.empty()) continue;
         const int32_t state = states_[b.id * S + i];
         WordKey key{static_cast<int32_t>(i * 0x1000000 + state), info.partial};
-        if (completions_.count(key) || !seen.emplace(key, true).second) continue;
+        if (completions_.count(key) || !seen.insert(key).second) continue;
         pairs.append(py::make_tuple(py_states_.states[state], info.partial));
         keys.push_back(std::move(key));
       }
@@ -848,7 +850,9 @@ class Searcher {
     tmp_nodes_.resize(n_slots_);
     const int32_t* st = &states_[parent * scorers_.size()];
     advance_slots(tmp_nodes_.data(), &nodes_[parent * n_slots_], st, spellings_[unit]);
-    return partial_term(tmp_nodes_.data(), st, infos_[parent].partial + spellings_[unit]);
+    // the spelling itself only where a Python scorer's partial_score needs it (no copy else)
+    return partial_term(tmp_nodes_.data(), st,
+                        spelled_ ? infos_[parent].partial + spellings_[unit] : std::string());
   }
 
   // The prefix ``parent`` + ``unit``: PythonSearchDecoder._extend.
@@ -1112,6 +1116,7 @@ class Searcher {
   std::vector<Scorer>& scorers_ = *shared_scorers_;
   std::vector<size_t> partial_, constraints_;  // scorers with a partial-word estimate; constraints
   std::vector<size_t> python_;                 // Python scorers (Kind::kPython)
+  bool spelled_ = false;  // a Python scorer's partial_score needs the partial word's spelling
   size_t n_slots_ = 0;
   double pt_bound_ = 0.0;  // >= any partial_term
   std::vector<uint8_t> letter_;
