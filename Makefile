@@ -20,8 +20,8 @@ EXTRAS  := am,neural,tune,ray,hf,pyctcdecode,corpus,dev,bench
 # setup.py's build requirements (pyproject.toml), installed into each venv so that pip builds
 # with --no-build-isolation and reuses KenLM's objects under build/ between installs.
 BUILD_REQS := 'setuptools>=68' wheel 'pybind11>=2.11' 'Cython>=3.0'
-SOURCES := setup.cfg setup.py pyproject.toml MANIFEST.in fusion/csrc/ctc_search.cpp \
-	fusion/csrc/ctc_align.h
+SOURCES := setup.cfg setup.py pyproject.toml MANIFEST.in fusion/decoder/csrc/ctc_search.cpp \
+	fusion/decoder/csrc/ctc_align.h
 
 # The core-only world that CI also tests: the package installed (not editable) from this tree
 # with its core requirements only, NumPy 2, and the tests that need nothing more.
@@ -68,13 +68,13 @@ $(TORCH): | $(PY)
 	$(PIP) install --no-deps torchaudio==2.11.0
 	touch $@
 
-# setup.py compiles KenLM (fusion/csrc/kenlm) into the compiled beam search (fusion._ctcsearch)
+# setup.py compiles KenLM (fusion/decoder/csrc/kenlm) into the compiled beam search (fusion.decoder._ctcsearch)
 # and KenLM's binding (lm._kenlm); after editing ctc_search.cpp, `$(PY) setup.py build_ext
 # --inplace` rebuilds just that.
 $(DEPS): $(SOURCES) $(TORCH) $(KENLM) | $(APT)
 	$(PIP) install $(BUILD_REQS)
 	$(PIP) install --no-build-isolation -e '.[$(EXTRAS)]'
-	$(PY) -c "import fusion._ctcsearch, lm._kenlm"
+	$(PY) -c "import fusion.decoder._ctcsearch, lm._kenlm"
 	touch $@
 
 # Made afresh whenever the sources change; it builds after $(DEPS), reusing its objects.
@@ -84,14 +84,14 @@ $(CORE): $(SOURCES) $(DEPS)
 	$(CORE_VENV)/bin/python -m pip --disable-pip-version-check -q install $(BUILD_REQS)
 	$(CORE_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-build-isolation \
 		'.[dev]' 'numpy>=2'
-	cd / && $(abspath $(CORE_VENV))/bin/python -c "import sys, fusion.decoder as d; \
+	cd / && $(abspath $(CORE_VENV))/bin/python -c "import sys, fusion.decoder.search as d; \
 		assert d._ctcsearch is not None, d._CTC_ERROR; \
 		heavy = {'torch', 'pyctcdecode', 'transformers', 'kenlm'} & set(sys.modules); \
 		assert not heavy, heavy; import numpy; assert numpy.__version__ >= '2', numpy.__version__"
 	touch $@
 
 # KenLM's lmplz (modified Kneser-Ney estimation) and build_binary, for building LMs, compiled
-# from the same kenlm sdist on PyPI whose query library setup.py compiles from fusion/csrc/kenlm.
+# from the same kenlm sdist on PyPI whose query library setup.py compiles from fusion/decoder/csrc/kenlm.
 $(KENLM): | $(PY) $(APT)
 	rm -rf $(VENV)/src/kenlm-$(KENLM_VERSION) $(VENV)/src/kenlm-build
 	$(PIP) download --no-deps --no-binary kenlm --no-build-isolation \

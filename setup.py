@@ -4,18 +4,18 @@
 variables and no KenLM installed:
 
 - ``kenlm_static``: KenLM's query library, from the copy of its sources in
-  ``fusion/csrc/kenlm`` (kenlm 0.3.0's sdist, LGPL, licence files beside them), built
+  ``fusion/decoder/csrc/kenlm`` (kenlm 0.3.0's sdist, LGPL, licence files beside them), built
   once as a static library with ``KENLM_MAX_ORDER=6``. Compressed ARPA input (``.gz``,
   ``.bz2``, ``.xz``) is compiled in for each of zlib, bzip2 and xz whose header and
   library the compiler finds at build time (the build says which it found).
-- ``fusion._ctcsearch``: the compiled beam search and aligner (``fusion/csrc``), pybind11.
+- ``fusion.decoder._ctcsearch``: the compiled beam search and aligner (``fusion/decoder/csrc``), pybind11.
 - ``lm._kenlm``: KenLM's own Python binding (``kenlm.pyx``: ``Model``, ``State``), Cython,
   which ``lm.ngram.KenLM`` uses; so the PyPI ``kenlm`` module is not needed.
 
 A build that cannot happen (no C++17 compiler, say) fails the install with the
 compiler's error: there is no silent fallback (the decoder needs the compiled search).
 
-Rebuild after editing ``fusion/csrc/ctc_search.cpp`` or ``ctc_align.h`` (only the changed
+Rebuild after editing ``fusion/decoder/csrc/ctc_search.cpp`` or ``ctc_align.h`` (only the changed
 extension recompiles; KenLM's objects under ``build/`` are reused), in seconds::
 
     .venv/bin/python setup.py build_ext --inplace
@@ -38,7 +38,7 @@ from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import Extension, setup
 from setuptools.command.build_clib import build_clib
 
-KENLM = "fusion/csrc/kenlm"
+KENLM = "fusion/decoder/csrc/kenlm"
 MAX_ORDER = "6"  # KenLM's State holds MAX_ORDER-1 words: the same for every part
 KENLM_MACROS = [("KENLM_MAX_ORDER", MAX_ORDER), ("NDEBUG", None)]
 if platform.system() == "Linux":
@@ -128,9 +128,9 @@ libraries = [("kenlm_static", {
 
 ext_modules = [
     Pybind11Extension(
-        "fusion._ctcsearch",
-        ["fusion/csrc/ctc_search.cpp"],
-        depends=["fusion/csrc/ctc_align.h"],
+        "fusion.decoder._ctcsearch",
+        ["fusion/decoder/csrc/ctc_search.cpp"],
+        depends=["fusion/decoder/csrc/ctc_align.h"],
         include_dirs=[KENLM],
         libraries=["kenlm_static"],
         define_macros=KENLM_MACROS,

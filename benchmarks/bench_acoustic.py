@@ -120,7 +120,7 @@ def split_posteriors(model: Any, utts: list[Any], *, threads: int) -> dict[str, 
     import torch
 
     from fusion.am.infer import CTCModelAdapter, compute_posteriors
-    from fusion.posteriors import Posteriors
+    from fusion.core.posteriors import Posteriors
 
     torch.set_num_threads(threads)
     adapter = CTCModelAdapter(model)
@@ -139,7 +139,7 @@ def split_posteriors(model: Any, utts: list[Any], *, threads: int) -> dict[str, 
 def greedy_scores(model: Any, manifest: Path, *, threads: int, decoder: Any = None) -> dict[str, Any]:
     """Greedy CER/WER of ``model`` on ``manifest`` and the posterior extraction speed; with
     a beam-search ``decoder``, also its CER/WER (``pipeline_cer``, ``pipeline_wer``)."""
-    from fusion.manifest import read_manifest
+    from fusion.core.manifest import read_manifest
 
     utts = read_manifest(manifest, require=("audio", "text"))
     run = split_posteriors(model, utts, threads=threads)
@@ -155,9 +155,10 @@ def decode_scores(utts: list[Any], posts: list[Any], table: Any, decoder: Any = 
     same per voice or source (``voices``, when there are any), with each one's worst greedy
     words when ``with_word_errors``, and per age group and gender (``groups``, where the
     manifest has ``age`` / ``gender``)."""
-    from fusion.greedy import greedy_decode
-    from fusion.metrics import score_corpus, word_errors
     from peer_pocketsphinx import group_ids
+
+    from fusion.core.metrics import score_corpus, word_errors
+    from fusion.decoder.greedy import greedy_decode
 
     refs = {u.id: u.text for u in utts}
     hyps = {r.utt_id: r.best.text for r in greedy_decode(posts, table)}
@@ -195,8 +196,8 @@ def decode_scores(utts: list[Any], posts: list[Any], table: Any, decoder: Any = 
 def eval_decoder(model: Any) -> Any:
     """The default pipeline (``fusion demo``'s and ``fusion decode --decoder beam``'s:
     beam search with the default LM at the default weights)."""
-    from fusion.config import DecodeConfig
-    from fusion.pipeline import build_decoder
+    from fusion.pipeline.build import build_decoder
+    from fusion.pipeline.config import DecodeConfig
 
     return build_decoder(DecodeConfig.default(), model.token_table)
 
@@ -237,7 +238,7 @@ def shown_path(path: Path) -> str:
 
 def part_eval(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from fusion.am.model import load_model
-    from fusion.manifest import read_manifest
+    from fusion.core.manifest import read_manifest
 
     model = load_model(args.model)
     decoder = eval_decoder(model)
@@ -289,9 +290,9 @@ def adapted_scores(model: Any, manifest: Path, config: Any, *, threads: int,
     import torch
 
     from fusion.am.adapt_tune import adapt_each_step
-    from fusion.greedy import greedy_decode
-    from fusion.manifest import read_manifest
-    from fusion.metrics import score_corpus
+    from fusion.core.manifest import read_manifest
+    from fusion.core.metrics import score_corpus
+    from fusion.decoder.greedy import greedy_decode
 
     torch.set_num_threads(threads)
     utts = read_manifest(manifest, require=("audio", "text"))

@@ -55,9 +55,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-
 import common  # noqa: E402
+import numpy as np  # noqa: E402
 from common import header, table, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +98,7 @@ class RefUtterance:
 # -- test speech ------------------------------------------------------------------------
 def pick_sentences(path: Path, n: int, seed: int, min_words: int = 4, max_words: int = 25) -> list[str]:
     """``n`` distinct normalised sentences of ``min_words .. max_words`` words."""
-    from fusion.text import normalize_text
+    from fusion.core.text import normalize_text
 
     lines = sorted({normalize_text(s) for s in path.read_text(encoding="utf-8").splitlines()})
     lines = [s for s in lines if min_words <= len(s.split()) <= max_words]
@@ -232,7 +231,7 @@ def compute_all_posteriors(model_path: Path, utts: Sequence[RefUtterance]) -> tu
     table."""
     from fusion.am.infer import CTCModelAdapter, UtteranceError, compute_posteriors
     from fusion.am.model import load_model
-    from fusion.manifest import Utterance
+    from fusion.core.manifest import Utterance
 
     adapter = CTCModelAdapter(load_model(model_path))
     start = time.perf_counter()

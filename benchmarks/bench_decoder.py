@@ -36,25 +36,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, header, in_child, table, write_results  # noqa: E402
-
 # imported here, not in the functions, so that each spawned child has them loaded before
 # its peak memory is reset: "peak MiB" is what decoding costs, not what importing does
 import kenlm  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import RESULTS, header, in_child, table, write_results  # noqa: E402
 from pyctcdecode import Alphabet, BeamSearchDecoderCTC, LanguageModel  # noqa: E402
 from torchaudio.models.decoder import ctc_decoder  # noqa: E402
 
-from fusion.config import DecodeConfig  # noqa: E402
-from fusion.options import SearchOptions, lexicon_pruning  # noqa: E402
-from fusion.defaults import OOV  # noqa: E402
-from fusion.greedy import greedy_decode  # noqa: E402
-from fusion.manifest import read_manifest  # noqa: E402
-from fusion.metrics import CorpusScore, compare, score_corpus  # noqa: E402
-from fusion.pipeline import build_decoder  # noqa: E402
-from fusion.posteriors import PosteriorsReader  # noqa: E402
-from fusion.pyctc import pyctcdecode_labels  # noqa: E402
+from fusion.core.defaults import OOV  # noqa: E402
+from fusion.core.manifest import read_manifest  # noqa: E402
+from fusion.core.metrics import CorpusScore, compare, score_corpus  # noqa: E402
+from fusion.core.posteriors import PosteriorsReader  # noqa: E402
+from fusion.decoder.greedy import greedy_decode  # noqa: E402
+from fusion.decoder.options import SearchOptions, lexicon_pruning  # noqa: E402
+from fusion.decoder.pyctc import pyctcdecode_labels  # noqa: E402
+from fusion.pipeline.build import build_decoder  # noqa: E402
+from fusion.pipeline.config import DecodeConfig  # noqa: E402
 from lm.ngram import read_unigrams  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -311,7 +310,7 @@ def markdown(data: dict) -> str:
             + ("the best of a dev grid" if data["lexfree_dev_grid"] else
                "given: the best of the dev grid of an earlier `--tune-lexfree` run")
             + ").\n\n"
-            "`ours` is our beam search in C++ (`fusion._ctcsearch`)"
+            "`ours` is our beam search in C++ (`fusion.decoder._ctcsearch`)"
             + (", `ours-python` the same search in Python (since then the tests' oracle only): both "
                "give the same hypotheses. " if any(r["decoder"] == "ours-python" for r in data["rows"])
                else ". ")

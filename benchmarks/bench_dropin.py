@@ -36,14 +36,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np  # noqa: E402
 from bench_decoder import PASSES, timed, write_lexicon  # noqa: E402
 from common import header, in_child, table, write_results  # noqa: E402
 
-import numpy as np  # noqa: E402
-
-from fusion.manifest import read_manifest  # noqa: E402
-from fusion.metrics import score_corpus  # noqa: E402
-from fusion.posteriors import PosteriorsReader  # noqa: E402
+from fusion.core.manifest import read_manifest  # noqa: E402
+from fusion.core.metrics import score_corpus  # noqa: E402
+from fusion.core.posteriors import PosteriorsReader  # noqa: E402
 from lm.ngram import read_unigrams  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

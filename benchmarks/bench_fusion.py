@@ -38,25 +38,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import header, table, write_results  # noqa: E402
 
-from fusion.config import DecodeConfig  # noqa: E402
-from fusion.options import SearchOptions  # noqa: E402
-from fusion.defaults import BEAM_SIZE  # noqa: E402
-from fusion.greedy import greedy_decode  # noqa: E402
-from fusion.manifest import read_manifest  # noqa: E402
-from fusion.metrics import CorpusScore, compare, score_corpus  # noqa: E402
-from fusion.parallel import decode_parallel  # noqa: E402
-from fusion.pipeline import build_decoder, lm_scorers  # noqa: E402
-from fusion.posteriors import Posteriors, PosteriorsReader, PosteriorsWriter  # noqa: E402
-from fusion.rescore import LMRescorer, NbestTable, add_scores  # noqa: E402
-from fusion.scorers import LMScorer  # noqa: E402
-from fusion.tune import (  # noqa: E402
-    FirstPassObjective,
-    Param,
-    TrialLog,
-    rescore_objective,
-    rescore_param,
-    run_study,
-)
+from fusion.core.defaults import BEAM_SIZE  # noqa: E402
+from fusion.core.manifest import read_manifest  # noqa: E402
+from fusion.core.metrics import CorpusScore, compare, score_corpus  # noqa: E402
+from fusion.core.posteriors import Posteriors, PosteriorsReader, PosteriorsWriter  # noqa: E402
+from fusion.decoder.greedy import greedy_decode  # noqa: E402
+from fusion.decoder.options import SearchOptions  # noqa: E402
+from fusion.decoder.scorers import LMScorer  # noqa: E402
+from fusion.pipeline.build import build_decoder, lm_scorers  # noqa: E402
+from fusion.pipeline.config import DecodeConfig  # noqa: E402
+from fusion.rescoring.rescore import LMRescorer, NbestTable, add_scores  # noqa: E402
+from fusion.rescoring.tune import (FirstPassObjective, Param, TrialLog, rescore_objective,  # noqa: E402
+                                   rescore_param, run_study)
+from fusion.run.parallel import LocalBackend, decode_parallel  # noqa: E402
 
 HOME = Path(os.environ.get("ASRFUSE_HOME", Path.home() / ".cache" / "asrfuse"))
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-speech" / "manifest.jsonl"
@@ -191,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
               Param("nlm", 0.0, 1.0, tuple(args.nlm_weights)),
               Param("word_bonus", -2.0, 6.0, (ngram_w["word_bonus"],))]
     tuning = SearchOptions(beam_size=args.beam_size, nbest=min(args.nbest, args.beam_size))
-    with FirstPassObjective(table_, scorers, subset, refs["dev"], tuning, workers=args.workers) as objective:
+    with FirstPassObjective(table_, scorers, subset, refs["dev"], tuning,
+                            backend=LocalBackend(workers=args.workers)) as objective:
         (start,) = objective([{**ngram_w, "nlm": 0.0}])
         # trials on another number of dev utterances are another study
         best_nlm = run_study(f"nlm-grid-{len(subset)}", "grid", params, objective, log,
@@ -329,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
           + "\n## Tuned weights\n\n```json\n" + json.dumps(data["weights"], indent=1) + "\n```\n"
           + "\n## Summary\n\n" + "\n".join(f"- {k}: {v}" for k, v in result_summary.items()) + "\n")
     write_results("fusion", data, md)
-    from fusion.report import write_report
+    from fusion.rescoring.report import write_report
 
     write_report(tune_dir, Path(__file__).resolve().parent / "results" / "fusion-report",
                  fusion_json=Path(__file__).resolve().parent / "results" / "fusion.json",

@@ -6,9 +6,9 @@
 Copies the tree without any build output (so KenLM and the extensions compile from
 scratch, as from an sdist), makes a venv with the machine's ``python3``, and times
 ``pip install`` of the core only (no extras: pip picks the newest NumPy, 2.x). Then, in
-fresh processes of that venv started outside the tree: ``import fusion.decoder``'s time
+fresh processes of that venv started outside the tree: ``import fusion.decoder.search``'s time
 (median of ``--imports``) and peak memory (VmHWM), which heavy modules it loaded, the
-NumPy version, and whether the compiled search is built (``fusion._ctcsearch``, which
+NumPy version, and whether the compiled search is built (``fusion.decoder._ctcsearch``, which
 every decoder runs). Where benchmarks/bench_dropin.py exists and posteriors
 are given, its results (the drop-in decoders against the originals) go under ``dropin``.
 Writes benchmarks/results/install.json and install.md.
@@ -44,7 +44,7 @@ TARGET_IMPORT_S = 0.3
 IMPORT_PROBE = """
 import json, sys, time
 t, c = time.perf_counter(), time.process_time()
-import fusion.decoder
+import fusion.decoder.search
 elapsed, cpu = time.perf_counter() - t, time.process_time() - c
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 import numpy
@@ -59,10 +59,10 @@ NUMPY_PROBE = "import time; t = time.perf_counter(); import numpy; print(time.pe
 ENGINE_PROBE = """
 import json, sys
 import numpy as np
-from fusion.decoder import BeamSearchDecoder
-from fusion.posteriors import Posteriors
-from fusion.scorers import LMScorer
-from fusion.tokens import character_table
+from fusion.decoder.search import BeamSearchDecoder
+from fusion.core.posteriors import Posteriors
+from fusion.decoder.scorers import LMScorer
+from fusion.core.tokens import character_table
 from lm.ngram import KenLM
 table = character_table()
 decoder = BeamSearchDecoder(table, [LMScorer(KenLM(sys.argv[1]))], {"lm": 0.5})
@@ -70,7 +70,7 @@ rng = np.random.default_rng(0)
 logits = rng.normal(size=(50, len(table)))
 lp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
 decoder.decode(Posteriors("probe", lp, 0.04))
-import fusion.decoder as d
+import fusion.decoder.search as d
 print(json.dumps({"engine": "compiled" if d._ctcsearch is not None else "none",
                   "compiled_error": d._CTC_ERROR,
                   "torch_loaded": "torch" in sys.modules}))
@@ -184,7 +184,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"{r['load_average_at_start']} at start) | |",
         f"| installed size | {r['installed_mib']} MiB in site-packages, asrfuse itself "
         f"{r['asrfuse_mib']} MiB | |",
-        f"| `import fusion.decoder` | {r['import_s_median'] * 1000:.0f} ms median of "
+        f"| `import fusion.decoder.search` | {r['import_s_median'] * 1000:.0f} ms median of "
         f"{len(r['import_s_all'])} (CPU {r['import_cpu_s_median'] * 1000:.0f} ms; `import numpy` "
         f"alone {r['numpy_import_s_median'] * 1000:.0f} ms; load average "
         f"{r['load_average_after']}) | < 300 ms: {ok(r['import_s_median'] < TARGET_IMPORT_S)} |",

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, in_child, table, write_results  # noqa: E402
 
 from lm.base import perplexity  # noqa: E402
-from lm.cli import sentences_of  # noqa: E402
+from lm.ngram import sentences_of  # noqa: E402
 from lm.ngram import KenLM, build_arpa, build_binary  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

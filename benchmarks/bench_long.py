@@ -50,7 +50,7 @@ def make_recording(minutes: float, out: Path, manifest: Path, seed: int = 0) -> 
     import numpy as np
     import soundfile as sf
 
-    from fusion.manifest import read_manifest
+    from fusion.core.manifest import read_manifest
 
     utts = read_manifest(manifest, require=("audio",))
     rng = np.random.default_rng(seed)
@@ -94,9 +94,9 @@ def stream_identity(manifest: Path, chunkings: int, seed: int = 0) -> dict[str, 
     import numpy as np
 
     from fusion.am.infer import compute_posteriors
-    from fusion.manifest import read_manifest
-    from fusion.posteriors import Posteriors
-    from fusion.transcribe import Transcriber
+    from fusion.core.manifest import read_manifest
+    from fusion.core.posteriors import Posteriors
+    from fusion.pipeline.transcribe import Transcriber
 
     transcriber = Transcriber()
     decoder, table_ = transcriber.decoder, transcriber.table
@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def references(manifest: Path) -> dict[str, str]:
-    from fusion.manifest import read_manifest
-    from fusion.text import normalize_text
+    from fusion.core.manifest import read_manifest
+    from fusion.core.text import normalize_text
 
     return {u.id: normalize_text(u.text or "") for u in read_manifest(manifest, require=("text",))}
 
@@ -173,7 +173,7 @@ def stream_evaluation(manifest: Path, lookaheads: tuple[float, ...]) -> dict[str
 
 def wer(refs: dict[str, str], hyps: dict[str, str]) -> float:
     """Corpus WER in percent, as ``fusion score`` gives it."""
-    from fusion.metrics import score_corpus
+    from fusion.core.metrics import score_corpus
 
     return 100.0 * score_corpus(refs, hyps).wer
 

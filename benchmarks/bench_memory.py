@@ -38,8 +38,8 @@ def make_posteriors(minutes: float, seed: int = 0):
     one frame per unit (a blank between any two), noise everywhere."""
     import numpy as np
 
-    from fusion.posteriors import Posteriors
-    from fusion.tokens import character_table
+    from fusion.core.posteriors import Posteriors
+    from fusion.core.tokens import character_table
 
     table = character_table()
     rng = np.random.default_rng(seed)
@@ -64,9 +64,9 @@ def run_case(case: str, minutes: float) -> dict:
     """In the child: the case's peak RSS growth (MiB), time and an output digest."""
     p, text, table = make_posteriors(minutes)
     if case == "beam":
-        from fusion.decoder import BeamSearchDecoder
-        from fusion.options import SearchOptions
-        from fusion.scorers import LMScorer, WordBonus
+        from fusion.decoder.options import SearchOptions
+        from fusion.decoder.scorers import LMScorer, WordBonus
+        from fusion.decoder.search import BeamSearchDecoder
         from lm.ngram import KenLM
 
         unigrams = (TRIGRAM / "vocab.txt").read_text().split()
@@ -76,7 +76,7 @@ def run_case(case: str, minutes: float) -> dict:
     elif case == "greedy":
         import torch  # noqa: F401 (imported by greedy_decode: loaded before the measurement)
 
-        from fusion.greedy import greedy_decode
+        from fusion.decoder.greedy import greedy_decode
     else:
         from hmm.align import align
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS

@@ -1,4 +1,4 @@
-"""Load benchmark of batch decoding (fusion.batch): memory, worker scaling, resume after kill -9.
+"""Load benchmark of batch decoding (fusion.run.batch): memory, worker scaling, resume after kill -9.
 
 On synthetic posteriors (``simulate_posteriors`` of short texts, 1-3 words), decoded with
 greedy search (one utterance per call) into a sharded output folder:
@@ -46,9 +46,9 @@ def make_corpus(path: Path, n: int, seed: int, words: tuple[int, int] = (1, 4)) 
     time; returns their audio seconds."""
     import numpy as np
 
-    from fusion.posteriors import PosteriorsWriter
-    from fusion.simulate import SimulationConfig, simulate_posteriors
-    from fusion.tokens import character_table
+    from fusion.core.posteriors import PosteriorsWriter
+    from fusion.core.simulate import SimulationConfig, simulate_posteriors
+    from fusion.core.tokens import character_table
 
     rng = np.random.default_rng(seed)
     tokens = character_table()
@@ -71,18 +71,19 @@ def decode_run(post: str, out: str, workers: int, shard_size: int, beam: int | N
     # one intra-op thread: on tiny per-utterance tensors torch's thread pool costs ~5x here
     torch.set_num_threads(1)
 
-    import fusion.greedy  # noqa: F401
     from common import peak_rss_kib, reset_peak_rss
-    from fusion.batch import BatchOptions, decode_batch
-    from fusion.greedy import GreedyDecoder
-    from fusion.tokens import character_table
+
+    import fusion.decoder.greedy  # noqa: F401
+    from fusion.core.tokens import character_table
+    from fusion.decoder.greedy import GreedyDecoder
+    from fusion.run.batch import BatchOptions, decode_batch
 
     tokens = character_table()
     base = reset_peak_rss()
     start = time.perf_counter()
     if beam:
-        from fusion.decoder import BeamSearchDecoder
-        from fusion.options import SearchOptions
+        from fusion.decoder.options import SearchOptions
+        from fusion.decoder.search import BeamSearchDecoder
 
         decoder = BeamSearchDecoder(tokens, options=SearchOptions(beam_size=beam))
     else:
@@ -232,13 +233,13 @@ def main() -> None:
         "kill_trials": len(trials),
         "kills": sum(len(t["killed_at_s"]) for t in trials),
     }
-    data = {**header(), "decoder": "greedy (fusion.greedy.GreedyDecoder); workers runs: beam search "
+    data = {**header(), "decoder": "greedy (fusion.decoder.greedy.GreedyDecoder); workers runs: beam search "
             f"(beam {args.scale_beam}, no LM) on {args.scale_size} utterances of 8-15 words",
             "shard_size": args.shard_size, "memory": memory, "scaling": scaling,
             "resume_trials": trials, "summary": summary}
     cores = os.cpu_count()
     md = [
-        "# Batch decoding at scale (`fusion.batch`)\n",
+        "# Batch decoding at scale (`fusion.run.batch`)\n",
         f"{data['date']}, `{data['command']}`; {cores} cores, no other job running.\n",
         "Synthetic posteriors (simulate_posteriors). Memory and resume runs: 1-3 word texts, "
         "greedy decoding one utterance per call. Workers runs: "

@@ -16,9 +16,9 @@ resampled to 16 kHz) and written as a 16-bit 16-kHz WAV with a 44-byte header (a
 16-bit source passes through bit-exact); ``pocketsphinx_batch`` decodes them from a
 control file, split into ``jobs`` parts of about equal audio run as parallel processes.
 Its output words lose fillers (``<sil>``, ``[NOISE]``, ``++NOISE++``) and alternate
-pronunciation marks (``read(2)``), then pass through :func:`fusion.text.normalize_text`
+pronunciation marks (``read(2)``), then pass through :func:`fusion.core.text.normalize_text`
 like every hypothesis of ours; :func:`pocketsphinx_scores` scores them with
-:func:`fusion.metrics.score_corpus`, the function that scores our model. An utterance
+:func:`fusion.core.metrics.score_corpus`, the function that scores our model. An utterance
 whose audio cannot be read, or for which pocketsphinx writes no hypothesis, counts as an
 empty hypothesis and is listed under ``failed``.
 
@@ -55,8 +55,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fusion.manifest import Utterance, atomic_write, read_manifest, write_manifest  # noqa: E402
-from fusion.text import normalize_text  # noqa: E402
+from fusion.core.manifest import Utterance, atomic_write, read_manifest, write_manifest  # noqa: E402
+from fusion.core.text import normalize_text  # noqa: E402
 
 __all__ = [
     "CHILD_AGE",
@@ -151,7 +151,7 @@ def pocketsphinx_version() -> str:
 def clean_hypothesis(words: str) -> str:
     """pocketsphinx's words in our transcript form: fillers and sentence marks dropped,
     alternate-pronunciation marks stripped (``read(2)`` -> ``read``), then
-    :func:`fusion.text.normalize_text`."""
+    :func:`fusion.core.text.normalize_text`."""
     kept = [_ALTERNATE.sub("", w) for w in words.split() if not _FILLER.match(w)]
     return normalize_text(" ".join(kept))
 
@@ -404,7 +404,7 @@ def run_pocketsphinx(manifest: Path, *, jobs: int = 2, cache_dir: Path | None = 
 
     Raises:
         PocketsphinxError: pocketsphinx or its model is not installed.
-        fusion.manifest.ManifestError: an unreadable manifest.
+        fusion.core.manifest.ManifestError: an unreadable manifest.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -499,13 +499,13 @@ def _score_dict(score: Any) -> dict[str, Any]:
 
 def pocketsphinx_scores(manifest: Path, *, jobs: int = 2, cache_dir: Path | None = None,
                         model: PocketsphinxModel | None = None, progress: bool = False) -> dict[str, Any]:
-    """pocketsphinx's WER and CER on ``manifest`` by :func:`fusion.metrics.score_corpus`
+    """pocketsphinx's WER and CER on ``manifest`` by :func:`fusion.core.metrics.score_corpus`
     (the same scoring as our model's), with its word and character error counts, the
     failures, the speed (``rtf``: decoding wall seconds per audio second with ``jobs``
     processes; ``cpu_rtf``: CPU seconds per audio second; both over the audio this run
     decoded, ``decoded_seconds``, not the ``reused`` utterances) and, where the manifest has
     ``age`` / ``gender``, the same per age group and gender (``groups``)."""
-    from fusion.metrics import score_corpus
+    from fusion.core.metrics import score_corpus
 
     manifest = Path(manifest)
     run = run_pocketsphinx(manifest, jobs=jobs, cache_dir=cache_dir, model=model, progress=progress)

@@ -38,8 +38,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusion.manifest import Utterance, atomic_write, read_manifest, write_manifest
-from fusion.text import normalize_text
+from fusion.core.manifest import Utterance, atomic_write, read_manifest, write_manifest
+from fusion.core.text import normalize_text
 
 __all__ = [
     "ADULT_AGE",

@@ -32,7 +32,7 @@ LOOKAHEADS = (0.25, 0.5, 1.0, 2.0)
 
 
 def show_file(path: Path, chunk: float, left: float, lookahead: float) -> None:
-    from fusion.transcribe import StreamOptions, Transcriber
+    from fusion.pipeline.transcribe import StreamOptions, Transcriber
 
     transcriber = Transcriber(stream=StreamOptions(chunk, left, lookahead))
 
@@ -50,10 +50,10 @@ def evaluate(manifest: Path, lookaheads: tuple[float, ...] = LOOKAHEADS, chunk: 
     """Offline and streaming WER of a manifest's utterances, and the partial-result lag."""
     import numpy as np
 
-    from fusion.manifest import read_manifest
-    from fusion.metrics import score_corpus
-    from fusion.text import normalize_text
-    from fusion.transcribe import StreamOptions, Transcriber, partial_lag
+    from fusion.core.manifest import read_manifest
+    from fusion.core.metrics import score_corpus
+    from fusion.core.text import normalize_text
+    from fusion.pipeline.transcribe import StreamOptions, Transcriber, partial_lag
 
     utts = read_manifest(manifest, require=("audio", "text"))
     refs = {u.id: normalize_text(u.text or "") for u in utts}

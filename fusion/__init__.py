@@ -23,35 +23,35 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms)
 #: public name -> the module that defines it (the one place it lives)
 _EXPORTS: dict[str, str] = {
     # the factory and its configuration
-    "DecodeConfig": "fusion.config",
-    "ConfigError": "fusion.config",
-    "build_decoder": "fusion.pipeline",
+    "DecodeConfig": "fusion.pipeline.config",
+    "ConfigError": "fusion.pipeline.config",
+    "build_decoder": "fusion.pipeline.build",
     # the search
-    "BeamSearchDecoder": "fusion.decoder",
-    "SearchOptions": "fusion.options",
-    "greedy_decode": "fusion.greedy",
-    "RescoringDecoder": "fusion.rescore",
+    "BeamSearchDecoder": "fusion.decoder.search",
+    "SearchOptions": "fusion.decoder.options",
+    "greedy_decode": "fusion.decoder.greedy",
+    "RescoringDecoder": "fusion.rescoring.rescore",
     # scorers: named knowledge sources with a weight each
-    "WordScorer": "fusion.scorers",
-    "LMScorer": "fusion.scorers",
-    "LexiconScorer": "fusion.scorers",
-    "HotwordScorer": "fusion.scorers",
-    "WordBonus": "fusion.scorers",
+    "WordScorer": "fusion.decoder.scorers",
+    "LMScorer": "fusion.decoder.scorers",
+    "LexiconScorer": "fusion.decoder.scorers",
+    "HotwordScorer": "fusion.decoder.scorers",
+    "WordBonus": "fusion.decoder.scorers",
     # the lowest layer: tokens, posteriors, results, text, scoring
-    "TokenTable": "fusion.tokens",
-    "TokenTableError": "fusion.tokens",
-    "character_table": "fusion.tokens",
-    "Posteriors": "fusion.posteriors",
-    "PosteriorsError": "fusion.posteriors",
-    "PosteriorsReader": "fusion.posteriors",
-    "PosteriorsWriter": "fusion.posteriors",
-    "DecodeResult": "fusion.types",
-    "Hypothesis": "fusion.types",
-    "TokenSpan": "fusion.types",
-    "WordSpan": "fusion.types",
-    "normalize_text": "fusion.text",
-    "score_corpus": "fusion.metrics",
-    "word_errors": "fusion.metrics",
+    "TokenTable": "fusion.core.tokens",
+    "TokenTableError": "fusion.core.tokens",
+    "character_table": "fusion.core.tokens",
+    "Posteriors": "fusion.core.posteriors",
+    "PosteriorsError": "fusion.core.posteriors",
+    "PosteriorsReader": "fusion.core.posteriors",
+    "PosteriorsWriter": "fusion.core.posteriors",
+    "DecodeResult": "fusion.core.types",
+    "Hypothesis": "fusion.core.types",
+    "TokenSpan": "fusion.core.types",
+    "WordSpan": "fusion.core.types",
+    "normalize_text": "fusion.core.text",
+    "score_corpus": "fusion.core.metrics",
+    "word_errors": "fusion.core.metrics",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -59,19 +59,20 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 if TYPE_CHECKING:  # what static checkers and editors see; at run time, __getattr__
     from typing import Any
 
-    from fusion.config import ConfigError, DecodeConfig  # noqa: F401
-    from fusion.decoder import BeamSearchDecoder  # noqa: F401
-    from fusion.greedy import greedy_decode  # noqa: F401
-    from fusion.metrics import score_corpus, word_errors  # noqa: F401
-    from fusion.options import SearchOptions  # noqa: F401
-    from fusion.pipeline import build_decoder  # noqa: F401
-    from fusion.posteriors import (Posteriors, PosteriorsError,  # noqa: F401
-                                   PosteriorsReader, PosteriorsWriter)
-    from fusion.rescore import RescoringDecoder  # noqa: F401
-    from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer  # noqa: F401
-    from fusion.text import normalize_text  # noqa: F401
-    from fusion.tokens import TokenTable, TokenTableError, character_table  # noqa: F401
-    from fusion.types import DecodeResult, Hypothesis, TokenSpan, WordSpan  # noqa: F401
+    from fusion.core.metrics import score_corpus, word_errors  # noqa: F401
+    from fusion.core.posteriors import (Posteriors, PosteriorsError, PosteriorsReader,  # noqa: F401
+                                        PosteriorsWriter)
+    from fusion.core.text import normalize_text  # noqa: F401
+    from fusion.core.tokens import TokenTable, TokenTableError, character_table  # noqa: F401
+    from fusion.core.types import DecodeResult, Hypothesis, TokenSpan, WordSpan  # noqa: F401
+    from fusion.decoder.greedy import greedy_decode  # noqa: F401
+    from fusion.decoder.options import SearchOptions  # noqa: F401
+    from fusion.decoder.scorers import (HotwordScorer, LexiconScorer, LMScorer, WordBonus,  # noqa: F401
+                                        WordScorer)
+    from fusion.decoder.search import BeamSearchDecoder  # noqa: F401
+    from fusion.pipeline.build import build_decoder  # noqa: F401
+    from fusion.pipeline.config import ConfigError, DecodeConfig  # noqa: F401
+    from fusion.rescoring.rescore import RescoringDecoder  # noqa: F401
 
 
 def _version() -> str:

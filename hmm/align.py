@@ -31,9 +31,9 @@ import numpy as np
 import torch
 import torchaudio.functional as taf
 
-from fusion.posteriors import Posteriors
-from fusion.tokens import TokenTable
-from fusion.types import TokenSpan, WordSpan, span_confidences, spans_to_words
+from fusion.core.posteriors import Posteriors
+from fusion.core.tokens import TokenTable
+from fusion.core.types import TokenSpan, WordSpan, span_confidences, spans_to_words
 from hmm.emissions import ScaledLikelihoods
 from hmm.model import LOG_FLOOR, TiedDurationHMM, frames
 from hmm.topology import START, AlignmentError, StateGraph, TopologyConfig, build_graph, transcript_ids

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion.posteriors import Posteriors
+from fusion.core.posteriors import Posteriors
 
 __all__ = ["EmissionError", "ScaledLikelihoods", "TokenPriors", "estimate_priors"]
 

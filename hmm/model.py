@@ -27,20 +27,12 @@ from pathlib import Path
 import numpy as np
 from hmmlearn.base import BaseHMM
 
-from fusion.manifest import atomic_write
-from fusion.posteriors import Posteriors
-from fusion.tokens import TokenTable
+from fusion.core.manifest import atomic_write
+from fusion.core.posteriors import Posteriors
+from fusion.core.tokens import TokenTable
 from hmm.emissions import ScaledLikelihoods, TokenPriors
-from hmm.topology import (
-    ARC_BLANK,
-    ARC_SKIP,
-    START,
-    AlignmentError,
-    StateGraph,
-    TopologyConfig,
-    build_graph,
-    transcript_ids,
-)
+from hmm.topology import (ARC_BLANK, ARC_SKIP, START, AlignmentError, StateGraph, TopologyConfig, build_graph,
+                          transcript_ids)
 
 __all__ = ["LOG_FLOOR", "AlignmentHMM", "DurationConfig", "TiedDurationHMM", "frames"]
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from fusion.posteriors import Posteriors
+from fusion.core.posteriors import Posteriors
 from hmm.model import TiedDurationHMM, frames
 from hmm.topology import AlignmentError, build_graph, transcript_ids
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion.types import WordSpan
+from fusion.core.types import WordSpan
 
 __all__ = ["BoundaryCalibration", "CalibrationError", "contexts"]
 

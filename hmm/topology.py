@@ -37,7 +37,7 @@ from typing import Literal
 
 import numpy as np
 
-from fusion.tokens import TokenTable, TokenTableError
+from fusion.core.tokens import TokenTable, TokenTableError
 
 __all__ = [
     "ARC_BLANK",

@@ -55,7 +55,7 @@ class LanguageModel(ABC):
 
     def compiled(self) -> dict[str, Any] | None:
         """How the compiled search can run this model natively, or None (it is then called
-        back through its scorer, :meth:`fusion.scorers.WordScorer.compiled`)."""
+        back through its scorer, :meth:`fusion.decoder.scorers.WordScorer.compiled`)."""
         return None
 
     def score_many(

@@ -37,19 +37,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fusion.manifest import atomic_write
+from fusion.core.manifest import atomic_write
 from lm.base import LMError, perplexity
-from lm.neural import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
-    MODEL_FILE,
-    NeuralConfig,
-    NeuralLM,
-    PieceTokenizer,
-    TransformerLM,
-    load_checkpoint,
-    tensor_from_bytes,
-)
+from lm.neural import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, MODEL_FILE, NeuralConfig, NeuralLM,
+                       PieceTokenizer, TransformerLM, load_checkpoint, tensor_from_bytes)
 
 __all__ = [
     "TrainConfig",

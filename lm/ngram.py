@@ -28,7 +28,7 @@ from lm.arpa import LN10, read_arpa
 from lm.base import LanguageModel, Level, LMError
 
 __all__ = ["KenLM", "build_arpa", "build_binary", "char_units", "find_tool", "read_unigrams",
-           "units_text"]
+           "sentences_of", "units_text"]
 
 #: The unit that stands for the space between words in character-level LM text.
 WORD_BOUNDARY = "|"
@@ -44,7 +44,7 @@ class KenLM(LanguageModel):
     search escapes by leaving the rest of an utterance unsaid) scores it at
     ``missing_unk_log10`` instead (-10: the size of pyctcdecode's unknown-word offset,
     which pyctcdecode itself adds to KenLM's -100). The compiled search
-    (``fusion/csrc/ctc_search.cpp``) does the same.
+    (``fusion/decoder/csrc/ctc_search.cpp``) does the same.
 
     Args:
         path: ARPA (``.arpa``, ``.arpa.gz``) or KenLM binary file.
@@ -264,6 +264,16 @@ def _has_content(path: Path) -> bool:
 def char_units(sentence: str) -> list[str]:
     """A sentence as character-level LM units: ``"hi yo"`` -> ``h i | y o``."""
     return list(WORD_BOUNDARY.join(sentence.split()))
+
+
+def sentences_of(path: Path, level: str) -> list[list[str]]:
+    """Read text as unit sequences: words, or characters with ``|`` between words."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [line for line in fh if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise LMError(f"{path}: not UTF-8 ({exc.reason})") from None
+    return [char_units(line) if level == "char" else line.split() for line in lines]
 
 
 def units_text(sentences: Iterable[str], output: str | Path) -> Path:

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fusion.posteriors import Posteriors
-from fusion.tokens import TokenTable, character_table
+from fusion.core.posteriors import Posteriors
+from fusion.core.tokens import TokenTable, character_table
 from lm.arpa import ArpaLM
 
 REAL_SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-speech"

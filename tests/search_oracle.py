@@ -1,7 +1,7 @@
 """The beam search in Python: the tests' oracle for the compiled search.
 
-``PythonSearchDecoder`` is :class:`fusion.decoder.BeamSearchDecoder` with its search
-(``fusion/csrc/ctc_search.cpp``) replaced by this module's, written for reading: the same
+``PythonSearchDecoder`` is :class:`fusion.decoder.search.BeamSearchDecoder` with its search
+(``fusion/decoder/csrc/ctc_search.cpp``) replaced by this module's, written for reading: the same
 candidate units per frame in the same order, the same pruning bounds and the same order of
 floating-point operations, so both give the same N-best lists, scores and times
 (tests/test_ctcsearch.py compares them on random posteriors and scorer sets). Everything
@@ -16,8 +16,8 @@ from collections.abc import Hashable, Iterable
 
 import numpy as np
 
-from fusion.decoder import BeamSearchDecoder, _Final
-from fusion.defaults import ACOUSTIC
+from fusion.core.defaults import ACOUSTIC
+from fusion.decoder.search import BeamSearchDecoder, _Final
 
 __all__ = ["SEARCHES", "PythonSearchDecoder", "candidate_units", "floored"]
 
@@ -140,7 +140,7 @@ class _SearchState:
 
 
 class PythonSearchDecoder(BeamSearchDecoder):
-    """:class:`~fusion.decoder.BeamSearchDecoder` searching in Python (same arguments)."""
+    """:class:`~fusion.decoder.search.BeamSearchDecoder` searching in Python (same arguments)."""
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)

@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusion.am.adapt import AdaptConfig, TestTimeAdapter, adaptable_parameters, suta_loss
-from fusion.am.cli import adapt_config_from_args, add_adapt_arguments, add_parsers
 from fusion.am.features import LogMel
 from fusion.am.infer import CTCModelAdapter, compute_posteriors
 from fusion.am.model import CTCModel, ModelConfig, model_checkpoint, save_checkpoint
-from fusion.manifest import Utterance
-from fusion.posteriors import PosteriorsReader
-from fusion.tokens import character_table
+from fusion.cli.am import adapt_config_from_args, add_adapt_arguments, add_parsers
+from fusion.core.manifest import Utterance
+from fusion.core.posteriors import PosteriorsReader
+from fusion.core.tokens import character_table
 
 TABLE = character_table()
 TINY = ModelConfig(subsampling_channels=8, d_model=32, n_heads=2, ff_mult=2, n_layers=2,
@@ -283,7 +283,7 @@ def test_posteriors_cli_adapts(tmp_path):
 
 
 def test_demo_adapts_and_refuses_bad_settings(tmp_path, capsys):
-    from fusion.cli import main
+    from fusion.cli.main import main
 
     ckpt = tmp_path / "m.pt"
     save_checkpoint(ckpt, model_checkpoint(tiny_model()))

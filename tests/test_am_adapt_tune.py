@@ -11,18 +11,12 @@ import soundfile as sf
 import torch
 
 from fusion.am.adapt import AdaptConfig
-from fusion.am.adapt_tune import (
-    choose_setting,
-    load_settings,
-    score_steps,
-    settings_path,
-    tune_adaptation,
-)
-from fusion.am.cli import adapt_config_from_args, add_adapt_arguments
+from fusion.am.adapt_tune import choose_setting, load_settings, score_steps, settings_path, tune_adaptation
 from fusion.am.model import CTCModel, ModelConfig, model_checkpoint, save_checkpoint
-from fusion.cli import main
-from fusion.manifest import read_manifest
-from fusion.tokens import character_table
+from fusion.cli.am import adapt_config_from_args, add_adapt_arguments
+from fusion.cli.main import main
+from fusion.core.manifest import read_manifest
+from fusion.core.tokens import character_table
 
 TINY = ModelConfig(subsampling_channels=8, d_model=32, n_heads=2, ff_mult=2, n_layers=2,
                    conv_kernel=5, dropout=0.0)
@@ -76,8 +70,8 @@ def test_rule_without_a_target_and_when_nothing_helps():
 
 def test_score_steps_step_zero_is_the_plain_model_and_bad_audio_is_skipped(tmp_path):
     from fusion.am.infer import compute_posteriors
-    from fusion.greedy import greedy_decode
-    from fusion.metrics import score_corpus
+    from fusion.core.metrics import score_corpus
+    from fusion.decoder.greedy import greedy_decode
 
     manifest = tones(tmp_path, "dev", 3, bad=True)
     utts = read_manifest(manifest)
@@ -192,7 +186,7 @@ def test_cli_tunes_then_posteriors_adapt_with_the_chosen_settings(tmp_path, caps
                  "--no-progress"]) == 2
     assert "max_steps must be" in capsys.readouterr().err
     # fusion posteriors --adapt: the settings beside the model, the same as giving them as flags
-    from fusion.posteriors import PosteriorsReader
+    from fusion.core.posteriors import PosteriorsReader
 
     settings_path(ckpt).write_text(json.dumps(
         {"config": AdaptConfig(steps=2, lr=1e-2, min_seconds=0).to_dict()}))

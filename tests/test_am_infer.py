@@ -16,30 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from fusion.am.cli import add_parsers
 from fusion.am.features import AudioError, UtteranceError, load_audio
-from fusion.am.infer import (
-    CallableAdapter,
-    CTCModelAdapter,
-    HFWav2Vec2Adapter,
-    InferenceError,
-    chunk_starts,
-    compute_posteriors,
-    length_batches,
-    token_table_from_hf_vocab,
-    write_posteriors,
-)
-from fusion.am.model import (
-    CTCModel,
-    ModelConfig,
-    apply_rotary,
-    model_checkpoint,
-    rotary_tables,
-    save_checkpoint,
-)
-from fusion.manifest import Utterance
-from fusion.posteriors import Posteriors, PosteriorsReader
-from fusion.tokens import character_table
+from fusion.am.infer import (CallableAdapter, CTCModelAdapter, HFWav2Vec2Adapter, InferenceError,
+                             chunk_starts, compute_posteriors, length_batches, token_table_from_hf_vocab,
+                             write_posteriors)
+from fusion.am.model import (CTCModel, ModelConfig, apply_rotary, model_checkpoint, rotary_tables,
+                             save_checkpoint)
+from fusion.cli.am import add_parsers
+from fusion.core.manifest import Utterance
+from fusion.core.posteriors import Posteriors, PosteriorsReader
+from fusion.core.tokens import character_table
 
 TABLE = character_table()
 TINY = ModelConfig(subsampling_channels=8, d_model=32, n_heads=2, ff_mult=2, n_layers=2,

@@ -11,41 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusion.am.cli import add_parsers
-from fusion.am.config import (
-    ConfigError,
-    PretrainConfig,
-    TrainConfig,
-    load_config,
-    parse_overrides,
-    to_dict,
-)
-from fusion.am.features import (
-    CMVN,
-    CMVNAccumulator,
-    LogMel,
-    SpecAugment,
-    SpecAugmentConfig,
-    num_feature_frames,
-    random_envelope,
-    spectral_shape,
-    vtlp_source_bins,
-    warp_frequency,
-)
-from fusion.am.model import (
-    CheckpointError,
-    CTCModel,
-    Dropout,
-    ModelConfig,
-    SelfAttention,
-    load_checkpoint,
-    load_model,
-    model_checkpoint,
-    rotary_tables,
-    save_checkpoint,
-    subsampled_length,
-)
-from fusion.tokens import character_table
+from fusion.am.config import ConfigError, PretrainConfig, TrainConfig, load_config, parse_overrides, to_dict
+from fusion.am.features import (CMVN, CMVNAccumulator, LogMel, SpecAugment, SpecAugmentConfig,
+                                num_feature_frames, random_envelope, spectral_shape, vtlp_source_bins,
+                                warp_frequency)
+from fusion.am.model import (CheckpointError, CTCModel, Dropout, ModelConfig, SelfAttention, load_checkpoint,
+                             load_model, model_checkpoint, rotary_tables, save_checkpoint, subsampled_length)
+from fusion.cli.am import add_parsers
+from fusion.core.tokens import character_table
 
 TINY = ModelConfig(subsampling_channels=8, d_model=32, n_heads=2, ff_mult=2, n_layers=2,
                    conv_kernel=5, dropout=0.0)
@@ -467,7 +440,7 @@ def test_checkpoint_save_is_atomic(tmp_path):
 
 
 def test_prefer_jemalloc_restarts_training_and_transcribing_only(monkeypatch):
-    from fusion import allocator as am_cli
+    from fusion.run import allocator as am_cli
 
     calls = []
 

@@ -11,37 +11,19 @@ import pytest
 import soundfile as sf
 import torch
 
-from fusion.am.config import (
-    BatchConfig,
-    BestRQConfig,
-    ConfigError,
-    OptimConfig,
-    PretrainConfig,
-    RunConfig,
-    TokensConfig,
-    TrainConfig,
-)
+from fusion.am.config import (BatchConfig, BestRQConfig, ConfigError, OptimConfig, PretrainConfig, RunConfig,
+                              TokensConfig, TrainConfig)
 from fusion.am.data import FeatureSet, load_feature_sets, make_batches
-from fusion.am.features import CMVN
-from fusion.am import cli as am_cli
-from fusion.am.model import (
-    CheckpointError,
-    CTCModel,
-    ModelConfig,
-    average_checkpoints,
-    load_checkpoint,
-    load_model,
-    model_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-)
-from fusion.am.features import spectral_shape
+from fusion.am.features import CMVN, spectral_shape
+from fusion.am.model import (CheckpointError, CTCModel, ModelConfig, average_checkpoints, load_checkpoint,
+                             load_model, model_checkpoint, model_from_checkpoint, save_checkpoint)
 from fusion.am.pretrain import BestRQModel, pretrain_bestrq, span_mask
 from fusion.am.subword import SentencePieceUnits, train_sentencepiece
 from fusion.am.train import CTCTask, ctc_feasible, load_pretrained_encoder, train_ctc
 from fusion.am.trainer import LRSchedule
-from fusion.manifest import ManifestError
-from fusion.tokens import TokenTableError, character_table
+from fusion.cli import am as am_cli
+from fusion.core.manifest import ManifestError
+from fusion.core.tokens import TokenTableError, character_table
 
 TINY = ModelConfig(subsampling_channels=8, d_model=32, n_heads=2, ff_mult=2, n_layers=2,
                    conv_kernel=5, dropout=0.1)
@@ -314,8 +296,8 @@ def test_sentencepiece_units_train_resume_and_decode(corpus, tmp_path):
         assert model.token_table.text_from_ids(units.encode(text)) == text
     # the model's posteriors decode with the subword table
     from fusion.am.infer import CTCModelAdapter, compute_posteriors
-    from fusion.greedy import greedy_decode
-    from fusion.manifest import read_manifest
+    from fusion.core.manifest import read_manifest
+    from fusion.decoder.greedy import greedy_decode
 
     posts = list(compute_posteriors(read_manifest(corpus / "dev.jsonl"), CTCModelAdapter(model)))
     assert all(p.num_tokens == 13 for p in posts)

@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fusion.manifest
-from fusion import batch, cli
-from fusion.batch import BatchError, BatchOptions, decode_batch
-from fusion.greedy import GreedyDecoder
-from fusion.posteriors import Posteriors, PosteriorsWriter
-from fusion.simulate import simulate_posteriors
-from fusion.types import DecodeResult, Hypothesis
+import fusion.core.manifest
+from fusion.cli import main as cli
+from fusion.core.posteriors import Posteriors, PosteriorsWriter
+from fusion.core.simulate import simulate_posteriors
+from fusion.core.types import DecodeResult, Hypothesis
+from fusion.decoder.greedy import GreedyDecoder
+from fusion.run import batch
+from fusion.run.batch import BatchError, BatchOptions, decode_batch
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "big", "red"]
@@ -103,7 +104,7 @@ def test_clean_run_shards_and_records_bad_utterances(corpus, tmp_path, table):
                     if not n.endswith("errors.jsonl")) == summary.hyps.read_bytes()
     assert leftovers(tmp_path / "out") == []
     decoder = ArgmaxDecoder(table)
-    from fusion.posteriors import PosteriorsReader
+    from fusion.core.posteriors import PosteriorsReader
     with PosteriorsReader(post, token_table=table) as reader:
         assert rows[0] == json.loads(json.dumps(decoder.decode(reader["u0"]).to_dict(table)))
 
@@ -201,7 +202,7 @@ def test_disk_full_on_shard_write_leaves_no_partial_files(corpus, tmp_path, tabl
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(fusion.manifest.os, "fsync", fsync)
+    monkeypatch.setattr(fusion.core.manifest.os, "fsync", fsync)
     out = tmp_path / "out"
     with pytest.raises(BatchError, match="no space left") as info:
         run(post, out, table)
@@ -212,7 +213,7 @@ def test_disk_full_on_shard_write_leaves_no_partial_files(corpus, tmp_path, tabl
     assert not (out / "hyps.jsonl").exists()
     for shard in (out / "shards").glob("shard-*.jsonl"):  # finished shards are whole
         assert shard.read_bytes() in clean.hyps.read_bytes()
-    monkeypatch.setattr(fusion.manifest.os, "fsync", real_fsync)
+    monkeypatch.setattr(fusion.core.manifest.os, "fsync", real_fsync)
     assert run(post, out, table, resume=True).hyps.read_bytes() == clean.hyps.read_bytes()
 
 
@@ -257,7 +258,7 @@ def test_unwritable_output_is_a_clear_error(corpus, tmp_path, table, monkeypatch
     def mkstemp(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(fusion.manifest.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(fusion.core.manifest.tempfile, "mkstemp", mkstemp)
     with pytest.raises(BatchError, match="permission denied"):
         run(post, tmp_path / "ro", table)
     assert not (tmp_path / "ro" / "plan.json").exists()
@@ -295,8 +296,8 @@ def test_command_line_and_two_workers(corpus, tmp_path, table, capsys):
 SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
-    from fusion.batch import BatchOptions, decode_batch
-    from fusion.tokens import character_table
+    from fusion.run.batch import BatchOptions, decode_batch
+    from fusion.core.tokens import character_table
     from test_batch import ArgmaxDecoder
     table = character_table()
     decode_batch([sys.argv[1]], sys.argv[2], ArgmaxDecoder(table), table=table,

@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fusion.batch import BatchError, BatchOptions, decode_batch
-from fusion.greedy import GreedyDecoder
-from fusion.decoder import BeamSearchDecoder
-from fusion.options import SearchOptions
-from fusion.posteriors import KINDS, Posteriors, PosteriorsError, PosteriorsReader, PosteriorsWriter
-from fusion.simulate import simulate_posteriors
-from fusion.tokens import character_table
+from fusion.core.posteriors import KINDS, Posteriors, PosteriorsError, PosteriorsReader, PosteriorsWriter
+from fusion.core.simulate import simulate_posteriors
+from fusion.core.tokens import character_table
+from fusion.decoder.greedy import GreedyDecoder
+from fusion.decoder.options import SearchOptions
+from fusion.decoder.search import BeamSearchDecoder
+from fusion.run.batch import BatchError, BatchOptions, decode_batch
 
 TABLE = character_table()
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
@@ -28,7 +28,7 @@ FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
 
 
 def _reader_is_hardened() -> bool:
-    """Whether fusion/posteriors.py has the fix that fuzzing called for (see the report of
+    """Whether fusion/core/posteriors.py has the fix that fuzzing called for (see the report of
     issue 8: np.load's EOFError, KeyError/TypeError on bad metadata, leaked file handles)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/empty.npz"

@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 
 from fusion.am.model import CTCModel, ModelConfig
-from fusion.tokens import character_table
+from fusion.core.tokens import character_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -50,7 +50,7 @@ def test_greedy_scores_group_by_voice_or_source(tmp_path):
         errs = out["voices"][group]["word_errors"]
         assert {e["word"] for e in errs} <= {"a", "cat"} and all(e["count"] == n for e in errs)
     # with a decoder (no LM: a beam search over the same posteriors), each group gets its rates
-    from fusion.decoder import BeamSearchDecoder
+    from fusion.decoder.search import BeamSearchDecoder
 
     fused = bench_acoustic.greedy_scores(model, tmp_path / "m.jsonl", threads=1,
                                          decoder=BeamSearchDecoder(character_table()))
@@ -128,7 +128,7 @@ def test_subset_split_scores_on_its_parents_posteriors(tmp_path):
     rows = [("a", {"age": 10, "gender": "F"}), ("b", {"age": 30, "gender": "M"}),
             ("c", {"age": 40, "gender": "F"})]
     manifest = noise_manifest(tmp_path, rows, 16000, seed=2)
-    from fusion.manifest import read_manifest
+    from fusion.core.manifest import read_manifest
 
     model = tiny_model()
     utts = read_manifest(manifest, require=("audio", "text"))

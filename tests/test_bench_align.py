@@ -52,7 +52,7 @@ def test_festival_reports_word_times(tmp_path):
 
 
 def test_cross_fitted_errors_score_each_fold_out_of_sample():
-    from fusion.types import WordSpan
+    from fusion.core.types import WordSpan
 
     utts, words = [], []
     for i in range(10):

@@ -7,12 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from fusion.cli import EXTENSIONS, get_parser, main
-from fusion.options import SearchOptions
-from fusion.posteriors import Posteriors, PosteriorsWriter
-from fusion.simulate import simulate_posteriors
-
 from conftest import REAL_SPEECH
+from fusion.cli.main import EXTENSIONS, get_parser, main
+from fusion.core.posteriors import Posteriors, PosteriorsWriter
+from fusion.core.simulate import simulate_posteriors
+from fusion.decoder.options import SearchOptions
 
 
 @pytest.fixture
@@ -269,9 +268,9 @@ def test_align_writes_json_ctm_srt_and_records_failures(corpus, tmp_path):
 
 
 def test_align_with_a_duration_hmm_and_a_calibration(corpus, tmp_path, table, monkeypatch, capsys):
-    import fusion.cli as cli
+    import fusion.cli.main as cli
+    from fusion.core.tokens import TokenTable
     from hmm.emissions import ScaledLikelihoods
-    from fusion.tokens import TokenTable
     from hmm.model import DurationConfig, TiedDurationHMM
     from hmm.timing import BoundaryCalibration
     from hmm.topology import TopologyConfig
@@ -322,9 +321,9 @@ def test_align_with_a_duration_hmm_and_a_calibration(corpus, tmp_path, table, mo
 def test_a_lexicon_widens_the_candidates_to_at_least_lexicon_pruning(corpus, tmp_path):
     """Wider settings of the config or flags are kept, narrower ones (a tuned config's
     threshold, chosen for a search without the constraint) widened."""
-    from fusion.config import DecodeConfig
-    from fusion.pipeline import build_decoder
-    from fusion.posteriors import PosteriorsReader
+    from fusion.core.posteriors import PosteriorsReader
+    from fusion.pipeline.build import build_decoder
+    from fusion.pipeline.config import DecodeConfig
 
     words = tmp_path / "words.txt"
     words.write_text("hello\nworld\n")
@@ -356,8 +355,8 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_import_and_parser_load_no_heavy_module():
-    """`import fusion.cli` and `fusion --help`'s parser import no extra's packages."""
-    run = _python("import sys, fusion.cli as c; c.get_parser(None); "
+    """`import fusion.cli.main` and `fusion --help`'s parser import no extra's packages."""
+    run = _python("import sys, fusion.cli.main as c; c.get_parser(None); "
                   f"print(sorted(set({HEAVY!r}) & set(sys.modules)))")
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
@@ -371,7 +370,7 @@ def test_a_missing_extra_is_one_line_naming_it(corpus):
               "--decoder", "pyctcdecode"]
     run = _python("import sys\n"
                   "for m in ('torch', 'torchaudio', 'soundfile', 'pyctcdecode'): sys.modules[m] = None\n"
-                  "from fusion.cli import main\n"
+                  "from fusion.cli.main import main\n"
                   f"print(main(['train', '--help']), main({decode!r}), file=sys.stderr)")
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 3, run.stderr

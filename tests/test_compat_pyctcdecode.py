@@ -7,11 +7,11 @@ import pickle
 import numpy as np
 import pytest
 
-from fusion.compat.pyctcdecode import (BeamSearchDecoderCTC, build_ctcdecoder, labels_table,
-                                       normalize_labels, pyctcdecode_log_probs)
-from fusion.metrics import score_corpus
-from fusion.simulate import SimulationConfig, simulate_posteriors
-from fusion.tokens import TokenTable
+from fusion.compat.pyctcdecode import (BeamSearchDecoderCTC, build_ctcdecoder, labels_table, normalize_labels,
+                                       pyctcdecode_log_probs)
+from fusion.core.metrics import score_corpus
+from fusion.core.simulate import SimulationConfig, simulate_posteriors
+from fusion.core.tokens import TokenTable
 from lm.ngram import build_arpa
 
 VOCAB = "the a cat dog sat ran on under mat big small and saw it".split()

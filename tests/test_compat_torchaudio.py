@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fusion.compat.torchaudio import CTCHypothesis, ctc_decoder  # noqa: E402
-from fusion.simulate import SimulationConfig, simulate_posteriors  # noqa: E402
+from fusion.core.simulate import SimulationConfig, simulate_posteriors  # noqa: E402
 from lm.ngram import build_arpa  # noqa: E402
 
 VOCAB = "the a cat dog sat ran on under mat big small and saw it".split()
@@ -128,7 +128,7 @@ def test_bad_inputs(table, files, tmp_path):
 def test_online_decoding_ends_as_one_call(table, files):
     d = ctc_decoder(**_kwargs(table, files))
     if not hasattr(d.search, "stream"):
-        pytest.skip("fusion.decoder has no streaming search")
+        pytest.skip("fusion.decoder.search has no streaming search")
     _, emissions, lengths = _emissions(table, n=1)
     whole = d(emissions, lengths)[0]
     x = emissions[0, : int(lengths[0])]

@@ -14,27 +14,12 @@ import soundfile as sf
 import torch
 
 import fusion.corpus.build as build_module
-from fusion.corpus import cli
+from fusion.cli import corpus as cli
 from fusion.corpus.augment import AugmentConfig
-from fusion.corpus.build import (
-    SPLITS,
-    CorpusOptions,
-    Task,
-    build_corpus,
-    plan_corpus,
-    sentence_split,
-)
+from fusion.corpus.build import SPLITS, CorpusOptions, Task, build_corpus, plan_corpus, sentence_split
 from fusion.corpus.synth import SynthesisError
-from fusion.corpus.voices import (
-    HELDOUT_VOICES,
-    TRAIN_ONLY_ENGINES,
-    Prosody,
-    Voice,
-    catalogue,
-    is_heldout,
-    select_voices,
-    train_only_catalogue,
-)
+from fusion.corpus.voices import (HELDOUT_VOICES, TRAIN_ONLY_ENGINES, Prosody, Voice, catalogue, is_heldout,
+                                  select_voices, train_only_catalogue)
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng not installed (Debian package espeak-ng)"

@@ -12,21 +12,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from fusion.cli import main as fusion_main
+from fusion.cli.main import main as fusion_main
+from fusion.core.manifest import read_manifest
 from fusion.corpus import importers
-from fusion.corpus.importers import (
-    PROBLEM_KINDS,
-    CorpusImportError,
-    Problem,
-    find_librispeech_subsets,
-    import_kaldi,
-    import_librispeech,
-    import_speech_commands,
-    scan_librispeech_subset,
-    scan_speech_commands,
-    read_kaldi_dir,
-)
-from fusion.manifest import read_manifest
+from fusion.corpus.importers import (PROBLEM_KINDS, CorpusImportError, Problem, find_librispeech_subsets,
+                                     import_kaldi, import_librispeech, import_speech_commands, read_kaldi_dir,
+                                     scan_librispeech_subset, scan_speech_commands)
 
 SR = 16000
 

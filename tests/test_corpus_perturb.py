@@ -13,17 +13,11 @@ import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion.corpus import cli as data_cli
+from fusion.cli import corpus as data_cli
+from fusion.core.manifest import Utterance, read_manifest
 from fusion.corpus.augment import RoomConfig
-from fusion.corpus.perturb import (
-    PerturbConfig,
-    PerturbError,
-    RoomBank,
-    augment_manifest,
-    plan_copies,
-    simulate_room_bank,
-)
-from fusion.manifest import Utterance, read_manifest
+from fusion.corpus.perturb import (PerturbConfig, PerturbError, RoomBank, augment_manifest, plan_copies,
+                                   simulate_room_bank)
 
 RATE = 16_000
 # Small rooms of low image order: a test room simulates in milliseconds (and the order

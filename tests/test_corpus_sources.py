@@ -9,22 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from fusion.core.manifest import ManifestError
+from fusion.core.text import normalize_text
 from fusion.corpus import sources as sources_module
-from fusion.corpus.sources import (
-    ALL_SOURCES,
-    LeakageFilter,
-    SentenceFilter,
-    SourceUnavailableError,
-    cache_path,
-    clean_sentence,
-    corpus_sentences,
-    find_real_speech_manifest,
-    load_forbidden_sentences,
-    source_sentences,
-    split_sentences,
-)
-from fusion.manifest import ManifestError
-from fusion.text import normalize_text
+from fusion.corpus.sources import (ALL_SOURCES, LeakageFilter, SentenceFilter, SourceUnavailableError,
+                                   cache_path, clean_sentence, corpus_sentences, find_real_speech_manifest,
+                                   load_forbidden_sentences, source_sentences, split_sentences)
 
 NORMALISED = re.compile(r"^[a-z']+( [a-z']+)*$")
 

@@ -1,4 +1,4 @@
-"""The compiled forced alignment (fusion._ctcsearch.align) gives torchaudio's spans and
+"""The compiled forced alignment (fusion.decoder._ctcsearch.align) gives torchaudio's spans and
 span_confidences' confidences, to the bit, ties included."""
 
 from pathlib import Path
@@ -10,14 +10,14 @@ import torchaudio.functional as AF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion.decoder import BeamSearchDecoder
-from fusion.options import SearchOptions
-from fusion.posteriors import Posteriors, PosteriorsReader
-from fusion.simulate import SimulationConfig, simulate_posteriors
-from fusion.tokens import TokenTable, character_table
-from fusion.types import TokenSpan, span_confidences, spans_to_words
+from fusion.core.posteriors import Posteriors, PosteriorsReader
+from fusion.core.simulate import SimulationConfig, simulate_posteriors
+from fusion.core.tokens import TokenTable, character_table
+from fusion.core.types import TokenSpan, span_confidences, spans_to_words
+from fusion.decoder.options import SearchOptions
+from fusion.decoder.search import BeamSearchDecoder
 
-_ctcsearch = pytest.importorskip("fusion._ctcsearch",
+_ctcsearch = pytest.importorskip("fusion.decoder._ctcsearch",
                                  reason="the compiled search is not built (make builds it)")
 
 # the decoder benchmark's test posteriors (the embedded model's), where this machine has them

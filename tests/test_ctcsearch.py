@@ -1,4 +1,4 @@
-"""The compiled beam search (fusion._ctcsearch) gives what the Python search gives."""
+"""The compiled beam search (fusion.decoder._ctcsearch) gives what the Python search gives."""
 
 import math
 import os
@@ -9,19 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion.decoder import BeamSearchDecoder
-from fusion.options import SearchOptions
-from fusion.posteriors import Posteriors
-from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
-from fusion.simulate import SimulationConfig, simulate_posteriors
-from fusion.tokens import TokenTable
+from conftest import ambiguous
+from fusion.core.posteriors import Posteriors
+from fusion.core.simulate import SimulationConfig, simulate_posteriors
+from fusion.core.tokens import TokenTable
+from fusion.decoder.options import SearchOptions
+from fusion.decoder.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
+from fusion.decoder.search import BeamSearchDecoder
 from lm.arpa import ArpaLM
 from lm.ngram import KenLM, build_arpa
-
-from conftest import ambiguous
 from search_oracle import SEARCHES, PythonSearchDecoder
 
-pytest.importorskip("fusion._ctcsearch", reason="the compiled search is not built (make builds it)")
+pytest.importorskip("fusion.decoder._ctcsearch", reason="the compiled search is not built (make builds it)")
 
 # overlapping phrases, one inside another, with their own weights
 HOTWORDS = {"the cat": 2.0, "cat sat on": 1.5, "a bat": 3.0, "sat": 0.5, "the flat mat": 1.0}

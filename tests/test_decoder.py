@@ -7,16 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion.decoder import BeamSearchDecoder
-from fusion.options import SearchOptions
-from fusion.greedy import greedy_decode
-from fusion.posteriors import Posteriors
-from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus
-from fusion.simulate import SimulationConfig, simulate_posteriors
-from fusion.tokens import TokenTable
-from lm.arpa import ArpaLM
-
 from conftest import BIASED_ARPA, ambiguous
+from fusion.core.posteriors import Posteriors
+from fusion.core.simulate import SimulationConfig, simulate_posteriors
+from fusion.core.tokens import TokenTable
+from fusion.decoder.greedy import greedy_decode
+from fusion.decoder.options import SearchOptions
+from fusion.decoder.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus
+from fusion.decoder.search import BeamSearchDecoder
+from lm.arpa import ArpaLM
 from search_oracle import SEARCHES, PythonSearchDecoder, floored
 
 

@@ -15,14 +15,14 @@ ray = pytest.importorskip("ray")
 import test_batch  # noqa: E402
 from test_batch import ArgmaxDecoder, FailingDecoder, read_rows, write_corpus  # noqa: E402
 
-from fusion import cli  # noqa: E402
-from fusion.batch import BatchOptions, decode_batch  # noqa: E402
-from fusion.decoder import BeamSearchDecoder  # noqa: E402
-from fusion.options import SearchOptions  # noqa: E402
-from fusion.distributed import RayBackend, decode_ray, map_ray, ray_session  # noqa: E402
-from fusion.parallel import decode_parallel  # noqa: E402
-from fusion.scorers import HotwordScorer, LMScorer, WordBonus  # noqa: E402
-from fusion.simulate import SimulationConfig, simulate_posteriors  # noqa: E402
+from fusion.cli import main as cli  # noqa: E402
+from fusion.core.simulate import SimulationConfig, simulate_posteriors  # noqa: E402
+from fusion.decoder.options import SearchOptions  # noqa: E402
+from fusion.decoder.scorers import HotwordScorer, LMScorer, WordBonus  # noqa: E402
+from fusion.decoder.search import BeamSearchDecoder  # noqa: E402
+from fusion.run.batch import BatchOptions, decode_batch  # noqa: E402
+from fusion.run.distributed import RayBackend, decode_ray, map_ray, ray_session  # noqa: E402
+from fusion.run.parallel import decode_parallel  # noqa: E402
 from lm.ngram import KenLM, build_arpa  # noqa: E402
 
 pytestmark = pytest.mark.ray

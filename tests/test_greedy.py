@@ -3,11 +3,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion.greedy import best_path, greedy_decode
-from fusion.posteriors import Posteriors
-from fusion.simulate import SimulationConfig, simulate_posteriors
-
 from conftest import peaky
+from fusion.core.posteriors import Posteriors
+from fusion.core.simulate import SimulationConfig, simulate_posteriors
+from fusion.decoder.greedy import best_path, greedy_decode
 
 
 def test_repeats_blanks_and_word_boundary(table):
@@ -96,7 +95,7 @@ def _span_confidences_quadratic(spans, log_probs):
 def test_span_confidences_per_column_sums_equal_the_quadratic_formula(frames, vocab, seed, dtype, data):
     """One running sum per distinct unit gives, to the bit, what one per emitted unit gave
     (spans in order or not, overlapping, repeated units)."""
-    from fusion.types import TokenSpan, span_confidences
+    from fusion.core.types import TokenSpan, span_confidences
 
     rng = np.random.default_rng(seed)
     lp = np.log(rng.dirichlet(np.full(vocab, 0.3), size=frames)).astype(dtype)
@@ -113,7 +112,7 @@ def test_confidences_of_a_long_utterance_take_frames_by_vocabulary_memory(table)
     (about 26 MB), where one column per unit needed 22 GB."""
     import tracemalloc
 
-    from fusion.types import TokenSpan, span_confidences
+    from fusion.core.types import TokenSpan, span_confidences
 
     frames = 90_000
     rng = np.random.default_rng(0)

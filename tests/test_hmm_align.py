@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusion.simulate import SimulationConfig, simulate_posteriors
-from fusion.types import TokenSpan, WordSpan
+from fusion.core.simulate import SimulationConfig, simulate_posteriors
+from fusion.core.types import TokenSpan, WordSpan
 from hmm.align import AlignerConfig, Alignment, align
 from hmm.emissions import ScaledLikelihoods, estimate_priors
 from hmm.model import DurationConfig, TiedDurationHMM

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusion.posteriors import Posteriors
-from fusion.simulate import SimulationConfig, simulate_posteriors
-from fusion.tokens import TokenTable
+from fusion.core.posteriors import Posteriors
+from fusion.core.simulate import SimulationConfig, simulate_posteriors
+from fusion.core.tokens import TokenTable
 from hmm.emissions import EmissionError, ScaledLikelihoods, TokenPriors, estimate_priors
 from hmm.model import AlignmentHMM, DurationConfig, TiedDurationHMM, frames
 from hmm.topology import AlignmentError, TopologyConfig, build_graph, transcript_ids

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusion.types import WordSpan
+from fusion.core.types import WordSpan
 from hmm.timing import BoundaryCalibration, CalibrationError, contexts
 
 FS = 0.04

@@ -1,5 +1,5 @@
 """The distribution: its import packages and console script, the compiled parts with KenLM
-inside, a light ``import fusion.decoder``, and requirements split by job (setup.cfg).
+inside, a light ``import fusion.decoder.search``, and requirements split by job (setup.cfg).
 
 These run in both test worlds of ``make test``: the full venv and the core-only one
 (NumPy 2, no torch); the fresh-venv install itself is timed by benchmarks/bench_install.py.
@@ -13,11 +13,11 @@ import sys
 from importlib.metadata import distribution, packages_distributions
 from pathlib import Path
 
-from conftest import ambiguous
 from test_ctcsearch import BIASED_ARPA  # with a bigram: KenLM loads no unigram-only model
 
-from fusion.decoder import BeamSearchDecoder
-from fusion.scorers import LMScorer
+from conftest import ambiguous
+from fusion.decoder.scorers import LMScorer
+from fusion.decoder.search import BeamSearchDecoder
 from lm.ngram import KenLM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_packages_come_from_the_installed_distribution():
 
 def test_console_script_is_declared_and_runs():
     scripts = [ep for ep in distribution("asrfuse").entry_points if ep.group == "console_scripts"]
-    assert [(ep.name, ep.value) for ep in scripts] == [("fusion", "fusion.cli:main")]
+    assert [(ep.name, ep.value) for ep in scripts] == [("fusion", "fusion.cli.main:main")]
     out = subprocess.run([sys.executable, "-m", "fusion.cli", "--help"],
                          capture_output=True, text=True, check=True)
     for command in ("decode", "score", "demo"):
@@ -72,7 +72,7 @@ def test_the_core_requires_nothing_heavy_and_numpy_without_a_cap():
 
 
 def test_import_fusion_decoder_loads_no_heavy_module():
-    code = ("import sys, fusion.decoder; "
+    code = ("import sys, fusion.decoder.search; "
             f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=ROOT)
@@ -80,7 +80,7 @@ def test_import_fusion_decoder_loads_no_heavy_module():
 
 
 def test_kenlm_is_compiled_in_and_the_decoder_runs_the_compiled_search(table, tmp_path):
-    from fusion import _ctcsearch  # noqa: F401  (an ImportError here names what is missing)
+    from fusion.decoder import _ctcsearch  # noqa: F401  (an ImportError here names what is missing)
     from lm import _kenlm
 
     path = tmp_path / "b.arpa"
@@ -101,8 +101,8 @@ def test_kenlm_reads_a_gzipped_arpa(tmp_path):
 
 def test_the_sdist_carries_the_sources_and_kenlm_licence():
     manifest = (ROOT / "MANIFEST.in").read_text()
-    assert "graft fusion/csrc" in manifest
-    kenlm = ROOT / "fusion" / "csrc" / "kenlm"
+    assert "graft fusion/decoder/csrc" in manifest
+    kenlm = ROOT / "fusion" / "decoder" / "csrc" / "kenlm"
     for name in ("LICENSE", "COPYING", "COPYING.LESSER.3", "util/double-conversion/LICENSE",
                  "lm/model.cc", "python/kenlm.pyx"):
         assert (kenlm / name).is_file(), name

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion.cli import main
+from fusion.cli.main import main
 from lm.arpa import ArpaLM, read_arpa
 from lm.base import LMError
 from lm.interpolate import check_weights, fit_weights, mix_arpa

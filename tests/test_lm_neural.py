@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from fusion.cli.nlm import add_parsers
 from lm.base import LMError, perplexity
 from lm.neural import DEFAULT_MODEL_DIR, NeuralLM, _PrefixCache, load_checkpoint
-from lm.neural_cli import add_parsers
 from lm.neural_train import TrainConfig, evaluate_text, export_neural_lm, load_train_config, train_neural_lm
 
 SUBJ = ["the cat", "a dog", "my friend", "the old man", "she", "they", "nobody"]

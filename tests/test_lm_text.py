@@ -2,7 +2,7 @@
 
 import json
 
-from fusion.cli import main
+from fusion.cli.main import main
 from fusion.corpus.build import sentence_split
 from fusion.corpus.lmtext import build_lm_text
 from fusion.corpus.sources import cache_path
@@ -51,5 +51,5 @@ def test_cli_build_and_perplexity(tmp_path, capsys):
         result = json.loads(out_text[out_text.index("{"):])
         assert result["sentences"] == 2 and result["perplexity"] > 1
         # word: "zebra" is unknown; char: "z" and "r" are (and "|" + </s> count as units)
-        assert result["oov"] == (1 if level == "word" else 2)
+        assert result["oov_words"] == (1 if level == "word" else 2)
         assert result["units"] == (6 + 6 if level == "word" else 20 + 22)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion.manifest import ManifestError, Utterance, atomic_write, read_manifest, write_manifest
+from fusion.core.manifest import ManifestError, Utterance, atomic_write, read_manifest, write_manifest
 
 
 def _write(path: Path, lines: list) -> Path:

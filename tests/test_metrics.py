@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion.metrics import ErrorCounts, WordErrors, compare, score_corpus, score_utterance, word_errors
+from fusion.core.metrics import ErrorCounts, WordErrors, compare, score_corpus, score_utterance, word_errors
 
 
 def test_hand_computed_word_and_char_errors():

@@ -40,19 +40,19 @@ def test_the_names_a_newcomer_needs_are_there():
 def test_unknown_names_and_submodules():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         fusion.nope  # noqa: B018
-    from fusion import batch  # a submodule is still imported, not mistaken for a name
+    from fusion import run  # a subpackage is still imported, not mistaken for a name
 
-    assert batch.__name__ == "fusion.batch"
+    assert run.__name__ == "fusion.run"
 
 
 def test_import_fusion_is_light():
     """No torch, numpy or search module until a name is used; a lowest-layer name loads
     no torch either."""
     loaded = _run("import sys, fusion; print('torch' in sys.modules, 'numpy' in sys.modules, "
-                  "'fusion.decoder' in sys.modules, 'fusion._ctcsearch' in sys.modules)")
+                  "'fusion.decoder.search' in sys.modules, 'fusion.decoder._ctcsearch' in sys.modules)")
     assert loaded == ["False", "False", "False", "False"]
     loaded = _run("import sys, fusion; fusion.PosteriorsReader, fusion.TokenTable; "
-                  "print('torch' in sys.modules, 'fusion.decoder' in sys.modules)")
+                  "print('torch' in sys.modules, 'fusion.decoder.search' in sys.modules)")
     assert loaded == ["False", "False"]
 
 

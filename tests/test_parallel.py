@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from fusion.decoder import BeamSearchDecoder
-from fusion.options import SearchOptions
-from fusion.parallel import decode_parallel
-from fusion.scorers import HotwordScorer, LMScorer, WordBonus
-from fusion.simulate import SimulationConfig, simulate_posteriors
+from fusion.core.simulate import SimulationConfig, simulate_posteriors
+from fusion.decoder.options import SearchOptions
+from fusion.decoder.scorers import HotwordScorer, LMScorer, WordBonus
+from fusion.decoder.search import BeamSearchDecoder
+from fusion.run.parallel import LocalBackend, decode_parallel
 from lm.ngram import KenLM, build_arpa
 
 
@@ -29,3 +29,21 @@ def test_workers_give_the_serial_results_in_order(table, tmp_path):
         list(decode_parallel(decoder, posteriors, workers=0))
     with pytest.raises(ValueError, match="chunk"):
         list(decode_parallel(decoder, posteriors, workers=2, chunk=0))
+
+
+def _scaled(state: dict, item: int) -> int:
+    if item < 0:
+        raise ValueError(f"negative item {item}")
+    return state["factor"] * item
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_pool_holds_its_state_for_many_rounds_and_raises_the_first_failure(workers):
+    """Backend.pool: each worker gets the state once; map keeps the input order."""
+    with LocalBackend(workers=workers).pool({"factor": 3}) as pool:
+        assert pool.size == workers
+        assert pool.map(_scaled, range(7)) == [3 * x for x in range(7)]
+        assert pool.map(_scaled, [5]) == [15]  # a second round on the same workers
+        with pytest.raises(ValueError, match="negative item -1"):
+            pool.map(_scaled, [1, -1, 2])
+        assert pool.map(_scaled, []) == []

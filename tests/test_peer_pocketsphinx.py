@@ -17,13 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import REAL_SPEECH
-from fusion.manifest import read_manifest
-from fusion.metrics import score_corpus
+from fusion.core.manifest import read_manifest
+from fusion.core.metrics import score_corpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import peer_pocketsphinx as ps  # noqa: E402
-
 
 # --- output parser -------------------------------------------------------------------
 

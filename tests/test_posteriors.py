@@ -3,11 +3,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from fusion.npzindex import content_fingerprint
-from fusion.posteriors import (
-    Posteriors, PosteriorsError, PosteriorsReader, PosteriorsWriter, read_located, to_log_probs,
-)
-from fusion.tokens import character_table
+from fusion.core.npzindex import content_fingerprint
+from fusion.core.posteriors import (Posteriors, PosteriorsError, PosteriorsReader, PosteriorsWriter,
+                                    read_located, to_log_probs)
+from fusion.core.tokens import character_table
 
 
 def _random_log_probs(rng, frames=7, vocab=29):

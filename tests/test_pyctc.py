@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from pyctcdecode import Alphabet, BeamSearchDecoderCTC, LanguageModel
 
-from fusion.decoder import BeamSearchDecoder
-from fusion.options import SearchOptions
-from fusion.pyctc import FusionLanguageModel, PyctcdecodeBackend, pyctcdecode_labels
-from fusion.scorers import HotwordScorer, LMScorer, WordBonus
-from fusion.simulate import SimulationConfig, simulate_posteriors
+from fusion.core.simulate import SimulationConfig, simulate_posteriors
+from fusion.decoder.options import SearchOptions
+from fusion.decoder.pyctc import FusionLanguageModel, PyctcdecodeBackend, pyctcdecode_labels
+from fusion.decoder.scorers import HotwordScorer, LMScorer, WordBonus
+from fusion.decoder.search import BeamSearchDecoder
 from lm.ngram import KenLM, build_arpa, read_unigrams
 
 VOCAB = "the a cat dog sat ran on under mat big small and saw it".split()

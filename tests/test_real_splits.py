@@ -14,21 +14,10 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from real_splits import (  # noqa: E402
-    ADULT_AGE,
-    SOURCES,
-    SPLITS,
-    SplitError,
-    alternate_speakers,
-    main,
-    make_splits,
-    real_speech_ids,
-    text_file_overlap,
-    text_overlap,
-    write_splits,
-)
+from real_splits import (ADULT_AGE, SOURCES, SPLITS, SplitError, alternate_speakers, main,  # noqa: E402
+                         make_splits, real_speech_ids, text_file_overlap, text_overlap, write_splits)
 
-from fusion.manifest import Utterance, read_manifest, write_manifest  # noqa: E402
+from fusion.core.manifest import Utterance, read_manifest, write_manifest  # noqa: E402
 
 # dev-clean-2's 26 speakers, as on disk
 DEV_CLEAN_2 = ["84", "174", "251", "777", "1272", "1462", "1988", "1993", "2035", "2412", "2428",

@@ -22,17 +22,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import fusion.manifest
-from fusion.batch import BatchError, BatchOptions, decode_batch
-from fusion.greedy import GreedyDecoder
-from fusion.npzindex import content_fingerprint
-from fusion.cli import main
-from fusion.pipeline import read_hotwords
-from fusion.manifest import (EXIT_BAD_INPUT, EXIT_FAILURES, EXIT_OK, EXIT_OUTPUT, OutputConflict,
-                             OutputError, atomic_write, check_outputs, write_failures)
-from fusion.posteriors import Posteriors, PosteriorsWriter
-from fusion.scorers import HotwordScorer, spelling_overlap
-from fusion.simulate import simulate_posteriors
+import fusion.core.manifest
+from fusion.cli.main import main
+from fusion.core.manifest import (EXIT_BAD_INPUT, EXIT_FAILURES, EXIT_OK, EXIT_OUTPUT, OutputConflict,
+                                  OutputError, atomic_write, check_outputs, write_failures)
+from fusion.core.npzindex import content_fingerprint
+from fusion.core.posteriors import Posteriors, PosteriorsWriter
+from fusion.core.simulate import simulate_posteriors
+from fusion.decoder.greedy import GreedyDecoder
+from fusion.decoder.scorers import HotwordScorer, spelling_overlap
+from fusion.pipeline.build import read_hotwords
+from fusion.run.batch import BatchError, BatchOptions, decode_batch
 from lm.base import LMError
 from lm.ngram import read_unigrams
 
@@ -226,11 +226,11 @@ def test_disk_full_while_writing_is_one_line_with_its_own_status(post, tmp_path,
     if where == "rename":
         def replace(src, dst):
             raise full
-        monkeypatch.setattr(fusion.manifest.os, "replace", replace)
+        monkeypatch.setattr(fusion.core.manifest.os, "replace", replace)
     else:
         def fsync(fd):
             raise full
-        monkeypatch.setattr(fusion.manifest.os, "fsync", fsync)
+        monkeypatch.setattr(fusion.core.manifest.os, "fsync", fsync)
     assert main(["decode", str(post), "-o", str(hyps)]) == EXIT_OUTPUT
     one_error_line(capsys.readouterr().err, str(hyps), "no space left on the device")
     assert list(tmp_path.iterdir()) == [post]  # no partial output, no temporary file
@@ -248,7 +248,7 @@ def test_an_errors_file_that_cannot_be_written_goes_to_stderr(tmp_path, table, c
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(src, dst)
 
-    monkeypatch.setattr(fusion.manifest.os, "replace", replace)
+    monkeypatch.setattr(fusion.core.manifest.os, "replace", replace)
     assert main(["decode", str(tmp_path / "bad.npz"), "-o", str(tmp_path / "h.jsonl")]) == EXIT_OUTPUT
     err = capsys.readouterr().err.splitlines()
     at = next(i for i, line in enumerate(err) if "cannot write" in line)
@@ -272,7 +272,7 @@ def test_write_failures_statuses(tmp_path, capsys):
 # -- 4. workers exit when the parent is killed ---------------------------------------------
 WORKERS = textwrap.dedent("""
     import os, sys, time
-    from fusion.parallel import decode_parallel
+    from fusion.run.parallel import decode_parallel
 
     class Sleeper:
         def __init__(self, folder):
@@ -292,24 +292,30 @@ WORKERS = textwrap.dedent("""
 TUNE_WORKERS = textwrap.dedent("""
     import multiprocessing, os, sys, time
     import numpy as np
-    from fusion.posteriors import Posteriors
-    from fusion.tokens import character_table
-    from fusion.tune import FirstPassObjective
+    from fusion.core.posteriors import Posteriors
+    from fusion.core.tokens import character_table
+    from fusion.rescoring.tune import FirstPassObjective
 
-    class SlowDevSet(list):
-        \"\"\"The dev set; a pool worker taking it in (its initializer) stays there.\"\"\"
+    from fusion.run.parallel import LocalBackend
 
-        def __iter__(self):
-            if multiprocessing.parent_process() is not None:
-                open(os.path.join(sys.argv[1], f"worker-{os.getpid()}"), "w").close()
-                time.sleep(120)
-            return super().__iter__()
+    class SlowToLoad:
+        \"\"\"A scorer that a pool worker loading it (its initializer) never finishes loading.\"\"\"
+
+        def __reduce__(self):
+            return _load, ()
+
+    def _load():
+        if multiprocessing.parent_process() is not None:
+            open(os.path.join(sys.argv[1], f"worker-{os.getpid()}"), "w").close()
+            time.sleep(120)
+        return SlowToLoad()
 
     if __name__ == "__main__":
         table = character_table()
         row = np.full((2, len(table)), -np.log(len(table)), np.float32)
-        dev = SlowDevSet(Posteriors(f"u{i}", row, 0.04) for i in range(2))
-        with FirstPassObjective(table, [], dev, {"u0": "", "u1": ""}, workers=2) as objective:
+        dev = [Posteriors(f"u{i}", row, 0.04) for i in range(2)]
+        with FirstPassObjective(table, [SlowToLoad()], dev, {"u0": "", "u1": ""},
+                                backend=LocalBackend(workers=2)) as objective:
             objective.decode({})
 """)
 
@@ -338,7 +344,7 @@ def _running(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("pool", ["decode", "tune"])
 def test_workers_and_the_resource_tracker_exit_when_the_parent_is_killed(tmp_path, pool):
-    """Decoding workers (fusion.parallel) and tuning's first-pass pool (fusion.tune)."""
+    """Decoding workers (fusion.run.parallel) and tuning's first-pass pool (fusion.rescoring.tune)."""
     script = tmp_path / "workers.py"
     script.write_text({"decode": WORKERS, "tune": TUNE_WORKERS}[pool])
     parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=REPO,
@@ -391,7 +397,7 @@ def test_an_lm_the_token_table_cannot_spell_is_warned_about(post, tmp_path, tabl
     upper, lower = tmp_path / "upper.arpa", tmp_path / "lower.arpa"
     upper.write_text(ARPA.format("HELLO", "WORLD", "CAT"))
     lower.write_text(ARPA.format("hello", "world", "cat"))
-    with caplog.at_level(logging.WARNING, logger="fusion.scorers"):
+    with caplog.at_level(logging.WARNING, logger="fusion.decoder.scorers"):
         assert main(["decode", str(post), "-o", str(tmp_path / "h.jsonl"), "--decoder", "beam",
                      "--lm", str(lower)]) == EXIT_OK
         assert caplog.records == []
@@ -437,8 +443,8 @@ def test_outputs_honour_the_umask(tmp_path, umask):
 
 ATOMIC = textwrap.dedent("""
     import os, signal, sys, time
-    from fusion.cli import terminate_on_sigterm
-    from fusion.manifest import atomic_write
+    from fusion.cli.main import terminate_on_sigterm
+    from fusion.core.manifest import atomic_write
 
     terminate_on_sigterm()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when

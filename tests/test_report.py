@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fusion.cli import main
-from fusion.report import ReportError, Trial, best_so_far, pareto_front, read_trials, write_report
+from fusion.cli.main import main
+from fusion.rescoring.report import ReportError, Trial, best_so_far, pareto_front, read_trials, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -7,24 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion.decoder import BeamSearchDecoder
-from fusion.options import SearchOptions
-from fusion.posteriors import Posteriors
-from fusion.rescore import (
-    LengthScorer,
-    LMRescorer,
-    NbestTable,
-    RescoringDecoder,
-    add_scores,
-    rerank,
-)
-from fusion.scorers import LMScorer, WordBonus
-from fusion.simulate import SimulationConfig, simulate_posteriors
-from fusion.types import DecodeResult, Hypothesis
+from conftest import ambiguous
+from fusion.core.posteriors import Posteriors
+from fusion.core.simulate import SimulationConfig, simulate_posteriors
+from fusion.core.types import DecodeResult, Hypothesis
+from fusion.decoder.options import SearchOptions
+from fusion.decoder.scorers import LMScorer, WordBonus
+from fusion.decoder.search import BeamSearchDecoder
+from fusion.rescoring.rescore import (LengthScorer, LMRescorer, NbestTable, RescoringDecoder, add_scores,
+                                      rerank)
 from hmm.model import TiedDurationHMM
 from hmm.scorer import AlignmentScorer
-
-from conftest import ambiguous
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fusion.decoder import BeamSearchDecoder
-from fusion.options import SearchOptions, lexicon_pruning
-from fusion.greedy import greedy_decode
-from fusion.posteriors import Posteriors
-from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
-from fusion.simulate import SimulationConfig, simulate_posteriors
-from fusion.tokens import character_table
-from fusion.types import PartialResult
-from lm.ngram import KenLM, build_arpa
-
 from conftest import peaky
+from fusion.core.posteriors import Posteriors
+from fusion.core.simulate import SimulationConfig, simulate_posteriors
+from fusion.core.tokens import character_table
+from fusion.core.types import PartialResult
+from fusion.decoder.greedy import greedy_decode
+from fusion.decoder.options import SearchOptions, lexicon_pruning
+from fusion.decoder.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
+from fusion.decoder.search import BeamSearchDecoder
+from lm.ngram import KenLM, build_arpa
 from search_oracle import SEARCHES, PythonSearchDecoder
 
 TRIGRAM = Path(__file__).resolve().parents[1] / "lm" / "models" / "word-3gram"

@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fusion.text import normalize_text
+from fusion.core.text import normalize_text
 
 
 def test_examples():

@@ -1,6 +1,6 @@
 import pytest
 
-from fusion.tokens import TokenTable, TokenTableError, character_table
+from fusion.core.tokens import TokenTable, TokenTableError, character_table
 
 
 def test_character_table_spells_and_reads_text(table):

@@ -11,18 +11,12 @@ import soundfile as sf
 
 from conftest import REAL_SPEECH
 from fusion.am.features import load_audio
-from fusion.cli import main
-from fusion.transcribe import (
-    Recording,
-    Transcriber,
-    audio_blocks,
-    collect_inputs,
-    partial_lag,
-    readable_cues,
-)
-from fusion.formats import vtt_text
-from fusion.types import WordSpan
-from fusion.vad import SegmenterConfig
+from fusion.am.vad import SegmenterConfig
+from fusion.cli.main import main
+from fusion.core.formats import vtt_text
+from fusion.core.types import WordSpan
+from fusion.pipeline.transcribe import (Recording, Transcriber, audio_blocks, collect_inputs, partial_lag,
+                                        readable_cues)
 
 AUDIO = REAL_SPEECH / "audio"
 SHORT = AUDIO / "ljspeech-LJ002-0020.wav"  # "in eighteen thirteen", 1.5 s
@@ -61,7 +55,7 @@ def test_blocks_equal_resampling_and_downmixing_the_whole_file(tmp_path, rate, c
 
 
 def test_unreadable_and_empty_audio_are_named(tmp_path):
-    from fusion.transcribe import TranscriptionError
+    from fusion.pipeline.transcribe import TranscriptionError
 
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF not really a wave file")
@@ -126,7 +120,7 @@ def test_batched_segments_equal_segments_one_at_a_time(tmp_path, transcriber, mo
     audio = write(tmp_path / "three.wav", np.concatenate(
         [speech(SHORT), gap, speech(LONG), gap, speech(OTHER), gap, speech(SHORT)]))
     batched, _ = transcriber.transcribe(audio)
-    monkeypatch.setattr("fusion.transcribe.BATCH_SECONDS", 1e-3)  # every segment alone
+    monkeypatch.setattr("fusion.pipeline.transcribe.BATCH_SECONDS", 1e-3)  # every segment alone
     alone, _ = transcriber.transcribe(audio)
     assert len(batched) == len(alone) >= 4
     for a, b in zip(batched, alone):
@@ -236,7 +230,7 @@ def test_partial_lag_counts_from_each_word_end_to_its_stable_appearance():
 
 
 def test_recording_ids_are_unique_per_part_file():
-    from fusion.transcribe import _part_path
+    from fusion.cli.transcribe import _part_path
 
     a, b = Recording("x/y", Path("/a")), Recording("x_y", Path("/b"))
     assert _part_path(Path("p"), a) != _part_path(Path("p"), b)
@@ -244,7 +238,7 @@ def test_recording_ids_are_unique_per_part_file():
 
 @needs_audio
 def test_streaming_with_unlimited_context_gives_the_offline_transcript(tmp_path, transcriber):
-    from fusion.transcribe import StreamOptions
+    from fusion.pipeline.transcribe import StreamOptions
 
     audio = write(tmp_path / "a.wav", speech(LONG)[: 4 * RATE])
     offline, _ = transcriber.transcribe(audio)

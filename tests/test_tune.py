@@ -6,13 +6,14 @@ import tomllib
 import numpy as np
 import pytest
 
-from fusion.cli import main
-from fusion.config import DecodeConfig
-from fusion.metrics import score_corpus
-from fusion.posteriors import PosteriorsWriter
-from fusion.scorers import LMScorer, WordBonus
-from fusion.simulate import SimulationConfig, simulate_posteriors
-from fusion.tune import FirstPassObjective, Param, TrialLog, grid_points, run_study
+from fusion.cli.main import main
+from fusion.core.metrics import score_corpus
+from fusion.core.posteriors import PosteriorsWriter
+from fusion.core.simulate import SimulationConfig, simulate_posteriors
+from fusion.decoder.scorers import LMScorer, WordBonus
+from fusion.pipeline.config import DecodeConfig
+from fusion.rescoring.tune import FirstPassObjective, Param, TrialLog, grid_points, run_study
+from fusion.run.parallel import LocalBackend
 from lm.arpa import ArpaLM
 
 ARPA = """\\data\\
@@ -140,21 +141,21 @@ def dev(tmp_path_factory, table):
 
 
 def test_first_pass_objective_in_process_equals_pool(dev, table):
-    from fusion.posteriors import PosteriorsReader
+    from fusion.core.posteriors import PosteriorsReader
 
     with PosteriorsReader(dev / "dev.npz") as r:
         posts = [r[u] for u in r.ids]
     refs = {json.loads(x)["id"]: json.loads(x)["text"] for x in (dev / "dev.jsonl").read_text().splitlines()}
     scorers = [LMScorer(ArpaLM(dev / "lm.arpa")), WordBonus()]
     params = [{"lm": 0.0, "word_bonus": 0.0}, {"lm": 1.0, "word_bonus": 1.0, "beam_size": 4}]
-    with FirstPassObjective(table, scorers, posts, refs, workers=1) as local:
+    with FirstPassObjective(table, scorers, posts, refs) as local:
         a = local(params)
-    with FirstPassObjective(table, scorers, posts, refs, workers=2) as pool:
+    with FirstPassObjective(table, scorers, posts, refs, backend=LocalBackend(workers=2)) as pool:
         b = pool(params)
     assert [(x["wer"], x["cer"]) for x in a] == [(x["wer"], x["cer"]) for x in b]
     assert all(x["state"] == "complete" and x["audio_seconds"] > 0 for x in a)
     # a subset of the dev set is scored against its own references only
-    with FirstPassObjective(table, scorers, posts[:2], refs, workers=1) as subset:
+    with FirstPassObjective(table, scorers, posts[:2], refs) as subset:
         (part,) = subset(params[1:])
         hyps, _ = subset.decode(params[1])
     expected = score_corpus({u: refs[u] for u in hyps}, hyps)
@@ -204,17 +205,18 @@ def test_fusion_tune_end_to_end(dev, tmp_path, capsys):
 @pytest.mark.ray
 def test_first_pass_objective_on_ray_equals_local(dev, table):
     pytest.importorskip("ray")
-    from fusion.posteriors import PosteriorsReader
+    from fusion.core.posteriors import PosteriorsReader
+    from fusion.run.distributed import RayBackend
 
     with PosteriorsReader(dev / "dev.npz") as r:
         posts = [r[u] for u in r.ids]
     refs = {json.loads(x)["id"]: json.loads(x)["text"] for x in (dev / "dev.jsonl").read_text().splitlines()}
     scorers = [LMScorer(ArpaLM(dev / "lm.arpa")), WordBonus()]
     params = [{"lm": 0.5, "word_bonus": 1.0}, {"lm": 1.0, "word_bonus": 0.0}]
-    with FirstPassObjective(table, scorers, posts, refs, workers=1) as local:
+    with FirstPassObjective(table, scorers, posts, refs) as local:
         a = local(params)
-    with FirstPassObjective(table, scorers, posts, refs, workers=2, backend="ray",
-                            ray_address="local") as on_ray:
+    with FirstPassObjective(table, scorers, posts, refs,
+                            backend=RayBackend(address="local", num_cpus=2)) as on_ray:
         b = on_ray(params)
         c = on_ray(params)  # the second trial reuses the shared objects
     assert [(x["wer"], x["cer"]) for x in a] == [(x["wer"], x["cer"]) for x in b] == \

@@ -8,9 +8,8 @@ import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion.vad import VAD_RATE, WINDOW, Segmenter, SegmenterConfig
-
 from conftest import REAL_SPEECH
+from fusion.am.vad import VAD_RATE, WINDOW, Segmenter, SegmenterConfig
 
 W = WINDOW / VAD_RATE  # seconds per probability
 
@@ -98,7 +97,7 @@ def test_bad_settings_are_refused(bad):
 
 @pytest.mark.skipif(not (REAL_SPEECH / "audio").is_dir(), reason="real-speech set not present")
 def test_silero_finds_real_speech_between_silences_and_not_in_them():
-    from fusion.vad import SileroVAD
+    from fusion.am.vad import SileroVAD
 
     speech, rate = sf.read(REAL_SPEECH / "audio" / "ljspeech-LJ001-0001.wav", dtype="float32")
     assert rate == VAD_RATE

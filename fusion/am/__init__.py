@@ -9,7 +9,7 @@ Modules:
 * :mod:`fusion.am.trainer` -- the shared, exactly resumable training loop.
 * :mod:`fusion.am.train` -- CTC training; :mod:`fusion.am.pretrain` -- BEST-RQ pretraining.
 * :mod:`fusion.am.infer` -- posteriors for a manifest from any model (adapters).
-* :mod:`fusion.am.cli` -- ``fusion train | pretrain | posteriors``.
+* :mod:`fusion.cli.am` -- ``fusion train | pretrain | posteriors``.
 """
 
 from fusion.am.features import AudioError, UtteranceError, load_audio

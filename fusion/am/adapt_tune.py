@@ -38,8 +38,8 @@ from fusion.am.adapt import AdaptConfig, TestTimeAdapter
 from fusion.am.features import SAMPLE_RATE, AudioError, LogMel, load_audio
 from fusion.am.infer import min_samples
 from fusion.am.model import CTCModel
-from fusion.manifest import Utterance, atomic_write
-from fusion.posteriors import Posteriors
+from fusion.core.manifest import Utterance, atomic_write
+from fusion.core.posteriors import Posteriors
 
 __all__ = [
     "SETTINGS_VERSION",
@@ -151,8 +151,8 @@ def score_steps(model: CTCModel, utterances: Sequence[Utterance], config: AdaptC
                 progress: bool = True, desc: str = "adapt") -> StepScores:
     """Greedy scores of ``utterances`` after each step count ``0..config.steps``
     (:func:`adapt_each_step`); the utterances whose audio cannot be read are left out."""
-    from fusion.greedy import greedy_decode
-    from fusion.metrics import score_corpus
+    from fusion.core.metrics import score_corpus
+    from fusion.decoder.greedy import greedy_decode
 
     passes = adapt_each_step(model, utterances, config, progress=progress, desc=desc)
     if not passes.by_step[0]:

@@ -22,16 +22,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fusion.am.features import (
-    CMVN,
-    AudioError,
-    CMVNAccumulator,
-    LogMel,
-    load_audio,
-    spectral_shape,
-)
-from fusion.manifest import ManifestError, Utterance, atomic_write, read_manifest
-from fusion.tokens import TokenTable, TokenTableError
+from fusion.am.features import CMVN, AudioError, CMVNAccumulator, LogMel, load_audio, spectral_shape
+from fusion.core.manifest import ManifestError, Utterance, atomic_write, read_manifest
+from fusion.core.tokens import TokenTable, TokenTableError
 
 __all__ = ["Batch", "FeatureSet", "collate", "make_batches", "offsets_of"]
 

@@ -16,7 +16,7 @@ adapter over utterances in duration-sorted batches; audio longer than
 stride (a frame, or an encoder frame for an upsampling head), and the chunks' outputs
 are stitched at the middle of each overlap, so an hour-long file needs memory for one
 chunk batch only and gets the frame count it would get whole. Each utterance yields a
-:class:`fusion.posteriors.Posteriors` or an :class:`UtteranceError` (unreadable, corrupt
+:class:`fusion.core.posteriors.Posteriors` or an :class:`UtteranceError` (unreadable, corrupt
 or empty audio, a model failure): one bad file never stops the rest. Other sample rates
 are resampled, multi-channel audio is averaged, clips shorter than the adapter's minimum
 are zero-padded to it.
@@ -38,18 +38,11 @@ from torch import nn
 from tqdm import tqdm
 
 from fusion.am.adapt import AdaptConfig, TestTimeAdapter
-from fusion.am.features import (
-    HOP_LENGTH,
-    SAMPLE_RATE,
-    AudioError,
-    LogMel,
-    UtteranceError,
-    load_audio,
-)
+from fusion.am.features import HOP_LENGTH, SAMPLE_RATE, AudioError, LogMel, UtteranceError, load_audio
 from fusion.am.model import CTCModel, min_input_frames
-from fusion.manifest import Utterance
-from fusion.posteriors import Posteriors, PosteriorsError, PosteriorsWriter
-from fusion.tokens import TokenTable
+from fusion.core.manifest import Utterance
+from fusion.core.posteriors import Posteriors, PosteriorsError, PosteriorsWriter
+from fusion.core.tokens import TokenTable
 
 __all__ = [
     "Adapter",

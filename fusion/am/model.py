@@ -52,18 +52,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion.am.features import (
-    CMVN,
-    HOP_LENGTH,
-    N_MELS,
-    SAMPLE_RATE,
-    SpecAugment,
-    lengths_to_mask,
-    spectral_shape,
-)
+from fusion.am.features import (CMVN, HOP_LENGTH, N_MELS, SAMPLE_RATE, SpecAugment, lengths_to_mask,
+                                spectral_shape)
 from fusion.am.subword import SentencePieceUnits
-from fusion.manifest import atomic_write
-from fusion.tokens import TokenTable, character_table
+from fusion.core.manifest import atomic_write
+from fusion.core.tokens import TokenTable, character_table
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -20,7 +20,7 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 
-from fusion.tokens import TokenTable, TokenTableError
+from fusion.core.tokens import TokenTable, TokenTableError
 
 __all__ = ["BLANK", "SentencePieceUnits", "train_sentencepiece"]
 

@@ -31,18 +31,12 @@ import torch.nn.functional as F
 from fusion.am.config import TokensConfig, TrainConfig
 from fusion.am.data import FeatureSet, collate, load_feature_sets, make_batches
 from fusion.am.features import CMVN, SpecAugment
-from fusion.am.model import (
-    CheckpointError,
-    CTCModel,
-    ModelConfig,
-    load_checkpoint,
-    model_checkpoint,
-    save_checkpoint,
-)
+from fusion.am.model import (CheckpointError, CTCModel, ModelConfig, load_checkpoint, model_checkpoint,
+                             save_checkpoint)
 from fusion.am.subword import SentencePieceUnits, train_sentencepiece
 from fusion.am.trainer import Trainer, TrainerState, seed_everything
-from fusion.greedy import best_path
-from fusion.tokens import TokenTable, character_table
+from fusion.core.tokens import TokenTable, character_table
+from fusion.decoder.greedy import best_path
 
 __all__ = ["CTCTask", "ctc_feasible", "greedy_texts", "load_pretrained_encoder", "train_ctc"]
 

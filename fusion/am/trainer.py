@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from fusion.am.config import ConfigError, OptimConfig, RunConfig, from_dict, to_dict
 from fusion.am.model import CheckpointError, load_checkpoint, save_checkpoint
-from fusion.manifest import atomic_write
+from fusion.core.manifest import atomic_write
 
 __all__ = ["LRSchedule", "Task", "Trainer", "TrainerState", "plot_log", "seed_everything"]
 

@@ -30,7 +30,7 @@ What is pyctcdecode's here, exactly:
   (``SearchOptions.floor_every_label``): a beam cannot wait out speech in blank inside a
   word it can only go on with at that charge. Hotwords add ``hotword_weight`` for each word that
   is one of the hotwords' words (phrases are split into words, as pyctcdecode does).
-  In our scorers' terms (:mod:`fusion.scorers`): ``LMScorer`` weighted ``alpha``,
+  In our scorers' terms (:mod:`fusion.decoder.scorers`): ``LMScorer`` weighted ``alpha``,
   ``WordBonus`` weighted ``beta``, an unknown-word ``LexiconScorer`` (``"oov"``) weighted
   ``-alpha * ln(10) * unk_score_offset``, a ``HotwordScorer`` weighted ``hotword_weight``.
 * **Results**: ``decode_beams`` gives ``(text, lm_state, [(word, (start_frame,
@@ -39,7 +39,7 @@ What is pyctcdecode's here, exactly:
 
 Where ours differs, on purpose:
 
-* The search is ours (:class:`fusion.decoder.BeamSearchDecoder`, in C++): a CTC prefix
+* The search is ours (:class:`fusion.decoder.search.BeamSearchDecoder`, in C++): a CTC prefix
   search that sums every alignment of a prefix, with partial-word LM scoring for pruning
   only; as pyctcdecode's beams are keyed by their last label, a prefix's blank-ending and
   label-ending paths rank as two candidates (``SearchOptions.split_blank_ends``), and an
@@ -75,16 +75,16 @@ from typing import Any, Optional
 
 import numpy as np
 
-from fusion.config import DecodeConfig
-from fusion.decoder import BeamSearchDecoder
-from fusion.options import SearchOptions
-from fusion.defaults import HOTWORDS, LM, OOV
-from fusion.defaults import WORD_BONUS as BONUS
-from fusion.pipeline import build_decoder
-from fusion.posteriors import Posteriors
-from fusion.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
-from fusion.tokens import TokenTable
-from fusion.types import Hypothesis
+from fusion.core.defaults import HOTWORDS, LM, OOV
+from fusion.core.defaults import WORD_BONUS as BONUS
+from fusion.core.posteriors import Posteriors
+from fusion.core.tokens import TokenTable
+from fusion.core.types import Hypothesis
+from fusion.decoder.options import SearchOptions
+from fusion.decoder.scorers import HotwordScorer, LexiconScorer, LMScorer, WordBonus, WordScorer
+from fusion.decoder.search import BeamSearchDecoder
+from fusion.pipeline.build import build_decoder
+from fusion.pipeline.config import DecodeConfig
 from lm.arpa import LN10
 from lm.ngram import KenLM, read_unigrams
 
@@ -275,7 +275,7 @@ def _hotword_words(hotwords: Iterable[str] | None) -> tuple[str, ...]:
 
 # -- the decoder ------------------------------------------------------------------------------
 class BeamSearchDecoderCTC:
-    """pyctcdecode's decoder interface over :class:`fusion.decoder.BeamSearchDecoder`.
+    """pyctcdecode's decoder interface over :class:`fusion.decoder.search.BeamSearchDecoder`.
 
     Build it with :func:`build_ctcdecoder`. It holds no per-utterance state; it pickles as
     its settings (each process rebuilds its search), so any ``multiprocessing`` pool can

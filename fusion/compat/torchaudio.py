@@ -10,7 +10,7 @@ num_tokens)`` float32 CPU emissions (and optional ``lengths``) and returns, per 
 its ``nbest`` :class:`CTCHypothesis` (``tokens``, ``words``, ``score``, ``timesteps``).
 flashlight-text is not needed (its wheels stop at Python 3.12); torch is, for the tensors.
 
-How torchaudio's settings map to our scorers (:mod:`fusion.scorers`), natural log inside:
+How torchaudio's settings map to our scorers (:mod:`fusion.decoder.scorers`), natural log inside:
 
 * ``lm`` (a KenLM file) is a word n-gram: flashlight adds ``lm_weight`` times KenLM's
   log10 score, so our ``LMScorer`` gets ``lm_weight / ln(10)``; ``word_score`` is a
@@ -27,7 +27,7 @@ How torchaudio's settings map to our scorers (:mod:`fusion.scorers`), natural lo
 Differences, on purpose: the search sums every alignment of a prefix (``log_add`` has no
 effect); emissions are log-softmaxed per frame first (a per-frame constant, which changes
 no ranking, so unnormalised scores work too, and the scores are then log-probabilities);
-units below log-probability -12 are not extended (:func:`fusion.options.lexicon_pruning`'s
+units below log-probability -12 are not extended (:func:`fusion.decoder.options.lexicon_pruning`'s
 floor); ``sil_score`` other than 0 and custom ``CTCDecoderLM`` objects are refused; words
 are given without a lexicon too. Online decoding (``decode_begin`` / ``decode_step`` /
 ``decode_end`` / ``get_final_hypothesis``) runs :meth:`BeamSearchDecoder.stream` and ends
@@ -48,14 +48,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from fusion.decoder import BeamSearchDecoder
-from fusion.options import SearchOptions, lexicon_pruning
-from fusion.defaults import LEXICON, LM, OOV
-from fusion.defaults import WORD_BONUS as BONUS
-from fusion.posteriors import Posteriors
-from fusion.scorers import LexiconScorer, LMScorer, WordBonus, WordScorer
-from fusion.tokens import TokenTable
-from fusion.types import Hypothesis
+from fusion.core.defaults import LEXICON, LM, OOV
+from fusion.core.defaults import WORD_BONUS as BONUS
+from fusion.core.posteriors import Posteriors
+from fusion.core.tokens import TokenTable
+from fusion.core.types import Hypothesis
+from fusion.decoder.options import SearchOptions, lexicon_pruning
+from fusion.decoder.scorers import LexiconScorer, LMScorer, WordBonus, WordScorer
+from fusion.decoder.search import BeamSearchDecoder
 from lm.arpa import LN10
 from lm.ngram import KenLM, read_unigrams
 
@@ -126,7 +126,7 @@ def _log_softmax(emission: np.ndarray, utt: str) -> np.ndarray:
 
 
 class CTCDecoder:
-    """torchaudio's ``CTCDecoder`` interface over :class:`fusion.decoder.BeamSearchDecoder`.
+    """torchaudio's ``CTCDecoder`` interface over :class:`fusion.decoder.search.BeamSearchDecoder`.
 
     Build it with :func:`ctc_decoder`. It holds no per-utterance state and pickles.
     """

@@ -4,5 +4,5 @@ Modules: :mod:`~fusion.corpus.sources` (sentences from Debian text packages, lea
 filter), :mod:`~fusion.corpus.voices` (voice catalogue), :mod:`~fusion.corpus.synth`
 (one utterance), :mod:`~fusion.corpus.augment` (torchaudio augmentation),
 :mod:`~fusion.corpus.build` (splits, manifests, parallel resumable build) and
-:mod:`~fusion.corpus.cli` (the ``fusion data`` command).
+:mod:`~fusion.cli.corpus` (the ``fusion data`` command).
 """

@@ -41,29 +41,13 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from fusion.core.manifest import atomic_write, write_jsonl
 from fusion.corpus.augment import AugmentConfig, apply_augmentation, plan_augmentation
-from fusion.corpus.sources import (
-    ALL_SOURCES,
-    SOURCES,
-    LeakageFilter,
-    SentenceFilter,
-    asrfuse_home,
-    corpus_sentences,
-    load_forbidden_sentences,
-)
+from fusion.corpus.sources import (ALL_SOURCES, SOURCES, LeakageFilter, SentenceFilter, asrfuse_home,
+                                   corpus_sentences, load_forbidden_sentences)
 from fusion.corpus.synth import SAMPLE_RATE, SynthesisError, audio_ok, synthesize, write_audio
-from fusion.corpus.voices import (
-    HELDOUT_VOICES,
-    Prosody,
-    Voice,
-    available_voices,
-    catalogue,
-    draw_prosody,
-    is_heldout,
-    select_voices,
-    train_only_catalogue,
-)
-from fusion.manifest import atomic_write, write_jsonl
+from fusion.corpus.voices import (HELDOUT_VOICES, Prosody, Voice, available_voices, catalogue, draw_prosody,
+                                  is_heldout, select_voices, train_only_catalogue)
 
 if TYPE_CHECKING:
     import torch
@@ -393,7 +377,7 @@ def run_task(task: Task, out_dir: Path) -> dict[str, Any]:
 def _init_worker(parent: int) -> None:
     import torch
 
-    from fusion.parallel import exit_with_parent
+    from fusion.run.parallel import exit_with_parent
 
     exit_with_parent(parent)  # a killed build leaves no synthesis workers behind
     torch.set_num_threads(1)

@@ -3,7 +3,7 @@ data directories) to manifests.
 
 No importer decodes whole-file audio: each manifest line points at the original file, and
 its duration comes from the audio header (:func:`soundfile.info`). Transcripts go through
-:func:`fusion.text.normalize_text`, like every transcript of this project. (The one
+:func:`fusion.core.text.normalize_text`, like every transcript of this project. (The one
 exception: a Kaldi ``segments`` file, whose utterances are cut into clip files, see below.)
 
 LibriSpeech (``LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac``
@@ -47,8 +47,8 @@ from urllib.parse import quote
 import soundfile as sf
 from tqdm import tqdm
 
-from fusion.manifest import Utterance, atomic_write, write_jsonl, write_manifest
-from fusion.text import normalize_text
+from fusion.core.manifest import Utterance, atomic_write, write_jsonl, write_manifest
+from fusion.core.text import normalize_text
 
 __all__ = [
     "KALDI_OPTIONAL",

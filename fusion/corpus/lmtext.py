@@ -2,7 +2,7 @@
 
 It lives with the speech corpus because it is built from the corpus's sources and split
 by the corpus's rule; ``lm/`` (which imports only the engine's lowest layer) trains on
-the text files it writes. ``fusion lm text`` (:mod:`lm.cli`) runs it.
+the text files it writes. ``fusion lm text`` (:mod:`fusion.cli.lm`) runs it.
 
 Every sentence of the speech corpus's sources (:mod:`fusion.corpus.sources`) goes to one
 LM split chosen by the speech corpus's own rule (:func:`fusion.corpus.build.sentence_split`,
@@ -21,16 +21,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from fusion.core.manifest import atomic_write
+from fusion.core.text import normalize_text
 from fusion.corpus.build import sentence_split
-from fusion.corpus.sources import (
-    SOURCES,
-    LeakageFilter,
-    asrfuse_home,
-    corpus_sentences,
-    load_forbidden_sentences,
-)
-from fusion.manifest import atomic_write
-from fusion.text import normalize_text
+from fusion.corpus.sources import (SOURCES, LeakageFilter, asrfuse_home, corpus_sentences,
+                                   load_forbidden_sentences)
 
 __all__ = ["LM_SPLITS", "build_lm_text", "default_lm_text_dir"]
 

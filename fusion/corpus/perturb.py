@@ -50,17 +50,11 @@ import torch
 from tqdm import tqdm
 
 from fusion.am.features import SAMPLE_RATE, AudioError, load_audio
-from fusion.corpus.augment import (
-    NOISE_KINDS,
-    RoomConfig,
-    apply_augmentation,
-    draw_room,
-    measured_rt60,
-    room_rir,
-)
+from fusion.core.manifest import Utterance, atomic_write, read_manifest, write_jsonl
+from fusion.corpus.augment import (NOISE_KINDS, RoomConfig, apply_augmentation, draw_room, measured_rt60,
+                                   room_rir)
 from fusion.corpus.synth import audio_ok, write_audio
-from fusion.parallel import exit_with_parent
-from fusion.manifest import Utterance, atomic_write, read_manifest, write_jsonl
+from fusion.run.parallel import exit_with_parent
 
 __all__ = [
     "DEFAULT_JOBS",
@@ -531,7 +525,7 @@ def augment_manifest(
     Raises:
         PerturbError: bad settings, ``out_dir`` is the manifest's folder, or ``out_dir``
             was made with other settings.
-        fusion.manifest.ManifestError: the manifest cannot be read.
+        fusion.core.manifest.ManifestError: the manifest cannot be read.
     """
     if jobs < 1:
         raise PerturbError(f"jobs must be >= 1, got {jobs}")

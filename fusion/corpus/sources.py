@@ -20,7 +20,7 @@ two commentaries (:data:`EXTRA_SOURCES`: English prose of 1706 and 1869-85; 34,2
 ones are used up, without changing the dev and test sets that the default sources define.
 
 :func:`source_sentences` splits a source into sentences, normalises each with
-:func:`fusion.text.normalize_text`, keeps those of sensible length and dedupes; the result
+:func:`fusion.core.text.normalize_text`, keeps those of sensible length and dedupes; the result
 is cached as a text file, one sentence a line. :func:`corpus_sentences` merges sources and
 drops every sentence that would leak the real-speech evaluation set
 (:class:`LeakageFilter`). The same sentences feed the speech corpus and the LM text.
@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from fusion.manifest import atomic_write, iter_jsonl
-from fusion.text import normalize_text
+from fusion.core.manifest import atomic_write, iter_jsonl
+from fusion.core.text import normalize_text
 
 __all__ = [
     "ALL_SOURCES",

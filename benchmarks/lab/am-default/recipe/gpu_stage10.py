@@ -57,7 +57,7 @@ def _chunk_features(utts: list):
 
 def feature_set(manifests: list[Path], jobs: int):
     """One FeatureSet over several manifests, features computed by ``jobs`` processes."""
-    from fusion.manifest import read_manifest
+    from fusion.core.manifest import read_manifest
 
     utts = [u for m in manifests for u in read_manifest(m, require=("audio", "text"))]
     chunks = [utts[i::jobs * 8] for i in range(jobs * 8)]
