@@ -296,7 +296,10 @@ class PythonSearchDecoder(BeamSearchDecoder):
                             nxt[cid] = _Beam(cid, unit, info, p)  # p_nb = log(0 + exp(p))
                     else:
                         child.p_nb = _lae(child.p_nb, p)
-            beams = self._prune(list(nxt.values()), w_ac)
+            cands = list(nxt.values())
+            if opts.recombine:
+                cands = self._recombine(cands, w_ac)
+            beams = self._prune(cands, w_ac)
         state.beams = beams
 
     def _cut(self, beams: list[_Beam], row: list[float], lp_blank: float, w_ac: float) -> float:
@@ -322,7 +325,8 @@ class PythonSearchDecoder(BeamSearchDecoder):
             else:
                 lows.append(w_ac * _lae(to_blank, repeat) + info.fused + info.pterm)
         cut = max(lows) - opts.beam_threshold
-        if len(lows) >= opts.beam_size:
+        # (with recombine, a beam may give way to a new prefix of its key: no beam_size bound)
+        if not opts.recombine and len(lows) >= opts.beam_size:
             cut = max(cut, heapq.nlargest(opts.beam_size, lows)[-1])
         return cut - 1e-6  # totals summed in another order: never drop on rounding
 
@@ -345,6 +349,26 @@ class PythonSearchDecoder(BeamSearchDecoder):
                 value = partials[key] = w * s.partial_score(states[i], partial)
             term += value
         return term
+
+    @staticmethod
+    def _recombine(beams: list[_Beam], w_ac: float) -> list[_Beam]:
+        """:attr:`SearchOptions.recombine`: of the candidates whose word scorers' states, word
+        in progress and last unit agree, only the one of the best total stays (the first on
+        ties), in the place of the first of them."""
+        kept: dict[tuple, int] = {}
+        out: list[_Beam] = []
+        totals: list[float] = []
+        for b in beams:
+            key = (b.info.states, b.last, b.info.partial)
+            total = w_ac * _lae(b.p_b, b.p_nb) + b.info.fused
+            at = kept.get(key)
+            if at is None:
+                kept[key] = len(out)
+                out.append(b)
+                totals.append(total)
+            elif total > totals[at]:
+                out[at], totals[at] = b, total
+        return out
 
     def _prune(self, beams: list[_Beam], w_ac: float) -> list[_Beam]:
         opts = self.options

@@ -113,7 +113,8 @@ def _random_options(rng: np.random.Generator, seed: int, beam: int, nbest: int) 
     return SearchOptions(beam_size=max(beam, nbest), nbest=nbest, token_top_k=int(rng.integers(1, 29)),
                          beam_threshold=float(rng.choice([5.0, 15.0, math.inf])),
                          blank_skip=None if seed % 3 == 0 else 0.999,
-                         floor_every_label=seed % 4 == 1, split_blank_ends=seed // 4 % 2 == 1)
+                         floor_every_label=seed % 4 == 1, split_blank_ends=seed // 4 % 2 == 1,
+                         recombine=seed // 8 % 2 == 1)
 
 
 @settings(max_examples=40, deadline=None)
@@ -141,16 +142,18 @@ def test_same_nbest_with_the_partial_unknown_word_penalty(
     assert _outputs(compiled, p) == _outputs(python, p)
 
 
-@pytest.mark.parametrize("floor_every_label, split_blank_ends",
-                         [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("floor_every_label, split_blank_ends, recombine",
+                         [(False, False, False), (True, False, False), (True, True, False),
+                          (False, False, True), (True, True, True)])
 def test_same_nbest_with_the_partial_penalty_on_simulated_speech(table, trigram, unigrams,
-                                                                 floor_every_label, split_blank_ends):
+                                                                 floor_every_label, split_blank_ends,
+                                                                 recombine):
     rng = np.random.default_rng(5)
     scorers = [LMScorer(trigram, unigrams=unigrams), WordBonus(),
                LexiconScorer(unigrams[1:], "oov", partial=True)]
     weights = {"lm": 0.9, "word_bonus": 1.2, "oov": 6.0}
     options = SearchOptions(beam_size=16, nbest=5, floor_every_label=floor_every_label,
-                            split_blank_ends=split_blank_ends)
+                            split_blank_ends=split_blank_ends, recombine=recombine)
     python, compiled = _both(table, scorers, weights, options)
     for i, text in enumerate(["the cat sat on the mat", "a bat and a cat", "that cat's flat hat"]):
         p, _ = simulate_posteriors(f"u{i}", text, table, rng,
@@ -362,3 +365,24 @@ def test_a_constraint_is_waived_when_every_beam_ends_inside_a_word(table, engine
     whole, _ = simulate_posteriors("v", "the cat", table, np.random.default_rng(0),
                                    SimulationConfig(confusion=0.0, noise=0.0, peak=8))
     assert decoder.decode(whole).best.text == "the cat"
+
+
+def test_recombine_keeps_one_hypothesis_per_lm_history(table, trigram, unigrams):
+    """SearchOptions.recombine: of prefixes with the same n-gram state (their last two
+    words here), word in progress and last unit, only the best stays, so no two of the
+    N best end in the same two words; without it, N-best lists repeat histories."""
+    scorers = [LMScorer(trigram, unigrams=unigrams), WordBonus()]
+    weights = {"lm": 0.9, "word_bonus": 1.2}
+    repeated = {}
+    for recombine in (False, True):
+        python, compiled = _both(table, scorers, weights,
+                                 SearchOptions(beam_size=16, nbest=8, recombine=recombine))
+        repeated[recombine] = 0
+        for i, text in enumerate(["the cat sat on the mat", "a bat and a cat", "that cat's flat hat"]):
+            p, _ = simulate_posteriors(f"u{i}", text, table, np.random.default_rng(i),
+                                       SimulationConfig(confusion=0.4, noise=2.0, peak=3))
+            outputs = _outputs(compiled, p)
+            assert outputs == _outputs(python, p)
+            ends = [tuple(text.split()[-2:]) for text, *_ in outputs]
+            repeated[recombine] += len(ends) - len(set(ends))
+    assert repeated[True] == 0 and repeated[False] > 0

@@ -44,10 +44,14 @@ Where ours differs, on purpose:
   only; as pyctcdecode's beams are keyed by their last label, a prefix's blank-ending and
   label-ending paths rank as two candidates (``SearchOptions.split_blank_ends``), and an
   LM without ``<unk>`` keeps KenLM's log10 -100 for unknown words as in pyctcdecode
-  (``KenLM(missing_unk_log10=None)``). Hypotheses and scores are close to pyctcdecode's,
-  not equal; the benchmark (``benchmarks/bench_dropin.py``) compares WER.
-  ``prune_history`` is accepted and has no effect (our beams are whole prefixes). Word
-  frames come from a CTC forced alignment of each hypothesis.
+  (``KenLM(missing_unk_log10=None)``). Beams that agree in their LM state, word in
+  progress and last label are recombined, the best kept (``SearchOptions.recombine``, as
+  pyctcdecode's ``prune_history=True`` does by the last n-1 words; here always): the beam
+  then holds more distinct futures, which is what makes our WER no worse than
+  pyctcdecode's (``benchmarks/results/dropin.md``), and ``decode_beams`` gives no two beams
+  of one LM history. Hypotheses and scores are close to pyctcdecode's, not equal.
+  ``prune_history`` is accepted and has no further effect. Word frames come from a CTC
+  forced alignment of each hypothesis.
 * The LM state in ``decode_beams`` is ``None``: the search keeps KenLM's state in C++, and
   ``lm_start_state`` is refused rather than ignored.
 * ``lm_score_boundary=False`` calls its LM scorer back from the compiled search (the
@@ -399,6 +403,7 @@ class BeamSearchDecoderCTC:
             token_top_k=max(1, len(self.table) - 1), token_min_logprob=float(token_min_logp),
             floor_every_label=True,  # and blank too, as pyctcdecode's candidates are
             split_blank_ends=True,  # and a prefix's two ends rank as two of its beams
+            recombine=True,  # beams with one LM history, word part and last label: the best
             nbest=min(int(nbest), int(beam_width)))
         # alpha, beta, unk_score_offset and hotword_weight as a decoding config: the scorers
         # are this file's (cached per LM file, pyctcdecode's unigram and boundary rules)

@@ -42,6 +42,13 @@ class SearchOptions:
             candidates of the ``beam_size`` (pyctcdecode's beams, keyed by their last label),
             a prefix keeping only the mass of its ends that made the beam. Off (the default),
             a prefix ranks by the sum of both, as CTC prefix beam search does.
+        recombine: of the prefixes a frame proposes whose word scorers' states, word in
+            progress and last unit agree, keep only the best (hypothesis recombination:
+            every continuation scores alike for them, so the others cannot win; an n-gram's
+            state is its last n-1 words). The beam then holds more distinct futures: on the
+            drop-in benchmark's dev posteriors it is what closes the WER gap to pyctcdecode
+            (``benchmarks/results/dropin.md``). N-best lists lose the variants that differ
+            only before the LM's history. Off by default.
         nbest: hypotheses returned per utterance.
     """
 
@@ -52,6 +59,7 @@ class SearchOptions:
     blank_skip: float | None = 0.999
     floor_every_label: bool = False
     split_blank_ends: bool = False
+    recombine: bool = False
     nbest: int = 1
 
     def __post_init__(self) -> None:
@@ -66,7 +74,7 @@ class SearchOptions:
             raise ValueError(f"SearchOptions.beam_threshold must be > 0, got {self.beam_threshold}")
         if not (self.token_min_logprob <= 0):
             raise ValueError("SearchOptions.token_min_logprob must be a log-probability <= 0")
-        for flag in ("floor_every_label", "split_blank_ends"):
+        for flag in ("floor_every_label", "split_blank_ends", "recombine"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"SearchOptions.{flag} must be True or False, "
                                  f"got {getattr(self, flag)!r}")

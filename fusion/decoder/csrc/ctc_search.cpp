@@ -251,11 +251,12 @@ class Searcher {
   Searcher(const std::vector<std::string>& spellings, const std::vector<std::optional<std::string>>& starts,
            int blank, int boundary, double w_ac, int beam_size, double beam_threshold,
            int token_top_k, double token_min_logprob, std::optional<double> blank_skip, int nbest,
-           const py::list& scorers, bool floor_every_label = false, bool split_blank_ends = false)
+           const py::list& scorers, bool floor_every_label = false, bool split_blank_ends = false,
+           bool recombine = false)
       : spellings_(spellings), starts_(starts), blank_(blank), boundary_(boundary), w_ac_(w_ac),
         beam_size_(beam_size), nbest_(nbest), beam_threshold_(beam_threshold), top_k_(token_top_k),
         min_lp_(static_cast<float>(token_min_logprob)), floor_all_(floor_every_label),
-        split_(split_blank_ends) {
+        split_(split_blank_ends), recombine_(recombine) {
     vocab_ = static_cast<int>(spellings_.size());
     if (static_cast<int>(starts_.size()) != vocab_)
       throw std::invalid_argument("starts and spellings differ in length");
@@ -509,6 +510,7 @@ class Searcher {
           }
         }
       }
+      if (recombine_) recombine(nxt);
       prune(nxt, beams, totals, idx);
       if (static_cast<int64_t>(infos_.size()) > compact_at_) {
         compact();
@@ -920,11 +922,40 @@ class Searcher {
       }
     }
     double cut = *std::max_element(lows.begin(), lows.end()) - beam_threshold_;
-    if (static_cast<int>(lows.size()) >= beam_size_) {
+    // (with recombine, a beam may give way to a new prefix of its key: no beam_size bound)
+    if (!recombine_ && static_cast<int>(lows.size()) >= beam_size_) {
       std::nth_element(lows.begin(), lows.begin() + (beam_size_ - 1), lows.end(), std::greater<double>());
       cut = std::max(cut, lows[beam_size_ - 1]);
     }
     return cut - 1e-6;
+  }
+
+  // SearchOptions.recombine: of the candidates whose word scorers' states, word in progress
+  // and last unit agree (whose every continuation scores alike), only the one of the best
+  // total stays (the first on ties): search_oracle.PythonSearchDecoder._recombine.
+  void recombine(std::vector<Beam>& nxt) {
+    const size_t S = scorers_.size();
+    seen_.clear();
+    size_t m = 0;
+    std::vector<double> kept;
+    kept.reserve(nxt.size());
+    for (size_t j = 0; j < nxt.size(); ++j) {
+      const Beam& b = nxt[j];
+      const Info& info = infos_[b.id];
+      key_.assign(reinterpret_cast<const char*>(&states_[b.id * S]), S * sizeof(int32_t));
+      key_.append(reinterpret_cast<const char*>(&b.last), sizeof(int32_t));
+      key_.append(info.partial);
+      const double total = w_ac_ * lae(b.p_b, b.p_nb) + info.fused;
+      auto [it, fresh] = seen_.emplace(key_, static_cast<int32_t>(m));
+      if (fresh) {
+        nxt[m++] = b;
+        kept.push_back(total);
+      } else if (total > kept[static_cast<size_t>(it->second)]) {
+        nxt[static_cast<size_t>(it->second)] = b;
+        kept[static_cast<size_t>(it->second)] = total;
+      }
+    }
+    nxt.resize(m);
   }
 
   void prune(const std::vector<Beam>& nxt, std::vector<Beam>& beams, std::vector<double>& totals,
@@ -1108,6 +1139,9 @@ class Searcher {
   float min_lp_;
   bool floor_all_ = false;  // SearchOptions.floor_every_label
   bool split_ = false;      // SearchOptions.split_blank_ends
+  bool recombine_ = false;  // SearchOptions.recombine
+  std::unordered_map<std::string, int32_t> seen_;  // recombine's keys, reused
+  std::string key_;
   std::vector<float> held_;  // a frame's row as floored() leaves it
   bool has_skip_ = false;
   float skip_lp_ = 0.0f;
@@ -1167,12 +1201,12 @@ PYBIND11_MODULE(_ctcsearch, m) {
   py::class_<Searcher>(m, "Searcher")
       .def(py::init<const std::vector<std::string>&, const std::vector<std::optional<std::string>>&, int, int,
                     double, int, double, int, double, std::optional<double>, int, const py::list&, bool,
-                    bool>(),
+                    bool, bool>(),
            py::arg("spellings"), py::arg("starts"), py::arg("blank"), py::arg("boundary"),
            py::arg("acoustic_weight"), py::arg("beam_size"), py::arg("beam_threshold"),
            py::arg("token_top_k"), py::arg("token_min_logprob"), py::arg("blank_skip"),
            py::arg("nbest"), py::arg("scorers"), py::arg("floor_every_label") = false,
-           py::arg("split_blank_ends") = false)
+           py::arg("split_blank_ends") = false, py::arg("recombine") = false)
       .def(
           "search",
           [](Searcher& self, py::array_t<float, py::array::c_style | py::array::forcecast> lp) {
