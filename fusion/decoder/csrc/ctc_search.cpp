@@ -937,8 +937,8 @@ class Searcher {
     const size_t S = scorers_.size();
     seen_.clear();
     size_t m = 0;
-    std::vector<double> kept;
-    kept.reserve(nxt.size());
+    std::vector<double>& kept = kept_;  // the total of each kept candidate
+    kept.clear();
     for (size_t j = 0; j < nxt.size(); ++j) {
       const Beam& b = nxt[j];
       const Info& info = infos_[b.id];
@@ -1142,6 +1142,7 @@ class Searcher {
   bool recombine_ = false;  // SearchOptions.recombine
   std::unordered_map<std::string, int32_t> seen_;  // recombine's keys, reused
   std::string key_;
+  std::vector<double> kept_;
   std::vector<float> held_;  // a frame's row as floored() leaves it
   bool has_skip_ = false;
   float skip_lp_ = 0.0f;
