@@ -297,7 +297,7 @@ class PythonSearchDecoder(BeamSearchDecoder):
                     else:
                         child.p_nb = _lae(child.p_nb, p)
             cands = list(nxt.values())
-            if opts.recombine:
+            if opts.recombines:
                 cands = self._recombine(cands, w_ac)
             beams = self._prune(cands, w_ac)
         state.beams = beams
@@ -326,7 +326,7 @@ class PythonSearchDecoder(BeamSearchDecoder):
                 lows.append(w_ac * _lae(to_blank, repeat) + info.fused + info.pterm)
         cut = max(lows) - opts.beam_threshold
         # (with recombine, a beam may give way to a new prefix of its key: no beam_size bound)
-        if not opts.recombine and len(lows) >= opts.beam_size:
+        if not opts.recombines and len(lows) >= opts.beam_size:
             cut = max(cut, heapq.nlargest(opts.beam_size, lows)[-1])
         return cut - 1e-6  # totals summed in another order: never drop on rounding
 

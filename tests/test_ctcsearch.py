@@ -114,7 +114,7 @@ def _random_options(rng: np.random.Generator, seed: int, beam: int, nbest: int) 
                          beam_threshold=float(rng.choice([5.0, 15.0, math.inf])),
                          blank_skip=None if seed % 3 == 0 else 0.999,
                          floor_every_label=seed % 4 == 1, split_blank_ends=seed // 4 % 2 == 1,
-                         recombine=seed // 8 % 2 == 1)
+                         recombine=(None, False, True)[seed // 8 % 3])
 
 
 @settings(max_examples=40, deadline=None)
@@ -386,3 +386,12 @@ def test_recombine_keeps_one_hypothesis_per_lm_history(table, trigram, unigrams)
             ends = [tuple(text.split()[-2:]) for text, *_ in outputs]
             repeated[recombine] += len(ends) - len(set(ends))
     assert repeated[True] == 0 and repeated[False] > 0
+
+
+def test_recombine_by_default_for_a_1_best_search_only():
+    assert SearchOptions().recombines
+    assert not SearchOptions(beam_size=8, nbest=4).recombines  # N-best lists keep every history
+    assert SearchOptions(beam_size=8, nbest=4, recombine=True).recombines
+    assert not SearchOptions(recombine=False).recombines
+    with pytest.raises(ValueError, match="recombine must be True, False or None"):
+        SearchOptions(recombine="yes")

@@ -140,7 +140,7 @@ class BeamSearchDecoder:
                 -1 if self.table.boundary_id is None else self.table.boundary_id,
                 self.weights[ACOUSTIC], opts.beam_size, opts.beam_threshold, opts.token_top_k,
                 opts.token_min_logprob, opts.blank_skip, opts.nbest, self._spec,
-                opts.floor_every_label, opts.split_blank_ends, opts.recombine)
+                opts.floor_every_label, opts.split_blank_ends, opts.recombines)
         except RuntimeError as exc:  # KenLM failed to load a model the Python side loaded
             raise ValueError(f"compiled search: {exc}") from None
         return self._searcher
