@@ -51,10 +51,11 @@ class SearchOptions:
             history for rescoring to choose from. On the stage-33 acoustic model's
             posteriors with the default LM and weights (beam 32) it took pipeline WER from
             26.39 to 25.58 on the dev sets (the weights' grid optimum stayed at 0.6/1.5),
-            and on the test splits real-speech 19.67 -> 18.91, librispeech-test 28.56 ->
-            27.78, speechocean762-test 48.82 -> 48.53 (each better beyond chance, paired
-            bootstrap), at 1.3x the search time; it is what puts the pyctcdecode drop-in's
-            WER below pyctcdecode's (``benchmarks/results/dropin.md``).
+            and on the test splits (``benchmarks/results/acoustic.md``) real-speech 19.52
+            -> 19.06, librispeech-test 28.56 -> 27.78, speechocean762-test 48.82 -> 48.53
+            (each better beyond chance, paired bootstrap), at 1.3x the search time; it is
+            what puts the pyctcdecode drop-in's WER below pyctcdecode's
+            (``benchmarks/results/dropin.md``).
         nbest: hypotheses returned per utterance.
     """
 
