@@ -934,25 +934,43 @@ class Searcher {
   // and last unit agree (whose every continuation scores alike), only the one of the best
   // total stays (the first on ties): search_oracle.PythonSearchDecoder._recombine.
   void recombine(std::vector<Beam>& nxt) {
+    // an open-addressing table of the kept candidates' places in nxt, keyed by a hash of
+    // (states, last unit, word in progress) and checked against the whole key: no
+    // allocation per candidate (the lexicon's wide pruning proposes thousands a frame)
     const size_t S = scorers_.size();
-    seen_.clear();
+    size_t cap = 16;
+    while (cap < 2 * nxt.size()) cap *= 2;
+    slots_.assign(cap, -1);
+    kept_.clear();
     size_t m = 0;
-    std::vector<double>& kept = kept_;  // the total of each kept candidate
-    kept.clear();
     for (size_t j = 0; j < nxt.size(); ++j) {
       const Beam& b = nxt[j];
       const Info& info = infos_[b.id];
-      key_.assign(reinterpret_cast<const char*>(&states_[b.id * S]), S * sizeof(int32_t));
-      key_.append(reinterpret_cast<const char*>(&b.last), sizeof(int32_t));
-      key_.append(info.partial);
+      const int32_t* st = &states_[b.id * S];
+      uint64_t h = 1469598103934665603ULL;  // FNV-1a over the key
+      auto mix = [&h](uint64_t v) { h = (h ^ v) * 1099511628211ULL; };
+      for (size_t k = 0; k < S; ++k) mix(static_cast<uint32_t>(st[k]));
+      mix(static_cast<uint32_t>(b.last));
+      for (unsigned char c : info.partial) mix(c);
       const double total = w_ac_ * lae(b.p_b, b.p_nb) + info.fused;
-      auto [it, fresh] = seen_.emplace(key_, static_cast<int32_t>(m));
-      if (fresh) {
-        nxt[m++] = b;
-        kept.push_back(total);
-      } else if (total > kept[static_cast<size_t>(it->second)]) {
-        nxt[static_cast<size_t>(it->second)] = b;
-        kept[static_cast<size_t>(it->second)] = total;
+      size_t at = static_cast<size_t>(h ^ (h >> 29)) & (cap - 1);
+      for (;; at = (at + 1) & (cap - 1)) {
+        const int32_t k = slots_[at];
+        if (k < 0) {  // a new key: kept, in the place of its first candidate
+          slots_[at] = static_cast<int32_t>(m);
+          nxt[m++] = b;
+          kept_.push_back(total);
+          break;
+        }
+        const Beam& o = nxt[static_cast<size_t>(k)];
+        if (o.last == b.last && infos_[o.id].partial == info.partial &&
+            std::equal(st, st + S, &states_[o.id * S])) {
+          if (total > kept_[static_cast<size_t>(k)]) {
+            nxt[static_cast<size_t>(k)] = b;
+            kept_[static_cast<size_t>(k)] = total;
+          }
+          break;
+        }
       }
     }
     nxt.resize(m);
@@ -1140,9 +1158,8 @@ class Searcher {
   bool floor_all_ = false;  // SearchOptions.floor_every_label
   bool split_ = false;      // SearchOptions.split_blank_ends
   bool recombine_ = false;  // SearchOptions.recombine
-  std::unordered_map<std::string, int32_t> seen_;  // recombine's keys, reused
-  std::string key_;
-  std::vector<double> kept_;
+  std::vector<int32_t> slots_;  // recombine's table, reused
+  std::vector<double> kept_;    // the total of each candidate recombine keeps
   std::vector<float> held_;  // a frame's row as floored() leaves it
   bool has_skip_ = false;
   float skip_lp_ = 0.0f;
