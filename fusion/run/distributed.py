@@ -243,7 +243,7 @@ def _call_held(ref: tuple[Any], threads: int, fn: Callable[[Any, Any], R], item:
 
         parallel.hold(ray.get(ref[0]), threads)
         _held_key["key"] = key
-    return fn(parallel._worker_state, item)
+    return parallel.call_held(fn, item)
 
 
 _held_key: dict[str, str] = {}  # the object whose state this Ray worker process holds

@@ -38,8 +38,8 @@ from typing import Any, Protocol
 from fusion.core.posteriors import Posteriors
 from fusion.core.types import DecodeResult
 
-__all__ = ["Backend", "Decoder", "LocalBackend", "WorkerPool", "chunked", "decode_parallel",
-           "exit_with_parent"]
+__all__ = ["Backend", "Decoder", "LocalBackend", "WorkerPool", "call_held", "chunked",
+           "decode_parallel", "exit_with_parent", "hold"]
 
 
 class Decoder(Protocol):
@@ -133,7 +133,8 @@ def _decode_many(items: list[Posteriors]) -> list[DecodeResult]:
     return [_worker_state.decode(p) for p in items]
 
 
-def _call(fn: Callable[[Any, Any], Any], item: Any) -> Any:
+def call_held(fn: Callable[[Any, Any], Any], item: Any) -> Any:
+    """``fn(state, item)`` over the state this worker process holds (:func:`hold`)."""
     return fn(_worker_state, item)
 
 
@@ -221,7 +222,7 @@ class _ProcessPool:
     def map(self, fn: Callable[[Any, Any], Any], items: Sequence[Any]) -> list[Any]:
         if self.executor is None:
             return [fn(self.state, item) for item in items]
-        futures = [self.executor.submit(_call, fn, item) for item in items]
+        futures = [self.executor.submit(call_held, fn, item) for item in items]
         try:
             return [f.result() for f in futures]
         finally:
