@@ -66,6 +66,10 @@ class LanguageModel(ABC):
             raise ValueError(f"{len(states)} states but {len(units)} units")
         return [self.score(s, u) for s, u in zip(states, units)]
 
+    def finish_many(self, states: Sequence[LMState]) -> list[float]:
+        """:meth:`finish` of every state (neural models batch this)."""
+        return [self.finish(s) for s in states]
+
     def score_sentence(self, units: Iterable[str], *, eos: bool = True) -> float:
         """Total natural-log probability of a unit sequence after ``<s>`` (and ``</s>``)."""
         state, total = self.start(), 0.0

@@ -15,9 +15,13 @@ interface of :mod:`lm.base` on top:
   :class:`NeuralSession` (``with lm.session(): ...``, or call the session's own methods),
   an LRU bounded in bytes that is dropped when the session ends: nothing stays on the
   model. Outside a session every call starts from scratch (still batched within the call).
-* :meth:`NeuralLM.score_many` runs one batched forward over all hypotheses' new pieces
-  (different prefix lengths, different numbers of new pieces);
-  :meth:`NeuralLM.score_sentences` pads whole sentences into batched forwards.
+* :meth:`NeuralLM.score_many` runs one forward over all hypotheses' new pieces (different
+  prefix lengths, different numbers of new pieces), packed into one row as a tree: a piece
+  sequence several hypotheses share is computed once, and nothing is padded. A word's last
+  piece is read off the distribution after the others, so a one-piece word after a known
+  history costs no forward; the state after a word gets its own keys and values only when
+  something is scored after it. :meth:`NeuralLM.score_sentences` pads whole sentences into
+  batched forwards.
 
 Context is at most ``block_size`` pieces (``<s>`` included). A prediction whose context is
 longer sees only the last ``block_size`` pieces (a sliding window, recomputed without a
@@ -38,6 +42,7 @@ checkpoints add optimizer, step, data position and RNG state). Anything else is 
 from __future__ import annotations
 
 import contextvars
+import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -45,6 +50,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -316,7 +322,8 @@ class _PrefixCache:
         self.max_bytes = max_bytes
         self.entries: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()
         self.nbytes = 0
-        self.hits = self.misses = 0
+        self.hits = self.misses = 0  # lookups found whole in the cache, and not
+        self.computed = 0  # pieces run through the model (not found as a cached prefix)
 
     def get(self, key: tuple[int, ...]) -> _Entry | None:
         e = self.entries.get(key)
@@ -464,9 +471,16 @@ class NeuralLM(LanguageModel):
         if len(states) != len(units):
             raise ValueError(f"{len(states)} states but {len(units)} units")
         fulls = [self._check_state(s) + self.tokenizer.encode_word(u) for s, u in zip(states, units)]
-        entries = self._entries(fulls, cache, hints=[len(s) for s in states])
+        # a word's last piece is read off the distribution after the others: the forward
+        # runs over the history and all pieces but the last (none for a one-piece word, the
+        # history's entry serving every word that follows it), and the full state's own
+        # entry waits until something follows it (most words a search scores, nothing does)
+        entries = self._entries([f[:-1] for f in fulls], cache, hints=[len(s) for s in states])
+        lasts = torch.stack([e.last for e in entries]).gather(
+            1, torch.tensor([[f[-1]] for f in fulls])).squeeze(1).tolist()
         return [
-            (full, math.fsum(e.lp[len(s):])) for full, e, s in zip(fulls, entries, states)
+            (full, math.fsum((*e.lp[len(s):], last)))
+            for full, e, s, last in zip(fulls, entries, states, lasts)
         ]
 
     def _finish_many(self, states: Sequence[LMState], cache: _PrefixCache) -> list[float]:
@@ -496,15 +510,23 @@ class NeuralLM(LanguageModel):
                 continue
             pending[full] = cache.longest_prefix(full, hints[i] if hints else len(full) - 1)
         jobs = [(full, n, e) for full, (n, e) in pending.items()]
-        # new pieces per job, batched by a token budget (sorted by length to limit padding)
-        jobs.sort(key=lambda j: (len(j[0]) - j[1], j[1]))
+        # packed forwards (jobs that share a prefix side by side), a forward closing when its
+        # attention (new pieces x cached and new keys) would pass the budget
+        jobs.sort(key=lambda j: j[0])
         batch: list[tuple[tuple[int, ...], int, _Entry | None]] = []
+        pasts: set[int] = set()
+        new = keys = 0
         for job in jobs:
-            width = max([len(j[0]) for j in batch + [job]])
-            if batch and width * (len(batch) + 1) > self.batch_tokens:
+            full, n, e = job
+            grown = keys + len(full) - n + (n if e is not None and id(e) not in pasts else 0)
+            if batch and (new + len(full) - n) * grown > self.batch_tokens * self.cfg.block_size:
                 self._extend(batch, cache, found)
-                batch = []
+                batch, pasts, new, grown = [], set(), 0, len(full)
             batch.append(job)
+            new += len(full) - n
+            keys = grown
+            if e is not None:
+                pasts.add(id(e))
         if batch:
             self._extend(batch, cache, found)
         if long:
@@ -520,51 +542,70 @@ class NeuralLM(LanguageModel):
         cache: _PrefixCache,
         found: dict[tuple[int, ...], _Entry],
     ) -> None:
-        """One forward over the uncached pieces of every job, on top of its cached prefix."""
+        """One forward over the uncached pieces of every job, on top of its cached prefix.
+
+        The jobs are packed into one row as a tree (tree attention): each distinct piece
+        sequence is computed once however many jobs continue it (the words a frame
+        completes after one history share the history's new pieces). The row's keys are
+        each distinct cached prefix once, then the new pieces; the mask lets a new piece
+        see its cached prefix and the new pieces on its path."""
         cfg = self.cfg
-        N = len(jobs)
-        H, hd = cfg.n_head, cfg.n_embd // cfg.n_head
-        P = [n for _, n, _ in jobs]
-        new = [full[n:] for full, n, _ in jobs]
-        M = [len(x) for x in new]
-        Pmax, Mmax = max(P), max(M)
         top = cfg.block_size - 1
-        idx = torch.tensor([list(x) + [0] * (Mmax - len(x)) for x in new])  # (N, Mmax)
-        pos = torch.tensor([[min(n + j, top) for j in range(Mmax)] for n in P])  # (N, Mmax)
-        # may attend: the job's own cached positions, then the new ones causally
-        cached = torch.arange(Pmax) < torch.tensor(P)[:, None]  # (N, Pmax)
-        causal = torch.ones(Mmax, Mmax, dtype=torch.bool).tril()
-        mask = torch.cat([cached[:, None, None, :].expand(N, 1, Mmax, Pmax),
-                          causal.expand(N, 1, Mmax, Mmax)], dim=3)  # (N, 1, Mmax, Pmax+Mmax)
-        past = None
-        if Pmax:
-            past = torch.zeros(cfg.n_layer, 2, N, H, Pmax, hd)  # padded cached keys/values
-            for i, (_, n, e) in enumerate(jobs):
-                if e is not None and n:
-                    past[:, :, i, :, :n] = e.kv
-        logits, presents = self.model(
-            idx, pos, [(past[li, 0], past[li, 1]) for li in range(cfg.n_layer)] if Pmax else None,
-            mask,
-        )
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (N, Mmax, vocab)
-        # presents[l] = (K, V), each (N, H, Pmax+Mmax, hd): keep the new positions only
-        newkv = torch.stack([torch.stack((k[:, :, Pmax:], v[:, :, Pmax:])) for k, v in presents])
-        # newkv: (L, 2, N, H, Mmax, hd)
-        # steps[i][j] = log p(new[i][j+1] | ...): one gather for all jobs
-        steps = logp[:, :-1].gather(2, idx[:, 1:, None]).squeeze(2).tolist()  # (N, Mmax-1)
-        lasts = logp[torch.arange(N), torch.tensor(M) - 1]  # (N, vocab), a copy
-        firsts = [e.last[full[n]] for full, n, e in jobs if e is not None]
-        firsts = torch.stack(firsts).tolist() if firsts else []
-        k = 0
-        for i, ((full, n, e), m) in enumerate(zip(jobs, M)):
-            if e is None:  # from scratch: full[0] is <s>
-                lp = (0.0, *steps[i][: m - 1])
-                kv = newkv[:, :, i, :, :m].clone()
+        segments: dict[int, tuple[int, _Entry]] = {}  # cached prefix -> (offset in keys, entry)
+        P = 0
+        for _, n, e in jobs:
+            if e is not None and n and id(e) not in segments:
+                segments[id(e)] = (P, e)
+                P += n
+        nodes: dict[tuple[int, ...], int] = {}  # piece sequence -> its new piece's index
+        parent: list[int] = []  # a node's parent node, or -1 below a cached prefix (base)
+        base: list[tuple[int, int]] = []  # a node's cached keys: (offset, length)
+        paths = []  # per job, the nodes of its new pieces
+        for full, n, e in jobs:
+            path = []
+            for j in range(n, len(full)):
+                t = nodes.get(full[:j + 1])
+                if t is None:
+                    t = nodes[full[:j + 1]] = len(parent)
+                    if path:
+                        parent.append(path[-1])
+                        base.append(base[path[-1]])
+                    else:
+                        parent.append(-1)
+                        base.append((segments[id(e)][0], n) if e is not None and n else (0, 0))
+                path.append(t)
+            paths.append(path)
+        T = len(parent)
+        cache.computed += T
+        mask = np.zeros((T, P + T), dtype=bool)
+        for t, (p, (off, n)) in enumerate(zip(parent, base)):  # parents come first
+            if p < 0:
+                mask[t, off:off + n] = True
             else:
-                lp = (*e.lp, firsts[k], *steps[i][: m - 1])
-                k += 1
-                kv = torch.cat([e.kv, newkv[:, :, i, :, :m]], dim=3)
-            entry = _Entry(lp=lp, last=lasts[i], kv=kv)
+                mask[t] = mask[p]
+            mask[t, P + t] = True
+        keys = list(nodes)
+        idx = torch.tensor([[k[-1] for k in keys]])  # (1, T)
+        pos = torch.tensor([[min(len(k) - 1, top) for k in keys]])
+        past = None
+        if P:
+            kv = torch.cat([e.kv for _, e in segments.values()], dim=3)  # (L, 2, H, P, hd)
+            past = [(kv[li, 0][None], kv[li, 1][None]) for li in range(cfg.n_layer)]
+        logits, presents = self.model(idx, pos, past, torch.from_numpy(mask)[None, None])
+        logp = torch.log_softmax(logits[0].float(), dim=-1)  # (T, vocab)
+        # presents[l] = (K, V), each (1, H, P+T, hd): keep the new positions only
+        newkv = torch.stack([torch.stack((k[0, :, P:], v[0, :, P:])) for k, v in presents])
+        # newkv: (L, 2, H, T, hd); lps: log p of each job's new pieces, in one gather
+        rows = [e.last if e is not None and n else None for _, n, e in jobs]
+        targets = [(path[i - 1], full[n + i]) for (full, n, _), path in zip(jobs, paths)
+                   for i in range(1, len(path))]
+        steps = iter(logp[[r for r, _ in targets], [c for _, c in targets]].tolist() if targets else [])
+        for (full, n, e), path, row in zip(jobs, paths, rows):
+            first = 0.0 if row is None else float(row[full[n]])  # <s>, or after the cached prefix
+            lp = (*(e.lp if row is not None else ()), first, *itertools.islice(steps, len(path) - 1))
+            new = newkv[:, :, :, path]
+            entry = _Entry(lp=lp, last=logp[path[-1]].clone(),
+                           kv=new if row is None else torch.cat([e.kv, new], dim=3))
             cache.put(full, entry)
             found[full] = entry
 

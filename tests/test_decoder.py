@@ -242,11 +242,15 @@ class _BatchingLM(ArpaLM):
 
     def __init__(self, path):
         super().__init__(path)
-        self.batches, self.sessions = [], 0
+        self.batches, self.ends, self.sessions = [], [], 0
 
     def score_many(self, states, units):
         self.batches.append(len(units))
         return [self.score(s, u) for s, u in zip(states, units)]
+
+    def finish_many(self, states):
+        self.ends.append(len(states))
+        return [self.finish(s) for s in states]
 
     def session(self):
         from contextlib import contextmanager
@@ -272,6 +276,36 @@ def test_batched_scorers_see_a_frames_words_at_once(table, rng, tmp_path):
         assert [(h.text, h.score) for h in a.nbest] == [(h.text, h.score) for h in b.nbest]
     assert batching.sessions == len(texts)
     assert batching.batches and max(batching.batches) > 1
+    # an utterance's beams end in one call, each distinct end state once
+    assert len(batching.ends) == len(texts) and sum(batching.ends) >= len(texts)
+
+
+class _NoEnd(LMScorer):
+    """A scorer whose own rules replace its LM's: no ``</s>``, every word 1 worse."""
+
+    def score_word(self, state, word):
+        state, score = super().score_word(state, word)
+        return state, score - 1.0
+
+    def finish(self, state):
+        return 0.0
+
+
+def test_a_scorer_subclass_own_rules_hold_in_batches(table, rng, tmp_path):
+    """Batched word and end scores go through a subclass's own score_word and finish,
+    not around them to its LM's batched methods."""
+    (tmp_path / "b.arpa").write_text(BIASED_ARPA)
+    lm = _BatchingLM(tmp_path / "b.arpa")
+    p, _ = simulate_posteriors("u", "bat sat cat", table, rng)
+    nbest = BeamSearchDecoder(table, [_NoEnd(lm)], {"lm": 0.8}, SearchOptions(nbest=3)).decode(p).nbest
+    for h in nbest:
+        words = h.text.split()
+        state, total = lm.start(), 0.0
+        for w in words:
+            state, score = lm.score(state, w)
+            total += score - 1.0
+        assert h.scores["lm"] == pytest.approx(total, abs=1e-6)
+    assert not lm.batches and not lm.ends  # the LM's own batched methods were never asked
 
 
 @pytest.mark.parametrize("seed", [0, 1])

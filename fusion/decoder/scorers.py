@@ -117,6 +117,11 @@ class WordScorer(ABC):
         """Score of ending the utterance in ``state`` (unweighted)."""
         return 0.0
 
+    def finish_many(self, states: Sequence[Hashable]) -> list[float]:
+        """:meth:`finish` of many states at once: the compiled search ends an utterance's
+        beams in one call to a scorer it calls back (a neural LM batches them)."""
+        return [self.finish(state) for state in states]
+
     def accepts(self, word: str) -> bool:
         """Whether ``word`` is allowed (only consulted for constraints)."""
         return True
@@ -157,7 +162,7 @@ def _keeps(scorer: WordScorer, cls: type, *names: str) -> bool:
 
 
 # the methods every native kind implements in C++
-_SCORING = ("start", "score_word", "finish", "partial_score", "has_partial", "accepts",
+_SCORING = ("start", "score_word", "finish", "finish_many", "partial_score", "has_partial", "accepts",
             "viable_prefix")
 
 
@@ -200,6 +205,8 @@ class LMScorer(WordScorer):
         return self.lm.score(state, word)
 
     def score_words(self, pairs: Sequence[tuple[Hashable, str]]) -> list[tuple[Hashable, float]]:
+        if type(self).score_word is not LMScorer.score_word:  # a subclass's own rule
+            return super().score_words(pairs)
         return self.lm.score_many([s for s, _ in pairs], [w for _, w in pairs])
 
     def session(self) -> AbstractContextManager[object]:
@@ -208,6 +215,11 @@ class LMScorer(WordScorer):
 
     def finish(self, state: Hashable) -> float:
         return self.lm.finish(state)
+
+    def finish_many(self, states: Sequence[Hashable]) -> list[float]:
+        if type(self).finish is not LMScorer.finish:  # a subclass's own rule
+            return super().finish_many(states)
+        return self.lm.finish_many(states)
 
     def compiled(self, weight: float) -> dict[str, Any]:
         """A word-level KenLM runs natively (kind ``"kenlm"``); any other LM is called back,

@@ -730,13 +730,33 @@ class Searcher {
     }
   }
 
+  // End-of-utterance scores of the Python scorers for every state in ``states`` (S per
+  // hypothesis), in one finish_many call per scorer (a neural LM batches them): py_ends_.
+  void prefetch_ends(const std::vector<int32_t>& states) {
+    if (python_.empty()) return;
+    const size_t S = scorers_.size();
+    py::gil_scoped_acquire gil;
+    py_ends_.assign(S, {});
+    for (size_t i : python_) {
+      std::vector<int32_t> keys;
+      py::list batch;
+      for (size_t k = i; k < states.size(); k += S) {
+        if (!py_ends_[i].emplace(states[k], 0.0).second) continue;
+        keys.push_back(states[k]);
+        batch.append(py_states_.states[states[k]]);
+      }
+      py::list ends(scorers_[i].py.attr("finish_many")(batch));
+      if (ends.size() != keys.size())
+        throw std::runtime_error("finish_many gave " + std::to_string(ends.size()) + " scores for " +
+                                 std::to_string(keys.size()) + " states");
+      for (size_t n = 0; n < keys.size(); ++n) py_ends_[i][keys[n]] = ends[n].cast<double>();
+    }
+  }
+
   double end_score(size_t i, int32_t state) {
     const Scorer& s = scorers_[i];
     if (s.kind == Kind::kHotwords) return -s.bonus[state];  // an unfinished phrase
-    if (s.kind == Kind::kPython) {
-      py::gil_scoped_acquire gil;
-      return s.py.attr("finish")(py_states_.states[state]).cast<double>();
-    }
+    if (s.kind == Kind::kPython) return py_ends_[i].at(state);  // prefetch_ends
     if (s.kind != Kind::kKenLM) return 0.0;
     lm::ngram::State in = lm_states_[state], out;
     return static_cast<double>(s.model->BaseScore(
@@ -1113,6 +1133,7 @@ class Searcher {
                    !accepted(&nodes_[id * N], infos_[id].partial);
       waive = waive && refused[j];
     }
+    std::vector<int32_t> ends;  // each final's scorer states once its last word is complete
     for (size_t j = 0; j < beams.size(); ++j) {
       if (refused[j] && !waive) continue;
       const Beam& b = beams[j];
@@ -1120,20 +1141,23 @@ class Searcher {
       Final f;
       std::copy_n(&states_[b.id * S], S, st.begin());
       f.scores.assign(&scores_[b.id * S], &scores_[b.id * S] + S);
-      double fused = info.fused;
+      f.fused = info.fused;
       if (!info.partial.empty()) {
-        fused = complete(st.data(), f.scores.data(), fused, info.partial);
+        f.fused = complete(st.data(), f.scores.data(), f.fused, info.partial);
       }
-      for (size_t i = 0; i < S; ++i) {
-        double end = end_score(i, st[i]);
-        f.scores[i] += end;
-        fused += scorers_[i].weight * end;
-      }
+      ends.insert(ends.end(), st.begin(), st.end());
       for (int32_t n = b.id; n != 0; n = parents_[n].first) f.units.push_back(parents_[n].second);
       std::reverse(f.units.begin(), f.units.end());
       f.acoustic = lae(b.p_b, b.p_nb);
-      f.fused = fused;
       out.push_back(std::move(f));
+    }
+    prefetch_ends(ends);
+    for (size_t k = 0; k < out.size(); ++k) {
+      for (size_t i = 0; i < S; ++i) {
+        double end = end_score(i, ends[k * S + i]);
+        out[k].scores[i] += end;
+        out[k].fused += scorers_[i].weight * end;
+      }
     }
     return rank(std::move(out));
   }
@@ -1190,6 +1214,7 @@ class Searcher {
   std::unordered_map<WordKey, std::pair<int32_t, double>, WordKeyHash> completions_;
   PyStates py_states_;  // Python scorers' states in this utterance
   std::unordered_map<WordKey, double, WordKeyHash> py_partials_;  // their partial_score answers
+  std::vector<std::unordered_map<int32_t, double>> py_ends_;  // their finish_many answers, per scorer
   std::vector<std::unordered_map<std::string, bool>> py_accepts_, py_viable_;  // their constraints'
   std::vector<Beam> beams_;  // the beams after the frames taken so far
   int64_t frames_ = 0;
