@@ -280,6 +280,21 @@ def test_batched_scorers_see_a_frames_words_at_once(table, rng, tmp_path):
     assert len(batching.ends) == len(texts) and sum(batching.ends) >= len(texts)
 
 
+def test_an_lm_scorer_without_unigrams_has_no_partial_estimate(tmp_path):
+    """Without unigrams an LM scorer's partial-word estimate is always 0: the compiled search
+    neither calls it back nor loses its pruning bound over it; with unigrams, or a
+    subclass's own estimate, it has one."""
+
+    class OwnEstimate(LMScorer):
+        def partial_score(self, state, partial):
+            return -1.0
+
+    (tmp_path / "b.arpa").write_text(BIASED_ARPA)
+    lm = ArpaLM(tmp_path / "b.arpa")
+    assert not LMScorer(lm).has_partial and LMScorer(lm).compiled(1.0)["partial"] is False
+    assert LMScorer(lm, unigrams=["bat"]).has_partial and OwnEstimate(lm).has_partial
+
+
 class _NoEnd(LMScorer):
     """A scorer whose own rules replace its LM's: no ``</s>``, every word 1 worse."""
 

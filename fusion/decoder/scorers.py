@@ -193,6 +193,11 @@ class LMScorer(WordScorer):
 
     partial_uses_state = False
 
+    @property
+    def has_partial(self) -> bool:
+        """With unigrams (the ``<unk>`` rule) or a subclass's own estimate; else it is 0."""
+        return self.prefixes is not None or type(self).partial_score is not LMScorer.partial_score
+
     def partial_score(self, state: Hashable, partial: str) -> float:
         if self.prefixes is None or partial in self.prefixes:
             return 0.0
