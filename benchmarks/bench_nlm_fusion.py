@@ -124,9 +124,9 @@ def compare_sides(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for side in SIDES:
         runs = results[side]
-        row[side] = {"seconds": [round(r["seconds"], 3) for r in runs],
-                     "median_seconds": statistics.median(r["seconds"] for r in runs),
-                     "x_real_time": runs[0]["audio_seconds"] / statistics.median(r["seconds"] for r in runs),
+        median = statistics.median(r["seconds"] for r in runs)
+        row[side] = {"seconds": [round(r["seconds"], 3) for r in runs], "median_seconds": median,
+                     "x_real_time": runs[0]["audio_seconds"] / median,
                      "words_scored": runs[0]["words_scored"], "forwards": runs[0]["forwards"]}
     ours, theirs = (results[s][0]["best"] for s in SIDES)
     row["speedup"] = row["pre-redesign"]["median_seconds"] / row["current"]["median_seconds"]

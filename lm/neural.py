@@ -553,8 +553,8 @@ class NeuralLM(LanguageModel):
         top = cfg.block_size - 1
         segments: dict[int, tuple[int, _Entry]] = {}  # cached prefix -> (offset in keys, entry)
         P = 0
-        for _, n, e in jobs:
-            if e is not None and n and id(e) not in segments:
+        for _, n, e in jobs:  # e: the cached prefix of n > 0 pieces, or None (n = 0)
+            if e is not None and id(e) not in segments:
                 segments[id(e)] = (P, e)
                 P += n
         nodes: dict[tuple[int, ...], int] = {}  # piece sequence -> its new piece's index
@@ -572,7 +572,7 @@ class NeuralLM(LanguageModel):
                         base.append(base[path[-1]])
                     else:
                         parent.append(-1)
-                        base.append((segments[id(e)][0], n) if e is not None and n else (0, 0))
+                        base.append((segments[id(e)][0], n) if e is not None else (0, 0))
                 path.append(t)
             paths.append(path)
         T = len(parent)
@@ -596,16 +596,20 @@ class NeuralLM(LanguageModel):
         # presents[l] = (K, V), each (1, H, P+T, hd): keep the new positions only
         newkv = torch.stack([torch.stack((k[0, :, P:], v[0, :, P:])) for k, v in presents])
         # newkv: (L, 2, H, T, hd); lps: log p of each job's new pieces, in one gather
-        rows = [e.last if e is not None and n else None for _, n, e in jobs]
+        # the first new piece after a cached prefix: from the prefix's next-piece row
+        firsts = [e.last[full[n]] for full, n, e in jobs if e is not None]
+        firsts = iter(torch.stack(firsts).tolist() if firsts else [])
         targets = [(path[i - 1], full[n + i]) for (full, n, _), path in zip(jobs, paths)
                    for i in range(1, len(path))]
         steps = iter(logp[[r for r, _ in targets], [c for _, c in targets]].tolist() if targets else [])
-        for (full, n, e), path, row in zip(jobs, paths, rows):
-            first = 0.0 if row is None else float(row[full[n]])  # <s>, or after the cached prefix
-            lp = (*(e.lp if row is not None else ()), first, *itertools.islice(steps, len(path) - 1))
+        for (full, n, e), path in zip(jobs, paths):
             new = newkv[:, :, :, path]
-            entry = _Entry(lp=lp, last=logp[path[-1]].clone(),
-                           kv=new if row is None else torch.cat([e.kv, new], dim=3))
+            if e is None:  # from scratch: full[0] is <s>
+                lp, kv = (0.0, *itertools.islice(steps, len(path) - 1)), new
+            else:
+                lp = (*e.lp, next(firsts), *itertools.islice(steps, len(path) - 1))
+                kv = torch.cat([e.kv, new], dim=3)
+            entry = _Entry(lp=lp, last=logp[path[-1]].clone(), kv=kv)
             cache.put(full, entry)
             found[full] = entry
 

@@ -196,7 +196,7 @@ class LMScorer(WordScorer):
     @property
     def has_partial(self) -> bool:
         """With unigrams (the ``<unk>`` rule) or a subclass's own estimate; else it is 0."""
-        return self.prefixes is not None or type(self).partial_score is not LMScorer.partial_score
+        return self.prefixes is not None or not _keeps(self, LMScorer, "partial_score")
 
     def partial_score(self, state: Hashable, partial: str) -> float:
         if self.prefixes is None or partial in self.prefixes:
@@ -210,7 +210,7 @@ class LMScorer(WordScorer):
         return self.lm.score(state, word)
 
     def score_words(self, pairs: Sequence[tuple[Hashable, str]]) -> list[tuple[Hashable, float]]:
-        if type(self).score_word is not LMScorer.score_word:  # a subclass's own rule
+        if not _keeps(self, LMScorer, "score_word"):  # a subclass's own rule
             return super().score_words(pairs)
         return self.lm.score_many([s for s, _ in pairs], [w for _, w in pairs])
 
@@ -222,7 +222,7 @@ class LMScorer(WordScorer):
         return self.lm.finish(state)
 
     def finish_many(self, states: Sequence[Hashable]) -> list[float]:
-        if type(self).finish is not LMScorer.finish:  # a subclass's own rule
+        if not _keeps(self, LMScorer, "finish"):  # a subclass's own rule
             return super().finish_many(states)
         return self.lm.finish_many(states)
 
